@@ -1,0 +1,45 @@
+// Pool side of the codec workers (piscina): gzip members for the converter, inflate and verify
+// chunks for the fetcher. One pool per process, sized to the machine.
+
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { Piscina } from 'piscina';
+import { ChunkDigestMismatchError, MalformedEstargzError } from '../errors.js';
+import type { GzipTask, InflateTask } from '../../workers/codec-worker.js';
+
+const WORKER = fileURLToPath(new URL('../../workers/codec-worker.js', import.meta.url));
+
+export class CodecPool {
+  private readonly pool: Piscina;
+
+  constructor(threads = Math.max(1, availableParallelism())) {
+    this.pool = new Piscina({ filename: WORKER, minThreads: 1, maxThreads: threads, idleTimeout: 30_000 });
+  }
+
+  get threads(): number {
+    return this.pool.options.maxThreads;
+  }
+
+  async gzip(data: Uint8Array, level = 6): Promise<Buffer> {
+    const out = (await this.pool.run({ data, level } satisfies GzipTask, { name: 'gzip' })) as Uint8Array;
+    return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+  }
+
+  /**
+   * Inflates a chunk from its compressed member and verifies it against `expected`.
+   * `where` names the chunk for errors (layer and file).
+   */
+  async inflate(member: Uint8Array, chunk: { innerOffset: number; chunkSize: number }, expected: string | undefined, where: string): Promise<Buffer> {
+    const task: InflateTask = { member, innerOffset: chunk.innerOffset, chunkSize: chunk.chunkSize, expected };
+    const out = (await this.pool.run(task, { name: 'inflate' })) as Uint8Array | string;
+    if (typeof out === 'string') {
+      if (out.startsWith('digest: ')) throw new ChunkDigestMismatchError(expected ?? '?', out.slice('digest: '.length), where);
+      throw new MalformedEstargzError(where, out);
+    }
+    return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+  }
+
+  async close(): Promise<void> {
+    await this.pool.destroy();
+  }
+}

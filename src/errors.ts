@@ -1,0 +1,123 @@
+// One errors module: every failure the project reports is one of these classes, with a stable
+// `code` that scripts and tests match on and a message that names the thing that was wrong.
+// Edges (CLI exit codes, later gRPC and FUSE errno) translate codes in exactly one place each.
+
+export type ErrorCode =
+  | 'ERR_INVALID_ARGUMENT'
+  | 'ERR_INVALID_CONFIG'
+  | 'ERR_INVALID_REFERENCE'
+  | 'ERR_NOT_FOUND'
+  | 'ERR_REGISTRY'
+  | 'ERR_REGISTRY_AUTH'
+  | 'ERR_UNSUPPORTED_MEDIA_TYPE'
+  | 'ERR_MALFORMED_MANIFEST'
+  | 'ERR_MALFORMED_LAYER'
+  | 'ERR_MALFORMED_ESTARGZ'
+  | 'ERR_TOC_DIGEST_MISMATCH'
+  | 'ERR_DIGEST_MISMATCH'
+  | 'ERR_CHUNK_DIGEST_MISMATCH'
+  | 'ERR_STORE';
+
+export class DedupError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+export class InvalidArgumentError extends DedupError {
+  constructor(message: string) {
+    super('ERR_INVALID_ARGUMENT', message);
+  }
+}
+
+export class InvalidConfigError extends DedupError {
+  constructor(message: string) {
+    super('ERR_INVALID_CONFIG', message);
+  }
+}
+
+export class InvalidReferenceError extends DedupError {
+  constructor(ref: string, why: string) {
+    super('ERR_INVALID_REFERENCE', `invalid image reference "${ref}": ${why}`);
+  }
+}
+
+export class NotFoundError extends DedupError {
+  constructor(what: string) {
+    super('ERR_NOT_FOUND', `${what} not found`);
+  }
+}
+
+/** A registry answered with an unexpected status, or could not be reached after the retries. */
+export class RegistryError extends DedupError {
+  readonly status: number | undefined;
+  constructor(message: string, status?: number, options?: { cause?: unknown }) {
+    super('ERR_REGISTRY', message, options);
+    this.status = status;
+  }
+}
+
+export class RegistryAuthError extends DedupError {
+  constructor(message: string) {
+    super('ERR_REGISTRY_AUTH', message);
+  }
+}
+
+export class UnsupportedMediaTypeError extends DedupError {
+  constructor(mediaType: string, where: string) {
+    super('ERR_UNSUPPORTED_MEDIA_TYPE', `unsupported media type "${mediaType}" for ${where}`);
+  }
+}
+
+export class MalformedManifestError extends DedupError {
+  constructor(where: string, why: string) {
+    super('ERR_MALFORMED_MANIFEST', `malformed ${where}: ${why}`);
+  }
+}
+
+/** A layer's tar stream (or its compression) is broken. */
+export class MalformedLayerError extends DedupError {
+  constructor(layer: string, why: string, options?: { cause?: unknown }) {
+    super('ERR_MALFORMED_LAYER', `malformed layer ${layer}: ${why}`, options);
+  }
+}
+
+/** The eStargz footer, TOC or an entry of it is broken; `where` says which part. */
+export class MalformedEstargzError extends DedupError {
+  constructor(where: string, why: string) {
+    super('ERR_MALFORMED_ESTARGZ', `malformed eStargz ${where}: ${why}`);
+  }
+}
+
+export class TocDigestMismatchError extends DedupError {
+  constructor(layer: string, expected: string, actual: string) {
+    super('ERR_TOC_DIGEST_MISMATCH', `TOC of layer ${layer} has digest ${actual}, annotation says ${expected}`);
+  }
+}
+
+export class DigestMismatchError extends DedupError {
+  constructor(what: string, expected: string, actual: string) {
+    super('ERR_DIGEST_MISMATCH', `${what}: expected digest ${expected}, got ${actual}`);
+  }
+}
+
+export class ChunkDigestMismatchError extends DedupError {
+  readonly chunk: string;
+  constructor(chunk: string, actual: string, where: string) {
+    super('ERR_CHUNK_DIGEST_MISMATCH', `chunk ${chunk} (${where}) has digest ${actual}; refusing to store it`);
+    this.chunk = chunk;
+  }
+}
+
+export class StoreError extends DedupError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_STORE', message, options);
+  }
+}
+
+export function isDedupError(err: unknown): err is DedupError {
+  return err instanceof DedupError;
+}

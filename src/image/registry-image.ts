@@ -1,0 +1,66 @@
+// ImageSource and ImageTarget over a registry repository.
+
+import { createReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
+import type { RegistryClient } from '../registry/client.js';
+import { formatReference, parseReference, type ImageReference } from '../registry/reference.js';
+import {
+  configSchema, indexSchema, isIndexMediaType, manifestSchema, MANIFEST_ACCEPT, parseJson, selectPlatform,
+  type Descriptor, type Platform, type ResolvedImage,
+} from './oci.js';
+import type { BlobBody, ImageSource, ImageTarget, RegistryLocation } from './source.js';
+import { DigestMismatchError } from '../errors.js';
+import { sha256Digest } from '../estargz/toc.js';
+
+export class RegistryImage implements ImageSource, ImageTarget {
+  readonly ref: ImageReference;
+  readonly name: string;
+  readonly location: RegistryLocation;
+
+  constructor(private readonly client: RegistryClient, ref: string | ImageReference) {
+    this.ref = typeof ref === 'string' ? parseReference(ref) : ref;
+    this.name = formatReference(this.ref);
+    this.location = { host: this.ref.host, repository: this.ref.repository };
+  }
+
+  async resolve(platform: Platform): Promise<ResolvedImage> {
+    let m = await this.client.getManifest(this.ref, this.ref.digest ?? this.ref.tag!, MANIFEST_ACCEPT);
+    let what = `manifest of ${this.name}`;
+    const head = JSON.parse(m.bytes.toString('utf8') || '{}') as { mediaType?: string; manifests?: unknown };
+    if (isIndexMediaType(m.mediaType) || (head.manifests && !m.mediaType)) {
+      const index = parseJson(indexSchema, m.bytes, `image index of ${this.name}`);
+      const desc = selectPlatform(index, platform, `image index of ${this.name}`);
+      m = await this.client.getManifest(this.ref, desc.digest, MANIFEST_ACCEPT);
+      what = `manifest ${desc.digest} of ${this.name}`;
+    }
+    const manifest = parseJson(manifestSchema, m.bytes, what);
+    const configBytes = await this.client.getBlob(this.ref, manifest.config.digest);
+    const config = parseJson(configSchema, configBytes, `config of ${this.name}`);
+    return {
+      name: this.name, manifestDigest: m.digest, manifestBytes: m.bytes, manifestMediaType: manifest.mediaType ?? m.mediaType,
+      manifest, configBytes, config,
+    };
+  }
+
+  blobStream(desc: Descriptor): Readable {
+    return this.client.blobStream(this.ref, desc.digest);
+  }
+
+  readBlobRange(desc: Descriptor, start: number, end: number): Promise<Buffer> {
+    return this.client.getBlobRange(this.ref, desc.digest, start, end);
+  }
+
+  putBlob(desc: Descriptor, body: BlobBody, mountFrom?: RegistryLocation): Promise<'exists' | 'mounted' | 'uploaded'> {
+    if ('bytes' in body && sha256Digest(body.bytes) !== desc.digest) {
+      throw new DigestMismatchError(`blob to push to ${this.name}`, desc.digest, sha256Digest(body.bytes));
+    }
+    const from = mountFrom && mountFrom.host === this.ref.host && mountFrom.repository !== this.ref.repository ? mountFrom.repository : undefined;
+    return this.client.pushBlob(this.ref, desc.digest, desc.size,
+      (start, end) => ('bytes' in body ? body.bytes.subarray(start, end) : () => createReadStream(body.path, { start, end: end - 1 })),
+      { mountFrom: from });
+  }
+
+  putManifest(bytes: Buffer, mediaType: string): Promise<string> {
+    return this.client.putManifest(this.ref, this.ref.tag ?? this.ref.digest!, bytes, mediaType);
+  }
+}

@@ -1,0 +1,403 @@
+// The OCI distribution client: manifests, blobs (whole, resumable, and by Range), uploads
+// (monolithic, chunked, cross-repository mount) and manifest pushes, over undici with keep-alive
+// connections, bearer/basic auth, and retries on connection faults, 429 and 5xx.
+
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Agent, interceptors, type Dispatcher } from 'undici';
+import { DigestMismatchError, NotFoundError, RegistryAuthError, RegistryError } from '../errors.js';
+import { basicAuth, parseChallenge, TokenCache, type CredentialLookup } from './auth.js';
+import { resolveEndpoints, type RegistryEndpoint } from './hosts.js';
+import { apiHost, type ImageReference } from './reference.js';
+import { DEFAULT_RETRY, isRetryableError, isRetryableStatus, retryDelay, type RetryPolicy } from './retry.js';
+
+export interface RegistryClientOptions {
+  /** Talk plain HTTP to registries that hosts.toml does not describe. */
+  plainHttp?: boolean;
+  /** containerd-style certs.d directory with <host>/hosts.toml files. */
+  hostsDir?: string;
+  credentials?: CredentialLookup;
+  retry?: Partial<RetryPolicy>;
+  /** Connections kept per origin. */
+  connections?: number;
+  userAgent?: string;
+}
+
+/** A request body that can be sent again on a retry. */
+export type ReplayableBody = Buffer | (() => Readable);
+
+interface RequestSpec {
+  method: 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH';
+  /** Path after the endpoint's /v2 prefix, or an absolute URL (upload locations). */
+  path: string;
+  headers?: Record<string, string>;
+  body?: ReplayableBody;
+  /** Token scope for this request, e.g. "repository:foo/bar:pull". */
+  scope: string;
+  capability: 'pull' | 'resolve' | 'push';
+}
+
+export interface TransferStats {
+  requests: number;
+  retries: number;
+  /** Body bytes received for blob and manifest GETs. */
+  bytesReceived: number;
+}
+
+export const DEFAULT_UPLOAD_CHUNK = 16 * 1024 * 1024;
+
+export class RegistryClient {
+  private readonly dispatcher: Dispatcher;
+  private readonly agent: Agent;
+  private readonly tokens = new TokenCache();
+  /** Hosts that asked for Basic auth: send it up front next time. */
+  private readonly basicHosts = new Set<string>();
+  private readonly endpoints = new Map<string, Promise<RegistryEndpoint[]>>();
+  private readonly retry: RetryPolicy;
+  readonly stats: TransferStats = { requests: 0, retries: 0, bytesReceived: 0 };
+
+  constructor(private readonly opts: RegistryClientOptions = {}) {
+    this.retry = { ...DEFAULT_RETRY, ...opts.retry };
+    this.agent = new Agent({ connections: opts.connections ?? 8, keepAliveTimeout: 30_000, pipelining: 1 });
+    this.dispatcher = this.agent.compose(interceptors.redirect({ maxRedirections: 5 }));
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+
+  private endpointsFor(host: string): Promise<RegistryEndpoint[]> {
+    let e = this.endpoints.get(host);
+    if (!e) {
+      e = resolveEndpoints(host, apiHost(host), { hostsDir: this.opts.hostsDir, plainHttp: this.opts.plainHttp ?? false });
+      this.endpoints.set(host, e);
+    }
+    return e;
+  }
+
+  /** Sends a request with auth and retries; the caller consumes or dumps the body. */
+  private async send(ref: ImageReference, spec: RequestSpec): Promise<Dispatcher.ResponseData> {
+    const endpoints = (await this.endpointsFor(ref.host)).filter((e) => e.capabilities.has(spec.capability));
+    if (endpoints.length === 0) throw new RegistryError(`no endpoint of ${ref.host} may ${spec.capability}`);
+    let lastError: unknown;
+    for (const ep of endpoints) {
+      try {
+        return await this.sendTo(ref, ep, spec);
+      } catch (err) {
+        lastError = err;
+        // Only an unreachable endpoint moves us on to the next; an answer is final.
+        if (!(err instanceof RegistryError) || err.status !== undefined) throw err;
+      }
+    }
+    throw lastError;
+  }
+
+  private async sendTo(ref: ImageReference, ep: RegistryEndpoint, spec: RequestSpec): Promise<Dispatcher.ResponseData> {
+    const url = /^https?:\/\//.test(spec.path) ? spec.path : `${ep.origin}${ep.pathPrefix}/v2/${spec.path}`;
+    let authorized = false;
+    for (let attempt = 0; ; attempt++) {
+      const headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'dedup-snapshotter/0.1', ...spec.headers };
+      const auth = this.authorizationFor(ref.host, spec.scope);
+      if (auth) headers.authorization = auth;
+      let res: Dispatcher.ResponseData;
+      try {
+        this.stats.requests++;
+        const body = spec.body === undefined ? undefined : Buffer.isBuffer(spec.body) ? spec.body : spec.body();
+        res = await this.dispatcher.request({
+          origin: new URL(url).origin, path: new URL(url).pathname + new URL(url).search,
+          method: spec.method, headers, body, headersTimeout: 60_000, bodyTimeout: 120_000,
+        });
+      } catch (err) {
+        if (!isRetryableError(err) || attempt >= this.retry.retries) {
+          throw new RegistryError(`${spec.method} ${url}: ${(err as Error).message}${attempt > 0 ? ` (after ${attempt + 1} attempts)` : ''}`, undefined, { cause: err });
+        }
+        this.stats.retries++;
+        await sleep(retryDelay(this.retry, attempt + 1));
+        continue;
+      }
+      if (res.statusCode === 401 && !authorized) {
+        await res.body.dump();
+        const challenge = res.headers['www-authenticate'];
+        await this.authorize(ref.host, Array.isArray(challenge) ? challenge[0] : challenge, spec.scope, url);
+        authorized = true;
+        attempt--; // answering a challenge is not a retry
+        continue;
+      }
+      if (isRetryableStatus(res.statusCode) && attempt < this.retry.retries) {
+        await res.body.dump();
+        this.stats.retries++;
+        await sleep(retryDelay(this.retry, attempt + 1, res.headers['retry-after']));
+        continue;
+      }
+      return res;
+    }
+  }
+
+  private authorizationFor(host: string, scope: string): string | undefined {
+    const token = this.tokens.get(host, scope);
+    if (token) return `Bearer ${token}`;
+    const creds = this.opts.credentials?.(host);
+    if (creds && this.basicHosts.has(host)) return basicAuth(creds);
+    return undefined;
+  }
+
+  private async authorize(host: string, header: string | undefined, scope: string, url: string): Promise<void> {
+    const challenge = header ? parseChallenge(header) : undefined;
+    const creds = this.opts.credentials?.(host);
+    if (challenge?.scheme === 'basic') {
+      if (!creds) throw new RegistryAuthError(`${host} wants a username and password for ${url} (none configured)`);
+      this.basicHosts.add(host);
+      return;
+    }
+    if (challenge?.scheme !== 'bearer' || !challenge.params.realm) {
+      throw new RegistryAuthError(`${host} refused ${url} with 401 and no usable WWW-Authenticate challenge`);
+    }
+    const realm = new URL(challenge.params.realm);
+    if (challenge.params.service) realm.searchParams.set('service', challenge.params.service);
+    for (const s of scope.split(' ')) realm.searchParams.append('scope', s);
+    const headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'dedup-snapshotter/0.1' };
+    if (creds) headers.authorization = basicAuth(creds);
+    let res: Dispatcher.ResponseData | undefined;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        res = await this.dispatcher.request({ origin: realm.origin, path: realm.pathname + realm.search, method: 'GET', headers });
+      } catch (err) {
+        if (!isRetryableError(err) || attempt >= this.retry.retries) throw new RegistryAuthError(`token server ${realm.origin}: ${(err as Error).message}`);
+        await sleep(retryDelay(this.retry, attempt + 1));
+        continue;
+      }
+      if (isRetryableStatus(res.statusCode) && attempt < this.retry.retries) {
+        await res.body.dump();
+        await sleep(retryDelay(this.retry, attempt + 1, res.headers['retry-after']));
+        continue;
+      }
+      break;
+    }
+    if (res.statusCode !== 200) {
+      await res.body.dump();
+      throw new RegistryAuthError(`token server ${realm.origin} refused scope "${scope}" with HTTP ${res.statusCode}${creds ? '' : ' (no credentials configured)'}`);
+    }
+    const doc = (await res.body.json()) as { token?: string; access_token?: string; expires_in?: number };
+    const token = doc.token ?? doc.access_token;
+    if (!token) throw new RegistryAuthError(`token server ${realm.origin} answered without a token`);
+    this.tokens.set(host, scope, token, doc.expires_in);
+  }
+
+  private async fail(res: Dispatcher.ResponseData, what: string): Promise<never> {
+    let detail = '';
+    try {
+      const text = (await res.body.text()).slice(0, 500);
+      const doc = JSON.parse(text) as { errors?: { code?: string; message?: string }[] };
+      detail = doc.errors?.map((e) => `${e.code}: ${e.message}`).join('; ') ?? text;
+    } catch {
+      /* body was not JSON: the status says enough */
+    }
+    if (res.statusCode === 404) throw new NotFoundError(`${what}${detail ? ` (${detail})` : ''}`);
+    if (res.statusCode === 401 || res.statusCode === 403) throw new RegistryAuthError(`${what}: HTTP ${res.statusCode}${detail ? ` (${detail})` : ''}`);
+    throw new RegistryError(`${what}: HTTP ${res.statusCode}${detail ? ` (${detail})` : ''}`, res.statusCode);
+  }
+
+  private static pull(ref: ImageReference): string {
+    return `repository:${ref.repository}:pull`;
+  }
+
+  /** GET a manifest by tag or digest; verifies the bytes when asked by digest. */
+  async getManifest(ref: ImageReference, reference: string, accept: string[]): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {
+    const what = `manifest ${ref.host}/${ref.repository}:${reference}`;
+    const res = await this.send(ref, {
+      method: 'GET', path: `${ref.repository}/manifests/${reference}`, headers: { accept: accept.join(', ') },
+      scope: RegistryClient.pull(ref), capability: 'resolve',
+    });
+    if (res.statusCode !== 200) return this.fail(res, what);
+    const bytes = Buffer.from(await res.body.arrayBuffer());
+    this.stats.bytesReceived += bytes.length;
+    const digest = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
+    if (reference.startsWith('sha256:') && digest !== reference) throw new DigestMismatchError(what, reference, digest);
+    const ct = res.headers['content-type'];
+    let mediaType = (Array.isArray(ct) ? ct[0] : ct)?.split(';')[0]?.trim() ?? '';
+    if (!mediaType || mediaType === 'application/json' || mediaType === 'text/plain') {
+      try {
+        mediaType = (JSON.parse(bytes.toString('utf8')) as { mediaType?: string }).mediaType ?? mediaType;
+      } catch {
+        /* left to the caller's parser to report */
+      }
+    }
+    return { bytes, mediaType, digest };
+  }
+
+  /** Size of a blob, or undefined when the repository does not have it. */
+  async headBlob(ref: ImageReference, digest: string, capability: 'pull' | 'push' = 'pull'): Promise<number | undefined> {
+    const res = await this.send(ref, {
+      method: 'HEAD', path: `${ref.repository}/blobs/${digest}`,
+      scope: capability === 'push' ? `repository:${ref.repository}:pull,push` : RegistryClient.pull(ref), capability,
+    });
+    await res.body.dump();
+    if (res.statusCode === 404) return undefined;
+    if (res.statusCode !== 200) return this.fail(res, `blob ${digest} in ${ref.repository}`);
+    const len = Number(res.headers['content-length']);
+    return Number.isFinite(len) ? len : 0;
+  }
+
+  /** A whole blob in memory (small blobs: configs), verified against its digest. */
+  async getBlob(ref: ImageReference, digest: string): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    for await (const piece of this.blobStream(ref, digest)) parts.push(piece);
+    return Buffer.concat(parts);
+  }
+
+  /**
+   * A blob as a stream that resumes with a Range request where a connection broke, and fails at
+   * the end if the bytes do not match the digest (so a consumer must not commit before the end).
+   */
+  blobStream(ref: ImageReference, digest: string): Readable {
+    return Readable.from(this.blobPieces(ref, digest), { objectMode: false });
+  }
+
+  private async *blobPieces(ref: ImageReference, digest: string): AsyncGenerator<Buffer> {
+    const hash = createHash('sha256');
+    let received = 0;
+    const what = `blob ${digest} of ${ref.host}/${ref.repository}`;
+    for (let attempt = 0; ; attempt++) {
+      const res = await this.send(ref, {
+        method: 'GET', path: `${ref.repository}/blobs/${digest}`,
+        headers: received > 0 ? { range: `bytes=${received}-` } : {}, scope: RegistryClient.pull(ref), capability: 'pull',
+      });
+      if (res.statusCode !== (received > 0 ? 206 : 200)) {
+        if (received > 0 && res.statusCode === 200) {
+          throw new RegistryError(`${what}: registry ignored Range when resuming at byte ${received}`, 200);
+        }
+        await this.fail(res, what);
+        return;
+      }
+      try {
+        for await (const piece of res.body) {
+          const buf = piece as Buffer;
+          hash.update(buf);
+          received += buf.length;
+          this.stats.bytesReceived += buf.length;
+          yield buf;
+        }
+        break;
+      } catch (err) {
+        if (!isRetryableError(err) || attempt >= this.retry.retries) throw new RegistryError(`${what}: ${(err as Error).message}`, undefined, { cause: err });
+        this.stats.retries++;
+        await sleep(retryDelay(this.retry, attempt + 1));
+      }
+    }
+    const actual = 'sha256:' + hash.digest('hex');
+    if (actual !== digest) throw new DigestMismatchError(what, digest, actual);
+  }
+
+  /** Bytes [start, end) of a blob with one Range request (retried whole on a broken body). */
+  async getBlobRange(ref: ImageReference, digest: string, start: number, end: number): Promise<Buffer> {
+    const what = `bytes ${start}-${end - 1} of blob ${digest} in ${ref.host}/${ref.repository}`;
+    for (let attempt = 0; ; attempt++) {
+      const res = await this.send(ref, {
+        method: 'GET', path: `${ref.repository}/blobs/${digest}`, headers: { range: `bytes=${start}-${end - 1}` },
+        scope: RegistryClient.pull(ref), capability: 'pull',
+      });
+      if (res.statusCode !== 206) {
+        if (res.statusCode === 200) {
+          await res.body.dump();
+          throw new RegistryError(`${what}: registry does not support Range requests`, 200);
+        }
+        return this.fail(res, what);
+      }
+      try {
+        const buf = Buffer.from(await res.body.arrayBuffer());
+        this.stats.bytesReceived += buf.length;
+        if (buf.length !== end - start) throw new RegistryError(`${what}: got ${buf.length} bytes`, 206);
+        return buf;
+      } catch (err) {
+        if (!isRetryableError(err) || attempt >= this.retry.retries) {
+          throw err instanceof RegistryError ? err : new RegistryError(`${what}: ${(err as Error).message}`, undefined, { cause: err });
+        }
+        this.stats.retries++;
+        await sleep(retryDelay(this.retry, attempt + 1));
+      }
+    }
+  }
+
+  /**
+   * Uploads a blob unless the repository has it: cross-repo mount when `mountFrom` names a
+   * repository of the same registry that has it, else a monolithic PUT for small blobs and
+   * chunked PATCHes for large ones. A failed upload session is restarted from the beginning.
+   */
+  async pushBlob(ref: ImageReference, digest: string, size: number, open: (start: number, end: number) => ReplayableBody,
+    opts: { mountFrom?: string; chunkSize?: number } = {}): Promise<'exists' | 'mounted' | 'uploaded'> {
+    if ((await this.headBlob(ref, digest, 'push')) !== undefined) return 'exists';
+    for (let session = 1; ; session++) {
+      try {
+        return await this.uploadBlob(ref, digest, size, open, opts);
+      } catch (err) {
+        // A broken upload session cannot be resumed reliably: start a new one.
+        if (!(err instanceof RegistryError) || session >= 3) throw err;
+      }
+    }
+  }
+
+  private async uploadBlob(ref: ImageReference, digest: string, size: number, open: (start: number, end: number) => ReplayableBody,
+    opts: { mountFrom?: string; chunkSize?: number }): Promise<'mounted' | 'uploaded'> {
+    const scope = `repository:${ref.repository}:pull,push` + (opts.mountFrom ? ` repository:${opts.mountFrom}:pull` : '');
+    const what = `upload of blob ${digest} to ${ref.host}/${ref.repository}`;
+    const query = opts.mountFrom ? `?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(opts.mountFrom)}` : '';
+    const start = await this.send(ref, { method: 'POST', path: `${ref.repository}/blobs/uploads/${query}`, headers: { 'content-length': '0' }, scope, capability: 'push' });
+    await start.body.dump();
+    if (start.statusCode === 201 && opts.mountFrom) return 'mounted';
+    if (start.statusCode !== 202) return this.fail(start, what);
+    let location = await this.location(start, ref);
+    const chunkSize = opts.chunkSize ?? DEFAULT_UPLOAD_CHUNK;
+    if (size > chunkSize) {
+      for (let off = 0; off < size; off += chunkSize) {
+        const end = Math.min(size, off + chunkSize);
+        const res = await this.send(ref, {
+          method: 'PATCH', path: location, body: open(off, end), scope, capability: 'push',
+          headers: { 'content-type': 'application/octet-stream', 'content-range': `${off}-${end - 1}`, 'content-length': String(end - off) },
+        });
+        await res.body.dump();
+        if (res.statusCode !== 202) return this.fail(res, `${what} (chunk at ${off})`);
+        location = await this.location(res, ref);
+      }
+      const done = await this.send(ref, {
+        method: 'PUT', path: withQuery(location, 'digest', digest), headers: { 'content-length': '0' }, scope, capability: 'push',
+      });
+      await done.body.dump();
+      if (done.statusCode !== 201) return this.fail(done, what);
+      return 'uploaded';
+    }
+    const res = await this.send(ref, {
+      method: 'PUT', path: withQuery(location, 'digest', digest), body: open(0, size), scope, capability: 'push',
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) },
+    });
+    await res.body.dump();
+    if (res.statusCode !== 201) return this.fail(res, what);
+    return 'uploaded';
+  }
+
+  /** The upload URL a registry answered with; a relative one is relative to the push endpoint. */
+  private async location(res: Dispatcher.ResponseData, ref: ImageReference): Promise<string> {
+    const loc = res.headers.location;
+    const l = Array.isArray(loc) ? loc[0] : loc;
+    if (!l) throw new RegistryError(`upload to ${ref.host}/${ref.repository}: registry gave no Location`, res.statusCode);
+    const ep = (await this.endpointsFor(ref.host)).find((e) => e.capabilities.has('push'));
+    return new URL(l, ep?.origin ?? `https://${apiHost(ref.host)}`).toString();
+  }
+
+  async putManifest(ref: ImageReference, reference: string, bytes: Buffer, mediaType: string): Promise<string> {
+    const res = await this.send(ref, {
+      method: 'PUT', path: `${ref.repository}/manifests/${reference}`, body: bytes,
+      headers: { 'content-type': mediaType, 'content-length': String(bytes.length) },
+      scope: `repository:${ref.repository}:pull,push`, capability: 'push',
+    });
+    await res.body.dump();
+    if (res.statusCode !== 201 && res.statusCode !== 200) return this.fail(res, `push of manifest ${ref.repository}:${reference}`);
+    return 'sha256:' + createHash('sha256').update(bytes).digest('hex');
+  }
+}
+
+function withQuery(url: string, key: string, value: string): string {
+  const u = new URL(url);
+  u.searchParams.set(key, value);
+  return u.toString();
+}

@@ -1,0 +1,250 @@
+// The content-addressed chunk store (the seeds' DedupStore): each distinct chunk, keyed by the
+// sha256 of its uncompressed bytes, is stored once under chunks/sha256/<2 hex>/<hex>, however
+// many layers and images use it. index.db records chunks, layers, images and their references.
+//
+// Invariants: a chunk file holds exactly the bytes its name hashes to (verified before the
+// rename that publishes it: temp file, fsync, rename); the index may lag the files after a crash
+// or a concurrent gc, so a missing file means "not present", never an error.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type Database from 'better-sqlite3';
+import { ChunkDigestMismatchError, InvalidArgumentError, NotFoundError, StoreError } from '../errors.js';
+import { openIndexDb } from './index-db.js';
+
+const DIGEST_RE = /^sha256:([0-9a-f]{64})$/;
+/** A temp file older than this belongs to a writer that died. */
+const STALE_TEMP_MS = 10 * 60 * 1000;
+
+export interface LayerRecord {
+  digest: string;
+  tocDigest: string;
+  compressedSize: number;
+  uncompressedSize: number;
+  /** Every chunk of the layer in TOC order (repeats included). */
+  chunks: { digest: string; size: number }[];
+}
+
+export interface StoreStats {
+  images: number;
+  layers: number;
+  /** Chunks whose bytes are stored. */
+  chunks: number;
+  /** Chunks referenced by some layer but not fetched yet. */
+  chunksMissing: number;
+  /** Bytes of stored chunks: what the store holds on disk (before filesystem overhead). */
+  storedBytes: number;
+  /** Bytes the stored chunks stand for, counted once per layer reference: the size without dedup. */
+  logicalBytes: number;
+  /** logicalBytes / storedBytes (1 when nothing is stored). */
+  dedupRatio: number;
+  savedBytes: number;
+  /** The seed's figure: chunks with ref_count > 1, and their total size. */
+  sharedChunks: number;
+  sharedBytes: number;
+}
+
+export interface GcReport {
+  layersRemoved: number;
+  chunksRemoved: number;
+  bytesFreed: number;
+  tempFilesRemoved: number;
+}
+
+function hexOf(digest: string): string {
+  const m = DIGEST_RE.exec(digest);
+  if (!m) throw new InvalidArgumentError(`"${digest}" is not a sha256 digest`);
+  return m[1]!;
+}
+
+export class ChunkStore {
+  private constructor(readonly root: string, private readonly db: Database.Database) {}
+
+  static async open(root: string): Promise<ChunkStore> {
+    await mkdir(join(root, 'chunks', 'sha256'), { recursive: true });
+    await mkdir(join(root, 'chunks', 'tmp'), { recursive: true });
+    try {
+      return new ChunkStore(root, openIndexDb(join(root, 'index.db')));
+    } catch (err) {
+      throw new StoreError(`cannot open ${join(root, 'index.db')}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  chunkPath(digest: string): string {
+    const hex = hexOf(digest);
+    return join(this.root, 'chunks', 'sha256', hex.slice(0, 2), hex);
+  }
+
+  /** The digests among `digests` whose bytes the index says are not stored. */
+  missing(digests: Iterable<string>): Set<string> {
+    const q = this.db.prepare('SELECT present FROM chunks WHERE digest = ?').pluck();
+    const out = new Set<string>();
+    for (const d of digests) if (q.get(d) !== 1) out.add(d);
+    return out;
+  }
+
+  /** The chunk's bytes, verified, or undefined when it is not stored. */
+  async get(digest: string): Promise<Buffer | undefined> {
+    let data: Buffer;
+    try {
+      data = await readFile(this.chunkPath(digest));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      this.db.prepare('UPDATE chunks SET present = 0 WHERE digest = ?').run(digest);
+      return undefined;
+    }
+    const actual = 'sha256:' + createHash('sha256').update(data).digest('hex');
+    if (actual !== digest) {
+      // Bit rot or tampering: drop the file so the next read fetches it again.
+      await unlink(this.chunkPath(digest)).catch(() => undefined);
+      this.db.prepare('UPDATE chunks SET present = 0 WHERE digest = ?').run(digest);
+      throw new ChunkDigestMismatchError(digest, actual, `stored file ${this.chunkPath(digest)}`);
+    }
+    return data;
+  }
+
+  /** Verifies and stores a chunk; returns false when it was stored already. */
+  async put(digest: string, data: Uint8Array): Promise<boolean> {
+    const actual = 'sha256:' + createHash('sha256').update(data).digest('hex');
+    if (actual !== digest) throw new ChunkDigestMismatchError(digest, actual, 'bytes offered to the store');
+    return this.putVerified(digest, data);
+  }
+
+  /** Stores a chunk the caller has verified against `digest` (the codec workers do). */
+  async putVerified(digest: string, data: Uint8Array): Promise<boolean> {
+    const path = this.chunkPath(digest);
+    const exists = await stat(path).then((s) => s.size === data.length, () => false);
+    if (!exists) {
+      await mkdir(join(path, '..'), { recursive: true });
+      const tmp = join(this.root, 'chunks', 'tmp', `${hexOf(digest)}.${randomBytes(6).toString('hex')}`);
+      try {
+        const fh = await open(tmp, 'wx');
+        try {
+          await fh.writeFile(data);
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+        await rename(tmp, path);
+      } catch (err) {
+        await rm(tmp, { force: true });
+        throw new StoreError(`cannot store chunk ${digest}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    const now = Date.now();
+    this.db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at, stored_at) VALUES (?, ?, 0, 1, ?, ?)
+      ON CONFLICT(digest) DO UPDATE SET present = 1, stored_at = COALESCE(stored_at, excluded.stored_at)`).run(digest, data.length, now, now);
+    return !exists;
+  }
+
+  hasLayer(digest: string): boolean {
+    return this.db.prepare('SELECT 1 FROM layers WHERE digest = ?').get(digest) !== undefined;
+  }
+
+  /** Records a layer and references its chunks; a layer recorded before is left as it is. */
+  addLayer(layer: LayerRecord): boolean {
+    const now = Date.now();
+    return this.db.transaction(() => {
+      if (this.hasLayer(layer.digest)) return false;
+      this.db.prepare('INSERT INTO layers (digest, toc_digest, compressed_size, uncompressed_size, chunk_count, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(layer.digest, layer.tocDigest, layer.compressedSize, layer.uncompressedSize, layer.chunks.length, now);
+      const ref = this.db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at) VALUES (?, ?, 1, 0, ?)
+        ON CONFLICT(digest) DO UPDATE SET ref_count = ref_count + 1 RETURNING size`);
+      const link = this.db.prepare('INSERT INTO layer_chunks (layer_digest, seq, chunk_digest) VALUES (?, ?, ?)');
+      for (const [seq, c] of layer.chunks.entries()) {
+        hexOf(c.digest);
+        const row = ref.get(c.digest, c.size, now) as { size: number };
+        if (row.size !== c.size) throw new StoreError(`chunk ${c.digest} is ${c.size} bytes in layer ${layer.digest} but ${row.size} bytes in the store`);
+        link.run(layer.digest, seq, c.digest);
+      }
+      return true;
+    }).immediate();
+  }
+
+  /** Records (or re-points) an image name at its layers; the layers must be recorded. */
+  addImage(ref: string, manifestDigest: string, layers: string[]): void {
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM images WHERE ref = ?').run(ref);
+      this.db.prepare('INSERT INTO images (ref, manifest_digest, created_at) VALUES (?, ?, ?)').run(ref, manifestDigest, Date.now());
+      const ins = this.db.prepare('INSERT INTO image_layers (ref, idx, layer_digest) VALUES (?, ?, ?)');
+      for (const [i, l] of layers.entries()) ins.run(ref, i, l);
+    }).immediate();
+  }
+
+  /** Forgets an image; its layers and chunks go at the next gc if nothing else uses them. */
+  removeImage(ref: string): void {
+    const r = this.db.prepare('DELETE FROM images WHERE ref = ?').run(ref);
+    if (r.changes === 0) throw new NotFoundError(`image "${ref}" in the store`);
+  }
+
+  listImages(): { ref: string; manifestDigest: string; layers: number; createdAt: number }[] {
+    return this.db.prepare(`SELECT i.ref, i.manifest_digest AS manifestDigest, COUNT(l.idx) AS layers, i.created_at AS createdAt
+      FROM images i LEFT JOIN image_layers l ON l.ref = i.ref GROUP BY i.ref ORDER BY i.ref`).all() as never;
+  }
+
+  /** Per layer: chunks referenced, chunks stored, and their bytes. */
+  layerProgress(digest: string): { chunks: number; present: number; bytes: number; presentBytes: number } {
+    return this.db.prepare(`SELECT COUNT(*) AS chunks, COALESCE(SUM(c.present), 0) AS present, COALESCE(SUM(c.size), 0) AS bytes,
+      COALESCE(SUM(c.size * c.present), 0) AS presentBytes FROM layer_chunks lc JOIN chunks c ON c.digest = lc.chunk_digest
+      WHERE lc.layer_digest = ?`).get(digest) as never;
+  }
+
+  stats(): StoreStats {
+    const s = this.db.prepare(`SELECT
+        (SELECT COUNT(*) FROM images) AS images,
+        (SELECT COUNT(*) FROM layers) AS layers,
+        COALESCE(SUM(present), 0) AS chunks,
+        COALESCE(SUM(CASE WHEN present = 0 AND ref_count > 0 THEN 1 ELSE 0 END), 0) AS chunksMissing,
+        COALESCE(SUM(size * present), 0) AS storedBytes,
+        COALESCE(SUM(size * ref_count * present), 0) AS logicalBytes,
+        COALESCE(SUM(CASE WHEN ref_count > 1 AND present = 1 THEN 1 ELSE 0 END), 0) AS sharedChunks,
+        COALESCE(SUM(CASE WHEN ref_count > 1 AND present = 1 THEN size ELSE 0 END), 0) AS sharedBytes
+      FROM chunks`).get() as Omit<StoreStats, 'dedupRatio' | 'savedBytes'>;
+    return {
+      ...s, dedupRatio: s.storedBytes > 0 ? s.logicalBytes / s.storedBytes : 1, savedBytes: s.logicalBytes - s.storedBytes,
+    };
+  }
+
+  /**
+   * Removes layers no image names, chunks no layer references, and temp files of dead writers.
+   * Rows go first (one transaction), files after: a concurrent writer that re-adds a chunk in
+   * between loses at most a file, which get() then reports as absent.
+   */
+  async gc(): Promise<GcReport> {
+    const { layers, chunks } = this.db.transaction(() => {
+      const dead = this.db.prepare('SELECT digest FROM layers WHERE digest NOT IN (SELECT layer_digest FROM image_layers)').pluck().all() as string[];
+      const unref = this.db.prepare(`UPDATE chunks SET ref_count = ref_count - (SELECT COUNT(*) FROM layer_chunks WHERE layer_digest = ? AND chunk_digest = chunks.digest)
+        WHERE digest IN (SELECT chunk_digest FROM layer_chunks WHERE layer_digest = ?)`);
+      for (const l of dead) {
+        unref.run(l, l);
+        this.db.prepare('DELETE FROM layers WHERE digest = ?').run(l);
+      }
+      const gone = this.db.prepare('DELETE FROM chunks WHERE ref_count <= 0 RETURNING digest, size, present').all() as { digest: string; size: number; present: number }[];
+      return { layers: dead.length, chunks: gone };
+    }).immediate();
+    let bytesFreed = 0;
+    for (const c of chunks) {
+      try {
+        await unlink(this.chunkPath(c.digest));
+        bytesFreed += c.size;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+    }
+    let tempFilesRemoved = 0;
+    const tmpDir = join(this.root, 'chunks', 'tmp');
+    for (const name of await readdir(tmpDir)) {
+      const s = await stat(join(tmpDir, name)).catch(() => undefined);
+      if (s && Date.now() - s.mtimeMs > STALE_TEMP_MS) {
+        await rm(join(tmpDir, name), { force: true });
+        tempFilesRemoved++;
+      }
+    }
+    return { layersRemoved: layers, chunksRemoved: chunks.length, bytesFreed, tempFilesRemoved };
+  }
+}

@@ -1,0 +1,46 @@
+// Worker side of the codec pool: the CPU-heavy steps (gzip a member, inflate and verify a chunk)
+// run here so the main thread keeps serving I/O. The pool side is src/codec/codec-pool.ts.
+
+import { createHash } from 'node:crypto';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { move } from 'piscina';
+
+export interface GzipTask {
+  data: Uint8Array;
+  level: number;
+}
+
+/** Compresses one eStargz member. */
+export function gzip(task: GzipTask): Uint8Array {
+  return move(gzipSync(task.data, { level: task.level })) as Uint8Array;
+}
+
+export interface InflateTask {
+  member: Uint8Array;
+  innerOffset: number;
+  chunkSize: number;
+  /** "sha256:<hex>" the chunk must hash to, or undefined for stargz chunks without digests. */
+  expected: string | undefined;
+}
+
+/**
+ * Inflates a chunk's member and checks its digest. Returns the bytes, or a string: the reason
+ * they were refused (the pool turns it into a typed error; classes do not cross threads).
+ */
+export function inflate(task: InflateTask): Uint8Array | string {
+  let out: Buffer;
+  try {
+    out = gunzipSync(task.member, { maxOutputLength: task.innerOffset + task.chunkSize + 64 * 1024 * 1024 });
+  } catch (err) {
+    return `inflate: ${(err as Error).message}`;
+  }
+  if (out.length < task.innerOffset + task.chunkSize) return `inflate: member holds ${out.length} bytes, chunk needs ${task.innerOffset + task.chunkSize}`;
+  const data = out.subarray(task.innerOffset, task.innerOffset + task.chunkSize);
+  if (task.expected) {
+    const actual = 'sha256:' + createHash('sha256').update(data).digest('hex');
+    if (actual !== task.expected) return `digest: ${actual}`;
+  }
+  // Copy out only when the chunk is a small part of the member, so the transfer stays small.
+  const result = data.length === out.length ? out : Buffer.from(data);
+  return move(result) as Uint8Array;
+}

@@ -46,8 +46,8 @@ export class InvalidReferenceError extends DedupError {
 }
 
 export class NotFoundError extends DedupError {
-  constructor(what: string) {
-    super('ERR_NOT_FOUND', `${what} not found`);
+  constructor(what: string, detail?: string) {
+    super('ERR_NOT_FOUND', `${what} not found${detail ? ` (${detail})` : ''}`);
   }
 }
 

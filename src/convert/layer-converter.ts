@@ -62,7 +62,11 @@ class MemberWriter {
       const data = Buffer.concat(this.parts, this.partsLength);
       this.parts = [];
       this.partsLength = 0;
-      this.pending.push(this.pool.gzip(data, this.level));
+      const compressed = this.pool.gzip(data, this.level);
+      // If the conversion fails before this member is written, nobody awaits it: keep its
+      // rejection (e.g. the pool shutting down) from becoming an unhandled one.
+      compressed.catch(() => undefined);
+      this.pending.push(compressed);
       this.members++;
       // Bounded read-ahead: keep every worker busy, but no more members than that in memory.
       while (this.pending.length > this.pool.threads * 2) await this.writeOldest();

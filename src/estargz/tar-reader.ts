@@ -124,7 +124,7 @@ export async function* readTar(src: AsyncIterable<Uint8Array>): AsyncGenerator<T
     if (block.every((b) => b === 0)) return;
     let sum = 0;
     for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : block[i]!;
-    const recorded = number(block.subarray(148, 156), 'checksum');
+    const recorded = /^[0-7 \0]+$/.test(block.subarray(148, 156).toString('latin1')) ? number(block.subarray(148, 156), 'checksum') : -1;
     if (recorded !== sum) throw new TarFormatError(`header at byte ${r.position - BLOCK} has a bad checksum (not a tar?)`);
     const typeflag = String.fromCharCode(block[156]!);
     const size = number(block.subarray(124, 136), 'size');

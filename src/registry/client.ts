@@ -193,7 +193,7 @@ export class RegistryClient {
     } catch {
       /* body was not JSON: the status says enough */
     }
-    if (res.statusCode === 404) throw new NotFoundError(`${what}${detail ? ` (${detail})` : ''}`);
+    if (res.statusCode === 404) throw new NotFoundError(what, detail);
     if (res.statusCode === 401 || res.statusCode === 403) throw new RegistryAuthError(`${what}: HTTP ${res.statusCode}${detail ? ` (${detail})` : ''}`);
     throw new RegistryError(`${what}: HTTP ${res.statusCode}${detail ? ` (${detail})` : ''}`, res.statusCode);
   }

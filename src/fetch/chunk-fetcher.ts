@@ -61,8 +61,11 @@ export async function fetchChunks(source: ImageSource, desc: Descriptor, chunks:
     chunks: distinct.size, alreadyStored: distinct.size - wanted.length, fetched: 0, bytesFetched: 0, bytesStored: 0, requests: 0,
   };
   let next = 0;
+  let failure: unknown;
   const worker = async (): Promise<void> => {
-    while (next < groups.length) {
+    // After a failure no new request starts; requests in flight finish, so when this function
+    // returns (or throws) nothing of it is still writing to the store.
+    while (next < groups.length && failure === undefined) {
       const group = groups[next++]!;
       const start = group[0]!.offset;
       const end = group.at(-1)!.compressedEnd;
@@ -70,13 +73,18 @@ export async function fetchChunks(source: ImageSource, desc: Descriptor, chunks:
       report.requests++;
       report.bytesFetched += bytes.length;
       opts.onBytes?.(bytes.length);
-      await Promise.all(group.map(async (c) => {
+      const results = await Promise.allSettled(group.map(async (c) => {
         const data = await pool.inflate(bytes.subarray(c.offset - start, c.compressedEnd - start), c, c.digest, `"${c.path}" at ${c.chunkOffset} in layer ${desc.digest}`);
         if (await store.putVerified(c.digest, data)) report.bytesStored += data.length;
         report.fetched++;
       }));
+      const rejected = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (rejected) throw rejected.reason;
     }
   };
-  await Promise.all(Array.from({ length: Math.min(opts.concurrency, groups.length) }, worker));
+  await Promise.all(Array.from({ length: Math.min(opts.concurrency, groups.length) }, () => worker().catch((err: unknown) => {
+    failure ??= err;
+  })));
+  if (failure !== undefined) throw failure;
   return report;
 }

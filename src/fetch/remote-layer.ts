@@ -36,7 +36,7 @@ export class RemoteLayer {
     try {
       parsed = readToc(tocMember, footer.tocOffset);
     } catch (err) {
-      if (err instanceof MalformedEstargzError) throw new MalformedEstargzError(`${where}:`, err.message.replace(/^malformed eStargz /, ''));
+      if (err instanceof MalformedEstargzError) throw new MalformedEstargzError(where, err.message.replace(/^malformed eStargz /, ''));
       throw err;
     }
     const expected = desc.annotations?.[TOC_DIGEST_ANNOTATION];

@@ -1,0 +1,161 @@
+// The registry client against a real docker-registry, directly and through a proxy that demands
+// bearer tokens or injects faults.
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { NotFoundError, RegistryAuthError, RegistryError } from '../src/errors.js';
+import { RegistryImage } from '../src/image/registry-image.js';
+import { loadDockerConfig, parseChallenge } from '../src/registry/auth.js';
+import { RegistryClient } from '../src/registry/client.js';
+import { parseReference } from '../src/registry/reference.js';
+import { sha256 } from './fixtures/images.js';
+import { freePort } from './fixtures/process.js';
+import { startProxy, type TestProxy } from './fixtures/proxy.js';
+import { startRegistry, type TestRegistry } from './fixtures/registry.js';
+
+const FAST_RETRY = { retries: 6, baseDelayMs: 5, maxDelayMs: 50 };
+
+describe('registry client', () => {
+  let tmp: string;
+  let registry: TestRegistry | undefined;
+  const proxies: TestProxy[] = [];
+  const clients: RegistryClient[] = [];
+  const client = (opts: ConstructorParameters<typeof RegistryClient>[0] = {}): RegistryClient => {
+    const c = new RegistryClient({ plainHttp: true, retry: FAST_RETRY, ...opts });
+    clients.push(c);
+    return c;
+  };
+  const proxy = async (opts: Parameters<typeof startProxy>[1]): Promise<TestProxy> => {
+    const p = await startProxy(registry!.host, opts);
+    proxies.push(p);
+    return p;
+  };
+
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'dedup-registry-test-'));
+    registry = await startRegistry(tmp);
+  });
+
+  after(async () => {
+    for (const c of clients) await c.close();
+    for (const p of proxies) await p.stop();
+    await registry?.stop();
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('parses references the way docker does', () => {
+    assert.deepEqual(parseReference('alpine'), { host: 'docker.io', repository: 'library/alpine', tag: 'latest', digest: undefined });
+    assert.deepEqual(parseReference('localhost:5000/a/b:v1'), { host: 'localhost:5000', repository: 'a/b', tag: 'v1', digest: undefined });
+    const d = 'sha256:' + 'a'.repeat(64);
+    assert.equal(parseReference(`ghcr.io/x/y@${d}`).digest, d);
+    assert.throws(() => parseReference('Bad/Name'), /invalid image reference/);
+    assert.throws(() => parseReference('a@sha256:123'), /digest/);
+    assert.deepEqual(parseChallenge('Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push"'), {
+      scheme: 'bearer', params: { realm: 'https://auth.example/token', service: 'reg', scope: 'repository:a/b:pull,push' },
+    });
+  });
+
+  it('pushes blobs monolithically, in chunks and by cross-repository mount; reads them whole and by range', async () => {
+    const c = client();
+    const ref = parseReference(`${registry!.host}/blobs/one:latest`);
+    const small = randomBytes(1000);
+    const large = randomBytes(3 * 1024 * 1024 + 7);
+    assert.equal(await c.pushBlob(ref, sha256(small), small.length, (s, e) => small.subarray(s, e)), 'uploaded');
+    assert.equal(await c.pushBlob(ref, sha256(large), large.length, (s, e) => large.subarray(s, e), { chunkSize: 1024 * 1024 }), 'uploaded');
+    assert.equal(await c.pushBlob(ref, sha256(large), large.length, (s, e) => large.subarray(s, e)), 'exists');
+    assert.ok((await c.getBlob(ref, sha256(large))).equals(large));
+    assert.ok((await c.getBlobRange(ref, sha256(large), 1000, 2_000_000)).equals(large.subarray(1000, 2_000_000)));
+    const other = parseReference(`${registry!.host}/blobs/two:latest`);
+    assert.equal(await c.pushBlob(other, sha256(large), large.length, () => Buffer.alloc(0), { mountFrom: 'blobs/one' }), 'mounted');
+    assert.equal(await c.headBlob(other, sha256(large)), large.length);
+    await assert.rejects(c.getBlob(ref, sha256(Buffer.from('never pushed'))), NotFoundError);
+  });
+
+  it('resolves an image index to the platform asked for', async () => {
+    const c = client();
+    const ref = parseReference(`${registry!.host}/multi/arch:v1`);
+    const put = async (b: Buffer): Promise<{ digest: string; size: number }> => {
+      await c.pushBlob(ref, sha256(b), b.length, (s, e) => b.subarray(s, e));
+      return { digest: sha256(b), size: b.length };
+    };
+    const manifests = [];
+    for (const arch of ['amd64', 'arm64']) {
+      const layer = await put(randomBytes(100));
+      const config = await put(Buffer.from(JSON.stringify({ architecture: arch, os: 'linux', rootfs: { type: 'layers', diff_ids: [layer.digest] } })));
+      const m = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...layer }] }));
+      const digest = await c.putManifest(ref, sha256(m), m, 'application/vnd.oci.image.manifest.v1+json');
+      manifests.push({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest, size: m.length, platform: { os: 'linux', architecture: arch } });
+    }
+    const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests }));
+    await c.putManifest(ref, 'v1', index, 'application/vnd.oci.image.index.v1+json');
+    const img = new RegistryImage(c, ref);
+    assert.equal((await img.resolve({ os: 'linux', architecture: 'arm64' })).config.architecture, 'arm64');
+    assert.equal((await img.resolve({ os: 'linux', architecture: 'amd64' })).manifestDigest, manifests[0]!.digest);
+    await assert.rejects(img.resolve({ os: 'linux', architecture: 's390x' }), /no manifest for platform linux\/s390x \(has: linux\/amd64, linux\/arm64\)/);
+  });
+
+  it('gets bearer tokens with credentials from a docker config.json and caches them per scope', async () => {
+    const p = await proxy({ bearer: { username: 'alice', password: 's3cret' } });
+    const dockerConfig = join(tmp, 'docker-config.json');
+    await writeFile(dockerConfig, JSON.stringify({ auths: { [p.host]: { auth: Buffer.from('alice:s3cret').toString('base64') } } }));
+    const creds = await loadDockerConfig(dockerConfig);
+    const c = client({ credentials: (h) => creds.get(h) });
+    const ref = parseReference(`${p.host}/blobs/one:latest`);
+    const blob = randomBytes(5000);
+    await c.pushBlob(ref, sha256(blob), blob.length, (s, e) => blob.subarray(s, e));
+    for (let i = 0; i < 5; i++) assert.ok((await c.getBlobRange(ref, sha256(blob), i, i + 10)).equals(blob.subarray(i, i + 10)));
+    assert.ok(p.stats.tokenRequests <= 3, `tokens are cached (${p.stats.tokenRequests} token requests)`);
+    assert.ok(p.stats.scopes.includes('repository:blobs/one:pull,push'));
+    const anonymous = client();
+    await assert.rejects(anonymous.getBlob(ref, sha256(blob)), (err: unknown) => err instanceof RegistryAuthError && /refused scope "repository:blobs\/one:pull"/.test(err.message));
+    const wrong = client({ credentials: () => ({ username: 'alice', password: 'nope' }) });
+    await assert.rejects(wrong.getBlob(ref, sha256(blob)), RegistryAuthError);
+  });
+
+  it('retries through 500s, 429s and reset connections, and resumes a blob cut off mid-body', async () => {
+    const c = client();
+    const direct = parseReference(`${registry!.host}/faults/img:latest`);
+    const blob = randomBytes(2 * 1024 * 1024);
+    await c.pushBlob(direct, sha256(blob), blob.length, (s, e) => blob.subarray(s, e));
+    const faults = ['500', 'reset', '429', 'ok', '500', 'ok', 'reset'] as const;
+    const p = await proxy({ fault: (_req, n) => faults[(n - 1) % faults.length]! });
+    const ref = parseReference(`${p.host}/faults/img:latest`);
+    for (let i = 0; i < 6; i++) {
+      assert.ok((await c.getBlobRange(ref, sha256(blob), i * 1000, i * 1000 + 4096)).equals(blob.subarray(i * 1000, i * 1000 + 4096)));
+    }
+    assert.ok((await c.getBlob(ref, sha256(blob))).equals(blob));
+    const up = randomBytes(1500);
+    await c.pushBlob(ref, sha256(up), up.length, (s, e) => up.subarray(s, e));
+    assert.ok(p.stats.faults >= 5);
+    assert.ok(c.stats.retries >= 5);
+    p.options.fault = (req) => (req.headers.range ? 'ok' : 'reset-mid-body');
+    assert.ok((await c.getBlob(ref, sha256(blob))).equals(blob), 'resumed with a Range request after the reset');
+    assert.ok(p.stats.rangeRequests >= 1);
+  });
+
+  it('gives up with an error that names the request when the registry stays down', async () => {
+    const port = await freePort();
+    const c = client({ retry: { retries: 2, baseDelayMs: 1, maxDelayMs: 5 } });
+    await assert.rejects(c.getBlob(parseReference(`127.0.0.1:${port}/x/y:z`), sha256(Buffer.from('a'))),
+      (err: unknown) => err instanceof RegistryError && new RegExp(`GET http://127.0.0.1:${port}/v2/x/y/blobs/sha256:.*after 3 attempts`).test(err.message));
+    const p = await proxy({ fault: () => '500' });
+    await assert.rejects(c.getBlob(parseReference(`${p.host}/x/y:z`), sha256(Buffer.from('a'))), (err: unknown) => err instanceof RegistryError && err.status === 500);
+  });
+
+  it('uses plain HTTP only when asked: by flag or by a containerd hosts.toml', async () => {
+    const tls = client({ plainHttp: false, retry: { retries: 0, baseDelayMs: 1, maxDelayMs: 1 } });
+    const ref = parseReference(`${registry!.host}/blobs/one:latest`);
+    await assert.rejects(tls.headBlob(ref, sha256(Buffer.from('x'))), RegistryError, 'https to a plain registry fails');
+    const hostsDir = join(tmp, 'certs.d');
+    await mkdir(join(hostsDir, registry!.host), { recursive: true });
+    await writeFile(join(hostsDir, registry!.host, 'hosts.toml'), `server = "http://${registry!.host}"\n[host."http://${registry!.host}"]\n  capabilities = ["pull", "resolve", "push"]\n`);
+    const viaHosts = client({ plainHttp: false, hostsDir });
+    assert.equal(await viaHosts.headBlob(ref, sha256(Buffer.from('x'))), undefined);
+  });
+});

@@ -1,0 +1,208 @@
+// The chunk store: ingest through a byte-counting registry proxy, dedup across images, gc,
+// concurrent users of one root, faults, and refusal of bad chunks and bad layers.
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { after, before, describe, it } from 'node:test';
+import { CodecPool } from '../src/codec/codec-pool.js';
+import { ChunkDigestMismatchError, MalformedEstargzError } from '../src/errors.js';
+import { encodeFooter, parseFooter } from '../src/estargz/footer.js';
+import { TOC_DIGEST_ANNOTATION } from '../src/estargz/toc.js';
+import { ingestImage } from '../src/fetch/ingest.js';
+import { OciLayout } from '../src/image/oci-layout.js';
+import { ChunkStore, type StoreStats } from '../src/store/chunk-store.js';
+import { dedupctl, dedupctlJson } from './fixtures/cli.js';
+import { busyboxEntries, pushOci, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { startProxy, type TestProxy } from './fixtures/proxy.js';
+import { startRegistry, type TestRegistry } from './fixtures/registry.js';
+
+const AMD64 = { os: 'linux', architecture: 'amd64' };
+const MiB = 1024 * 1024;
+
+async function storeFiles(root: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const d of await readdir(join(root, 'chunks', 'sha256')).catch(() => [])) out.push(...(await readdir(join(root, 'chunks', 'sha256', d))));
+  return out;
+}
+
+describe('chunk store', () => {
+  let tmp: string;
+  let registry: TestRegistry | undefined;
+  let proxy: TestProxy | undefined;
+  let root: string;
+  let shared: Buffer;
+  const images: Record<string, string> = {};
+
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'dedup-store-test-'));
+    registry = await startRegistry(tmp);
+    proxy = await startProxy(registry.host);
+    root = join(tmp, 'root');
+    // Two images on one base layer; their top layers also hold the same 6 MiB file.
+    shared = randomBytes(6 * MiB);
+    const base = await tarOf([...(await busyboxEntries()), { name: 'base/', type: 'directory' }, { name: 'base/blob', type: 'file', content: randomBytes(8 * MiB) }]);
+    const topA: FileSpec[] = [{ name: 'app/', type: 'directory' }, { name: 'app/shared', type: 'file', content: shared }, { name: 'app/a', type: 'file', content: randomBytes(2 * MiB) }];
+    const topB: FileSpec[] = [{ name: 'app/', type: 'directory' }, { name: 'app/shared', type: 'file', content: shared }, { name: 'app/b', type: 'file', content: randomBytes(3 * MiB) }];
+    for (const [name, top] of [['a', topA], ['b', topB]] as const) {
+      await writeOciImage(join(tmp, `layout-${name}`), name, [{ tar: base, compression: 'gzip' }, { tar: await tarOf(top), compression: 'gzip' }]);
+      await pushOci(join(tmp, `layout-${name}`), name, `${registry.host}/src/${name}:1`);
+      images[name] = `${proxy.host}/lazy/${name}:1`;
+      await dedupctlJson(['convert', '--plain-http', '--chunk-size', '1M', `${registry.host}/src/${name}:1`, `${registry.host}/lazy/${name}:1`]);
+    }
+  });
+
+  after(async () => {
+    await proxy?.stop();
+    await registry?.stop();
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('stores and downloads the chunks two images share once; stats show it', async () => {
+    proxy!.reset();
+    const a = await dedupctlJson<{ fetched: number; bytesFetched: number }>(['store', 'ingest', '--root', root, '--plain-http', images.a!]);
+    const bytesA = proxy!.stats.blobBytes;
+    assert.ok(a.fetched > 0);
+    const afterA = await dedupctlJson<StoreStats>(['stats', '--root', root]);
+    proxy!.reset();
+    const b = await dedupctlJson<{ fetched: number; alreadyStored: number; bytesFetched: number }>(['store', 'ingest', '--root', root, '--plain-http', images.b!]);
+    const bytesB = proxy!.stats.blobBytes;
+    // B's base layer and the shared file's chunks are in the store: only app/b (3 MiB) is fetched.
+    assert.ok(b.alreadyStored >= 8 + 6, `shared chunks were not fetched again (${b.alreadyStored})`);
+    assert.ok(bytesB < 4 * MiB, `image b fetched ${bytesB} bytes: app/b (3 MiB) and two TOCs`);
+    assert.ok(bytesA > 16 * MiB, `image a fetched ${bytesA} bytes`);
+    const st = await dedupctlJson<StoreStats>(['stats', '--root', root]);
+    assert.equal(st.images, 2);
+    assert.equal(st.layers, 3, 'one shared base layer and two top layers');
+    assert.equal(st.chunksMissing, 0);
+    assert.ok(st.sharedChunks >= 6, `the shared file's chunks have ref_count 2 (${st.sharedChunks})`);
+    assert.ok(st.sharedBytes >= 6 * MiB);
+    assert.ok(st.storedBytes - afterA.storedBytes < 3.2 * MiB, 'b added only its own bytes');
+    assert.ok(st.logicalBytes > st.storedBytes && st.dedupRatio > 1);
+    const text = await dedupctl(['stats', '--root', root]);
+    assert.match(text.stdout, /dedup ratio\s+\d\.\d\dx/);
+    assert.match(text.stdout, /shared chunks\s+\d+ with ref_count > 1/);
+    // Ingesting again fetches nothing.
+    proxy!.reset();
+    const again = await dedupctlJson<{ fetched: number }>(['store', 'ingest', '--root', root, '--plain-http', images.a!]);
+    assert.equal(again.fetched, 0);
+    assert.equal(proxy!.stats.blobBytes - proxy!.stats.blobBytes, 0);
+  });
+
+  it('gc frees what no image uses and keeps what another image still uses', async () => {
+    const before = await dedupctlJson<StoreStats>(['stats', '--root', root]);
+    await dedupctlJson(['store', 'rm', '--root', root, images.a!]);
+    const gc = await dedupctlJson<{ layersRemoved: number; chunksRemoved: number; bytesFreed: number }>(['gc', '--root', root]);
+    assert.equal(gc.layersRemoved, 1, "a's top layer");
+    assert.equal(gc.chunksRemoved, 2, 'app/a: two 1 MiB chunks');
+    const after = await dedupctlJson<StoreStats>(['stats', '--root', root]);
+    assert.equal(after.storedBytes, before.storedBytes - gc.bytesFreed);
+    assert.equal(after.sharedChunks, 0, 'the shared file is now used by b alone');
+    assert.equal((await storeFiles(root)).length, after.chunks, 'files and index agree');
+    const missing = await dedupctl(['store', 'rm', '--root', root, 'no/such:image']);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /image "no\/such:image" in the store not found/);
+  });
+
+  it('two processes ingesting into one root at once both succeed', async () => {
+    const shared2 = join(tmp, 'root-concurrent');
+    const [x, y] = await Promise.all([
+      dedupctl(['store', 'ingest', '--root', shared2, '--plain-http', images.a!, '--json']),
+      dedupctl(['store', 'ingest', '--root', shared2, '--plain-http', images.b!, '--json']),
+    ]);
+    assert.equal(x.code, 0, x.stderr);
+    assert.equal(y.code, 0, y.stderr);
+    const st = await dedupctlJson<StoreStats>(['stats', '--root', shared2]);
+    assert.equal(st.images, 2);
+    assert.equal(st.chunksMissing, 0);
+    assert.equal((await storeFiles(shared2)).length, st.chunks);
+  });
+
+  it('ingests through a registry that fails requests and resets connections', async () => {
+    const flaky = await startProxy(registry!.host, { fault: (_r, n) => (n % 4 === 0 ? '500' : n % 7 === 0 ? 'reset' : 'ok') });
+    try {
+      const r = await dedupctlJson<{ fetched: number }>(['store', 'ingest', '--root', join(tmp, 'root-flaky'), '--plain-http', `${flaky.host}/lazy/a:1`]);
+      assert.ok(r.fetched > 0);
+      assert.ok(flaky.stats.faults > 0);
+    } finally {
+      await flaky.stop();
+    }
+  });
+
+  it('refuses a chunk whose bytes do not match its digest, naming it, and stores nothing for it', async () => {
+    // Copy image a into a layout and rewrite one chunkDigest in the base layer's TOC.
+    const layout = join(tmp, 'tampered');
+    await dedupctlJson(['convert', '--plain-http', `${registry!.host}/lazy/a:1`, `oci:${layout}:t`]);
+    const img = new OciLayout(`oci:${layout}:t`);
+    const resolved = await img.resolve(AMD64);
+    const desc = resolved.manifest.layers[1]!;
+    const blob = await readFile(img.blobPath(desc.digest));
+    const footer = parseFooter(blob);
+    const tocTar = gunzipSync(blob.subarray(footer.tocOffset, blob.length - footer.size));
+    const json = JSON.parse(tocTar.subarray(512, 512 + Number.parseInt(tocTar.subarray(124, 136).toString().trim(), 8)).toString());
+    const victim = json.entries.find((e: { name: string; chunkDigest?: string }) => e.name === 'app/a' && e.chunkDigest);
+    const forged = sha256(Buffer.from('not the real bytes'));
+    victim.chunkDigest = forged;
+    const newJson = Buffer.from(JSON.stringify(json));
+    const { encodeTarHeader, TAR_END, tarPadding } = await import('../src/estargz/tar.js');
+    const newTocTar = Buffer.concat([encodeTarHeader({ name: 'stargz.index.json', type: 'file', mode: 0o644, uid: 0, gid: 0, size: newJson.length, mtime: 0 }),
+      newJson, Buffer.alloc(tarPadding(newJson.length)), TAR_END]);
+    const newBlob = Buffer.concat([blob.subarray(0, footer.tocOffset), gzipSync(newTocTar), encodeFooter(footer.tocOffset)]);
+    const newDesc = { ...desc, digest: sha256(newBlob), size: newBlob.length, annotations: { ...desc.annotations, [TOC_DIGEST_ANNOTATION]: sha256(newJson) } };
+    await img.putBlob(newDesc, { bytes: newBlob });
+    const manifest = { ...resolved.manifest, layers: [resolved.manifest.layers[0]!, newDesc] };
+    await img.putManifest(Buffer.from(JSON.stringify(manifest)), resolved.manifestMediaType);
+
+    const tamperedRoot = join(tmp, 'root-tampered');
+    const store = await ChunkStore.open(tamperedRoot);
+    const pool = new CodecPool(1);
+    try {
+      await assert.rejects(ingestImage(img, store, pool, { platform: AMD64 }),
+        (err: unknown) => err instanceof ChunkDigestMismatchError && err.chunk === forged && err.message.includes('"app/a"'));
+      assert.equal(store.missing([forged]).has(forged), true, 'nothing stored under the forged digest');
+      assert.equal((await storeFiles(tamperedRoot)).includes(forged.slice(7)), false);
+      assert.deepEqual(await readdir(join(tamperedRoot, 'chunks', 'tmp')), [], 'no temp files left');
+      await assert.rejects(store.put(forged, Buffer.from('x')), ChunkDigestMismatchError);
+    } finally {
+      await pool.close();
+      store.close();
+    }
+    const cli = await dedupctl(['store', 'ingest', '--root', tamperedRoot, `oci:${layout}:t`]);
+    assert.equal(cli.code, 1);
+    assert.match(cli.stderr, new RegExp(`chunk ${forged} \\("app/a" at \\d+ in layer sha256:[0-9a-f]{64}\\) has digest sha256:[0-9a-f]{64}; refusing to store it`));
+  });
+
+  it('rejects bad layers (truncated blob, bad footer, bad TOC, not eStargz) and records nothing', async () => {
+    const plain = join(tmp, 'plain');
+    await writeOciImage(plain, 'p', [{ tar: await tarOf([{ name: 'f', type: 'file', content: Buffer.from('x') }]), compression: 'gzip' }]);
+    const badRoot = join(tmp, 'root-bad');
+    const r1 = await dedupctl(['store', 'ingest', '--root', badRoot, `oci:${plain}:p`]);
+    assert.equal(r1.code, 1);
+    assert.match(r1.stderr, /no stargz footer at the end of the blob \(not an eStargz layer\?\)/);
+
+    const layout = join(tmp, 'truncated');
+    await dedupctlJson(['convert', `oci:${plain}:p`, `oci:${layout}:t`]);
+    const img = new OciLayout(`oci:${layout}:t`);
+    const desc = (await img.resolve(AMD64)).manifest.layers[0]!;
+    const blob = await readFile(img.blobPath(desc.digest));
+    await writeFile(img.blobPath(desc.digest), blob.subarray(0, blob.length - 20));
+    const r2 = await dedupctl(['store', 'ingest', '--root', badRoot, `oci:${layout}:t`]);
+    assert.equal(r2.code, 1);
+    assert.match(r2.stderr, /malformed eStargz/);
+    const footer = parseFooter(blob);
+    const bad = Buffer.from(blob);
+    bad.fill(0x41, footer.tocOffset + 20, footer.tocOffset + 40);
+    await writeFile(img.blobPath(desc.digest), bad);
+    const r3 = await dedupctl(['store', 'ingest', '--root', badRoot, `oci:${layout}:t`]);
+    assert.equal(r3.code, 1);
+    assert.match(r3.stderr, /malformed eStargz layer sha256:[0-9a-f]{64}: TOC: cannot be decompressed/);
+
+    const st = await dedupctlJson<StoreStats>(['stats', '--root', badRoot]);
+    assert.deepEqual([st.images, st.layers, st.chunks], [0, 0, 0], 'nothing half-recorded');
+    assert.deepEqual(await storeFiles(badRoot), []);
+    assert.ok(MalformedEstargzError);
+  });
+});

@@ -88,14 +88,15 @@ export function parseIntFlag(flag: string, min: number, max: number): (value: st
  * 70 (EX_SOFTWARE) for anything unexpected, with the stack.
  */
 export async function runCli(program: Command, argv = process.argv): Promise<void> {
-  program.exitOverride();
-  program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  // Subcommands added with addCommand do not inherit this: set it on every command.
+  const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
+  for (const c of all(program)) c.exitOverride();
   try {
     await program.parseAsync(argv);
   } catch (err) {
     const e = err as { code?: string; exitCode?: number };
     if (typeof e.code === 'string' && e.code.startsWith('commander.')) {
-      process.exitCode = e.exitCode ?? 2;
+      process.exitCode = e.exitCode === 0 ? 0 : 2;
       return;
     }
     const name = program.name();

@@ -10,7 +10,7 @@ import type { Descriptor } from '../image/oci.js';
 import type { ImageSource } from '../image/source.js';
 
 /** How much of a blob's end to read first: most TOCs fit, saving a round trip. */
-const TAIL_READ = 256 * 1024;
+const TAIL_READ = 64 * 1024;
 
 export interface LayerChunk extends TocChunk {
   /** The chunk's sha256: its key in the chunk store. */

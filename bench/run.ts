@@ -1,0 +1,74 @@
+// npm run bench [-- SCENARIO…] [--reps N]: runs the scenarios, prints a table, writes JSON and
+// Markdown under bench/results/. Every figure compares against a baseline measured in the same run.
+
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cpus, release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { run } from '../test/fixtures/process.js';
+import { convertScenario } from './convert.js';
+
+interface Row {
+  scenario: string;
+  metric: string;
+  ours: string;
+  baseline: string;
+  ratio: string;
+}
+
+const SCENARIOS: Record<string, (tmp: string, reps: number, log: (s: string) => void) => Promise<{ result: unknown; rows: Row[] }>> = {
+  async convert(tmp, reps, log) {
+    const r = await convertScenario(tmp, { repetitions: reps, sizeMiB: 224, level: 6, log });
+    return {
+      result: r,
+      rows: [{
+        scenario: 'convert', metric: `throughput, ${(r.imageBytes / 1048576).toFixed(0)} MiB image (MiB/s, median of ${r.repetitions})`,
+        ours: `${r.oursMiBps.toFixed(1)} (${r.oursSeconds.min.toFixed(2)}–${r.oursSeconds.max.toFixed(2)} s)`,
+        baseline: `ctr-remote ${r.ctrRemoteMiBps.toFixed(1)} (${r.ctrRemoteSeconds.min.toFixed(2)}–${r.ctrRemoteSeconds.max.toFixed(2)} s)`,
+        ratio: `${r.ratio.toFixed(2)}x`,
+      }],
+    };
+  },
+};
+
+async function machine(): Promise<Record<string, string>> {
+  const version = async (cmd: string, args: string[]): Promise<string> => (await run(cmd, args).catch(() => ({ stdout: '?' }))).stdout.split('\n')[0]!.trim();
+  return {
+    cpu: `${cpus().length} x ${cpus()[0]?.model ?? '?'}`, kernel: release(), node: process.version,
+    containerd: await version('containerd', ['--version']), ctrRemote: await version('dpkg-query', ['-W', '-f=${Version}', 'stargz-snapshotter']),
+  };
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const repsAt = args.indexOf('--reps');
+  const reps = repsAt >= 0 ? Number(args.splice(repsAt, 2)[1]) : 3;
+  const names = args.length ? args : Object.keys(SCENARIOS);
+  for (const n of names) if (!SCENARIOS[n]) throw new Error(`unknown scenario "${n}" (have: ${Object.keys(SCENARIOS).join(', ')})`);
+  const outDir = fileURLToPath(new URL('../../bench/results/', import.meta.url));
+  await mkdir(outDir, { recursive: true });
+  const results: Record<string, unknown> = {};
+  const rows: Row[] = [];
+  for (const name of names) {
+    const tmp = await mkdtemp(join(tmpdir(), `dedup-bench-${name}-`));
+    try {
+      const r = await SCENARIOS[name]!(tmp, reps, (s) => process.stderr.write(s + '\n'));
+      results[name] = r.result;
+      rows.push(...r.rows);
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }
+  const env = await machine();
+  const table = ['| scenario | metric | ours | baseline | ratio (ours vs baseline) |', '| --- | --- | --- | --- | --- |',
+    ...rows.map((r) => `| ${r.scenario} | ${r.metric} | ${r.ours} | ${r.baseline} | ${r.ratio} |`)].join('\n');
+  const md = `# Benchmark results\n\n${new Date().toISOString()}: ${env.cpu}, Linux ${env.kernel}, Node ${env.node}, ${env.containerd}, stargz-snapshotter ${env.ctrRemote}\n\n${table}\n`;
+  await writeFile(join(outDir, 'results.json'), JSON.stringify({ date: new Date().toISOString(), machine: env, results }, null, 2));
+  await writeFile(join(outDir, 'results.md'), md);
+  process.stdout.write(md);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});

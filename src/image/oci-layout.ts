@@ -7,6 +7,7 @@ import { createReadStream } from 'node:fs';
 import { copyFile, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
+import { writeFileAtomic } from '../atomic-file.js';
 import { DigestMismatchError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import {
   configSchema, indexSchema, isIndexMediaType, manifestSchema, MediaType, parseJson, selectPlatform,
@@ -24,18 +25,6 @@ export function parseOciSpec(spec: string): { dir: string; tag: string | undefin
   if (colon > rest.lastIndexOf('/') && colon > 0) return { dir: rest.slice(0, colon), tag: rest.slice(colon + 1) || undefined };
   if (!rest) throw new InvalidArgumentError(`"${spec}" names no directory (use oci:DIR[:TAG])`);
   return { dir: rest, tag: undefined };
-}
-
-async function writeAtomic(path: string, data: Buffer): Promise<void> {
-  const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
-  const fh = await open(tmp, 'w');
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
 }
 
 export class OciLayout implements ImageSource, ImageTarget {
@@ -133,7 +122,7 @@ export class OciLayout implements ImageSource, ImageTarget {
 
   private async ensureLayout(): Promise<void> {
     await mkdir(join(this.dir, 'blobs', 'sha256'), { recursive: true });
-    await stat(join(this.dir, 'oci-layout')).catch(() => writeAtomic(join(this.dir, 'oci-layout'), Buffer.from('{"imageLayoutVersion":"1.0.0"}')));
+    await stat(join(this.dir, 'oci-layout')).catch(() => writeFileAtomic(join(this.dir, 'oci-layout'), Buffer.from('{"imageLayoutVersion":"1.0.0"}')));
   }
 
   async putBlob(desc: Descriptor, body: BlobBody): Promise<'exists' | 'uploaded'> {
@@ -143,7 +132,7 @@ export class OciLayout implements ImageSource, ImageTarget {
     if ('bytes' in body) {
       const actual = sha256Digest(body.bytes);
       if (actual !== desc.digest) throw new DigestMismatchError(`blob for ${this.dir}`, desc.digest, actual);
-      await writeAtomic(dest, body.bytes);
+      await writeFileAtomic(dest, body.bytes);
       return 'uploaded';
     }
     const tmp = `${dest}.tmp-${randomBytes(6).toString('hex')}`;
@@ -173,7 +162,7 @@ export class OciLayout implements ImageSource, ImageTarget {
     const entry: Descriptor = { mediaType, digest, size: bytes.length, ...(this.tag ? { annotations: { [REF_NAME_ANNOTATION]: this.tag } } : {}) };
     index.manifests = index.manifests.filter((m) => (this.tag ? m.annotations?.[REF_NAME_ANNOTATION] !== this.tag : m.digest !== digest));
     index.manifests.push(entry);
-    await writeAtomic(join(this.dir, 'index.json'), Buffer.from(JSON.stringify(index)));
+    await writeFileAtomic(join(this.dir, 'index.json'), Buffer.from(JSON.stringify(index)));
     return digest;
   }
 }

@@ -7,9 +7,10 @@
 // or a concurrent gc, so a missing file means "not present", never an error.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Database from 'better-sqlite3';
+import { writeFileAtomic } from '../atomic-file.js';
 import { ChunkDigestMismatchError, InvalidArgumentError, NotFoundError, StoreError } from '../errors.js';
 import { openIndexDb } from './index-db.js';
 
@@ -123,16 +124,8 @@ export class ChunkStore {
       await mkdir(join(path, '..'), { recursive: true });
       const tmp = join(this.root, 'chunks', 'tmp', `${hexOf(digest)}.${randomBytes(6).toString('hex')}`);
       try {
-        const fh = await open(tmp, 'wx');
-        try {
-          await fh.writeFile(data);
-          await fh.sync();
-        } finally {
-          await fh.close();
-        }
-        await rename(tmp, path);
+        await writeFileAtomic(path, data, tmp);
       } catch (err) {
-        await rm(tmp, { force: true });
         throw new StoreError(`cannot store chunk ${digest}: ${(err as Error).message}`, { cause: err });
       }
     }

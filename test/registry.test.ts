@@ -75,6 +75,18 @@ describe('registry client', () => {
     await assert.rejects(c.getBlob(ref, sha256(Buffer.from('never pushed'))), NotFoundError);
   });
 
+  it('reuses keep-alive connections', async () => {
+    const p = await proxy({});
+    const c = client();
+    const ref = parseReference(`${p.host}/blobs/one:latest`);
+    const blob = randomBytes(100_000);
+    // Pushed around the proxy: undici closes a connection after a HEAD (and the pool then
+    // churns), which is not what this test is about.
+    await client().pushBlob(parseReference(`${registry!.host}/blobs/one:latest`), sha256(blob), blob.length, (s, e) => blob.subarray(s, e));
+    for (let i = 0; i < 20; i++) await c.getBlobRange(ref, sha256(blob), i * 100, i * 100 + 50);
+    assert.ok(p.stats.connections <= 2, `20 sequential requests used ${p.stats.connections} connections`);
+  });
+
   it('resolves an image index to the platform asked for', async () => {
     const c = client();
     const ref = parseReference(`${registry!.host}/multi/arch:v1`);

@@ -132,6 +132,25 @@ describe('chunk store', () => {
     }
   });
 
+  it('takes registry credentials from -u and from DOCKER_CONFIG', async () => {
+    const locked = await startProxy(registry!.host, { bearer: { username: 'bob', password: 'pw' } });
+    try {
+      const ref = `${locked.host}/lazy/a:1`;
+      const none = await dedupctl(['toc', '--plain-http', ref], { env: { ...process.env, DOCKER_CONFIG: join(tmp, 'no-docker-config') } });
+      assert.equal(none.code, 1);
+      assert.match(none.stderr, /refused scope "repository:lazy\/a:pull" with HTTP 401 \(no credentials configured\) \[ERR_REGISTRY_AUTH\]/);
+      const flag = await dedupctl(['toc', '--plain-http', '-u', 'bob:pw', ref]);
+      assert.equal(flag.code, 0, flag.stderr);
+      const dir = join(tmp, 'docker-config');
+      await import('node:fs/promises').then((fs) => fs.mkdir(dir, { recursive: true }));
+      await writeFile(join(dir, 'config.json'), JSON.stringify({ auths: { [locked.host]: { username: 'bob', password: 'pw' } } }));
+      const cfg = await dedupctl(['store', 'ingest', '--root', join(tmp, 'root-auth'), '--plain-http', ref], { env: { ...process.env, DOCKER_CONFIG: dir } });
+      assert.equal(cfg.code, 0, cfg.stderr);
+    } finally {
+      await locked.stop();
+    }
+  });
+
   it('refuses a chunk whose bytes do not match its digest, naming it, and stores nothing for it', async () => {
     // Copy image a into a layout and rewrite one chunkDigest in the base layer's TOC.
     const layout = join(tmp, 'tampered');

@@ -12,6 +12,15 @@ import type { BlobBody, ImageSource, ImageTarget, RegistryLocation } from './sou
 import { DigestMismatchError } from '../errors.js';
 import { sha256Digest } from '../estargz/toc.js';
 
+/** Old registries answer without a media type: an index is what has "manifests". */
+function looksLikeIndex(bytes: Buffer): boolean {
+  try {
+    return Array.isArray((JSON.parse(bytes.toString('utf8')) as { manifests?: unknown }).manifests);
+  } catch {
+    return false; // the manifest parser reports the bad JSON
+  }
+}
+
 export class RegistryImage implements ImageSource, ImageTarget {
   readonly ref: ImageReference;
   readonly name: string;
@@ -26,8 +35,7 @@ export class RegistryImage implements ImageSource, ImageTarget {
   async resolve(platform: Platform): Promise<ResolvedImage> {
     let m = await this.client.getManifest(this.ref, this.ref.digest ?? this.ref.tag!, MANIFEST_ACCEPT);
     let what = `manifest of ${this.name}`;
-    const head = JSON.parse(m.bytes.toString('utf8') || '{}') as { mediaType?: string; manifests?: unknown };
-    if (isIndexMediaType(m.mediaType) || (head.manifests && !m.mediaType)) {
+    if (isIndexMediaType(m.mediaType) || (!m.mediaType && looksLikeIndex(m.bytes))) {
       const index = parseJson(indexSchema, m.bytes, `image index of ${this.name}`);
       const desc = selectPlatform(index, platform, `image index of ${this.name}`);
       m = await this.client.getManifest(this.ref, desc.digest, MANIFEST_ACCEPT);

@@ -16,7 +16,8 @@ export type ErrorCode =
   | 'ERR_TOC_DIGEST_MISMATCH'
   | 'ERR_DIGEST_MISMATCH'
   | 'ERR_CHUNK_DIGEST_MISMATCH'
-  | 'ERR_STORE';
+  | 'ERR_STORE'
+  | 'ERR_MOUNT';
 
 export class DedupError extends Error {
   readonly code: ErrorCode;
@@ -115,6 +116,13 @@ export class ChunkDigestMismatchError extends DedupError {
 export class StoreError extends DedupError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_STORE', message, options);
+  }
+}
+
+/** A mount or unmount (FUSE, overlay) failed, or a mount is not where it was asked for. */
+export class MountError extends DedupError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_MOUNT', message, options);
   }
 }
 

@@ -1,0 +1,170 @@
+// dedupctl mount | umount | status: an image's root filesystem at a directory, lazily.
+// `mount` starts a mount process (the same code the snapshotter daemon will host) in the
+// background and returns once the mount is ready; --foreground keeps it attached.
+
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { readFile, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Command } from 'commander';
+import { CodecPool } from '../codec/codec-pool.js';
+import { MountError, NotFoundError } from '../errors.js';
+import { ChunkCache } from '../fetch/chunk-cache.js';
+import { parsePlatform } from '../image/oci.js';
+import { openImage } from '../image/open.js';
+import { ImageMount } from '../mount/image-mount.js';
+import { findByDir, isAlive, mountsDir, readRecords, removeRecord, type MountRecord } from '../mount/mount-records.js';
+import { unmount, unmountFuse } from '../mount/system-mounts.js';
+import { ChunkStore } from '../store/chunk-store.js';
+import { configFrom, formatBytes, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
+import { daemonLogger } from './log.js';
+
+interface MountFlags extends CommonFlags {
+  upper?: string;
+  platform: string;
+  foreground?: boolean;
+  cacheSize: number;
+  mountId?: string;
+}
+
+/** The mount process: mounts, reports ready, serves until SIGINT/SIGTERM, then unmounts. */
+async function serveMount(ref: string, dir: string, flags: MountFlags): Promise<void> {
+  const config = await configFrom(flags);
+  const log = daemonLogger('dedupctl-mount', config);
+  const client = await registryClientFrom(flags, config);
+  const store = await ChunkStore.open(config.root);
+  const pool = new CodecPool();
+  let mount: ImageMount | undefined;
+  const stop = new Promise<string>((res) => {
+    process.once('SIGTERM', () => res('SIGTERM'));
+    process.once('SIGINT', () => res('SIGINT'));
+  });
+  try {
+    const started = Date.now();
+    mount = await ImageMount.mount({
+      root: config.root, traceDir: config.prefetch.trace_dir, source: openImage(ref, client), platform: parsePlatform(flags.platform),
+      dir, upper: flags.upper, store, pool, cache: new ChunkCache(flags.cacheSize), id: flags.mountId,
+      onReadError: (layer, path, err) => log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO'),
+    });
+    const ready = { ...mount.record, mountMs: Date.now() - started };
+    log.info(ready, 'mounted');
+    if (process.send) {
+      process.send({ ready });
+      process.disconnect();
+    } else if (flags.json) printJson(ready);
+    else process.stdout.write(`${ready.image} mounted at ${ready.dir} (${ready.layers.length} layers, ${ready.mountMs} ms); Ctrl-C unmounts\n`);
+    const signal = await stop;
+    log.info({ signal, layers: mount.layerStats() }, 'unmounting');
+    const traces = await mount.unmount();
+    mount = undefined;
+    log.info({ traces }, 'unmounted');
+  } catch (err) {
+    if (process.send) process.send({ error: { message: (err as Error).message, code: (err as { code?: string }).code } });
+    throw err;
+  } finally {
+    if (mount) await mount.unmount().catch((e: unknown) => log.error({ err: (e as Error).message }, 'unmount failed'));
+    await pool.close();
+    store.close();
+    await client.close();
+  }
+}
+
+/** Starts the mount process in the background and waits until it is mounted (or failed). */
+async function startMount(ref: string, dir: string, flags: MountFlags): Promise<void> {
+  const config = await configFrom(flags);
+  const id = randomBytes(6).toString('hex');
+  mkdirSync(mountsDir(config.root), { recursive: true });
+  const logPath = join(mountsDir(config.root), `${id}.log`);
+  const fd = openSync(logPath, 'a');
+  const args = process.argv.slice(2).filter((a) => a !== '--json');
+  const child = spawn(process.execPath, [process.argv[1]!, ...args, '--foreground', '--mount-id', id, '--root', config.root],
+    { detached: true, stdio: ['ignore', fd, fd, 'ipc'] });
+  closeSync(fd);
+  const outcome = await new Promise<{ ready?: MountRecord & { mountMs: number }; error?: { message: string; code?: string } }>((res) => {
+    child.once('message', (m) => res(m as never));
+    child.once('exit', (code) => res({ error: { message: `mount process exited with code ${code}` } }));
+  });
+  if (outcome.error) {
+    const tail = (await readFile(logPath, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join('\n');
+    await rm(logPath, { force: true });
+    throw new MountError(`cannot mount ${ref} at ${resolve(dir)}: ${outcome.error.message}${outcome.error.code ? ` [${outcome.error.code}]` : ''}${tail && !tail.includes(outcome.error.message) ? `\n${tail}` : ''}`);
+  }
+  child.unref();
+  child.disconnect?.();
+  const r = outcome.ready!;
+  if (flags.json) printJson({ ...r, log: logPath });
+  else process.stdout.write(`${r.image} mounted at ${r.dir} in ${r.mountMs} ms (${r.layers.length} lazy layers, pid ${r.pid}, log ${logPath})\n`);
+}
+
+async function stopMount(root: string, dir: string): Promise<MountRecord> {
+  const rec = await findByDir(root, dir);
+  if (!rec) throw new NotFoundError(`a dedup mount at ${resolve(dir)}`);
+  if (isAlive(rec.pid)) {
+    process.kill(rec.pid, 'SIGTERM');
+    for (let i = 0; i < 600 && isAlive(rec.pid); i++) await sleep(100);
+    if (isAlive(rec.pid)) throw new MountError(`mount process ${rec.pid} for ${rec.dir} did not exit within 60 s`);
+  }
+  // A process that died without cleaning up leaves mounts and its record: clean them here.
+  await unmount(rec.dir);
+  for (const l of rec.layers) await unmountFuse(l.mountpoint);
+  await rm(join(mountsDir(root), rec.id), { recursive: true, force: true });
+  await removeRecord(root, rec.id);
+  await rm(join(mountsDir(root), `${rec.id}.log`), { force: true });
+  return rec;
+}
+
+export function mountCommands(): Command[] {
+  const mount = withCommonFlags(new Command('mount'))
+    .description('mount an eStargz image lazily at DIR (overlayfs of one FUSE mount per layer)')
+    .argument('<image>', 'registry reference or oci:DIR[:TAG]')
+    .argument('<dir>', 'where the root filesystem appears')
+    .option('--upper <dir>', 'make the mount writable, changes going to this directory')
+    .option('--platform <os/arch[/variant]>', 'platform to take from a multi-platform image', 'linux/amd64')
+    .option('--cache-size <bytes>', 'in-memory cache of hot chunks', parseSize('--cache-size'), 256 * 1024 * 1024)
+    .option('--foreground', 'serve the mount in this process until SIGINT/SIGTERM')
+    .option('--mount-id <id>', 'internal: the id chosen by the starting process')
+    .action(async (ref: string, dir: string, flags: MountFlags) => {
+      if (flags.foreground) await serveMount(ref, dir, flags);
+      else await startMount(ref, dir, flags);
+    });
+  mount.options.find((o) => o.long === '--mount-id')!.hideHelp();
+
+  const umount = withCommonFlags(new Command('umount'))
+    .description('unmount an image mounted with dedupctl mount: overlay, layers, mount process')
+    .argument('<dir>', 'the directory given to mount')
+    .action(async (dir: string, flags: CommonFlags) => {
+      const config = await configFrom(flags);
+      const rec = await stopMount(config.root, dir);
+      if (flags.json) printJson({ unmounted: rec.dir, image: rec.image });
+      else process.stdout.write(`unmounted ${rec.dir}\n`);
+    });
+
+  const status = withCommonFlags(new Command('status'))
+    .description('mounted images and, per layer, how much of it is fetched')
+    .action(async (flags: CommonFlags) => {
+      const config = await configFrom(flags);
+      const store = await ChunkStore.open(config.root);
+      try {
+        const mounts = (await readRecords(config.root)).map((r) => ({
+          dir: r.dir, image: r.image, pid: r.pid, running: isAlive(r.pid), upper: r.upper,
+          layers: r.layers.map((l) => {
+            const p = store.layerProgress(l.digest);
+            return { digest: l.digest, size: p.bytes, fetched: p.presentBytes, percent: p.bytes ? (100 * p.presentBytes) / p.bytes : 100, complete: p.present === p.chunks };
+          }),
+        }));
+        if (flags.json) return printJson(mounts);
+        for (const m of mounts) {
+          process.stdout.write(`${m.dir}  ${m.image}  pid ${m.pid}${m.running ? '' : ' (not running)'}\n`);
+          for (const l of m.layers) {
+            process.stdout.write(`  ${l.digest.slice(0, 19)}  ${formatBytes(l.size).padStart(10)}  fetched ${formatBytes(l.fetched).padStart(10)}  ${l.percent.toFixed(1).padStart(5)}%  ${l.complete ? 'complete' : 'lazy'}\n`);
+          }
+        }
+        if (mounts.length === 0) process.stdout.write('no mounts\n');
+      } finally {
+        store.close();
+      }
+    });
+  return [mount, umount, status];
+}

@@ -1,0 +1,236 @@
+// The seeds' LazyLoader for one layer: turns "bytes [a, b) of file F" into chunk reads. A chunk
+// comes from the in-memory cache, else from the chunk store, else from the registry: one Range
+// request for a run of neighbouring missing chunks (bounded), inflated and verified in the codec
+// workers, stored, then served. Concurrent readers of a chunk share one fetch; on-demand reads
+// are queued ahead of prefetch; a bounded number of requests is in flight. A chunk that cannot be
+// fetched or verified rejects the read (the filesystem answers EIO) and is tried again next time.
+
+import type { CodecPool } from '../codec/codec-pool.js';
+import { ChunkDigestMismatchError, MalformedEstargzError } from '../errors.js';
+import type { Toc, TocChunk, TocNode } from '../estargz/toc.js';
+import type { Descriptor } from '../image/oci.js';
+import type { ImageSource } from '../image/source.js';
+import type { ChunkStore } from '../store/chunk-store.js';
+import type { ChunkCache } from './chunk-cache.js';
+
+export type Priority = 0 | 1 | 2;
+/** On-demand reads first, then read-ahead, then prefetch. */
+export const PRIORITY = { demand: 0, readahead: 1, prefetch: 2 } as const;
+
+export interface LazyLayerOptions {
+  /** Largest Range request when coalescing neighbouring chunks. */
+  maxRangeBytes: number;
+  /** Range requests in flight for this layer. */
+  maxInFlight: number;
+  /** Following chunks of the same file fetched with an on-demand chunk when they are missing. */
+  readAheadChunks: number;
+}
+
+export const DEFAULT_LAZY: LazyLayerOptions = { maxRangeBytes: 8 * 1024 * 1024, maxInFlight: 4, readAheadChunks: 2 };
+
+export interface LazyLayerStats {
+  requests: number;
+  bytesFetched: number;
+  chunksFetched: number;
+  fromStore: number;
+  errors: number;
+}
+
+interface Pending {
+  file: TocNode;
+  index: number;
+  chunk: TocChunk;
+  priority: Priority;
+  resolve(b: Buffer): void;
+  reject(e: unknown): void;
+}
+
+export class LazyLayer {
+  readonly stats: LazyLayerStats = { requests: 0, bytesFetched: 0, chunksFetched: 0, fromStore: 0, errors: 0 };
+  private readonly inflight = new Map<string, Promise<Buffer>>();
+  private readonly queued = new Map<string, Pending>();
+  private active = 0;
+  private scheduled = false;
+  private readonly firstAccess = new Set<string>();
+
+  constructor(
+    readonly source: ImageSource,
+    readonly desc: Descriptor,
+    readonly toc: Toc,
+    private readonly store: ChunkStore,
+    private readonly pool: CodecPool,
+    private readonly cache: ChunkCache,
+    private readonly opts: LazyLayerOptions = DEFAULT_LAZY,
+    /** Called once per chunk, on its first read (the access trace). */
+    private readonly onFirstAccess?: (file: TocNode, chunk: TocChunk) => void,
+  ) {}
+
+  /** Bytes [offset, offset + length) of a regular file, clipped to its size. */
+  async read(file: TocNode, offset: number, length: number): Promise<Buffer> {
+    const end = Math.min(file.size, offset + length);
+    if (offset >= end) return Buffer.alloc(0);
+    const chunks = file.chunks;
+    let lo = 0;
+    let hi = chunks.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (chunks[mid]!.chunkOffset <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    const wanted: number[] = [];
+    for (let i = lo; i < chunks.length && chunks[i]!.chunkOffset < end; i++) wanted.push(i);
+    const parts = await Promise.all(wanted.map((i) => this.chunk(file, i, PRIORITY.demand)));
+    if (parts.length === 1) {
+      const c = chunks[wanted[0]!]!;
+      return parts[0]!.subarray(offset - c.chunkOffset, end - c.chunkOffset);
+    }
+    const out = Buffer.allocUnsafe(end - offset);
+    for (const [k, i] of wanted.entries()) {
+      const c = chunks[i]!;
+      const from = Math.max(offset, c.chunkOffset);
+      const to = Math.min(end, c.chunkOffset + c.chunkSize);
+      parts[k]!.copy(out, from - offset, from - c.chunkOffset, to - c.chunkOffset);
+    }
+    return out;
+  }
+
+  /** Chunk `index` of `file`, from wherever it is. */
+  chunk(file: TocNode, index: number, priority: Priority): Promise<Buffer> {
+    const c = file.chunks[index]!;
+    const digest = c.chunkDigest;
+    if (!digest) return Promise.reject(new MalformedEstargzError(`layer ${this.desc.digest}`, `chunk of "${file.path}" has no chunkDigest`));
+    if (priority === PRIORITY.demand && !this.firstAccess.has(digest + c.chunkOffset + file.path)) {
+      this.firstAccess.add(digest + c.chunkOffset + file.path);
+      this.onFirstAccess?.(file, c);
+    }
+    const hot = this.cache.get(digest);
+    if (hot) return Promise.resolve(hot);
+    const waiting = this.inflight.get(digest);
+    if (waiting) {
+      const q = this.queued.get(digest);
+      if (q && priority < q.priority) q.priority = priority;
+      return waiting;
+    }
+    const p = this.load(file, index, priority).finally(() => this.inflight.delete(digest));
+    this.inflight.set(digest, p);
+    return p;
+  }
+
+  private async load(file: TocNode, index: number, priority: Priority): Promise<Buffer> {
+    const digest = file.chunks[index]!.chunkDigest!;
+    let stored: Buffer | undefined;
+    try {
+      stored = await this.store.get(digest);
+    } catch (err) {
+      if (!(err instanceof ChunkDigestMismatchError)) throw err; // a rotten file was dropped: fetch it again
+    }
+    if (stored) {
+      this.stats.fromStore++;
+      this.cache.set(digest, stored);
+      return stored;
+    }
+    return this.enqueue(file, index, priority);
+  }
+
+  private enqueue(file: TocNode, index: number, priority: Priority): Promise<Buffer> {
+    return new Promise<Buffer>((resolve, reject) => {
+      this.queued.set(file.chunks[index]!.chunkDigest!, { file, index, chunk: file.chunks[index]!, priority, resolve, reject });
+      if (!this.scheduled) {
+        // Wait one turn so chunks asked for together are coalesced into one request.
+        this.scheduled = true;
+        setImmediate(() => {
+          this.scheduled = false;
+          this.pump();
+        });
+      }
+    });
+  }
+
+  private pump(): void {
+    while (this.active < this.opts.maxInFlight && this.queued.size > 0) {
+      let first: Pending | undefined;
+      for (const p of this.queued.values()) {
+        if (!first || p.priority < first.priority || (p.priority === first.priority && p.chunk.offset < first.chunk.offset)) first = p;
+      }
+      const group = this.takeRun(first!);
+      this.active++;
+      void this.fetchGroup(group).finally(() => {
+        this.active--;
+        this.pump();
+      });
+    }
+  }
+
+  /** `first` plus the queued chunks that follow it in the blob, plus read-ahead, within the bound. */
+  private takeRun(first: Pending): Pending[] {
+    const byOffset = new Map<number, Pending>();
+    for (const p of this.queued.values()) byOffset.set(p.chunk.offset, p);
+    const group = [first];
+    this.queued.delete(first.chunk.chunkDigest!);
+    let last = first;
+    let readAhead = first.priority === PRIORITY.demand ? this.opts.readAheadChunks : 0;
+    for (;;) {
+      if (last.chunk.compressedEnd - first.chunk.offset >= this.opts.maxRangeBytes) break;
+      const next = byOffset.get(last.chunk.compressedEnd);
+      if (next && this.queued.has(next.chunk.chunkDigest!)) {
+        if (next.chunk.compressedEnd - first.chunk.offset > this.opts.maxRangeBytes) break;
+        this.queued.delete(next.chunk.chunkDigest!);
+        group.push(next);
+        last = next;
+        continue;
+      }
+      const ahead = readAhead > 0 ? this.readAheadOf(last, first) : undefined;
+      if (!ahead) break;
+      readAhead--;
+      group.push(ahead);
+      last = ahead;
+    }
+    return group;
+  }
+
+  /** The next chunk of the same file, when nobody has it yet: fetched along, shared if asked for. */
+  private readAheadOf(last: Pending, first: Pending): Pending | undefined {
+    const c = last.file.chunks[last.index + 1];
+    if (!c || !c.chunkDigest || c.offset !== last.chunk.compressedEnd || c.compressedEnd - first.chunk.offset > this.opts.maxRangeBytes) return undefined;
+    if (this.inflight.has(c.chunkDigest) || this.cache.get(c.chunkDigest) || !this.store.missing([c.chunkDigest]).has(c.chunkDigest)) return undefined;
+    let pending!: Pending;
+    const p = new Promise<Buffer>((resolve, reject) => {
+      pending = { file: last.file, index: last.index + 1, chunk: c, priority: PRIORITY.readahead, resolve, reject };
+    });
+    p.catch(() => undefined); // nobody may be waiting for a read-ahead chunk
+    const digest = c.chunkDigest;
+    const shared = p.finally(() => this.inflight.delete(digest));
+    shared.catch(() => undefined);
+    this.inflight.set(digest, shared);
+    return pending;
+  }
+
+  private async fetchGroup(group: Pending[]): Promise<void> {
+    const start = group[0]!.chunk.offset;
+    const end = group.at(-1)!.chunk.compressedEnd;
+    let bytes: Buffer;
+    try {
+      bytes = await this.source.readBlobRange(this.desc, start, end);
+    } catch (err) {
+      this.stats.errors++;
+      for (const g of group) g.reject(err);
+      return;
+    }
+    this.stats.requests++;
+    this.stats.bytesFetched += bytes.length;
+    await Promise.all(group.map(async (g) => {
+      const c = g.chunk;
+      try {
+        const data = await this.pool.inflate(bytes.subarray(c.offset - start, c.compressedEnd - start), c, c.chunkDigest,
+          `"${g.file.path}" at ${c.chunkOffset} in layer ${this.desc.digest}`);
+        await this.store.putVerified(c.chunkDigest!, data);
+        this.cache.set(c.chunkDigest!, data);
+        this.stats.chunksFetched++;
+        g.resolve(data);
+      } catch (err) {
+        this.stats.errors++;
+        g.reject(err);
+      }
+    }));
+  }
+}

@@ -1,0 +1,59 @@
+// What is mounted where: one record per image mount under <root>/mounts/, written once the mount
+// is ready and removed when it is gone, so `dedupctl umount` and `status` find the process that
+// serves a mount, and a crashed one's leftovers can be cleaned.
+
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { writeFileAtomic } from '../atomic-file.js';
+
+export interface MountRecord {
+  id: string;
+  pid: number;
+  /** Where the image's root filesystem is (the overlay mount). */
+  dir: string;
+  image: string;
+  manifestDigest: string;
+  upper: string | undefined;
+  layers: { digest: string; mountpoint: string; compressedSize: number }[];
+  startedAt: string;
+}
+
+export function mountsDir(root: string): string {
+  return join(root, 'mounts');
+}
+
+export async function writeRecord(root: string, r: MountRecord): Promise<void> {
+  await mkdir(mountsDir(root), { recursive: true });
+  await writeFileAtomic(join(mountsDir(root), `${r.id}.json`), Buffer.from(JSON.stringify(r, null, 2)));
+}
+
+export async function removeRecord(root: string, id: string): Promise<void> {
+  await rm(join(mountsDir(root), `${id}.json`), { force: true });
+}
+
+export async function readRecords(root: string): Promise<MountRecord[]> {
+  const names = await readdir(mountsDir(root)).catch(() => [] as string[]);
+  const out: MountRecord[] = [];
+  for (const n of names.filter((x) => x.endsWith('.json')).sort()) {
+    try {
+      out.push(JSON.parse(await readFile(join(mountsDir(root), n), 'utf8')) as MountRecord);
+    } catch {
+      /* a record being replaced or removed right now */
+    }
+  }
+  return out;
+}
+
+export async function findByDir(root: string, dir: string): Promise<MountRecord | undefined> {
+  const want = resolve(dir);
+  return (await readRecords(root)).find((r) => r.dir === want);
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

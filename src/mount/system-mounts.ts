@@ -1,0 +1,43 @@
+// Kernel mounts done through mount(8)/umount(8)/fusermount, always asynchronously: the process
+// that calls them also serves the FUSE layers they touch, and a synchronous call would deadlock.
+
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { MountError } from '../errors.js';
+
+function exec(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { timeout: 120_000 }, (err, _stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
+      resolve({ code, stderr: stderr.trim() || (err?.message ?? '') });
+    });
+  });
+}
+
+export async function mountOverlay(dir: string, lowers: string[], upper?: { upper: string; work: string }): Promise<void> {
+  const opts = [`lowerdir=${lowers.join(':')}`];
+  if (upper) opts.push(`upperdir=${upper.upper}`, `workdir=${upper.work}`);
+  const r = await exec('mount', ['-t', 'overlay', 'overlay', '-o', opts.join(','), dir]);
+  if (r.code !== 0) throw new MountError(`cannot mount overlay at ${dir}: ${r.stderr}`);
+}
+
+/** Unmounts `dir`; a busy mount is detached lazily rather than left behind. */
+export async function unmount(dir: string): Promise<void> {
+  if (!(await isMountpoint(dir))) return;
+  const r = await exec('umount', [dir]);
+  if (r.code === 0) return;
+  const lazy = await exec('umount', ['-l', dir]);
+  if (lazy.code !== 0) throw new MountError(`cannot unmount ${dir}: ${lazy.stderr}`);
+}
+
+/** Detaches a FUSE mount whose server is gone (ENOTCONN): fusermount -uz. */
+export async function unmountFuse(dir: string): Promise<void> {
+  if (!(await isMountpoint(dir))) return;
+  const r = await exec('fusermount', ['-uz', dir]);
+  if (r.code !== 0) await unmount(dir);
+}
+
+export async function isMountpoint(dir: string): Promise<boolean> {
+  const mounts = await readFile('/proc/self/mounts', 'utf8');
+  return mounts.split('\n').some((l) => l.split(' ')[1]?.replace(/\\040/g, ' ') === dir);
+}

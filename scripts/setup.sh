@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # The real parts tests and the demo use (DESIGN.md, "Machine facts").
 PACKAGES=(containerd runc docker-registry skopeo umoci busybox-static erofs-utils criu fuse libfuse2 libfuse-dev
-  stargz-snapshotter zstd pkg-config python3 make g++ curl)
+  stargz-snapshotter zstd attr pkg-config python3 make g++ curl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -79,7 +79,7 @@ async function startMount(ref: string, dir: string, flags: MountFlags): Promise<
   const logPath = join(mountsDir(config.root), `${id}.log`);
   const fd = openSync(logPath, 'a');
   const args = process.argv.slice(2).filter((a) => a !== '--json');
-  const child = spawn(process.execPath, [process.argv[1]!, ...args, '--foreground', '--mount-id', id, '--root', config.root],
+  const child = spawn(process.execPath, [process.argv[1]!, ...args, '--foreground', '--mount-id', id],
     { detached: true, stdio: ['ignore', fd, fd, 'ipc'] });
   closeSync(fd);
   const outcome = await new Promise<{ ready?: MountRecord & { mountMs: number }; error?: { message: string; code?: string } }>((res) => {

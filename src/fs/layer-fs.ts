@@ -116,7 +116,8 @@ export class LayerFs {
         const e = this.entries.get(path);
         if (!e) return cb(Fuse.ENOENT);
         if (!e.children) return cb(Fuse.ENOTDIR);
-        cb(0, [...e.children.keys()]);
+        // Stats give the kernel each entry's type: overlayfs only looks for whiteouts among DT_CHR.
+        cb(0, [...e.children.keys()], [...e.children.values()].map((c) => this.stat(c)));
       },
       open: (path, flags, cb) => {
         const e = this.entries.get(path);

@@ -1,0 +1,234 @@
+// The lazy root filesystem for real: FUSE layer mounts stacked with overlayfs, against a registry
+// behind a byte-counting, fault-injecting proxy.
+
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { after, before, describe, it } from 'node:test';
+import { encodeFooter, parseFooter } from '../src/estargz/footer.js';
+import { encodeTarHeader, TAR_END, tarPadding } from '../src/estargz/tar.js';
+import { TOC_DIGEST_ANNOTATION } from '../src/estargz/toc.js';
+import type { TraceFile } from '../src/fs/access-trace.js';
+import { OciLayout } from '../src/image/oci-layout.js';
+import { isAlive, readRecords } from '../src/mount/mount-records.js';
+import { dedupctl, dedupctlJson } from './fixtures/cli.js';
+import { unmountUnder } from './fixtures/containerd.js';
+import { pushOci, richLayers, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { run } from './fixtures/process.js';
+import { startProxy, type Fault, type TestProxy } from './fixtures/proxy.js';
+import { startRegistry, type TestRegistry } from './fixtures/registry.js';
+import { canonicalLinks, expectedTree, walkTree } from './fixtures/tree.js';
+
+const MiB = 1024 * 1024;
+const AMD64 = { os: 'linux', architecture: 'amd64' };
+const hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+describe('lazy root filesystem', () => {
+  let tmp: string;
+  let root: string;
+  let registry: TestRegistry | undefined;
+  let proxy: TestProxy | undefined;
+  let fault: Fault = 'ok';
+  let layers: { base: FileSpec[]; upper: FileSpec[] };
+  let image: string;
+  let imageBytes = 0;
+  const mounted: string[] = [];
+  const pids: number[] = [];
+
+  const mount = async (ref: string, dir: string, extra: string[] = []): Promise<{ pid: number; mountMs: number; log: string }> => {
+    const r = await dedupctlJson<{ pid: number; mountMs: number; log: string }>(['mount', '--root', root, '--plain-http', ...extra, ref, dir]);
+    mounted.push(dir);
+    pids.push(r.pid);
+    return r;
+  };
+  const umount = async (dir: string): Promise<void> => {
+    const r = await dedupctl(['umount', '--root', root, dir]);
+    assert.equal(r.code, 0, r.stderr);
+    mounted.splice(mounted.indexOf(dir), 1);
+  };
+
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'dedup-lazy-test-'));
+    root = join(tmp, 'root');
+    registry = await startRegistry(tmp);
+    proxy = await startProxy(registry.host, { fault: () => fault });
+    layers = await richLayers(200 * MiB);
+    await writeOciImage(join(tmp, 'src'), 'rich', [{ tar: await tarOf(layers.base), compression: 'gzip' }, { tar: await tarOf(layers.upper), compression: 'gzip' }]);
+    await pushOci(join(tmp, 'src'), 'rich', `${registry.host}/src/rich:1`);
+    await dedupctlJson(['convert', '--plain-http', `${registry.host}/src/rich:1`, `${registry.host}/lazy/rich:1`]);
+    image = `${proxy.host}/lazy/rich:1`;
+    const manifest = JSON.parse((await (await fetch(`http://${registry.host}/v2/lazy/rich/manifests/1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } })).text()));
+    imageBytes = manifest.layers.reduce((n: number, l: { size: number }) => n + l.size, 0);
+  });
+
+  after(async () => {
+    for (const dir of [...mounted]) await dedupctl(['umount', '--root', root, dir]).catch(() => undefined);
+    for (const pid of pids) if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+    await unmountUnder(tmp);
+    await proxy?.stop();
+    await registry?.stop();
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('mounts a 200 MiB image and reads one small file fetching under 2 % of it', async () => {
+    proxy!.reset();
+    const dir = join(tmp, 'mnt-small');
+    const m = await mount(image, dir);
+    assert.equal(await readFile(join(dir, 'etc/hostname'), 'utf8'), 'rich-upper\n');
+    const fetched = proxy!.stats.blobBytes;
+    assert.ok(imageBytes > 200 * MiB);
+    assert.ok(fetched < 0.02 * imageBytes, `fetched ${fetched} of ${imageBytes} bytes (${((100 * fetched) / imageBytes).toFixed(2)} %)`);
+    assert.ok(m.mountMs < 10_000);
+    const status = await dedupctlJson<{ dir: string; running: boolean; layers: { percent: number; complete: boolean }[] }[]>(['status', '--root', root]);
+    const s = status.find((x) => x.dir === dir)!;
+    assert.equal(s.running, true);
+    assert.equal(s.layers.length, 2);
+    assert.ok(s.layers[0]!.percent < 2 && !s.layers[0]!.complete);
+    await umount(dir);
+  });
+
+  it('shows exactly the tree a full pull would: types, modes, owners, sizes, links, xattrs, contents, whiteouts, opaque dirs', async () => {
+    const dir = join(tmp, 'mnt-tree');
+    await mount(image, dir);
+    const actual = canonicalLinks(await walkTree(dir));
+    const expected = canonicalLinks(expectedTree([layers.base, layers.upper]));
+    assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort());
+    for (const [p, e] of expected) assert.deepEqual(actual.get(p), e, p);
+    assert.equal(actual.has('del/gone'), false);
+    assert.deepEqual((await readdir(join(dir, 'opq'))).sort(), ['c']);
+    // The layer mount itself carries overlay's markers.
+    const rec = (await readRecords(root)).find((r) => r.dir === dir)!;
+    const upperLayer = rec.layers[1]!.mountpoint;
+    const opaque = await run('getfattr', ['--absolute-names', '--only-values', '-n', 'trusted.overlay.opaque', join(upperLayer, 'opq')]);
+    assert.equal(opaque.stdout, 'y');
+    const wh = await run('stat', ['-c', '%F %t:%T', join(upperLayer, 'del/gone')]);
+    assert.equal(wh.stdout.trim(), 'character special file 0:0');
+    const chroot = await run('chroot', [dir, '/bin/sh', '-c', 'echo hello from $(cat /etc/hostname); ls /opq; /data/setuid']);
+    assert.equal(chroot.code, 0, chroot.stderr);
+    assert.equal(chroot.stdout, 'hello from rich-upper\nc\nsuid\n');
+    await umount(dir);
+  });
+
+  it('serves 16 concurrent readers of the same and of different files correct bytes', async () => {
+    const dir = join(tmp, 'mnt-concurrent');
+    await mount(image, dir, ['--cache-size', '8M']);
+    const files = ['data/big', 'data/big', 'data/big', 'data/big', 'data/big', 'data/big', 'data/big', 'data/big',
+      'data/text', 'data/text', 'data/upper-only', 'data/upper-only', 'bin/busybox', 'bin/busybox', 'etc/hostname', 'data/small'];
+    const want = (p: string): string => hex(p === 'bin/busybox' ? Buffer.alloc(0) : [...layers.upper, ...layers.base].find((s) => s.name === p)!.content!);
+    const busybox = hex(await readFile('/bin/busybox'));
+    const results = await Promise.all(files.map((f) => run('sha256sum', [join(dir, f)])));
+    for (const [i, r] of results.entries()) {
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.split(' ')[0], files[i] === 'bin/busybox' ? busybox : want(files[i]!), files[i]);
+    }
+    await umount(dir);
+  });
+
+  it('gives EIO for a chunk corrupted at the registry while other files keep working', async () => {
+    // A copy of the image whose TOC names a wrong digest for data/text's chunk.
+    const layout = join(tmp, 'tampered');
+    await dedupctlJson(['convert', '--plain-http', `${registry!.host}/lazy/rich:1`, `oci:${layout}:t`]);
+    const img = new OciLayout(`oci:${layout}:t`);
+    const resolved = await img.resolve(AMD64);
+    const desc = resolved.manifest.layers[0]!;
+    const blob = await readFile(img.blobPath(desc.digest));
+    const footer = parseFooter(blob);
+    const tocTar = gunzipSync(blob.subarray(footer.tocOffset, blob.length - footer.size));
+    const toc = JSON.parse(tocTar.subarray(512, 512 + Number.parseInt(tocTar.subarray(124, 136).toString().trim(), 8)).toString());
+    toc.entries.find((e: { name: string }) => e.name === 'data/text').chunkDigest = sha256(Buffer.from('forged'));
+    const json = Buffer.from(JSON.stringify(toc));
+    const newBlob = Buffer.concat([blob.subarray(0, footer.tocOffset), gzipSync(Buffer.concat([
+      encodeTarHeader({ name: 'stargz.index.json', type: 'file', mode: 0o644, uid: 0, gid: 0, size: json.length, mtime: 0 }), json, Buffer.alloc(tarPadding(json.length)), TAR_END,
+    ])), encodeFooter(footer.tocOffset)]);
+    const newDesc = { ...desc, digest: sha256(newBlob), size: newBlob.length, annotations: { ...desc.annotations, [TOC_DIGEST_ANNOTATION]: sha256(json) } };
+    await img.putBlob(newDesc, { bytes: newBlob });
+    await img.putManifest(Buffer.from(JSON.stringify({ ...resolved.manifest, layers: [newDesc, resolved.manifest.layers[1]!] })), resolved.manifestMediaType);
+    await dedupctlJson(['convert', '--plain-http', `oci:${layout}:t`, `${registry!.host}/lazy/tampered:1`]);
+
+    const dir = join(tmp, 'mnt-corrupt');
+    const m = await mount(`${proxy!.host}/lazy/tampered:1`, dir, ['--root', join(tmp, 'root-corrupt')]);
+    await assert.rejects(readFile(join(dir, 'data/text')), (err: NodeJS.ErrnoException) => err.code === 'EIO');
+    assert.equal(await readFile(join(dir, 'data/small'), 'utf8'), 'abc');
+    assert.equal(await readFile(join(dir, 'etc/hostname'), 'utf8'), 'rich-upper\n');
+    assert.match(await readFile(m.log, 'utf8'), /"path":"\/data\/text".*"code":"ERR_CHUNK_DIGEST_MISMATCH","msg":"read failed: EIO"/);
+    const r = await dedupctl(['umount', '--root', join(tmp, 'root-corrupt'), dir]);
+    assert.equal(r.code, 0, r.stderr);
+    mounted.splice(mounted.indexOf(dir), 1);
+  });
+
+  it('gives EIO when the registry goes away mid-read, and reads again once it is back', async () => {
+    const dir = join(tmp, 'mnt-outage');
+    await mount(image, dir, ['--root', join(tmp, 'root-outage')]);
+    assert.equal(await readFile(join(dir, 'data/small'), 'utf8'), 'abc');
+    fault = 'reset';
+    try {
+      await assert.rejects(readFile(join(dir, 'data/upper-only')), (err: NodeJS.ErrnoException) => err.code === 'EIO');
+    } finally {
+      fault = 'ok';
+    }
+    assert.equal(hex(await readFile(join(dir, 'data/upper-only'))), hex(layers.upper.find((s) => s.name === 'data/upper-only')!.content!));
+    const r = await dedupctl(['umount', '--root', join(tmp, 'root-outage'), dir]);
+    assert.equal(r.code, 0, r.stderr);
+    mounted.splice(mounted.indexOf(dir), 1);
+  });
+
+  it('a second image sharing layers fetches only what the store lacks; traces record what was read', async () => {
+    const upper2: FileSpec[] = [{ name: 'etc/', type: 'directory' }, { name: 'etc/hostname', type: 'file', content: Buffer.from('second\n') }];
+    await writeOciImage(join(tmp, 'src2'), 'two', [{ tar: await tarOf(layers.base), compression: 'gzip' }, { tar: await tarOf(upper2), compression: 'gzip' }]);
+    await pushOci(join(tmp, 'src2'), 'two', `${registry!.host}/src/two:1`);
+    await dedupctlJson(['convert', '--plain-http', `${registry!.host}/src/two:1`, `${registry!.host}/lazy/two:1`]);
+    const first = join(tmp, 'mnt-first');
+    await mount(image, first);
+    const big = hex(await readFile(join(first, 'data/big')));
+    await umount(first);
+    proxy!.reset();
+    const second = join(tmp, 'mnt-second');
+    await mount(`${proxy!.host}/lazy/two:1`, second);
+    assert.equal(hex(await readFile(join(second, 'data/big'))), big);
+    assert.equal(await readFile(join(second, 'etc/hostname'), 'utf8'), 'second\n');
+    assert.ok(proxy!.stats.blobBytes < 1 * MiB, `the shared base layer came from the store (${proxy!.stats.blobBytes} bytes fetched)`);
+    await umount(second);
+    const traces = await readdir(join(root, 'traces'), { recursive: true });
+    const files = traces.filter((t) => String(t).endsWith('.json'));
+    assert.ok(files.length >= 2);
+    const docs = await Promise.all(files.map(async (f) => JSON.parse(await readFile(join(root, 'traces', String(f)), 'utf8')) as TraceFile));
+    const withBig = docs.find((d) => d.accesses.some((a) => a.path === 'data/big'))!;
+    assert.equal(withBig.version, 1);
+    assert.ok(withBig.accesses.filter((a) => a.path === 'data/big').length >= 50, 'every chunk of data/big');
+    assert.ok(withBig.accesses.every((a) => /^sha256:[0-9a-f]{64}$/.test(a.chunkDigest) && a.ms >= 0 && a.length > 0));
+  });
+
+  it('is writable over an upper directory', async () => {
+    const dir = join(tmp, 'mnt-rw');
+    const upper = join(tmp, 'upper');
+    await mount(image, dir, ['--upper', upper]);
+    await writeFile(join(dir, 'etc/hostname'), 'changed\n');
+    assert.equal(await readFile(join(upper, 'etc/hostname'), 'utf8'), 'changed\n');
+    await assert.rejects(writeFile(join(tmp, 'never', 'x'), 'y'));
+    await umount(dir);
+  });
+
+  it('leaves no mounts and no processes after umount or SIGTERM; refuses bad input cleanly', async () => {
+    const dir = join(tmp, 'mnt-term');
+    const m = await mount(image, dir);
+    process.kill(m.pid, 'SIGTERM');
+    for (let i = 0; i < 100 && isAlive(m.pid); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(isAlive(m.pid), false, 'the mount process exited');
+    mounted.splice(mounted.indexOf(dir), 1);
+    const mounts = await readFile('/proc/self/mounts', 'utf8');
+    assert.equal(mounts.includes(tmp), false, 'no FUSE or overlay mounts left');
+    assert.deepEqual(await readRecords(root), []);
+    const plain = join(tmp, 'plain');
+    await writeOciImage(plain, 'p', [{ tar: await tarOf([{ name: 'f', type: 'file', content: Buffer.from('x') }]), compression: 'gzip' }]);
+    const bad = await dedupctl(['mount', '--root', root, `oci:${plain}:p`, join(tmp, 'mnt-bad')]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /not eStargz|no stargz footer/);
+    const none = await dedupctl(['umount', '--root', root, join(tmp, 'not-mounted')]);
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /a dedup mount at .*not-mounted not found/);
+    assert.equal((await readFile('/proc/self/mounts', 'utf8')).includes(tmp), false);
+  });
+});

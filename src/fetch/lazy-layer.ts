@@ -22,11 +22,11 @@ export interface LazyLayerOptions {
   maxRangeBytes: number;
   /** Range requests in flight for this layer. */
   maxInFlight: number;
-  /** Following chunks of the same file fetched with an on-demand chunk when they are missing. */
+  /** Chunks of a file fetched ahead of a reader moving through it. */
   readAheadChunks: number;
 }
 
-export const DEFAULT_LAZY: LazyLayerOptions = { maxRangeBytes: 8 * 1024 * 1024, maxInFlight: 4, readAheadChunks: 2 };
+export const DEFAULT_LAZY: LazyLayerOptions = { maxRangeBytes: 8 * 1024 * 1024, maxInFlight: 4, readAheadChunks: 4 };
 
 export interface LazyLayerStats {
   requests: number;
@@ -79,7 +79,9 @@ export class LazyLayer {
     }
     const wanted: number[] = [];
     for (let i = lo; i < chunks.length && chunks[i]!.chunkOffset < end; i++) wanted.push(i);
-    const parts = await Promise.all(wanted.map((i) => this.chunk(file, i, PRIORITY.demand)));
+    const pending = wanted.map((i) => this.chunk(file, i, PRIORITY.demand));
+    if (this.opts.readAheadChunks > 0 && wanted.at(-1)! + 1 < chunks.length) this.readAhead(file, wanted.at(-1)!);
+    const parts = await Promise.all(pending);
     if (parts.length === 1) {
       const c = chunks[wanted[0]!]!;
       return parts[0]!.subarray(offset - c.chunkOffset, end - c.chunkOffset);
@@ -161,48 +163,33 @@ export class LazyLayer {
     }
   }
 
-  /** `first` plus the queued chunks that follow it in the blob, plus read-ahead, within the bound. */
+  /** `first` plus the queued chunks that follow it in the blob, within the bound. */
   private takeRun(first: Pending): Pending[] {
     const byOffset = new Map<number, Pending>();
     for (const p of this.queued.values()) byOffset.set(p.chunk.offset, p);
     const group = [first];
     this.queued.delete(first.chunk.chunkDigest!);
-    let last = first;
-    let readAhead = first.priority === PRIORITY.demand ? this.opts.readAheadChunks : 0;
-    for (;;) {
-      if (last.chunk.compressedEnd - first.chunk.offset >= this.opts.maxRangeBytes) break;
+    for (let last = first; ;) {
       const next = byOffset.get(last.chunk.compressedEnd);
-      if (next && this.queued.has(next.chunk.chunkDigest!)) {
-        if (next.chunk.compressedEnd - first.chunk.offset > this.opts.maxRangeBytes) break;
-        this.queued.delete(next.chunk.chunkDigest!);
-        group.push(next);
-        last = next;
-        continue;
-      }
-      const ahead = readAhead > 0 ? this.readAheadOf(last, first) : undefined;
-      if (!ahead) break;
-      readAhead--;
-      group.push(ahead);
-      last = ahead;
+      if (!next || !this.queued.has(next.chunk.chunkDigest!) || next.chunk.compressedEnd - first.chunk.offset > this.opts.maxRangeBytes) break;
+      this.queued.delete(next.chunk.chunkDigest!);
+      group.push(next);
+      last = next;
     }
     return group;
   }
 
-  /** The next chunk of the same file, when nobody has it yet: fetched along, shared if asked for. */
-  private readAheadOf(last: Pending, first: Pending): Pending | undefined {
-    const c = last.file.chunks[last.index + 1];
-    if (!c || !c.chunkDigest || c.offset !== last.chunk.compressedEnd || c.compressedEnd - first.chunk.offset > this.opts.maxRangeBytes) return undefined;
-    if (this.inflight.has(c.chunkDigest) || this.cache.get(c.chunkDigest) || !this.store.missing([c.chunkDigest]).has(c.chunkDigest)) return undefined;
-    let pending!: Pending;
-    const p = new Promise<Buffer>((resolve, reject) => {
-      pending = { file: last.file, index: last.index + 1, chunk: c, priority: PRIORITY.readahead, resolve, reject };
-    });
-    p.catch(() => undefined); // nobody may be waiting for a read-ahead chunk
-    const digest = c.chunkDigest;
-    const shared = p.finally(() => this.inflight.delete(digest));
-    shared.catch(() => undefined);
-    this.inflight.set(digest, shared);
-    return pending;
+  /**
+   * Keeps a window of the file's next chunks coming while a reader moves through it: a sequential
+   * reader then finds each chunk fetched (or in flight) before it gets there.
+   */
+  private readAhead(file: TocNode, after: number): void {
+    const stop = Math.min(file.chunks.length, after + 1 + this.opts.readAheadChunks);
+    for (let i = after + 1; i < stop; i++) {
+      const d = file.chunks[i]!.chunkDigest;
+      if (!d || this.inflight.has(d) || this.cache.get(d)) continue;
+      this.chunk(file, i, PRIORITY.readahead).catch(() => undefined); // a reader that gets there retries
+    }
   }
 
   private async fetchGroup(group: Pending[]): Promise<void> {

@@ -1,6 +1,7 @@
 // The main job (npm run demo): a local registry, two generated images that share a base, converted
-// to eStargz, read without downloading (TOC only), ingested into the deduplicating chunk store
-// through a byte-counting proxy, and run by plain containerd to show the result is a standard image.
+// to eStargz, read without downloading (TOC only), mounted lazily and run with chroot, ingested
+// into the deduplicating chunk store through a byte-counting proxy, and run by plain containerd
+// to show the result is a standard image.
 
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -14,7 +15,9 @@ import { RemoteLayer } from '../src/fetch/remote-layer.js';
 import { RegistryImage } from '../src/image/registry-image.js';
 import { RegistryClient } from '../src/registry/client.js';
 import { ChunkStore } from '../src/store/chunk-store.js';
+import { dedupctl } from '../test/fixtures/cli.js';
 import { startContainerd, type TestContainerd } from '../test/fixtures/containerd.js';
+import { run } from '../test/fixtures/process.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from '../test/fixtures/images.js';
 import { startProxy, type TestProxy } from '../test/fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from '../test/fixtures/registry.js';
@@ -31,6 +34,7 @@ async function main(): Promise<void> {
   const client = new RegistryClient({ plainHttp: true });
   const pool = new CodecPool();
   let store: ChunkStore | undefined;
+  let mountedAt: string | undefined;
   try {
     registry = await startRegistry(tmp);
     proxy = await startProxy(registry.host);
@@ -66,8 +70,24 @@ async function main(): Promise<void> {
     }
     say(`   fetched ${formatBytes(proxy.stats.blobBytes)} of ${formatBytes(resolved.manifest.layers.reduce((n, l) => n + l.size, 0))} to read them`);
 
+    say('\n== dedupctl mount: the root filesystem, lazily (one FUSE mount per layer, overlayfs on top), then chroot into it');
+    const root = join(tmp, 'root');
+    const rootfs = join(tmp, 'rootfs');
+    proxy.reset();
+    const started = Date.now();
+    const mounted = await dedupctl(['mount', '--root', root, '--plain-http', `${proxy.host}/demo/web:estargz`, rootfs]);
+    if (mounted.code !== 0) throw new Error(`dedupctl mount: ${mounted.stderr}`);
+    mountedAt = rootfs;
+    const chroot = await run('chroot', [rootfs, '/bin/sh', '-c', 'cat /etc/motd; echo "$(ls /usr/lib | wc -l) files in /usr/lib"; head -c 64 /usr/lib/mod7.py']);
+    say(`   mounted and ran in ${Date.now() - started} ms; chroot printed:`);
+    for (const line of chroot.stdout.trim().split('\n')) say(`     ${line}`);
+    say(`   ${formatBytes(proxy.stats.blobBytes)} fetched of ${formatBytes(resolved.manifest.layers.reduce((n, l) => n + l.size, 0))}: only the TOCs and the chunks those commands read`);
+    for (const line of (await dedupctl(['status', '--root', root])).stdout.trim().split('\n')) say(`   ${line}`);
+    await dedupctl(['umount', '--root', root, rootfs]);
+    mountedAt = undefined;
+
     say('\n== dedupctl store ingest: every chunk into the content-addressed store, each distinct chunk once');
-    store = await ChunkStore.open(join(tmp, 'root'));
+    store = await ChunkStore.open(root);
     for (const name of ['web', 'worker']) {
       proxy.reset();
       const r = await ingestImage(new RegistryImage(client, `${proxy.host}/demo/${name}:estargz`), store, pool, { platform: AMD64 });
@@ -84,11 +104,12 @@ async function main(): Promise<void> {
     const ref = `${registry.host}/demo/web:estargz`;
     const pull = await containerd.ctr(['image', 'pull', '--plain-http', ref]);
     if (pull.code !== 0) throw new Error(`ctr image pull: ${pull.stderr}`);
-    const run = await containerd.ctr(['run', '--rm', ref, `demo-${process.pid}`, '/bin/sh', '-c', 'cat /etc/motd; ls /usr/lib | wc -l'], 120_000);
-    if (run.code !== 0) throw new Error(`ctr run: ${run.stderr}`);
-    for (const line of run.stdout.trim().split('\n')) say(`   container: ${line}`);
-    say('\n(lazy mounting through the snapshotter comes with the FUSE layer filesystem; this demo shows the formats and the store it stands on)');
+    const ran = await containerd.ctr(['run', '--rm', ref, `demo-${process.pid}`, '/bin/sh', '-c', 'cat /etc/motd; ls /usr/lib | wc -l'], 120_000);
+    if (ran.code !== 0) throw new Error(`ctr run: ${ran.stderr}`);
+    for (const line of ran.stdout.trim().split('\n')) say(`   container: ${line}`);
+    say('\n(containerd itself mounting images lazily comes with the snapshotter service)');
   } finally {
+    if (mountedAt) await dedupctl(['umount', '--root', join(tmp, 'root'), mountedAt]);
     store?.close();
     await pool.close();
     await client.close();

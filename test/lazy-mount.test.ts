@@ -6,24 +6,19 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gunzipSync, gzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
-import { encodeFooter, parseFooter } from '../src/estargz/footer.js';
-import { encodeTarHeader, TAR_END, tarPadding } from '../src/estargz/tar.js';
-import { TOC_DIGEST_ANNOTATION } from '../src/estargz/toc.js';
 import type { TraceFile } from '../src/fs/access-trace.js';
-import { OciLayout } from '../src/image/oci-layout.js';
 import { isAlive, readRecords } from '../src/mount/mount-records.js';
 import { dedupctl, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';
-import { pushOci, richLayers, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { run } from './fixtures/process.js';
 import { startProxy, type Fault, type TestProxy } from './fixtures/proxy.js';
+import { forgeChunkDigest } from './fixtures/tamper.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { canonicalLinks, expectedTree, walkTree } from './fixtures/tree.js';
 
 const MiB = 1024 * 1024;
-const AMD64 = { os: 'linux', architecture: 'amd64' };
 const hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 describe('lazy root filesystem', () => {
@@ -131,21 +126,7 @@ describe('lazy root filesystem', () => {
     // A copy of the image whose TOC names a wrong digest for data/text's chunk.
     const layout = join(tmp, 'tampered');
     await dedupctlJson(['convert', '--plain-http', `${registry!.host}/lazy/rich:1`, `oci:${layout}:t`]);
-    const img = new OciLayout(`oci:${layout}:t`);
-    const resolved = await img.resolve(AMD64);
-    const desc = resolved.manifest.layers[0]!;
-    const blob = await readFile(img.blobPath(desc.digest));
-    const footer = parseFooter(blob);
-    const tocTar = gunzipSync(blob.subarray(footer.tocOffset, blob.length - footer.size));
-    const toc = JSON.parse(tocTar.subarray(512, 512 + Number.parseInt(tocTar.subarray(124, 136).toString().trim(), 8)).toString());
-    toc.entries.find((e: { name: string }) => e.name === 'data/text').chunkDigest = sha256(Buffer.from('forged'));
-    const json = Buffer.from(JSON.stringify(toc));
-    const newBlob = Buffer.concat([blob.subarray(0, footer.tocOffset), gzipSync(Buffer.concat([
-      encodeTarHeader({ name: 'stargz.index.json', type: 'file', mode: 0o644, uid: 0, gid: 0, size: json.length, mtime: 0 }), json, Buffer.alloc(tarPadding(json.length)), TAR_END,
-    ])), encodeFooter(footer.tocOffset)]);
-    const newDesc = { ...desc, digest: sha256(newBlob), size: newBlob.length, annotations: { ...desc.annotations, [TOC_DIGEST_ANNOTATION]: sha256(json) } };
-    await img.putBlob(newDesc, { bytes: newBlob });
-    await img.putManifest(Buffer.from(JSON.stringify({ ...resolved.manifest, layers: [newDesc, resolved.manifest.layers[1]!] })), resolved.manifestMediaType);
+    await forgeChunkDigest(`oci:${layout}:t`, 0, 'data/text');
     await dedupctlJson(['convert', '--plain-http', `oci:${layout}:t`, `${registry!.host}/lazy/tampered:1`]);
 
     const dir = join(tmp, 'mnt-corrupt');

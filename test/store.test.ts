@@ -6,18 +6,17 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gunzipSync, gzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
 import { CodecPool } from '../src/codec/codec-pool.js';
 import { ChunkDigestMismatchError, MalformedEstargzError } from '../src/errors.js';
-import { encodeFooter, parseFooter } from '../src/estargz/footer.js';
-import { TOC_DIGEST_ANNOTATION } from '../src/estargz/toc.js';
+import { parseFooter } from '../src/estargz/footer.js';
 import { ingestImage } from '../src/fetch/ingest.js';
 import { OciLayout } from '../src/image/oci-layout.js';
 import { ChunkStore, type StoreStats } from '../src/store/chunk-store.js';
 import { dedupctl, dedupctlJson } from './fixtures/cli.js';
-import { busyboxEntries, pushOci, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
+import { forgeChunkDigest } from './fixtures/tamper.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 
 const AMD64 = { os: 'linux', architecture: 'amd64' };
@@ -152,28 +151,11 @@ describe('chunk store', () => {
   });
 
   it('refuses a chunk whose bytes do not match its digest, naming it, and stores nothing for it', async () => {
-    // Copy image a into a layout and rewrite one chunkDigest in the base layer's TOC.
+    // A copy of image a whose TOC names a wrong digest for app/a's first chunk.
     const layout = join(tmp, 'tampered');
     await dedupctlJson(['convert', '--plain-http', `${registry!.host}/lazy/a:1`, `oci:${layout}:t`]);
+    const forged = await forgeChunkDigest(`oci:${layout}:t`, 1, 'app/a');
     const img = new OciLayout(`oci:${layout}:t`);
-    const resolved = await img.resolve(AMD64);
-    const desc = resolved.manifest.layers[1]!;
-    const blob = await readFile(img.blobPath(desc.digest));
-    const footer = parseFooter(blob);
-    const tocTar = gunzipSync(blob.subarray(footer.tocOffset, blob.length - footer.size));
-    const json = JSON.parse(tocTar.subarray(512, 512 + Number.parseInt(tocTar.subarray(124, 136).toString().trim(), 8)).toString());
-    const victim = json.entries.find((e: { name: string; chunkDigest?: string }) => e.name === 'app/a' && e.chunkDigest);
-    const forged = sha256(Buffer.from('not the real bytes'));
-    victim.chunkDigest = forged;
-    const newJson = Buffer.from(JSON.stringify(json));
-    const { encodeTarHeader, TAR_END, tarPadding } = await import('../src/estargz/tar.js');
-    const newTocTar = Buffer.concat([encodeTarHeader({ name: 'stargz.index.json', type: 'file', mode: 0o644, uid: 0, gid: 0, size: newJson.length, mtime: 0 }),
-      newJson, Buffer.alloc(tarPadding(newJson.length)), TAR_END]);
-    const newBlob = Buffer.concat([blob.subarray(0, footer.tocOffset), gzipSync(newTocTar), encodeFooter(footer.tocOffset)]);
-    const newDesc = { ...desc, digest: sha256(newBlob), size: newBlob.length, annotations: { ...desc.annotations, [TOC_DIGEST_ANNOTATION]: sha256(newJson) } };
-    await img.putBlob(newDesc, { bytes: newBlob });
-    const manifest = { ...resolved.manifest, layers: [resolved.manifest.layers[0]!, newDesc] };
-    await img.putManifest(Buffer.from(JSON.stringify(manifest)), resolved.manifestMediaType);
 
     const tamperedRoot = join(tmp, 'root-tampered');
     const store = await ChunkStore.open(tamperedRoot);

@@ -1,7 +1,7 @@
 // Tar header encoding for the layers we write. eStargz is tar inside gzip members, and the
 // converter must control exactly where each header and each chunk of file data begins, so it
 // encodes headers itself (ustar, plus a PAX record block when a field does not fit or xattrs are
-// present). Parsing input tars is left to tar-stream.
+// present). Input tars are parsed by tar-reader.ts.
 
 export const BLOCK = 512;
 /** Two zero blocks end a tar archive. */

@@ -7,6 +7,8 @@ export type ErrorCode =
   | 'ERR_INVALID_CONFIG'
   | 'ERR_INVALID_REFERENCE'
   | 'ERR_NOT_FOUND'
+  | 'ERR_ALREADY_EXISTS'
+  | 'ERR_FAILED_PRECONDITION'
   | 'ERR_REGISTRY'
   | 'ERR_REGISTRY_AUTH'
   | 'ERR_UNSUPPORTED_MEDIA_TYPE'
@@ -49,6 +51,19 @@ export class InvalidReferenceError extends DedupError {
 export class NotFoundError extends DedupError {
   constructor(what: string, detail?: string) {
     super('ERR_NOT_FOUND', `${what} not found${detail ? ` (${detail})` : ''}`);
+  }
+}
+
+export class AlreadyExistsError extends DedupError {
+  constructor(what: string) {
+    super('ERR_ALREADY_EXISTS', `${what}: already exists`);
+  }
+}
+
+/** The thing exists but is in the wrong state for the operation (containerd's ErrFailedPrecondition). */
+export class FailedPreconditionError extends DedupError {
+  constructor(message: string) {
+    super('ERR_FAILED_PRECONDITION', message);
   }
 }
 

@@ -82,13 +82,15 @@ describe('command line', () => {
     assert.deepEqual([st.images, st.chunksMissing], [1, 0]);
   });
 
-  it('dedup-snapshotter checks its config and root, and says it cannot serve yet', async () => {
+  it('dedup-snapshotter --check validates its config and root', async () => {
     const root = join(tmp, 'snap-root');
     const check = await binary('dedup-snapshotter', ['--root', root, '--check', '--json']);
     assert.equal(check.code, 0, check.stderr);
     assert.equal(JSON.parse(check.stdout).root, root);
-    const serve = await binary('dedup-snapshotter', ['--root', root]);
-    assert.equal(serve.code, 1);
-    assert.match(serve.stderr, /Snapshots service is not part of this build yet/);
+    const bad = join(tmp, 'bad-daemon.json');
+    await writeFile(bad, JSON.stringify({ enable_lazy: 'yes' }));
+    const r = await binary('dedup-snapshotter', ['--config', bad, '--check']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /enable_lazy: Expected boolean/);
   });
 });

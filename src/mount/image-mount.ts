@@ -5,45 +5,26 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import type { CodecPool } from '../codec/codec-pool.js';
 import { MalformedLayerError, MountError } from '../errors.js';
-import type { ChunkCache } from '../fetch/chunk-cache.js';
-import { DEFAULT_LAZY, LazyLayer, type LazyLayerOptions } from '../fetch/lazy-layer.js';
 import { RemoteLayer } from '../fetch/remote-layer.js';
-import { AccessTrace } from '../fs/access-trace.js';
-import { LayerFs } from '../fs/layer-fs.js';
 import { layerCompression, type Platform } from '../image/oci.js';
 import type { ImageSource } from '../image/source.js';
-import type { ChunkStore } from '../store/chunk-store.js';
+import { LayerMount, type LayerMountContext } from './layer-mount.js';
 import { mountsDir, removeRecord, writeRecord, type MountRecord } from './mount-records.js';
 import { isMountpoint, mountOverlay, unmount } from './system-mounts.js';
 
-export interface ImageMountOptions {
+export interface ImageMountOptions extends LayerMountContext {
   root: string;
-  traceDir: string;
   source: ImageSource;
   platform: Platform;
   dir: string;
   /** Writable mount: changes go here (a work directory is made beside it). */
   upper?: string;
-  store: ChunkStore;
-  pool: CodecPool;
-  cache: ChunkCache;
-  lazy?: Partial<LazyLayerOptions>;
   id?: string;
-  onReadError?: (layer: string, path: string, err: unknown) => void;
-}
-
-interface MountedLayer {
-  remote: RemoteLayer;
-  lazy: LazyLayer;
-  fs: LayerFs;
-  trace: AccessTrace;
-  mountpoint: string;
 }
 
 export class ImageMount {
-  readonly layers: MountedLayer[] = [];
+  readonly layers: LayerMount[] = [];
   private overlayMounted = false;
 
   private constructor(readonly record: MountRecord, private readonly base: string, private readonly opts: ImageMountOptions) {}
@@ -57,11 +38,6 @@ export class ImageMount {
       }
     }
     const remotes = await Promise.all(image.manifest.layers.map((d) => RemoteLayer.open(opts.source, d)));
-    for (const r of remotes) {
-      opts.store.addLayer({ digest: r.desc.digest, tocDigest: r.tocDigest, compressedSize: r.desc.size, uncompressedSize: r.toc.contentBytes,
-        chunks: r.chunks().map((c) => ({ digest: c.digest, size: c.chunkSize })) });
-    }
-    opts.store.addImage(image.name, image.manifestDigest, remotes.map((r) => r.desc.digest));
     if (await isMountpoint(dir)) throw new MountError(`${dir} is a mount point already`);
     await mkdir(dir, { recursive: true });
     const id = opts.id ?? randomBytes(6).toString('hex');
@@ -76,13 +52,9 @@ export class ImageMount {
       for (const [i, remote] of remotes.entries()) {
         const mountpoint = record.layers[i]!.mountpoint;
         await mkdir(mountpoint, { recursive: true });
-        const trace = new AccessTrace(image.name, image.manifestDigest, remote.desc.digest);
-        const lazy = new LazyLayer(opts.source, remote.desc, remote.toc, opts.store, opts.pool, opts.cache, { ...DEFAULT_LAZY, ...opts.lazy },
-          (file, chunk) => trace.record(file, chunk));
-        const fs = new LayerFs(remote.toc, lazy, (path, err) => opts.onReadError?.(remote.desc.digest, path, err));
-        await fs.mount(mountpoint, remote.desc.digest.slice(7, 19));
-        m.layers.push({ remote, lazy, fs, trace, mountpoint });
+        m.layers.push(await LayerMount.mount(remote, mountpoint, image, opts));
       }
+      opts.store.addImage(image.name, image.manifestDigest, remotes.map((r) => r.desc.digest));
       await m.mountOverlay();
       await writeRecord(opts.root, record);
       return m;
@@ -124,8 +96,7 @@ export class ImageMount {
     }
     const traces: string[] = [];
     for (const l of [...this.layers].reverse()) {
-      await l.fs.unmount();
-      const t = await l.trace.write(this.opts.traceDir).catch(() => undefined);
+      const t = await l.unmount();
       if (t) traces.push(t);
     }
     this.layers.length = 0;

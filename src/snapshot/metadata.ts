@@ -1,0 +1,194 @@
+// Snapshot metadata with containerd's semantics (its snapshots/storage package): user keys map to
+// internal ids (the directory names), parents form chains, kinds are View, Active and Committed,
+// a Commit turns an Active snapshot into a Committed one under a new name keeping its id, and a
+// snapshot with children cannot be removed. SQLite (better-sqlite3), one transaction per change.
+
+import Database from 'better-sqlite3';
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
+
+export type Kind = 'view' | 'active' | 'committed';
+const KIND_CODE: Record<Kind, number> = { view: 1, active: 2, committed: 3 };
+const KIND_NAME: Record<number, Kind> = { 1: 'view', 2: 'active', 3: 'committed' };
+
+export interface SnapshotInfo {
+  /** The key (for Active and View snapshots) or name (Committed). */
+  name: string;
+  parent: string;
+  kind: Kind;
+  labels: Record<string, string>;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export interface Snapshot extends SnapshotInfo {
+  id: number;
+  /** Ids of the parent chain, nearest first. */
+  parentIds: number[];
+}
+
+interface Row {
+  id: number;
+  key: string;
+  parent: string | null;
+  kind: number;
+  labels: string;
+  created_at: number;
+  updated_at: number;
+  size: number | null;
+  inodes: number | null;
+  remote: string | null;
+}
+
+/** Where a remote snapshot's layer lives: enough to mount it again after a restart. */
+export interface RemoteLayerRef {
+  image: string;
+  manifestDigest: string;
+  layer: { mediaType: string; digest: string; size: number; annotations?: Record<string, string> };
+}
+
+/** containerd limits a label's key and value together to 4096 bytes. */
+const MAX_LABEL = 4096;
+
+function checkLabels(labels: Record<string, string>): void {
+  for (const [k, v] of Object.entries(labels)) {
+    if (Buffer.byteLength(k) + Buffer.byteLength(v) > MAX_LABEL) throw new InvalidArgumentError(`label key and value of "${k.slice(0, 64)}" are larger than ${MAX_LABEL} bytes`);
+  }
+}
+
+export class SnapshotMetadata {
+  private readonly db: Database.Database;
+
+  constructor(path: string) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('busy_timeout = 10000');
+    this.db.exec(`CREATE TABLE IF NOT EXISTS snapshots (
+      id INTEGER PRIMARY KEY AUTOINCREMENT,
+      key TEXT NOT NULL UNIQUE,
+      parent TEXT,
+      kind INTEGER NOT NULL,
+      labels TEXT NOT NULL DEFAULT '{}',
+      created_at INTEGER NOT NULL,
+      updated_at INTEGER NOT NULL,
+      size INTEGER,
+      inodes INTEGER,
+      -- for remote (lazily mounted) snapshots: where the layer comes from, to mount it again
+      remote TEXT
+    );
+    CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);`);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  private row(key: string): Row | undefined {
+    return this.db.prepare('SELECT * FROM snapshots WHERE key = ?').get(key) as Row | undefined;
+  }
+
+  private toInfo(r: Row): SnapshotInfo {
+    return { name: r.key, parent: r.parent ?? '', kind: KIND_NAME[r.kind]!, labels: JSON.parse(r.labels) as Record<string, string>,
+      createdAt: new Date(r.created_at), updatedAt: new Date(r.updated_at) };
+  }
+
+  /** The snapshot with its parent chain; NotFound when the key does not exist. */
+  get(key: string): Snapshot {
+    const r = this.row(key);
+    if (!r) throw new NotFoundError(`snapshot ${key}`);
+    const parentIds: number[] = [];
+    for (let p = r.parent; p;) {
+      const pr = this.row(p);
+      if (!pr) break;
+      parentIds.push(pr.id);
+      p = pr.parent;
+    }
+    return { ...this.toInfo(r), id: r.id, parentIds };
+  }
+
+  stat(key: string): SnapshotInfo {
+    const r = this.row(key);
+    if (!r) throw new NotFoundError(`snapshot ${key}`);
+    return this.toInfo(r);
+  }
+
+  /** Creates a snapshot; `parent` must be Committed. Returns its id. */
+  create(kind: Kind, key: string, parent: string, labels: Record<string, string>, remote?: RemoteLayerRef): number {
+    if (!key) throw new InvalidArgumentError('snapshot key must not be empty');
+    checkLabels(labels);
+    return this.db.transaction(() => {
+      if (this.row(key)) throw new AlreadyExistsError(`snapshot ${key}`);
+      if (parent) {
+        const p = this.row(parent);
+        if (!p) throw new NotFoundError(`parent snapshot ${parent}`);
+        if (p.kind !== KIND_CODE.committed) throw new InvalidArgumentError(`parent "${parent}" is not a committed snapshot`);
+      }
+      const now = Date.now();
+      const r = this.db.prepare('INSERT INTO snapshots (key, parent, kind, labels, created_at, updated_at, size, inodes, remote) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
+        .run(key, parent || null, KIND_CODE[kind], JSON.stringify(labels), now, now, remote ? 0 : null, remote ? 0 : null, remote ? JSON.stringify(remote) : null);
+      return Number(r.lastInsertRowid);
+    }).immediate();
+  }
+
+  /** Turns Active `key` into Committed `name` (same id), with its usage recorded. */
+  commit(name: string, key: string, labels: Record<string, string>, usage: { size: number; inodes: number }): number {
+    if (!name) throw new InvalidArgumentError('committed snapshot name must not be empty');
+    checkLabels(labels);
+    return this.db.transaction(() => {
+      const r = this.row(key);
+      if (!r) throw new NotFoundError(`snapshot ${key}`);
+      if (r.kind !== KIND_CODE.active) throw new FailedPreconditionError(`requested snapshot ${key} not active`);
+      if (this.row(name)) throw new AlreadyExistsError(`snapshot ${name}`);
+      this.db.prepare('UPDATE snapshots SET key = ?, kind = ?, labels = ?, updated_at = ?, size = ?, inodes = ? WHERE id = ?')
+        .run(name, KIND_CODE.committed, JSON.stringify(labels), Date.now(), usage.size, usage.inodes, r.id);
+      return r.id;
+    }).immediate();
+  }
+
+  /** Removes a snapshot without children; returns its id and kind. */
+  remove(key: string): { id: number; kind: Kind } {
+    return this.db.transaction(() => {
+      const r = this.row(key);
+      if (!r) throw new NotFoundError(`snapshot ${key}`);
+      if (this.db.prepare('SELECT 1 FROM snapshots WHERE parent = ?').get(key)) throw new FailedPreconditionError(`cannot remove snapshot ${key} with child`);
+      this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(r.id);
+      return { id: r.id, kind: KIND_NAME[r.kind]! };
+    }).immediate();
+  }
+
+  /** Updates labels: all of them with no paths or "labels", single ones with "labels.KEY". */
+  update(info: { name: string; labels: Record<string, string> }, paths: string[]): SnapshotInfo {
+    checkLabels(info.labels);
+    return this.db.transaction(() => {
+      const r = this.row(info.name);
+      if (!r) throw new NotFoundError(`snapshot ${info.name}`);
+      let labels = JSON.parse(r.labels) as Record<string, string>;
+      if (paths.length === 0) labels = { ...info.labels };
+      for (const p of paths) {
+        if (p === 'labels') labels = { ...info.labels };
+        else if (p.startsWith('labels.')) {
+          const k = p.slice('labels.'.length);
+          if (k in info.labels) labels[k] = info.labels[k]!;
+          else delete labels[k];
+        } else throw new InvalidArgumentError(`cannot update "${p}" field on snapshot "${info.name}"`);
+      }
+      this.db.prepare('UPDATE snapshots SET labels = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(labels), Date.now(), r.id);
+      return this.toInfo(this.row(info.name)!);
+    }).immediate();
+  }
+
+  usage(key: string): { kind: Kind; id: number; size: number | null; inodes: number | null } {
+    const r = this.row(key);
+    if (!r) throw new NotFoundError(`snapshot ${key}`);
+    return { kind: KIND_NAME[r.kind]!, id: r.id, size: r.size, inodes: r.inodes };
+  }
+
+  list(): SnapshotInfo[] {
+    return (this.db.prepare('SELECT * FROM snapshots ORDER BY id').all() as Row[]).map((r) => this.toInfo(r));
+  }
+
+  /** Every id, with the remote layer of remote snapshots (restart reconciliation). */
+  all(): { id: number; key: string; remote: RemoteLayerRef | undefined }[] {
+    return (this.db.prepare('SELECT * FROM snapshots ORDER BY id').all() as Row[])
+      .map((r) => ({ id: r.id, key: r.key, remote: r.remote ? (JSON.parse(r.remote) as RemoteLayerRef) : undefined }));
+  }
+}

@@ -1,0 +1,240 @@
+// The snapshotter (containerd's overlay snapshotter semantics over SnapshotMetadata):
+// snapshots/<id>/fs and work per snapshot, bind mounts for parentless snapshots and overlay
+// mounts with the parents' fs directories as lowerdirs otherwise. Remote snapshots: a Prepare
+// carrying the labels CRI, nerdctl or ctr-remote attach for an eStargz layer mounts that layer
+// lazily at the snapshot's fs directory, commits it under the target name and answers
+// AlreadyExists, so containerd skips the download.
+
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { AlreadyExistsError, FailedPreconditionError, isDedupError } from '../errors.js';
+import { RemoteLayer } from '../fetch/remote-layer.js';
+import { manifestSchema, MANIFEST_ACCEPT, parseJson, type Platform } from '../image/oci.js';
+import { RegistryImage } from '../image/registry-image.js';
+import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
+import { unmountFuse } from '../mount/system-mounts.js';
+import type { RegistryClient } from '../registry/client.js';
+import { diskUsage } from './disk-usage.js';
+import { snapshotMatcher } from './filters.js';
+import { SnapshotMetadata, type Kind, type RemoteLayerRef, type Snapshot, type SnapshotInfo } from './metadata.js';
+
+export const LABEL = {
+  /** The name containerd wants the snapshot committed under (its chain id). */
+  targetRef: 'containerd.io/snapshot.ref',
+  criImageRef: 'containerd.io/snapshot/cri.image-ref',
+  criLayerDigest: 'containerd.io/snapshot/cri.layer-digest',
+  criManifestDigest: 'containerd.io/snapshot/cri.manifest-digest',
+  stargzRef: 'containerd.io/snapshot/remote/stargz.reference',
+  stargzDigest: 'containerd.io/snapshot/remote/stargz.digest',
+  /** Set on our remote snapshots, as stargz-snapshotter does. */
+  remote: 'containerd.io/snapshot/remote',
+} as const;
+
+export interface Mount {
+  type: string;
+  source: string;
+  target: string;
+  options: string[];
+}
+
+export interface SnapshotterOptions extends LayerMountContext {
+  root: string;
+  client: RegistryClient;
+  platform: Platform;
+  /** Mount eStargz layers lazily (config enable_lazy); otherwise every layer is unpacked. */
+  lazyPull: boolean;
+  log: { info(o: object, m: string): void; warn(o: object, m: string): void };
+}
+
+export class Snapshotter {
+  readonly metadata: SnapshotMetadata;
+  private readonly remoteMounts = new Map<number, LayerMount>();
+  private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
+
+  constructor(private readonly opts: SnapshotterOptions) {
+    this.metadata = new SnapshotMetadata(join(opts.root, 'metadata.db'));
+  }
+
+  private dir(id: number): string {
+    return join(this.opts.root, 'snapshots', String(id));
+  }
+
+  private fs(id: number): string {
+    return join(this.dir(id), 'fs');
+  }
+
+  /**
+   * After a restart: removes directories no snapshot owns (half-made ones) and mounts the lazy
+   * layers of remote snapshots again, so images pulled before still run.
+   */
+  async start(): Promise<void> {
+    await mkdir(join(this.opts.root, 'snapshots'), { recursive: true });
+    const all = this.metadata.all();
+    await this.removeOrphans(new Set(all.map((s) => s.id)));
+    for (const s of all) {
+      if (!s.remote) continue;
+      try {
+        await unmountFuse(this.fs(s.id)); // a mount whose server died with the last daemon
+        await this.mountRemote(s.id, s.remote);
+        this.opts.log.info({ snapshot: s.key, layer: s.remote.layer.digest }, 'remote snapshot mounted again');
+      } catch (err) {
+        this.opts.log.warn({ snapshot: s.key, err: (err as Error).message }, 'cannot mount remote snapshot again');
+      }
+    }
+  }
+
+  private async removeOrphans(known: Set<number>): Promise<string[]> {
+    const removed: string[] = [];
+    for (const name of await readdir(join(this.opts.root, 'snapshots'))) {
+      if (/^\d+$/.test(name) && known.has(Number(name))) continue;
+      const dir = join(this.opts.root, 'snapshots', name);
+      await unmountFuse(join(dir, 'fs'));
+      await rm(dir, { recursive: true, force: true });
+      removed.push(name);
+    }
+    return removed;
+  }
+
+  private async mountRemote(id: number, ref: RemoteLayerRef, opened?: RemoteLayer): Promise<void> {
+    const remote = opened ?? (await RemoteLayer.open(new RegistryImage(this.opts.client, ref.image), ref.layer));
+    await mkdir(this.fs(id), { recursive: true });
+    this.remoteMounts.set(id, await LayerMount.mount(remote, this.fs(id), { name: ref.image, manifestDigest: ref.manifestDigest }, this.opts));
+  }
+
+  async prepare(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
+    if (this.opts.lazyPull && (await this.prepareRemote(parent, labels))) {
+      throw new AlreadyExistsError(`target snapshot "${labels[LABEL.targetRef]}"`);
+    }
+    return this.create('active', key, parent, labels);
+  }
+
+  view(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
+    return this.create('view', key, parent, labels);
+  }
+
+  private async create(kind: Kind, key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
+    const id = this.metadata.create(kind, key, parent, labels);
+    try {
+      await mkdir(this.fs(id), { recursive: true });
+      if (kind === 'active') await mkdir(join(this.dir(id), 'work'), { recursive: true });
+    } catch (err) {
+      this.metadata.remove(key);
+      await rm(this.dir(id), { recursive: true, force: true });
+      throw err;
+    }
+    return this.mountsOf(this.metadata.get(key));
+  }
+
+  /**
+   * Mounts the layer a Prepare's labels name, if it is eStargz, as the committed target snapshot.
+   * Returns false (normal unpack) when the labels do not name a layer or the layer is not eStargz.
+   */
+  private async prepareRemote(parent: string, labels: Record<string, string>): Promise<boolean> {
+    const target = labels[LABEL.targetRef];
+    const imageRef = labels[LABEL.criImageRef] ?? labels[LABEL.stargzRef];
+    const digest = labels[LABEL.criLayerDigest] ?? labels[LABEL.stargzDigest];
+    if (!target || !imageRef || !digest) return false;
+    let ref: RemoteLayerRef;
+    let remote: RemoteLayer;
+    try {
+      const image = new RegistryImage(this.opts.client, imageRef);
+      const manifestDigest = labels[LABEL.criManifestDigest];
+      const resolved = manifestDigest
+        ? await this.opts.client.getManifest(image.ref, manifestDigest, MANIFEST_ACCEPT)
+          .then((m) => ({ manifestDigest: m.digest, manifest: parseJson(manifestSchema, m.bytes, `manifest ${manifestDigest} of ${imageRef}`) }))
+        : await image.resolve(this.opts.platform);
+      const desc = resolved.manifest.layers.find((l) => l.digest === digest);
+      if (!desc) {
+        this.opts.log.warn({ image: imageRef, layer: digest }, 'layer not in the image manifest; containerd unpacks it');
+        return false;
+      }
+      remote = await RemoteLayer.open(image, desc);
+      ref = { image: imageRef, manifestDigest: resolved.manifestDigest, layer: { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, annotations: desc.annotations } };
+    } catch (err) {
+      if (!isDedupError(err)) throw err;
+      this.opts.log.info({ image: imageRef, layer: digest, err: err.message }, 'not mounted lazily; containerd unpacks it');
+      return false;
+    }
+    // AlreadyExists here is the right answer too: containerd then uses the existing snapshot.
+    const id = this.metadata.create('committed', target, parent, { ...labels, [LABEL.remote]: 'remote snapshot' }, ref);
+    try {
+      await this.mountRemote(id, ref, remote);
+    } catch (err) {
+      this.metadata.remove(target);
+      await rm(this.dir(id), { recursive: true, force: true });
+      this.opts.log.warn({ image: imageRef, layer: digest, err: (err as Error).message }, 'lazy mount failed; containerd unpacks the layer');
+      return false;
+    }
+    this.opts.log.info({ snapshot: target, image: imageRef, layer: digest }, 'remote snapshot mounted lazily');
+    return true;
+  }
+
+  async mounts(key: string): Promise<Mount[]> {
+    return this.mountsOf(this.metadata.get(key));
+  }
+
+  private mountsOf(s: Snapshot): Mount[] {
+    if (s.kind === 'committed') throw new FailedPreconditionError(`requested snapshot ${s.name} not active or view`);
+    const lower = s.parentIds.map((id) => this.fs(id)).join(':');
+    if (s.parentIds.length === 0) {
+      return [{ type: 'bind', source: this.fs(s.id), target: '', options: [s.kind === 'view' ? 'ro' : 'rw', 'rbind'] }];
+    }
+    const extra = this.overlayIndexOff ? ['index=off'] : [];
+    if (s.kind === 'active') {
+      return [{ type: 'overlay', source: 'overlay', target: '', options: [...extra, `workdir=${join(this.dir(s.id), 'work')}`, `upperdir=${this.fs(s.id)}`, `lowerdir=${lower}`] }];
+    }
+    if (s.parentIds.length === 1) return [{ type: 'bind', source: lower, target: '', options: ['ro', 'rbind'] }];
+    return [{ type: 'overlay', source: 'overlay', target: '', options: [...extra, `lowerdir=${lower}`] }];
+  }
+
+  async commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
+    const s = this.metadata.get(key);
+    if (s.kind !== 'active') throw new FailedPreconditionError(`requested snapshot ${key} not active`);
+    this.metadata.commit(name, key, labels, await diskUsage(this.fs(s.id)));
+  }
+
+  async remove(key: string): Promise<void> {
+    const { id } = this.metadata.remove(key);
+    const lazy = this.remoteMounts.get(id);
+    if (lazy) {
+      this.remoteMounts.delete(id);
+      await lazy.unmount().catch(() => unmountFuse(this.fs(id)));
+    }
+    await rm(this.dir(id), { recursive: true, force: true });
+  }
+
+  stat(key: string): SnapshotInfo {
+    return this.metadata.stat(key);
+  }
+
+  update(info: { name: string; labels: Record<string, string> }, paths: string[]): SnapshotInfo {
+    return this.metadata.update(info, paths);
+  }
+
+  list(filters: string[]): SnapshotInfo[] {
+    const match = snapshotMatcher(filters);
+    return this.metadata.list().filter(match);
+  }
+
+  async usage(key: string): Promise<{ size: number; inodes: number }> {
+    const u = this.metadata.usage(key);
+    if (u.kind === 'committed') return { size: u.size ?? 0, inodes: u.inodes ?? 0 };
+    return diskUsage(this.fs(u.id));
+  }
+
+  /** Removes directories that no snapshot owns (containerd calls this during its GC). */
+  async cleanup(): Promise<void> {
+    const removed = await this.removeOrphans(new Set(this.metadata.all().map((s) => s.id)));
+    if (removed.length) this.opts.log.info({ removed }, 'cleanup removed unowned snapshot directories');
+  }
+
+  /** Unmounts the lazy layers (a plain stop of the daemon) and closes the metadata. */
+  async close(): Promise<void> {
+    for (const [id, m] of this.remoteMounts) {
+      await m.unmount().catch(async () => unmountFuse(this.fs(id)));
+    }
+    this.remoteMounts.clear();
+    this.metadata.close();
+  }
+}

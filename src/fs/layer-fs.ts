@@ -15,6 +15,7 @@ export const OPAQUE_XATTR = 'trusted.overlay.opaque';
 /** Seconds the kernel may cache entries and attributes: the content is immutable. */
 const CACHE_TIMEOUT = 86_400;
 const O_ACCMODE = 3;
+const DIR_SIZE = 4096;
 
 interface FsEntry {
   ino: number;
@@ -98,10 +99,12 @@ export class LayerFs {
     }
     const t = n.mtime * 1000;
     return {
-      mode: S_IFMT[n.type === 'hardlink' ? 'reg' : n.type] | n.mode, uid: n.uid, gid: n.gid, size: n.type === 'symlink' ? Buffer.byteLength(n.linkName) : n.size,
+      // Directories report one 4 KiB block, as ext4 and a full pull show them.
+      mode: S_IFMT[n.type === 'hardlink' ? 'reg' : n.type] | n.mode, uid: n.uid, gid: n.gid,
+      size: n.type === 'symlink' ? Buffer.byteLength(n.linkName) : n.type === 'dir' ? DIR_SIZE : n.size,
       nlink: n.type === 'dir' ? 2 + e.subdirs : n.numLink, ino: e.ino,
       rdev: n.type === 'char' || n.type === 'block' ? makedev(n.devMajor, n.devMinor) : 0,
-      blksize: 4096, blocks: Math.ceil(n.size / 512), mtime: t, atime: t, ctime: t,
+      blksize: 4096, blocks: Math.ceil((n.type === 'dir' ? DIR_SIZE : n.size) / 512), mtime: t, atime: t, ctime: t,
     };
   }
 

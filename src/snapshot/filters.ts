@@ -76,6 +76,7 @@ export function parseFilter(filter: string): Selector[] {
     if (i < s.length) {
       if (s[i] !== ',') throw new InvalidArgumentError(`filter "${filter}": unexpected "${s[i]}" at position ${i}`);
       i++;
+      if (s.slice(i).trim() === '') throw new InvalidArgumentError(`filter "${filter}": a selector must follow ","`);
     }
   }
   return sels;

@@ -86,7 +86,7 @@ export function snapshotsHandlers(s: Snapshotter): grpc.UntypedServiceImplementa
         for (let i = 0; i < all.length; i += LIST_BATCH) call.write({ info: all.slice(i, i + LIST_BATCH) });
         call.end();
       } catch (err) {
-        call.destroy(toGrpcError(err));
+        call.emit('error', toGrpcError(err));
       }
     },
   };

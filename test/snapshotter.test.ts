@@ -1,0 +1,196 @@
+// The snapshotter as containerd uses it: a real containerd with proxy_plugins.dedup, ctr and
+// ctr-remote, runc containers, against a registry behind a byte-counting proxy.
+
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { loadSnapshotsService } from '../src/snapshot/grpc-service.js';
+import { dedupctlJson } from './fixtures/cli.js';
+import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
+import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { run } from './fixtures/process.js';
+import { startProxy, type TestProxy } from './fixtures/proxy.js';
+import { startRegistry, type TestRegistry } from './fixtures/registry.js';
+import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
+
+const MiB = 1024 * 1024;
+const LISTING = 'cd / && find bin data del deep etc opq private tmp | sort | while read f; do stat -c "%n %a %u %g %s %F %h" "$f"; done; '
+  + 'find data etc opq deep -type f | sort | xargs sha256sum';
+
+describe('containerd proxy snapshotter', () => {
+  let tmp: string;
+  let registry: TestRegistry | undefined;
+  let proxy: TestProxy | undefined;
+  let snap: TestSnapshotter | undefined;
+  let ctd: TestContainerd | undefined;
+  let layers: { base: FileSpec[]; upper: FileSpec[] };
+  let lazyRef: string;
+  let imageBytes = 0;
+  let n = 0;
+  const runIn = async (snapshotter: string, ref: string, script: string): Promise<string> => {
+    const r = await ctd!.ctr(['run', '--rm', '--snapshotter', snapshotter, ref, `c${process.pid}-${n++}`, '/bin/sh', '-c', script], 180_000);
+    assert.equal(r.code, 0, `ctr run (${snapshotter}): ${r.stderr}`);
+    return r.stdout;
+  };
+
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'dedup-snapshotter-test-'));
+    registry = await startRegistry(tmp);
+    proxy = await startProxy(registry.host);
+    layers = await richLayers(64 * MiB);
+    await writeOciImage(join(tmp, 'src'), 'rich', [{ tar: await tarOf(layers.base), compression: 'gzip' }, { tar: await tarOf(layers.upper), compression: 'gzip' }]);
+    await pushOci(join(tmp, 'src'), 'rich', `${registry.host}/src/rich:1`);
+    const conv = await dedupctlJson<{ layers: { size: number }[] }>(['convert', '--plain-http', `${registry.host}/src/rich:1`, `${registry.host}/lazy/rich:1`]);
+    imageBytes = conv.layers.reduce((a, l) => a + l.size, 0);
+    lazyRef = `${proxy.host}/lazy/rich:1`;
+    snap = await startSnapshotter(tmp);
+    ctd = await startContainerd(tmp, { dedupSocket: snap.socket });
+  });
+
+  after(async () => {
+    await ctd?.stop();
+    await snap?.stop();
+    await unmountUnder(tmp);
+    await proxy?.stop();
+    await registry?.stop();
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('ctr-remote rpull mounts the eStargz layers lazily; ctr run runs the image', async () => {
+    proxy!.reset();
+    const pull = await run('ctr-remote', ['--address', ctd!.socket, 'image', 'rpull', '--plain-http', '--snapshotter', 'dedup', lazyRef], { timeoutMs: 120_000 });
+    assert.equal(pull.code, 0, pull.stderr);
+    const pulled = proxy!.stats.blobBytes;
+    assert.ok(pulled < 0.05 * imageBytes, `rpull fetched ${pulled} of ${imageBytes} bytes`);
+    assert.match(await readFile(snap!.log, 'utf8'), /remote snapshot mounted lazily/);
+    const out = await runIn('dedup', lazyRef, 'cat /etc/hostname; cat /data/small; echo');
+    assert.equal(out, 'rich-upper\nabc\n');
+    assert.ok(proxy!.stats.blobBytes < 0.1 * imageBytes, `running it fetched ${proxy!.stats.blobBytes} bytes in all`);
+  });
+
+  it('a plain gzip image takes the normal path: containerd unpacks it into our snapshots', async () => {
+    const ref = `${registry!.host}/src/rich:1`;
+    const pull = await ctd!.ctr(['image', 'pull', '--plain-http', '--snapshotter', 'dedup', ref], 180_000);
+    assert.equal(pull.code, 0, pull.stderr);
+    assert.equal(await runIn('dedup', ref, 'cat /etc/hostname'), 'rich-upper\n');
+  });
+
+  it('shows the same files as containerd\'s overlayfs snapshotter: whiteouts, opaque dirs, modes, owners, contents', async () => {
+    const overlayRef = `${registry!.host}/lazy/rich:1`;
+    const pull = await ctd!.ctr(['image', 'pull', '--plain-http', overlayRef], 180_000);
+    assert.equal(pull.code, 0, pull.stderr);
+    const ours = await runIn('dedup', lazyRef, LISTING);
+    const theirs = await runIn('overlayfs', overlayRef, LISTING);
+    assert.ok(ours.includes('/opq/c') || ours.includes('opq/c'));
+    assert.ok(!ours.includes('del/gone'));
+    assert.equal(ours, theirs);
+  });
+
+  it('ctr snapshots prepare, commit, info, tree, label, usage, rm behave as with overlayfs, errors included', async () => {
+    const script = async (sn: string): Promise<string[]> => {
+      const out: string[] = [];
+      const ctr = async (...args: string[]): Promise<void> => {
+        const r = await ctd!.ctr(['snapshots', '--snapshotter', sn, ...args]);
+        const err = r.stderr.match(/(not found|already exists|failed precondition|invalid argument|cannot remove snapshot with child|not active)/)?.[1] ?? '';
+        out.push(`${args[0]} ${r.code} ${err}`);
+      };
+      // containerd garbage-collects snapshots nothing references; gc.root keeps these for the test.
+      const root = (key: string): Promise<unknown> => ctd!.ctr(['snapshots', '--snapshotter', sn, 'label', key, 'containerd.io/gc.root=test']);
+      await ctr('prepare', 'p1');
+      await root('p1');
+      await ctr('prepare', 'p1');
+      await ctr('commit', 'c1', 'p1');
+      await root('c1');
+      await ctr('commit', 'c2', 'p1');
+      await ctr('prepare', 'p2', 'c1');
+      await root('p2');
+      await ctr('prepare', 'p3', 'nope');
+      await ctr('view', 'v1', 'c1');
+      await root('v1');
+      await ctr('info', 'p2');
+      await ctr('info', 'nope');
+      await ctr('label', 'c1', 'team=core');
+      await ctr('usage', 'p2');
+      await ctr('rm', 'c1');
+      await ctr('rm', 'p2');
+      await ctr('rm', 'v1');
+      await ctr('rm', 'c1');
+      await ctr('rm', 'c1');
+      await ctr('commit', 'c3', 'nope');
+      return out;
+    };
+    const ours = await script('dedup');
+    const theirs = await script('overlayfs');
+    assert.deepEqual(ours, theirs);
+    const info = JSON.parse((await ctd!.ctr(['snapshots', '--snapshotter', 'dedup', 'info', 'p1'])).stdout || 'null');
+    assert.equal(info, null, 'p1 became c1 and is gone');
+  });
+
+  it('answers every API error with the gRPC code containerd expects', async () => {
+    const Client = grpc.makeGenericClientConstructor(loadSnapshotsService(), 'Snapshots');
+    const client = new Client(`unix://${snap!.socket}`, grpc.credentials.createInsecure());
+    // Deadlines: a handler that never answers fails the test instead of hanging it.
+    const deadline = (): grpc.CallOptions => ({ deadline: Date.now() + 20_000 });
+    type Unary = (r: object, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, v: unknown) => void) => void;
+    const call = (method: string, req: object): Promise<unknown> => new Promise((resolve, reject) =>
+      (client as unknown as Record<string, Unary>)[method]!(req, new grpc.Metadata(), deadline(), (e, v) => (e ? reject(e) : resolve(v))));
+    const code = (p: Promise<unknown>): Promise<number> => p.then(() => grpc.status.OK, (e: grpc.ServiceError) => e.code);
+    try {
+      await call('Prepare', { key: 'g1', parent: '', labels: {} });
+      await call('Commit', { name: 'g-committed', key: 'g1', labels: {} });
+      await call('Prepare', { key: 'g2', parent: 'g-committed', labels: {} });
+      assert.equal(await code(call('Stat', { key: 'missing' })), grpc.status.NOT_FOUND);
+      assert.equal(await code(call('Prepare', { key: 'g2', parent: '', labels: {} })), grpc.status.ALREADY_EXISTS);
+      assert.equal(await code(call('Prepare', { key: 'g3', parent: 'g2', labels: {} })), grpc.status.INVALID_ARGUMENT, 'parent not committed');
+      assert.equal(await code(call('Prepare', { key: 'g3', parent: 'missing', labels: {} })), grpc.status.NOT_FOUND);
+      assert.equal(await code(call('Remove', { key: 'g-committed' })), grpc.status.FAILED_PRECONDITION, 'has a child');
+      assert.equal(await code(call('Commit', { name: 'x', key: 'g-committed', labels: {} })), grpc.status.FAILED_PRECONDITION, 'not active');
+      assert.equal(await code(call('Commit', { name: 'g-committed', key: 'g2', labels: {} })), grpc.status.ALREADY_EXISTS);
+      assert.equal(await code(call('Mounts', { key: 'g-committed' })), grpc.status.FAILED_PRECONDITION);
+      assert.equal(await code(call('Update', { info: { name: 'g2', labels: {} }, update_mask: { paths: ['parent'] } })), grpc.status.INVALID_ARGUMENT);
+      assert.equal(await code(call('Update', { info: { name: 'missing', labels: {} }, update_mask: { paths: [] } })), grpc.status.NOT_FOUND);
+      assert.equal(await code(call('Usage', { key: 'missing' })), grpc.status.NOT_FOUND);
+      assert.equal(await code(call('Remove', { key: 'missing' })), grpc.status.NOT_FOUND);
+      const updated = (await call('Update', { info: { name: 'g2', labels: { a: '1', b: '2' } }, update_mask: { paths: ['labels.a'] } })) as { info: { labels: Record<string, string> } };
+      assert.deepEqual(updated.info.labels, { a: '1' });
+      const mounts = (await call('Mounts', { key: 'g2' })) as { mounts: { type: string; options: string[] }[] };
+      assert.equal(mounts.mounts[0]!.type, 'overlay');
+      assert.ok(mounts.mounts[0]!.options.some((o) => o.startsWith('lowerdir=')));
+      const list = (filters: string[]): Promise<string[]> => new Promise((resolve, reject) => {
+        const names: string[] = [];
+        const stream = (client as unknown as { List(r: object, m: grpc.Metadata, o: grpc.CallOptions): grpc.ClientReadableStream<{ info: { name: string }[] }> })
+          .List({ filters }, new grpc.Metadata(), deadline());
+        stream.on('data', (m: { info: { name: string }[] }) => names.push(...m.info.map((i) => i.name)));
+        stream.on('end', () => resolve(names));
+        stream.on('error', reject);
+      });
+      assert.deepEqual(await list(['labels.a==1']), ['g2']);
+      assert.deepEqual((await list(['kind==committed,name~=^g-'])), ['g-committed']);
+      await assert.rejects(list(['labels.a==1,']), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT);
+      await call('Remove', { key: 'g2' });
+      await call('Remove', { key: 'g-committed' });
+    } finally {
+      client.close();
+    }
+  });
+
+  it('after kill -9 and a restart every snapshot is still there and the lazily pulled image runs', async () => {
+    const before = (await ctd!.ctr(['snapshots', '--snapshotter', 'dedup', 'ls'])).stdout;
+    await snap!.kill9();
+    snap = await startSnapshotter(tmp);
+    // containerd reconnects to the plugin's socket with a backoff: ask until it has.
+    let afterLs = await ctd!.ctr(['snapshots', '--snapshotter', 'dedup', 'ls']);
+    for (let i = 0; i < 60 && afterLs.code !== 0; i++) {
+      await new Promise((r) => setTimeout(r, 500));
+      afterLs = await ctd!.ctr(['snapshots', '--snapshotter', 'dedup', 'ls']);
+    }
+    assert.equal(afterLs.code, 0, afterLs.stderr);
+    assert.equal(afterLs.stdout, before);
+    assert.match(await readFile(snap.log, 'utf8'), /remote snapshot mounted again/);
+    assert.equal(await runIn('dedup', lazyRef, 'cat /etc/hostname; sha256sum /data/text | cut -c1-16'),
+      `rich-upper\n${(await import('node:crypto')).createHash('sha256').update(layers.base.find((s) => s.name === 'data/text')!.content!).digest('hex').slice(0, 16)}\n`);
+  });
+});

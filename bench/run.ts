@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { run } from '../test/fixtures/process.js';
 import { convertScenario } from './convert.js';
 import { lazyScenarios } from './lazy.js';
+import { pullRunScenario } from './snapshotter.js';
 
 interface Row {
   scenario: string;
@@ -20,6 +21,20 @@ interface Row {
 const range = (s: { min: number; max: number }, digits = 2): string => `${s.min.toFixed(digits)}–${s.max.toFixed(digits)} s`;
 
 const SCENARIOS: Record<string, (tmp: string, reps: number, log: (s: string) => void) => Promise<{ result: unknown; rows: Row[] }>> = {
+  async 'pull-run'(tmp, reps, log) {
+    const r = await pullRunScenario(tmp, reps, log);
+    const mib = (b: number): string => (b / 1048576).toFixed(1);
+    return {
+      result: r,
+      rows: [
+        { scenario: 'pull-run', metric: `pull start to first container output, ${mib(r.imageBytes)} MiB image (s)`,
+          ours: `${r.dedup.seconds.median.toFixed(2)} (${range(r.dedup.seconds)})`, baseline: `overlayfs ${r.overlayfs.seconds.median.toFixed(2)} (${range(r.overlayfs.seconds)})`,
+          ratio: `${r.speedup.toFixed(1)}x sooner` },
+        { scenario: 'pull-run', metric: 'bytes fetched from the registry (MiB)',
+          ours: mib(r.dedup.bytes.median), baseline: `overlayfs ${mib(r.overlayfs.bytes.median)}`, ratio: `${r.bytesRatio.toFixed(0)}x fewer` },
+      ],
+    };
+  },
   async lazy(tmp, reps, log) {
     const r = await lazyScenarios(tmp, reps, log);
     const mib = (r.fileBytes / 1048576).toFixed(0);

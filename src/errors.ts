@@ -19,7 +19,8 @@ export type ErrorCode =
   | 'ERR_DIGEST_MISMATCH'
   | 'ERR_CHUNK_DIGEST_MISMATCH'
   | 'ERR_STORE'
-  | 'ERR_MOUNT';
+  | 'ERR_MOUNT'
+  | 'ERR_MALFORMED_TRACE';
 
 export class DedupError extends Error {
   readonly code: ErrorCode;
@@ -131,6 +132,13 @@ export class ChunkDigestMismatchError extends DedupError {
 export class StoreError extends DedupError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_STORE', message, options);
+  }
+}
+
+/** An access trace file is unreadable, not a trace, or for another image or layer. */
+export class MalformedTraceError extends DedupError {
+  constructor(file: string, why: string) {
+    super('ERR_MALFORMED_TRACE', `trace ${file}: ${why}`);
   }
 }
 

@@ -7,6 +7,7 @@ import { convertImage } from '../convert/image-converter.js';
 import { InvalidArgumentError } from '../errors.js';
 import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
+import { parseBundle } from '../prefetch/trace-store.js';
 import { configFrom, formatBytes, parseIntFlag, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
 import { byteProgress } from './progress.js';
 
@@ -15,6 +16,7 @@ interface ConvertFlags extends CommonFlags {
   compressionLevel: number;
   platform: string;
   prefetchList?: string;
+  prefetchTrace?: string;
   threads?: number;
 }
 
@@ -27,6 +29,7 @@ export function convertCommand(): Command {
     .option('--compression-level <0-9>', 'gzip level', parseIntFlag('--compression-level', 0, 9), 6)
     .option('--platform <os/arch[/variant]>', 'platform to take from a multi-platform image', 'linux/amd64')
     .option('--prefetch-list <file>', 'file listing paths (one per line) to put first in each layer, before the prefetch landmark')
+    .option('--prefetch-trace <file>', 'put the files an access trace (or trace bundle) lists first, before the prefetch landmark')
     .option('--threads <n>', 'compression threads (default: one per CPU)', parseIntFlag('--threads', 1, 256))
     .action(async (src: string, dst: string, flags: ConvertFlags) => {
       const config = await configFrom(flags);
@@ -38,6 +41,12 @@ export function convertCommand(): Command {
           throw new InvalidArgumentError(`--prefetch-list ${flags.prefetchList}: ${err.message}`);
         });
         prefetch = new Set(text.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#')));
+      }
+      if (flags.prefetchTrace) {
+        const b = parseBundle(await readFile(flags.prefetchTrace, 'utf8').catch((err: Error) => {
+          throw new InvalidArgumentError(`--prefetch-trace ${flags.prefetchTrace}: ${err.message}`);
+        }), flags.prefetchTrace);
+        prefetch = new Set([...(prefetch ?? []), ...b.traces.flatMap((t) => t.accesses.map((a) => a.path))]);
       }
       const client = await registryClientFrom(flags, config);
       const pool = new CodecPool(flags.threads);

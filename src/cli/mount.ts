@@ -27,6 +27,8 @@ interface MountFlags extends CommonFlags {
   foreground?: boolean;
   cacheSize: number;
   mountId?: string;
+  background?: boolean;
+  traceDir?: string;
 }
 
 /** The mount process: mounts, reports ready, serves until SIGINT/SIGTERM, then unmounts. */
@@ -44,8 +46,10 @@ async function serveMount(ref: string, dir: string, flags: MountFlags): Promise<
   try {
     const started = Date.now();
     mount = await ImageMount.mount({
-      root: config.root, traceDir: config.prefetch.trace_dir, source: openImage(ref, client), platform: parsePlatform(flags.platform),
-      dir, upper: flags.upper, store, pool, cache: new ChunkCache(flags.cacheSize), id: flags.mountId,
+      root: config.root, traceDir: flags.traceDir ?? config.prefetch.trace_dir, source: openImage(ref, client), platform: parsePlatform(flags.platform),
+      dir, upper: flags.upper, store, pool, cache: new ChunkCache(flags.cacheSize), id: flags.mountId, log,
+      prefetch: { enabled: config.prefetch.enabled, queueSize: config.prefetch.queue_size, background: flags.background ?? config.prefetch.background },
+      lazy: { prefetchWorkers: config.prefetch.workers },
       onReadError: (layer, path, err) => log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO'),
     });
     const ready = { ...mount.record, mountMs: Date.now() - started };
@@ -123,6 +127,8 @@ export function mountCommands(): Command[] {
     .option('--upper <dir>', 'make the mount writable, changes going to this directory')
     .option('--platform <os/arch[/variant]>', 'platform to take from a multi-platform image', 'linux/amd64')
     .option('--cache-size <bytes>', 'in-memory cache of hot chunks', parseSize('--cache-size'), 256 * 1024 * 1024)
+    .option('--trace-dir <dir>', 'access traces to record and replay (default: prefetch.trace_dir)')
+    .option('--background', 'after the start-up set, fetch the rest of the image at low priority (default: prefetch.background)')
     .option('--foreground', 'serve the mount in this process until SIGINT/SIGTERM')
     .option('--mount-id <id>', 'internal: the id chosen by the starting process')
     .action(async (ref: string, dir: string, flags: MountFlags) => {

@@ -22,6 +22,7 @@ interface DaemonFlags extends CommonFlags {
   socket: string;
   platform: string;
   cacheSize: number;
+  traceDir?: string;
 }
 
 const program = withCommonFlags(new Command('dedup-snapshotter'))
@@ -30,6 +31,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
   .option('--socket <path>', 'gRPC socket to serve on', DEFAULT_SOCKET)
   .option('--platform <os/arch[/variant]>', 'platform of images resolved without a manifest digest', 'linux/amd64')
   .option('--cache-size <bytes>', 'in-memory cache of hot chunks', parseSize('--cache-size'), 256 * 1024 * 1024)
+  .option('--trace-dir <dir>', 'access traces to record and replay (default: prefetch.trace_dir)')
   .option('--check', 'validate the config and open the state root, then exit')
   .action(async (flags: DaemonFlags) => {
     const config = await configFrom(flags);
@@ -46,7 +48,9 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     const pool = new CodecPool();
     const snapshotter = new Snapshotter({
       root: config.root, client, platform: parsePlatform(flags.platform), lazyPull: config.enable_lazy, store, pool,
-      cache: new ChunkCache(flags.cacheSize), traceDir: config.prefetch.trace_dir, log,
+      cache: new ChunkCache(flags.cacheSize), traceDir: flags.traceDir ?? config.prefetch.trace_dir, log,
+      prefetch: { enabled: config.prefetch.enabled, queueSize: config.prefetch.queue_size, background: config.prefetch.background },
+      lazy: { prefetchWorkers: config.prefetch.workers },
       onReadError: (layer, path, err) => log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO'),
     });
     const stopped = new Promise<string>((resolve) => {

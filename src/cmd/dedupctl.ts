@@ -7,6 +7,7 @@ import { convertCommand } from '../cli/convert.js';
 import { mountCommands } from '../cli/mount.js';
 import { gcCommand, statsCommand, storeCommand } from '../cli/store.js';
 import { tocCommand } from '../cli/toc.js';
+import { traceCommand } from '../cli/trace.js';
 import { VERSION } from '../version.js';
 
 const program = new Command('dedupctl')
@@ -16,7 +17,8 @@ const program = new Command('dedupctl')
   .addCommand(tocCommand())
   .addCommand(storeCommand())
   .addCommand(statsCommand())
-  .addCommand(gcCommand());
+  .addCommand(gcCommand())
+  .addCommand(traceCommand());
 for (const c of mountCommands()) program.addCommand(c);
 
 await runCli(program);

@@ -10,6 +10,7 @@ import { daemonLogger } from '../cli/log.js';
 import { ingestImage } from '../fetch/ingest.js';
 import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
+import { traceChunks } from '../prefetch/warm.js';
 import { ChunkStore } from '../store/chunk-store.js';
 import { VERSION } from '../version.js';
 
@@ -19,7 +20,9 @@ const program = withCommonFlags(new Command('dedupd'))
   .argument('<image...>', 'images to prefetch in full (registry references or oci:DIR[:TAG])')
   .option('--platform <os/arch[/variant]>', 'platform to take from a multi-platform image', 'linux/amd64')
   .option('--workers <n>', 'Range requests in flight (default: dedupd.workers from the config)', parseIntFlag('--workers', 1, 64))
-  .action(async (refs: string[], flags: CommonFlags & { platform: string; workers?: number }) => {
+  .option('--trace-dir <dir>', 'where traces are (default: prefetch.trace_dir)')
+  .option('--full', 'fetch whole images even where a trace says what start-up needs')
+  .action(async (refs: string[], flags: CommonFlags & { platform: string; workers?: number; traceDir?: string; full?: boolean }) => {
     const config = await configFrom(flags);
     const log = daemonLogger('dedupd', config);
     const client = await registryClientFrom(flags, config);
@@ -32,6 +35,7 @@ const program = withCommonFlags(new Command('dedupd'))
         try {
           const r = await ingestImage(openImage(ref, client), store, pool, {
             platform: parsePlatform(flags.platform), fetch: { concurrency: flags.workers ?? config.dedupd.workers },
+            chunksFor: flags.full ? undefined : traceChunks(flags.traceDir ?? config.prefetch.trace_dir, (msg, fields) => log.warn(fields, msg)),
           });
           log.info({ image: r.image, chunks: r.chunks, fetched: r.fetched, alreadyStored: r.alreadyStored, bytesFetched: r.bytesFetched, seconds: r.seconds }, 'prefetch done');
         } catch (err) {

@@ -34,6 +34,8 @@ export const configSchema = z.object({
     queue_size: z.number().int().min(1).max(1_000_000).default(1000),
     /** Defaults to <root>/traces. */
     trace_dir: absolutePath.optional(),
+    /** After the start-up set, fetch the rest of every lazily mounted layer at low priority. */
+    background: z.boolean().default(false),
   }).strict().default({}),
   ksm: z.object({
     enabled: z.boolean().default(true),

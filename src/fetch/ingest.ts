@@ -8,7 +8,7 @@ import { layerCompression, type Platform } from '../image/oci.js';
 import type { ImageSource } from '../image/source.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import { DEFAULT_FETCH, fetchChunks, type FetchOptions, type FetchReport } from './chunk-fetcher.js';
-import { RemoteLayer } from './remote-layer.js';
+import { RemoteLayer, type LayerChunk } from './remote-layer.js';
 
 export interface IngestReport {
   image: string;
@@ -27,6 +27,8 @@ export interface IngestOptions {
   fetch?: Partial<FetchOptions>;
   /** Progress in compressed bytes fetched, of the image's compressed size. */
   onProgress?: (done: number, total: number) => void;
+  /** Which chunks of a layer to fetch (default: all of them). */
+  chunksFor?: (layer: RemoteLayer, manifestDigest: string) => Promise<LayerChunk[]>;
 }
 
 export async function ingestImage(src: ImageSource, store: ChunkStore, pool: CodecPool, opts: IngestOptions): Promise<IngestReport> {
@@ -50,7 +52,8 @@ export async function ingestImage(src: ImageSource, store: ChunkStore, pool: Cod
   store.addImage(image.name, image.manifestDigest, layers.map((l) => l.desc.digest));
   const reports: IngestReport['layers'] = [];
   for (const layer of layers) {
-    const r = await fetchChunks(src, layer.desc, layer.chunks(), store, pool, {
+    const chunks = opts.chunksFor ? await opts.chunksFor(layer, image.manifestDigest) : layer.chunks();
+    const r = await fetchChunks(src, layer.desc, chunks, store, pool, {
       ...DEFAULT_FETCH, ...opts.fetch,
       onBytes: (n) => {
         done += n;

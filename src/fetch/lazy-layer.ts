@@ -6,7 +6,7 @@
 // fetched or verified rejects the read (the filesystem answers EIO) and is tried again next time.
 
 import type { CodecPool } from '../codec/codec-pool.js';
-import { ChunkDigestMismatchError, MalformedEstargzError } from '../errors.js';
+import { ChunkDigestMismatchError, MalformedEstargzError, MountError } from '../errors.js';
 import type { Toc, TocChunk, TocNode } from '../estargz/toc.js';
 import type { Descriptor } from '../image/oci.js';
 import type { ImageSource } from '../image/source.js';
@@ -20,20 +20,34 @@ export const PRIORITY = { demand: 0, readahead: 1, prefetch: 2 } as const;
 export interface LazyLayerOptions {
   /** Largest Range request when coalescing neighbouring chunks. */
   maxRangeBytes: number;
-  /** Range requests in flight for this layer. */
+  /** Largest Range request for prefetching, which fetches runs of chunks in bulk. */
+  maxPrefetchRangeBytes: number;
+  /** Range requests in flight for this layer for readers (and read-ahead). */
   maxInFlight: number;
+  /** Range requests in flight for prefetch, besides those: readers never wait for a slot. */
+  prefetchWorkers: number;
   /** Chunks of a file fetched ahead of a reader moving through it. */
   readAheadChunks: number;
 }
 
-export const DEFAULT_LAZY: LazyLayerOptions = { maxRangeBytes: 8 * 1024 * 1024, maxInFlight: 4, readAheadChunks: 4 };
+export const DEFAULT_LAZY: LazyLayerOptions = { maxRangeBytes: 8 * 1024 * 1024, maxPrefetchRangeBytes: 64 * 1024 * 1024, maxInFlight: 4, prefetchWorkers: 4, readAheadChunks: 4 };
 
 export interface LazyLayerStats {
   requests: number;
   bytesFetched: number;
   chunksFetched: number;
+  /** Chunks a reader was waiting for when they were fetched: the blocking fetches. */
+  demandFetches: number;
+  /** Chunks fetched by prefetch or read-ahead before any reader asked. */
+  prefetched: number;
   fromStore: number;
   errors: number;
+}
+
+/** A chunk of a file, by position in the TOC. */
+export interface ChunkRef {
+  file: TocNode;
+  index: number;
 }
 
 interface Pending {
@@ -41,15 +55,20 @@ interface Pending {
   index: number;
   chunk: TocChunk;
   priority: Priority;
+  /** Queue order: replay keeps the order it was given. */
+  seq: number;
   resolve(b: Buffer): void;
   reject(e: unknown): void;
 }
 
 export class LazyLayer {
-  readonly stats: LazyLayerStats = { requests: 0, bytesFetched: 0, chunksFetched: 0, fromStore: 0, errors: 0 };
+  readonly stats: LazyLayerStats = { requests: 0, bytesFetched: 0, chunksFetched: 0, demandFetches: 0, prefetched: 0, fromStore: 0, errors: 0 };
+  private seq = 0;
   private readonly inflight = new Map<string, Promise<Buffer>>();
   private readonly queued = new Map<string, Pending>();
   private active = 0;
+  private activePrefetch = 0;
+  private closed = false;
   private scheduled = false;
   private readonly firstAccess = new Set<string>();
 
@@ -135,8 +154,9 @@ export class LazyLayer {
   }
 
   private enqueue(file: TocNode, index: number, priority: Priority): Promise<Buffer> {
+    if (this.closed) return Promise.reject(new MountError(`layer ${this.desc.digest} is being unmounted`));
     return new Promise<Buffer>((resolve, reject) => {
-      this.queued.set(file.chunks[index]!.chunkDigest!, { file, index, chunk: file.chunks[index]!, priority, resolve, reject });
+      this.queued.set(file.chunks[index]!.chunkDigest!, { file, index, chunk: file.chunks[index]!, priority, seq: this.seq++, resolve, reject });
       if (!this.scheduled) {
         // Wait one turn so chunks asked for together are coalesced into one request.
         this.scheduled = true;
@@ -148,19 +168,55 @@ export class LazyLayer {
     });
   }
 
+  /** Stops starting fetches and fails the queued ones; fetches in flight finish. */
+  close(): void {
+    this.closed = true;
+    const err = new MountError(`layer ${this.desc.digest} is being unmounted`);
+    for (const p of this.queued.values()) p.reject(err);
+    this.queued.clear();
+  }
+
   private pump(): void {
-    while (this.active < this.opts.maxInFlight && this.queued.size > 0) {
+    for (;;) {
       let first: Pending | undefined;
       for (const p of this.queued.values()) {
-        if (!first || p.priority < first.priority || (p.priority === first.priority && p.chunk.offset < first.chunk.offset)) first = p;
+        const free = p.priority === PRIORITY.prefetch ? this.activePrefetch < this.opts.prefetchWorkers : this.active < this.opts.maxInFlight;
+        if (free && (!first || p.priority < first.priority || (p.priority === first.priority && p.seq < first.seq))) first = p;
       }
-      const group = this.takeRun(first!);
-      this.active++;
+      if (!first) return;
+      const prefetch = first.priority === PRIORITY.prefetch;
+      const group = this.takeRun(first);
+      if (prefetch) this.activePrefetch++;
+      else this.active++;
       void this.fetchGroup(group).finally(() => {
-        this.active--;
+        if (prefetch) this.activePrefetch--;
+        else this.active--;
         this.pump();
       });
     }
+  }
+
+  /**
+   * Fetches `chunks` in the given order at prefetch priority: readers always go first, a reader
+   * that needs a chunk being prefetched shares its fetch, and runs of neighbouring chunks go in
+   * one request. At most `queueSize` chunks are queued at once. Resolves when all are settled.
+   */
+  async prefetch(chunks: ChunkRef[], queueSize = 1000): Promise<{ fetched: number; skipped: number; failed: number }> {
+    const report = { fetched: 0, skipped: 0, failed: 0 };
+    const pending = new Set<Promise<void>>();
+    for (const { file, index } of chunks) {
+      const d = file.chunks[index]?.chunkDigest;
+      if (!d || this.inflight.has(d) || this.cache.get(d) || !this.store.missing([d]).has(d)) {
+        report.skipped++;
+        continue;
+      }
+      const p = this.chunk(file, index, PRIORITY.prefetch).then(() => void report.fetched++, () => void report.failed++)
+        .finally(() => pending.delete(p));
+      pending.add(p);
+      if (pending.size >= queueSize) await Promise.race(pending);
+    }
+    await Promise.all(pending);
+    return report;
   }
 
   /** `first` plus the queued chunks that follow it in the blob, within the bound. */
@@ -169,9 +225,10 @@ export class LazyLayer {
     for (const p of this.queued.values()) byOffset.set(p.chunk.offset, p);
     const group = [first];
     this.queued.delete(first.chunk.chunkDigest!);
+    const max = first.priority === PRIORITY.prefetch ? this.opts.maxPrefetchRangeBytes : this.opts.maxRangeBytes;
     for (let last = first; ;) {
       const next = byOffset.get(last.chunk.compressedEnd);
-      if (!next || !this.queued.has(next.chunk.chunkDigest!) || next.chunk.compressedEnd - first.chunk.offset > this.opts.maxRangeBytes) break;
+      if (!next || !this.queued.has(next.chunk.chunkDigest!) || next.chunk.compressedEnd - first.chunk.offset > max) break;
       this.queued.delete(next.chunk.chunkDigest!);
       group.push(next);
       last = next;
@@ -213,6 +270,8 @@ export class LazyLayer {
         await this.store.putVerified(c.chunkDigest!, data);
         this.cache.set(c.chunkDigest!, data);
         this.stats.chunksFetched++;
+        if (g.priority === PRIORITY.demand) this.stats.demandFetches++;
+        else this.stats.prefetched++;
         g.resolve(data);
       } catch (err) {
         this.stats.errors++;

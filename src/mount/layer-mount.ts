@@ -3,9 +3,11 @@
 
 import type { CodecPool } from '../codec/codec-pool.js';
 import type { ChunkCache } from '../fetch/chunk-cache.js';
-import { DEFAULT_LAZY, LazyLayer, type LazyLayerOptions } from '../fetch/lazy-layer.js';
+import { existsSync } from 'node:fs';
+import { DEFAULT_LAZY, LazyLayer, type ChunkRef, type LazyLayerOptions } from '../fetch/lazy-layer.js';
+import { planAll, planFromLandmark, planFromTrace, readTrace } from '../prefetch/plan.js';
 import type { RemoteLayer } from '../fetch/remote-layer.js';
-import { AccessTrace } from '../fs/access-trace.js';
+import { AccessTrace, tracePath } from '../fs/access-trace.js';
 import { LayerFs } from '../fs/layer-fs.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 
@@ -15,10 +17,24 @@ export interface LayerMountContext {
   cache: ChunkCache;
   traceDir: string;
   lazy?: Partial<LazyLayerOptions>;
+  /** What to fetch ahead of readers once mounted (config "prefetch"). */
+  prefetch?: { enabled: boolean; queueSize: number; background: boolean };
+  log?: { info(o: object, m: string): void; warn(o: object, m: string): void };
   onReadError?: (layer: string, path: string, err: unknown) => void;
 }
 
+export interface PrefetchOutcome {
+  source: 'trace' | 'landmark' | 'none';
+  chunks: number;
+  fetched: number;
+  failed: number;
+  background: number;
+}
+
 export class LayerMount {
+  /** Settles when the prefetch that started with the mount is over. */
+  prefetched: Promise<PrefetchOutcome> = Promise.resolve({ source: 'none', chunks: 0, fetched: 0, failed: 0, background: 0 });
+
   private constructor(readonly remote: RemoteLayer, readonly lazy: LazyLayer, readonly fs: LayerFs, readonly trace: AccessTrace,
     readonly mountpoint: string, private readonly traceDir: string) {}
 
@@ -31,11 +47,43 @@ export class LayerMount {
       (file, chunk) => trace.record(file, chunk));
     const fs = new LayerFs(remote.toc, lazy, (path, err) => ctx.onReadError?.(remote.desc.digest, path, err));
     await fs.mount(mountpoint, remote.desc.digest.slice(7, 19));
-    return new LayerMount(remote, lazy, fs, trace, mountpoint, ctx.traceDir);
+    const m = new LayerMount(remote, lazy, fs, trace, mountpoint, ctx.traceDir);
+    if (ctx.prefetch?.enabled) m.prefetched = m.prefetch(image.manifestDigest, ctx);
+    return m;
+  }
+
+  /** Replays the layer's trace if there is one, else fetches its landmark set; then, if asked, the rest. */
+  private async prefetch(manifestDigest: string, ctx: LayerMountContext): Promise<PrefetchOutcome> {
+    const layer = this.remote.desc.digest;
+    const file = tracePath(this.traceDir, manifestDigest, layer);
+    let chunks: ChunkRef[] = [];
+    let source: PrefetchOutcome['source'] = 'none';
+    if (existsSync(file)) {
+      try {
+        const plan = planFromTrace(await readTrace(file), this.remote.toc, layer, file);
+        if (plan.unknown.length) ctx.log?.warn({ trace: file, unknown: plan.unknown.slice(0, 10), count: plan.unknown.length }, 'trace names chunks this layer does not have; ignoring them');
+        chunks = plan.chunks;
+        source = 'trace';
+      } catch (err) {
+        ctx.log?.warn({ trace: file, err: (err as Error).message }, 'ignoring a bad trace');
+      }
+    }
+    if (source === 'none' && this.remote.toc.prefetchLandmark) {
+      chunks = planFromLandmark(this.remote.toc);
+      source = 'landmark';
+    }
+    const queue = ctx.prefetch?.queueSize ?? 1000;
+    const r = await this.lazy.prefetch(chunks, queue);
+    const background = ctx.prefetch?.background ? (await this.lazy.prefetch(planAll(this.remote.toc), queue)).fetched : 0;
+    const outcome = { source, chunks: chunks.length, fetched: r.fetched, failed: r.failed, background };
+    if (source !== 'none' || background) ctx.log?.info({ layer, ...outcome }, 'prefetch done');
+    return outcome;
   }
 
   /** Unmounts and writes the access trace; returns the trace's path if anything was read. */
   async unmount(): Promise<string | undefined> {
+    this.lazy.close();
+    await this.prefetched;
     await this.fs.unmount();
     return this.trace.write(this.traceDir);
   }

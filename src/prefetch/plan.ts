@@ -1,0 +1,115 @@
+// What to prefetch for a layer, in order: the chunks its access trace lists (recorded on an
+// earlier run, or imported), else the files before its prefetch landmark; then, if asked, the
+// rest of the layer in the background.
+
+import { readFile } from 'node:fs/promises';
+import { z } from 'zod';
+import { MalformedTraceError } from '../errors.js';
+import type { Toc, TocNode } from '../estargz/toc.js';
+import type { ChunkRef } from '../fetch/lazy-layer.js';
+import { TRACE_VERSION, type TraceFile } from '../fs/access-trace.js';
+
+const digest = z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must be sha256:<64 hex digits>');
+const traceSchema = z.object({
+  version: z.literal(TRACE_VERSION),
+  image: z.string(),
+  manifestDigest: digest,
+  layer: digest,
+  recordedAt: z.string(),
+  durationMs: z.number().nonnegative(),
+  accesses: z.array(z.object({
+    path: z.string().min(1),
+    offset: z.number().int().nonnegative(),
+    length: z.number().int().positive(),
+    chunkDigest: z.string(),
+    ms: z.number().nonnegative(),
+  }).strict()).max(10_000_000),
+}).strict();
+
+/** Reads and validates a trace file; the error names the file and what is wrong with it. */
+export async function readTrace(path: string): Promise<TraceFile> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new MalformedTraceError(path, `cannot read (${(err as Error).message})`);
+  }
+  return parseTrace(text, path);
+}
+
+export function parseTrace(text: string, name: string): TraceFile {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw new MalformedTraceError(name, `not valid JSON (${(err as Error).message})`);
+  }
+  const r = traceSchema.safeParse(doc);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    throw new MalformedTraceError(name, `${issue.path.join('.') || '(root)'}: ${issue.message}`);
+  }
+  return r.data as TraceFile;
+}
+
+function chunkAt(node: TocNode, offset: number): number {
+  let lo = 0;
+  let hi = node.chunks.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const c = node.chunks[mid]!.chunkOffset;
+    if (c === offset) return mid;
+    if (c < offset) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
+}
+
+export interface TracePlan {
+  chunks: ChunkRef[];
+  /** Accesses that name no chunk of this layer ("path@offset"). */
+  unknown: string[];
+}
+
+/** The chunks a trace lists, in its order; the trace must be for `layer`. */
+export function planFromTrace(trace: TraceFile, toc: Toc, layer: string, name: string): TracePlan {
+  if (trace.layer !== layer) throw new MalformedTraceError(name, `is for layer ${trace.layer}, not ${layer}`);
+  const chunks: ChunkRef[] = [];
+  const unknown: string[] = [];
+  const seen = new Set<string>();
+  for (const a of trace.accesses) {
+    const node = toc.nodes.get(a.path);
+    const index = node && node.type === 'reg' ? chunkAt(node, a.offset) : -1;
+    if (!node || index < 0) {
+      unknown.push(`${a.path}@${a.offset}`);
+      continue;
+    }
+    const key = `${node.path}@${index}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    chunks.push({ file: node, index });
+  }
+  return { chunks, unknown };
+}
+
+/** Every chunk of the files before the prefetch landmark (eStargz's start-up set). */
+export function planFromLandmark(toc: Toc): ChunkRef[] {
+  const out: ChunkRef[] = [];
+  for (const path of toc.prefetchFiles) {
+    const node = toc.nodes.get(path);
+    if (node) for (let i = 0; i < node.chunks.length; i++) out.push({ file: node, index: i });
+  }
+  return out;
+}
+
+/** Every chunk of the layer, in blob order (background fetch). */
+export function planAll(toc: Toc): ChunkRef[] {
+  const out: ChunkRef[] = [];
+  const seen = new Set<TocNode>();
+  for (const node of toc.nodes.values()) {
+    if (node.type !== 'reg' || seen.has(node)) continue;
+    seen.add(node);
+    for (let i = 0; i < node.chunks.length; i++) out.push({ file: node, index: i });
+  }
+  return out.sort((a, b) => a.file.chunks[a.index]!.offset - b.file.chunks[b.index]!.offset);
+}

@@ -1,0 +1,204 @@
+// Prefetch: landmark sets fetched in one request at mount, access traces recorded and replayed,
+// dedupd warming a store from a trace, traces exported and imported, bad traces ignored.
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import { tracePath } from '../src/fs/access-trace.js';
+import { RemoteLayer } from '../src/fetch/remote-layer.js';
+import { RegistryImage } from '../src/image/registry-image.js';
+import { RegistryClient } from '../src/registry/client.js';
+import { binary, dedupctl, dedupctlJson } from './fixtures/cli.js';
+import { unmountUnder } from './fixtures/containerd.js';
+import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { startDaemon, waitFor, type Daemon } from './fixtures/process.js';
+import { startProxy, type TestProxy } from './fixtures/proxy.js';
+import { startRegistry, type TestRegistry } from './fixtures/registry.js';
+
+const MiB = 1024 * 1024;
+const DEDUPCTL = fileURLToPath(new URL('../src/cmd/dedupctl.js', import.meta.url));
+const MODULES = Array.from({ length: 40 }, (_, i) => `lib/mod${String(i).padStart(2, '0')}.py`);
+
+interface Mounted {
+  dir: string;
+  log: string;
+  daemon: Daemon;
+  /** JSON log lines so far. */
+  lines(): Promise<Record<string, unknown>[]>;
+  /** Unmounts (SIGTERM) and returns the per-layer stats the mount process logged. */
+  stop(): Promise<{ demandFetches: number; prefetched: number; fromStore: number }[]>;
+}
+
+describe('prefetch', () => {
+  let tmp: string;
+  let registry: TestRegistry | undefined;
+  let proxy: TestProxy | undefined;
+  const daemons: Daemon[] = [];
+  let n = 0;
+  let plainRef: string;
+  let landmarkRef: string;
+
+  /** `dedupctl mount --foreground` as a long-running process, as the snapshotter would host it. */
+  const mount = async (ref: string, root: string, traceDir: string): Promise<Mounted> => {
+    const dir = join(tmp, `mnt-${n}`);
+    const log = join(tmp, `mount-${n++}.log`);
+    const daemon = startDaemon(process.execPath, [DEDUPCTL, 'mount', '--foreground', '--root', root, '--trace-dir', traceDir, '--plain-http', ref, dir], log);
+    daemons.push(daemon);
+    const lines = async (): Promise<Record<string, unknown>[]> => (await readFile(log, 'utf8').catch(() => '')).split('\n')
+      .filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    await waitFor('mount', async () => (await lines()).some((l) => l.msg === 'mounted'), 30_000);
+    return {
+      dir, log, daemon, lines,
+      async stop() {
+        await daemon.stop();
+        const end = (await lines()).find((l) => l.msg === 'unmounting') as { layers: { demandFetches: number; prefetched: number; fromStore: number }[] };
+        return end.layers;
+      },
+    };
+  };
+
+  /** The "workload": reads every module and the start of the large file, as an interpreter would. */
+  const workload = async (dir: string): Promise<void> => {
+    for (const m of MODULES) await readFile(join(dir, m));
+    const fh = await import('node:fs/promises').then((fs) => fs.open(join(dir, 'opt/model.bin'), 'r'));
+    await fh.read(Buffer.alloc(4096), 0, 4096, 0);
+    await fh.close();
+  };
+
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'dedup-prefetch-test-'));
+    registry = await startRegistry(tmp);
+    proxy = await startProxy(registry.host);
+    const files: FileSpec[] = [...(await busyboxEntries()), { name: 'lib/', type: 'directory' },
+      ...MODULES.map((m, i): FileSpec => ({ name: m, type: 'file', content: Buffer.from(`# module ${i}\n` + randomBytes(12_000).toString('base64')) })),
+      { name: 'opt/', type: 'directory' }, { name: 'opt/model.bin', type: 'file', content: randomBytes(24 * MiB) },
+      { name: 'opt/unused.bin', type: 'file', content: randomBytes(8 * MiB) }];
+    await writeOciImage(join(tmp, 'src'), 'app', [{ tar: await tarOf(files), compression: 'gzip' }]);
+    await pushOci(join(tmp, 'src'), 'app', `${registry.host}/src/app:1`);
+    await dedupctlJson(['convert', '--plain-http', '--chunk-size', '1M', `${registry.host}/src/app:1`, `${registry.host}/lazy/app:1`]);
+    const list = join(tmp, 'startup.txt');
+    await writeFile(list, MODULES.join('\n') + '\n');
+    await dedupctlJson(['convert', '--plain-http', '--chunk-size', '1M', '--prefetch-list', list, `${registry.host}/src/app:1`, `${registry.host}/lazy/app:landmark`]);
+    plainRef = `${proxy.host}/lazy/app:1`;
+    landmarkRef = `${proxy.host}/lazy/app:landmark`;
+  });
+
+  after(async () => {
+    for (const d of daemons) await d.stop();
+    await unmountUnder(tmp);
+    await proxy?.stop();
+    await registry?.stop();
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('fetches the files before the prefetch landmark in one request at mount', async () => {
+    proxy!.reset();
+    const m = await mount(landmarkRef, join(tmp, 'root-landmark'), join(tmp, 'traces-landmark'));
+    await waitFor('prefetch', async () => (await m.lines()).some((l) => l.msg === 'prefetch done'));
+    const done = (await m.lines()).find((l) => l.msg === 'prefetch done') as { source: string; chunks: number; fetched: number };
+    assert.equal(done.source, 'landmark');
+    assert.equal(done.fetched, MODULES.length);
+    assert.equal(proxy!.stats.rangeRequests, 2, 'one for the TOC, one for the start-up files');
+    await workload(m.dir);
+    const layers = await m.stop();
+    assert.ok(layers[0]!.prefetched >= MODULES.length, 'the start-up set (and read-ahead) came before readers asked');
+    assert.ok(layers[0]!.demandFetches <= 2, `only the large file was fetched on demand (${layers[0]!.demandFetches})`);
+  });
+
+  it('records a trace on the first start and replays it on the next: on-demand fetches fall by over 90 %', async () => {
+    const traces = join(tmp, 'traces');
+    const first = await mount(plainRef, join(tmp, 'root-1'), traces);
+    await workload(first.dir);
+    const cold = await first.stop();
+    assert.ok(cold[0]!.demandFetches >= MODULES.length, `first start fetched on demand (${cold[0]!.demandFetches})`);
+    const manifests = await dedupctlJson<{ manifestDigest: string; chunks: number }[]>(['trace', 'ls', '--trace-dir', traces]);
+    assert.equal(manifests.length, 1);
+    assert.ok(manifests[0]!.chunks >= MODULES.length);
+
+    const second = await mount(plainRef, join(tmp, 'root-2'), traces);
+    await workload(second.dir);
+    const warm = await second.stop();
+    assert.ok(warm[0]!.demandFetches <= cold[0]!.demandFetches * 0.1, `replay: ${warm[0]!.demandFetches} on-demand fetches vs ${cold[0]!.demandFetches}`);
+    assert.ok((await second.lines()).some((l) => l.msg === 'prefetch done' && l.source === 'trace'));
+  });
+
+  it('dedupd warms a fresh store from the trace: the next start fetches nothing on demand', async () => {
+    const root = join(tmp, 'root-dedupd');
+    const traces = join(tmp, 'traces');
+    proxy!.reset();
+    const r = await binary('dedupd', ['--root', root, '--trace-dir', traces, '--plain-http', plainRef]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(proxy!.stats.blobBytes < 8 * MiB, `warmed the start-up set only (${proxy!.stats.blobBytes} bytes), not the whole image`);
+    const m = await mount(plainRef, root, join(tmp, 'no-traces'));
+    await workload(m.dir);
+    const layers = await m.stop();
+    assert.equal(layers[0]!.demandFetches, 0);
+  });
+
+  it('exports and imports traces: another root prefetches the same set', async () => {
+    const bundleFile = join(tmp, 'bundle.json');
+    await dedupctlJson(['trace', 'export', '--trace-dir', join(tmp, 'traces'), `${proxy!.host}/lazy/app:1`, bundleFile]);
+    const elsewhere = join(tmp, 'traces-imported');
+    const imported = await dedupctlJson<{ written: string[] }>(['trace', 'import', '--trace-dir', elsewhere, bundleFile]);
+    assert.equal(imported.written.length, 1);
+    const a = await readFile(join(tmp, 'traces', imported.written[0]!.slice(elsewhere.length + 1)), 'utf8');
+    assert.equal(await readFile(imported.written[0]!, 'utf8'), a);
+    const m = await mount(plainRef, join(tmp, 'root-imported'), elsewhere);
+    await waitFor('prefetch', async () => (await m.lines()).some((l) => l.msg === 'prefetch done'));
+    const done = (await m.lines()).find((l) => l.msg === 'prefetch done') as { source: string; chunks: number };
+    assert.equal(done.source, 'trace');
+    assert.equal(done.chunks, JSON.parse(a).accesses.length);
+    await m.stop();
+    const show = await dedupctl(['trace', 'show', '--trace-dir', elsewhere, `${proxy!.host}/lazy/app:1`]);
+    assert.match(show.stdout, /lib\/mod00\.py/);
+    await dedupctlJson(['trace', 'rm', '--trace-dir', elsewhere, `${proxy!.host}/lazy/app:1`]);
+    assert.deepEqual(await dedupctlJson(['trace', 'ls', '--trace-dir', elsewhere]), []);
+  });
+
+  it('ignores bad traces with a warning that names them, and still mounts', async () => {
+    const client = new RegistryClient({ plainHttp: true });
+    const img = new RegistryImage(client, plainRef);
+    const resolved = await img.resolve({ os: 'linux', architecture: 'amd64' });
+    const layer = resolved.manifest.layers[0]!.digest;
+    await client.close();
+    const good = JSON.parse(await readFile(tracePath(join(tmp, 'traces'), resolved.manifestDigest, layer), 'utf8'));
+    const cases: [string, string, RegExp][] = [
+      ['truncated', JSON.stringify(good).slice(0, 100), /ignoring a bad trace/],
+      ['wrong-layer', JSON.stringify({ ...good, layer: 'sha256:' + 'e'.repeat(64) }), /ignoring a bad trace/],
+      ['unknown-paths', JSON.stringify({ ...good, accesses: [...good.accesses, { path: 'no/such/file', offset: 0, length: 1, chunkDigest: '', ms: 1 }] }), /does not have/],
+    ];
+    for (const [name, text, re] of cases) {
+      const dir = join(tmp, `traces-${name}`);
+      const file = tracePath(dir, resolved.manifestDigest, layer);
+      await mkdir(join(file, '..'), { recursive: true });
+      await writeFile(file, text);
+      const m = await mount(plainRef, join(tmp, `root-${name}`), dir);
+      await waitFor('a warning', async () => (await m.lines()).some((l) => re.test(String(l.msg)) && String(l.trace) === file));
+      assert.equal((await readFile(join(m.dir, MODULES[0]!), 'utf8')).slice(0, 10), '# module 0');
+      await m.stop();
+    }
+    const bad = join(tmp, 'bad-bundle.json');
+    await writeFile(bad, '{"kind":"dedup-snapshotter/trace-bundle","traces":[]}');
+    const r = await dedupctl(['trace', 'import', '--trace-dir', join(tmp, 'x'), bad]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /bad-bundle.json: bundle holds no traces \[ERR_MALFORMED_TRACE\]/);
+    assert.equal(existsSync(join(tmp, 'x')), false);
+  });
+
+  it('convert --prefetch-trace puts the traced files first, before the landmark', async () => {
+    const bundleFile = join(tmp, 'bundle.json');
+    const out = `oci:${join(tmp, 'traced-layout')}:t`;
+    await dedupctlJson(['convert', '--plain-http', '--prefetch-trace', bundleFile, `${registry!.host}/src/app:1`, out]);
+    const { OciLayout } = await import('../src/image/oci-layout.js');
+    const img = new OciLayout(out);
+    const layer = await RemoteLayer.open(img, (await img.resolve({ os: 'linux', architecture: 'amd64' })).manifest.layers[0]!);
+    assert.equal(layer.toc.prefetchLandmark, true);
+    const traced = new Set((JSON.parse(await readFile(bundleFile, 'utf8')).traces[0].accesses as { path: string }[]).map((a) => a.path));
+    assert.deepEqual(new Set(layer.toc.prefetchFiles), traced);
+  });
+});

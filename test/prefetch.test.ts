@@ -115,7 +115,9 @@ describe('prefetch', () => {
     const first = await mount(plainRef, join(tmp, 'root-1'), traces);
     await workload(first.dir);
     const cold = await first.stop();
-    assert.ok(cold[0]!.demandFetches >= MODULES.length, `first start fetched on demand (${cold[0]!.demandFetches})`);
+    // No trace yet: reading small files fetches their neighbours along (cross-file read-ahead).
+    assert.ok(cold[0]!.demandFetches >= 1, 'the first start waited on the registry');
+    assert.ok(cold[0]!.demandFetches < MODULES.length / 4, `${MODULES.length} small files took ${cold[0]!.demandFetches} blocking fetches`);
     const manifests = await dedupctlJson<{ manifestDigest: string; chunks: number }[]>(['trace', 'ls', '--trace-dir', traces]);
     assert.equal(manifests.length, 1);
     assert.ok(manifests[0]!.chunks >= MODULES.length);

@@ -28,9 +28,16 @@ export interface LazyLayerOptions {
   prefetchWorkers: number;
   /** Chunks of a file fetched ahead of a reader moving through it. */
   readAheadChunks: number;
+  /**
+   * Bounds (compressed bytes) of the read-ahead across files: a small file's chunk is fetched with
+   * the chunks that follow it in the layer, since files stored together tend to be read together.
+   * The window starts at the low bound and doubles each time such a chunk is then read.
+   */
+  crossFileWindow: [number, number];
 }
 
-export const DEFAULT_LAZY: LazyLayerOptions = { maxRangeBytes: 8 * 1024 * 1024, maxPrefetchRangeBytes: 64 * 1024 * 1024, maxInFlight: 4, prefetchWorkers: 4, readAheadChunks: 4 };
+export const DEFAULT_LAZY: LazyLayerOptions = { maxRangeBytes: 8 * 1024 * 1024, maxPrefetchRangeBytes: 64 * 1024 * 1024, maxInFlight: 4, prefetchWorkers: 4, readAheadChunks: 4,
+  crossFileWindow: [256 * 1024, 4 * 1024 * 1024] };
 
 export interface LazyLayerStats {
   requests: number;
@@ -69,6 +76,11 @@ export class LazyLayer {
   private active = 0;
   private activePrefetch = 0;
   private closed = false;
+  /** Every chunk of the layer by compressed offset (cross-file read-ahead walks it). */
+  private readonly byOffset = new Map<number, ChunkRef>();
+  /** Chunks fetched by cross-file read-ahead that no reader has asked for yet. */
+  private readonly crossAhead = new Set<string>();
+  private crossWindow: number;
   private scheduled = false;
   private readonly firstAccess = new Set<string>();
 
@@ -82,7 +94,12 @@ export class LazyLayer {
     private readonly opts: LazyLayerOptions = DEFAULT_LAZY,
     /** Called once per chunk, on its first read (the access trace). */
     private readonly onFirstAccess?: (file: TocNode, chunk: TocChunk) => void,
-  ) {}
+  ) {
+    this.crossWindow = opts.crossFileWindow[0];
+    for (const node of new Set(toc.nodes.values())) {
+      if (node.type === 'reg') node.chunks.forEach((c, index) => this.byOffset.set(c.offset, { file: node, index }));
+    }
+  }
 
   /** Bytes [offset, offset + length) of a regular file, clipped to its size. */
   async read(file: TocNode, offset: number, length: number): Promise<Buffer> {
@@ -120,6 +137,9 @@ export class LazyLayer {
     const c = file.chunks[index]!;
     const digest = c.chunkDigest;
     if (!digest) return Promise.reject(new MalformedEstargzError(`layer ${this.desc.digest}`, `chunk of "${file.path}" has no chunkDigest`));
+    if (priority === PRIORITY.demand && this.crossAhead.delete(digest)) {
+      this.crossWindow = Math.min(this.opts.crossFileWindow[1], this.crossWindow * 2); // read-ahead paid off: widen it
+    }
     if (priority === PRIORITY.demand && !this.firstAccess.has(digest + c.chunkOffset + file.path)) {
       this.firstAccess.add(digest + c.chunkOffset + file.path);
       this.onFirstAccess?.(file, c);
@@ -210,8 +230,11 @@ export class LazyLayer {
         report.skipped++;
         continue;
       }
-      const p = this.chunk(file, index, PRIORITY.prefetch).then(() => void report.fetched++, () => void report.failed++)
-        .finally(() => pending.delete(p));
+      // Missing per the index: queue it straight away (no store read first), so the whole batch
+      // is queued before the next turn and neighbours go out in one request.
+      const fetch = this.enqueue(file, index, PRIORITY.prefetch).finally(() => this.inflight.delete(d));
+      this.inflight.set(d, fetch);
+      const p = fetch.then(() => void report.fetched++, () => void report.failed++).finally(() => pending.delete(p));
       pending.add(p);
       if (pending.size >= queueSize) await Promise.race(pending);
     }
@@ -233,7 +256,29 @@ export class LazyLayer {
       group.push(next);
       last = next;
     }
+    if (first.priority === PRIORITY.demand && first.file.chunks.length === 1) this.extendAcrossFiles(group, first.chunk.offset);
     return group;
+  }
+
+  /** Adds the missing chunks that follow the group in the layer, within the cross-file window. */
+  private extendAcrossFiles(group: Pending[], start: number): void {
+    for (let last = group.at(-1)!; ;) {
+      const next = this.byOffset.get(last.chunk.compressedEnd);
+      const c = next?.file.chunks[next.index];
+      if (!next || !c?.chunkDigest || c.compressedEnd - start > this.crossWindow) return;
+      const d = c.chunkDigest;
+      if (this.inflight.has(d) || this.queued.has(d) || this.cache.get(d) || !this.store.missing([d]).has(d)) return;
+      let pending!: Pending;
+      const p = new Promise<Buffer>((resolve, reject) => {
+        pending = { file: next.file, index: next.index, chunk: c, priority: PRIORITY.readahead, seq: this.seq++, resolve, reject };
+      });
+      const shared = p.finally(() => this.inflight.delete(d));
+      shared.catch(() => undefined); // nobody may ever ask for it
+      this.inflight.set(d, shared);
+      this.crossAhead.add(d);
+      group.push(pending);
+      last = pending;
+    }
   }
 
   /**

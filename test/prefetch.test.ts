@@ -160,6 +160,15 @@ describe('prefetch', () => {
     assert.match(show.stdout, /lib\/mod00\.py/);
     await dedupctlJson(['trace', 'rm', '--trace-dir', elsewhere, `${proxy!.host}/lazy/app:1`]);
     assert.deepEqual(await dedupctlJson(['trace', 'ls', '--trace-dir', elsewhere]), []);
+    // Through the registry: pushed next to the image, pulled on a node that never ran it.
+    const pushed = await dedupctlJson<{ tag: string }>(['trace', 'push', '--plain-http', '--trace-dir', join(tmp, 'traces'), `${proxy!.host}/lazy/app:1`]);
+    assert.match(pushed.tag, /^sha256-[0-9a-f]{64}\.dedup-trace$/);
+    const pulledDir = join(tmp, 'traces-pulled');
+    const pulled = await dedupctlJson<{ written: string[] }>(['trace', 'pull', '--plain-http', '--trace-dir', pulledDir, `${proxy!.host}/lazy/app:1`]);
+    assert.equal(await readFile(pulled.written[0]!, 'utf8'), a);
+    const none = await dedupctl(['trace', 'pull', '--plain-http', '--trace-dir', pulledDir, `${proxy!.host}/lazy/app:landmark`]);
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /a trace for .*lazy\/app:landmark \(tag sha256-[0-9a-f]{64}\.dedup-trace\) not found/);
   });
 
   it('ignores bad traces with a warning that names them, and still mounts', async () => {

@@ -4,7 +4,9 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { Command } from 'commander';
 import { bundle, importBundle, listTraces, parseBundle, removeTraces, tracesOf } from '../prefetch/trace-store.js';
-import { configFrom, formatBytes, printJson, withCommonFlags, type CommonFlags } from './common.js';
+import { parsePlatform } from '../image/oci.js';
+import { pullTrace, pushTrace } from '../prefetch/trace-registry.js';
+import { configFrom, formatBytes, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
 
 interface TraceFlags extends CommonFlags {
   traceDir?: string;
@@ -54,6 +56,36 @@ export function traceCommand(): Command {
       const written = await importBundle(await dirOf(flags), b);
       if (flags.json) printJson({ manifestDigest: b.manifestDigest, written });
       else process.stdout.write(`imported ${written.length} layer traces of ${b.image}\n`);
+    }));
+  trace.addCommand(withDir(new Command('push')).description('push the traces of an image to its repository (tag sha256-<manifest>.dedup-trace)')
+    .argument('<image>', 'registry reference the traces were recorded for')
+    .option('--platform <os/arch[/variant]>', 'platform of a multi-platform image', 'linux/amd64')
+    .action(async (image: string, flags: TraceFlags & { platform: string }) => {
+      const config = await configFrom(flags);
+      const client = await registryClientFrom(flags, config);
+      try {
+        const b = bundle(await tracesOf(flags.traceDir ?? config.prefetch.trace_dir, image));
+        const tag = await pushTrace(client, image, b, parsePlatform(flags.platform));
+        if (flags.json) printJson({ image, tag, layers: b.traces.length });
+        else process.stdout.write(`pushed ${b.traces.length} layer traces as ${tag}\n`);
+      } finally {
+        await client.close();
+      }
+    }));
+  trace.addCommand(withDir(new Command('pull')).description('fetch the traces pushed for an image, into the trace directory')
+    .argument('<image>', 'registry reference')
+    .option('--platform <os/arch[/variant]>', 'platform of a multi-platform image', 'linux/amd64')
+    .action(async (image: string, flags: TraceFlags & { platform: string }) => {
+      const config = await configFrom(flags);
+      const client = await registryClientFrom(flags, config);
+      try {
+        const b = await pullTrace(client, image, parsePlatform(flags.platform));
+        const written = await importBundle(flags.traceDir ?? config.prefetch.trace_dir, b);
+        if (flags.json) printJson({ image, manifestDigest: b.manifestDigest, written });
+        else process.stdout.write(`pulled ${written.length} layer traces of ${image}\n`);
+      } finally {
+        await client.close();
+      }
     }));
   trace.addCommand(withDir(new Command('rm')).description("remove an image's traces")
     .argument('<image>', 'image name or manifest digest')

@@ -201,6 +201,23 @@ describe('prefetch', () => {
     assert.equal(existsSync(join(tmp, 'x')), false);
   });
 
+  it('fetches the whole image in the background when asked; status shows it complete', async () => {
+    const root = join(tmp, 'root-background');
+    const m = await mount(plainRef, root, join(tmp, 'no-traces-bg'));
+    await m.stop();
+    const dir = join(tmp, 'mnt-bg');
+    await dedupctlJson(['mount', '--background', '--root', root, '--plain-http', plainRef, dir]);
+    try {
+      await waitFor('background fetch', async () => {
+        const st = await dedupctlJson<{ dir: string; layers: { complete: boolean }[] }[]>(['status', '--root', root]);
+        return st.find((s) => s.dir === dir)?.layers.every((l) => l.complete) ?? false;
+      }, 60_000);
+    } finally {
+      const r = await dedupctl(['umount', '--root', root, dir]);
+      assert.equal(r.code, 0, r.stderr);
+    }
+  });
+
   it('convert --prefetch-trace puts the traced files first, before the landmark', async () => {
     const bundleFile = join(tmp, 'bundle.json');
     const out = `oci:${join(tmp, 'traced-layout')}:t`;

@@ -29,6 +29,8 @@ export const LABEL = {
   stargzDigest: 'containerd.io/snapshot/remote/stargz.digest',
   /** Set on our remote snapshots, as stargz-snapshotter does. */
   remote: 'containerd.io/snapshot/remote',
+  /** "true" on a Prepare: fetch the whole layer in the background once mounted (per image). */
+  backgroundFetch: 'containerd.io/snapshot/dedup.background-fetch',
 } as const;
 
 export interface Mount {
@@ -76,7 +78,7 @@ export class Snapshotter {
       if (!s.remote) continue;
       try {
         await unmountFuse(this.fs(s.id)); // a mount whose server died with the last daemon
-        await this.mountRemote(s.id, s.remote);
+        await this.mountRemote(s.id, s.remote, this.metadata.stat(s.key).labels);
         this.opts.log.info({ snapshot: s.key, layer: s.remote.layer.digest }, 'remote snapshot mounted again');
       } catch (err) {
         this.opts.log.warn({ snapshot: s.key, err: (err as Error).message }, 'cannot mount remote snapshot again');
@@ -96,10 +98,12 @@ export class Snapshotter {
     return removed;
   }
 
-  private async mountRemote(id: number, ref: RemoteLayerRef, opened?: RemoteLayer): Promise<void> {
+  private async mountRemote(id: number, ref: RemoteLayerRef, labels: Record<string, string>, opened?: RemoteLayer): Promise<void> {
     const remote = opened ?? (await RemoteLayer.open(new RegistryImage(this.opts.client, ref.image), ref.layer));
     await mkdir(this.fs(id), { recursive: true });
-    this.remoteMounts.set(id, await LayerMount.mount(remote, this.fs(id), { name: ref.image, manifestDigest: ref.manifestDigest }, this.opts));
+    const ctx = labels[LABEL.backgroundFetch] === 'true' && this.opts.prefetch
+      ? { ...this.opts, prefetch: { ...this.opts.prefetch, background: true } } : this.opts;
+    this.remoteMounts.set(id, await LayerMount.mount(remote, this.fs(id), { name: ref.image, manifestDigest: ref.manifestDigest }, ctx));
   }
 
   async prepare(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
@@ -159,7 +163,7 @@ export class Snapshotter {
     // AlreadyExists here is the right answer too: containerd then uses the existing snapshot.
     const id = this.metadata.create('committed', target, parent, { ...labels, [LABEL.remote]: 'remote snapshot' }, ref);
     try {
-      await this.mountRemote(id, ref, remote);
+      await this.mountRemote(id, ref, labels, remote);
     } catch (err) {
       this.metadata.remove(target);
       await rm(this.dir(id), { recursive: true, force: true });

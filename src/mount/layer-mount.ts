@@ -36,7 +36,7 @@ export class LayerMount {
   prefetched: Promise<PrefetchOutcome> = Promise.resolve({ source: 'none', chunks: 0, fetched: 0, failed: 0, background: 0 });
 
   private constructor(readonly remote: RemoteLayer, readonly lazy: LazyLayer, readonly fs: LayerFs, readonly trace: AccessTrace,
-    readonly mountpoint: string, private readonly traceDir: string) {}
+    readonly mountpoint: string, private readonly ctx: LayerMountContext) {}
 
   /** Records the layer in the chunk store and mounts it at `mountpoint`. */
   static async mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext): Promise<LayerMount> {
@@ -47,7 +47,7 @@ export class LayerMount {
       (file, chunk) => trace.record(file, chunk));
     const fs = new LayerFs(remote.toc, lazy, (path, err) => ctx.onReadError?.(remote.desc.digest, path, err));
     await fs.mount(mountpoint, remote.desc.digest.slice(7, 19));
-    const m = new LayerMount(remote, lazy, fs, trace, mountpoint, ctx.traceDir);
+    const m = new LayerMount(remote, lazy, fs, trace, mountpoint, ctx);
     if (ctx.prefetch?.enabled) m.prefetched = m.prefetch(image.manifestDigest, ctx);
     return m;
   }
@@ -55,7 +55,7 @@ export class LayerMount {
   /** Replays the layer's trace if there is one, else fetches its landmark set; then, if asked, the rest. */
   private async prefetch(manifestDigest: string, ctx: LayerMountContext): Promise<PrefetchOutcome> {
     const layer = this.remote.desc.digest;
-    const file = tracePath(this.traceDir, manifestDigest, layer);
+    const file = tracePath(this.ctx.traceDir, manifestDigest, layer);
     let chunks: ChunkRef[] = [];
     let source: PrefetchOutcome['source'] = 'none';
     if (existsSync(file)) {
@@ -85,6 +85,8 @@ export class LayerMount {
     this.lazy.close();
     await this.prefetched;
     await this.fs.unmount();
-    return this.trace.write(this.traceDir);
+    const trace = await this.trace.write(this.ctx.traceDir);
+    this.ctx.log?.info({ layer: this.remote.desc.digest, ...this.lazy.stats, reads: this.fs.stats.reads, readErrors: this.fs.stats.readErrors, trace }, 'layer unmounted');
+    return trace;
   }
 }

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { run } from '../test/fixtures/process.js';
 import { convertScenario } from './convert.js';
 import { lazyScenarios } from './lazy.js';
+import { MODES, prefetchScenario } from './prefetch.js';
 import { pullRunScenario } from './snapshotter.js';
 
 interface Row {
@@ -33,6 +34,19 @@ const SCENARIOS: Record<string, (tmp: string, reps: number, log: (s: string) => 
         { scenario: 'pull-run', metric: 'bytes fetched from the registry (MiB)',
           ours: mib(r.dedup.bytes.median), baseline: `overlayfs ${mib(r.overlayfs.bytes.median)}`, ratio: `${r.bytesRatio.toFixed(0)}x fewer` },
       ],
+    };
+  },
+  async prefetch(tmp, reps, log) {
+    const r = await prefetchScenario(tmp, reps, log);
+    const full = r.modes[MODES[0]];
+    return {
+      result: r,
+      rows: MODES.slice(1).map((m) => ({
+        scenario: 'prefetch', metric: `python3.11 start to first output, ${r.latencyMs} ms/request, ${r.bandwidthMiBps} MiB/s: ${m}${m.includes('dedupd') ? ` (warm-up ${r.warmUpSeconds.median.toFixed(2)} s before)` : ''} (s; MiB fetched)`,
+        ours: `${r.modes[m].seconds.median.toFixed(2)} (${range(r.modes[m].seconds)}); ${(r.modes[m].bytes.median / 1048576).toFixed(1)} MiB`,
+        baseline: `full pull ${full.seconds.median.toFixed(2)} (${range(full.seconds)}); ${(full.bytes.median / 1048576).toFixed(1)} MiB`,
+        ratio: `${(full.seconds.median / r.modes[m].seconds.median).toFixed(1)}x sooner`,
+      })),
     };
   },
   async lazy(tmp, reps, log) {

@@ -29,7 +29,7 @@ export interface PullRunResult {
 }
 
 /** Runs `ctr run` and resolves when its first output byte arrives (then waits for it to end). */
-function firstOutput(socket: string, args: string[], started: bigint): Promise<number> {
+export function firstOutput(socket: string, args: string[], started: bigint): Promise<number> {
   return new Promise((resolve, reject) => {
     const child = spawn('ctr', ['--address', socket, 'run', '--rm', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let at: number | undefined;

@@ -3,6 +3,7 @@
 
 import { z } from 'zod';
 import { MalformedManifestError } from '../errors.js';
+import { parseValidatedJson } from '../validated-json.js';
 
 export const MediaType = {
   ociIndex: 'application/vnd.oci.image.index.v1+json',
@@ -79,18 +80,7 @@ export type ImageConfig = z.infer<typeof configSchema>;
 
 /** Parses JSON bytes against a schema, naming `where` and the failing path on error. */
 export function parseJson<T>(schema: z.ZodType<T>, bytes: Buffer, where: string): T {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(bytes.toString('utf8'));
-  } catch (err) {
-    throw new MalformedManifestError(where, `not valid JSON (${(err as Error).message})`);
-  }
-  const r = schema.safeParse(doc);
-  if (!r.success) {
-    const issue = r.error.issues[0]!;
-    throw new MalformedManifestError(where, `${issue.path.join('.') || '(root)'}: ${issue.message}`);
-  }
-  return r.data;
+  return parseValidatedJson(schema, bytes.toString('utf8'), (why) => new MalformedManifestError(where, why));
 }
 
 export function isIndexMediaType(mt: string | undefined): boolean {

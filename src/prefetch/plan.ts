@@ -8,6 +8,7 @@ import { MalformedTraceError } from '../errors.js';
 import type { Toc, TocNode } from '../estargz/toc.js';
 import type { ChunkRef } from '../fetch/lazy-layer.js';
 import { TRACE_VERSION, type TraceFile } from '../fs/access-trace.js';
+import { parseValidatedJson } from '../validated-json.js';
 
 const digest = z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must be sha256:<64 hex digits>');
 const traceSchema = z.object({
@@ -38,18 +39,7 @@ export async function readTrace(path: string): Promise<TraceFile> {
 }
 
 export function parseTrace(text: string, name: string): TraceFile {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch (err) {
-    throw new MalformedTraceError(name, `not valid JSON (${(err as Error).message})`);
-  }
-  const r = traceSchema.safeParse(doc);
-  if (!r.success) {
-    const issue = r.error.issues[0]!;
-    throw new MalformedTraceError(name, `${issue.path.join('.') || '(root)'}: ${issue.message}`);
-  }
-  return r.data as TraceFile;
+  return parseValidatedJson(traceSchema, text, (why) => new MalformedTraceError(name, why)) as TraceFile;
 }
 
 function chunkAt(node: TocNode, offset: number): number {

@@ -5,25 +5,21 @@ import { LRUCache } from 'lru-cache';
 
 export class ChunkCache {
   private readonly lru: LRUCache<string, Buffer>;
-  hits = 0;
-  misses = 0;
 
   constructor(maxBytes: number) {
     this.lru = new LRUCache<string, Buffer>({ maxSize: Math.max(1, maxBytes), sizeCalculation: (b) => Math.max(1, b.length) });
   }
 
   get(digest: string): Buffer | undefined {
-    const b = this.lru.get(digest);
-    if (b) this.hits++;
-    else this.misses++;
-    return b;
+    return this.lru.get(digest);
+  }
+
+  /** Whether the chunk is cached, without making it recently used. */
+  has(digest: string): boolean {
+    return this.lru.has(digest);
   }
 
   set(digest: string, data: Buffer): void {
     this.lru.set(digest, data);
-  }
-
-  get bytes(): number {
-    return this.lru.calculatedSize ?? 0;
   }
 }

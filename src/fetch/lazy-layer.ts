@@ -82,7 +82,8 @@ export class LazyLayer {
   private readonly crossAhead = new Set<string>();
   private crossWindow: number;
   private scheduled = false;
-  private readonly firstAccess = new Set<string>();
+  /** Chunks read at least once (the access trace records the first read). */
+  private readonly accessed = new Set<TocChunk>();
 
   constructor(
     readonly source: ImageSource,
@@ -140,8 +141,8 @@ export class LazyLayer {
     if (priority === PRIORITY.demand && this.crossAhead.delete(digest)) {
       this.crossWindow = Math.min(this.opts.crossFileWindow[1], this.crossWindow * 2); // read-ahead paid off: widen it
     }
-    if (priority === PRIORITY.demand && !this.firstAccess.has(digest + c.chunkOffset + file.path)) {
-      this.firstAccess.add(digest + c.chunkOffset + file.path);
+    if (priority === PRIORITY.demand && !this.accessed.has(c)) {
+      this.accessed.add(c);
       this.onFirstAccess?.(file, c);
     }
     const hot = this.cache.get(digest);
@@ -152,9 +153,20 @@ export class LazyLayer {
       if (q && priority < q.priority) q.priority = priority;
       return waiting;
     }
-    const p = this.load(file, index, priority).finally(() => this.inflight.delete(digest));
-    this.inflight.set(digest, p);
-    return p;
+    return this.share(digest, this.load(file, index, priority));
+  }
+
+  /** Makes `fetch` the one every reader of `digest` waits on until it settles. */
+  private share(digest: string, fetch: Promise<Buffer>): Promise<Buffer> {
+    const shared = fetch.finally(() => this.inflight.delete(digest));
+    shared.catch(() => undefined); // read-ahead and prefetch may settle with nobody waiting
+    this.inflight.set(digest, shared);
+    return shared;
+  }
+
+  /** Neither in memory, nor being fetched, nor in the store: the chunk must come from the registry. */
+  private missing(digest: string): boolean {
+    return !this.inflight.has(digest) && !this.cache.has(digest) && this.store.missing([digest]).size > 0;
   }
 
   private async load(file: TocNode, index: number, priority: Priority): Promise<Buffer> {
@@ -226,14 +238,13 @@ export class LazyLayer {
     const pending = new Set<Promise<void>>();
     for (const { file, index } of chunks) {
       const d = file.chunks[index]?.chunkDigest;
-      if (!d || this.inflight.has(d) || this.cache.get(d) || !this.store.missing([d]).has(d)) {
+      if (!d || !this.missing(d)) {
         report.skipped++;
         continue;
       }
       // Missing per the index: queue it straight away (no store read first), so the whole batch
       // is queued before the next turn and neighbours go out in one request.
-      const fetch = this.enqueue(file, index, PRIORITY.prefetch).finally(() => this.inflight.delete(d));
-      this.inflight.set(d, fetch);
+      const fetch = this.share(d, this.enqueue(file, index, PRIORITY.prefetch));
       const p = fetch.then(() => void report.fetched++, () => void report.failed++).finally(() => pending.delete(p));
       pending.add(p);
       if (pending.size >= queueSize) await Promise.race(pending);
@@ -244,14 +255,13 @@ export class LazyLayer {
 
   /** `first` plus the queued chunks that follow it in the blob, within the bound. */
   private takeRun(first: Pending): Pending[] {
-    const byOffset = new Map<number, Pending>();
-    for (const p of this.queued.values()) byOffset.set(p.chunk.offset, p);
     const group = [first];
     this.queued.delete(first.chunk.chunkDigest!);
     const max = first.priority === PRIORITY.prefetch ? this.opts.maxPrefetchRangeBytes : this.opts.maxRangeBytes;
     for (let last = first; ;) {
-      const next = byOffset.get(last.chunk.compressedEnd);
-      if (!next || !this.queued.has(next.chunk.chunkDigest!) || next.chunk.compressedEnd - first.chunk.offset > max) break;
+      const at = this.byOffset.get(last.chunk.compressedEnd);
+      const next = at && this.queued.get(at.file.chunks[at.index]!.chunkDigest ?? '');
+      if (!next || next.chunk.compressedEnd - first.chunk.offset > max) break;
       this.queued.delete(next.chunk.chunkDigest!);
       group.push(next);
       last = next;
@@ -265,17 +275,12 @@ export class LazyLayer {
     for (let last = group.at(-1)!; ;) {
       const next = this.byOffset.get(last.chunk.compressedEnd);
       const c = next?.file.chunks[next.index];
-      if (!next || !c?.chunkDigest || c.compressedEnd - start > this.crossWindow) return;
-      const d = c.chunkDigest;
-      if (this.inflight.has(d) || this.queued.has(d) || this.cache.get(d) || !this.store.missing([d]).has(d)) return;
+      if (!next || !c?.chunkDigest || c.compressedEnd - start > this.crossWindow || !this.missing(c.chunkDigest)) return;
       let pending!: Pending;
-      const p = new Promise<Buffer>((resolve, reject) => {
+      this.share(c.chunkDigest, new Promise<Buffer>((resolve, reject) => {
         pending = { file: next.file, index: next.index, chunk: c, priority: PRIORITY.readahead, seq: this.seq++, resolve, reject };
-      });
-      const shared = p.finally(() => this.inflight.delete(d));
-      shared.catch(() => undefined); // nobody may ever ask for it
-      this.inflight.set(d, shared);
-      this.crossAhead.add(d);
+      }));
+      this.crossAhead.add(c.chunkDigest);
       group.push(pending);
       last = pending;
     }
@@ -289,8 +294,8 @@ export class LazyLayer {
     const stop = Math.min(file.chunks.length, after + 1 + this.opts.readAheadChunks);
     for (let i = after + 1; i < stop; i++) {
       const d = file.chunks[i]!.chunkDigest;
-      if (!d || this.inflight.has(d) || this.cache.get(d)) continue;
-      this.chunk(file, i, PRIORITY.readahead).catch(() => undefined); // a reader that gets there retries
+      if (!d || this.inflight.has(d) || this.cache.has(d)) continue;
+      void this.chunk(file, i, PRIORITY.readahead); // shared and handled: a reader that gets there retries
     }
   }
 

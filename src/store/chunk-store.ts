@@ -60,7 +60,17 @@ function hexOf(digest: string): string {
 }
 
 export class ChunkStore {
-  private constructor(readonly root: string, private readonly db: Database.Database) {}
+  /** The statements the read path runs for every chunk, prepared once. */
+  private readonly sql: { present: Database.Statement; markAbsent: Database.Statement; markStored: Database.Statement };
+
+  private constructor(readonly root: string, private readonly db: Database.Database) {
+    this.sql = {
+      present: db.prepare('SELECT present FROM chunks WHERE digest = ?').pluck(),
+      markAbsent: db.prepare('UPDATE chunks SET present = 0 WHERE digest = ?'),
+      markStored: db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at, stored_at) VALUES (?, ?, 0, 1, ?, ?)
+        ON CONFLICT(digest) DO UPDATE SET present = 1, stored_at = COALESCE(stored_at, excluded.stored_at)`),
+    };
+  }
 
   static async open(root: string): Promise<ChunkStore> {
     await mkdir(join(root, 'chunks', 'sha256'), { recursive: true });
@@ -83,28 +93,28 @@ export class ChunkStore {
 
   /** The digests among `digests` whose bytes the index says are not stored. */
   missing(digests: Iterable<string>): Set<string> {
-    const q = this.db.prepare('SELECT present FROM chunks WHERE digest = ?').pluck();
     const out = new Set<string>();
-    for (const d of digests) if (q.get(d) !== 1) out.add(d);
+    for (const d of digests) if (this.sql.present.get(d) !== 1) out.add(d);
     return out;
   }
 
   /** The chunk's bytes, verified, or undefined when it is not stored. */
   async get(digest: string): Promise<Buffer | undefined> {
+    const path = this.chunkPath(digest);
     let data: Buffer;
     try {
-      data = await readFile(this.chunkPath(digest));
+      data = await readFile(path);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      this.db.prepare('UPDATE chunks SET present = 0 WHERE digest = ?').run(digest);
+      this.sql.markAbsent.run(digest);
       return undefined;
     }
     const actual = 'sha256:' + createHash('sha256').update(data).digest('hex');
     if (actual !== digest) {
       // Bit rot or tampering: drop the file so the next read fetches it again.
-      await unlink(this.chunkPath(digest)).catch(() => undefined);
-      this.db.prepare('UPDATE chunks SET present = 0 WHERE digest = ?').run(digest);
-      throw new ChunkDigestMismatchError(digest, actual, `stored file ${this.chunkPath(digest)}`);
+      await unlink(path).catch(() => undefined);
+      this.sql.markAbsent.run(digest);
+      throw new ChunkDigestMismatchError(digest, actual, `stored file ${path}`);
     }
     return data;
   }
@@ -130,8 +140,7 @@ export class ChunkStore {
       }
     }
     const now = Date.now();
-    this.db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at, stored_at) VALUES (?, ?, 0, 1, ?, ?)
-      ON CONFLICT(digest) DO UPDATE SET present = 1, stored_at = COALESCE(stored_at, excluded.stored_at)`).run(digest, data.length, now, now);
+    this.sql.markStored.run(digest, data.length, now, now);
     return !exists;
   }
 

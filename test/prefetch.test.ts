@@ -56,8 +56,7 @@ describe('prefetch', () => {
       dir, log, daemon, lines,
       async stop() {
         await daemon.stop();
-        const end = (await lines()).find((l) => l.msg === 'unmounting') as { layers: { demandFetches: number; prefetched: number; fromStore: number }[] };
-        return end.layers;
+        return (await lines()).filter((l) => l.msg === 'layer unmounted') as unknown as { demandFetches: number; prefetched: number; fromStore: number }[];
       },
     };
   };

@@ -83,11 +83,6 @@ export class ImageMount {
     this.overlayMounted = true;
   }
 
-  /** Traffic and progress of each layer, for status and logs. */
-  layerStats(): { digest: string; requests: number; bytesFetched: number; chunksFetched: number; reads: number; readErrors: number }[] {
-    return this.layers.map((l) => ({ digest: l.remote.desc.digest, ...l.lazy.stats, reads: l.fs.stats.reads, readErrors: l.fs.stats.readErrors }));
-  }
-
   /** Unmounts the overlay and every layer, writes the traces, removes the state. */
   async unmount(): Promise<string[]> {
     if (this.overlayMounted) {

@@ -86,7 +86,7 @@ export class LayerMount {
     await this.prefetched;
     await this.fs.unmount();
     const trace = await this.trace.write(this.ctx.traceDir);
-    this.ctx.log?.info({ layer: this.remote.desc.digest, ...this.lazy.stats, reads: this.fs.stats.reads, readErrors: this.fs.stats.readErrors, trace }, 'layer unmounted');
+    this.ctx.log?.info({ layer: this.remote.desc.digest, ...this.lazy.stats, ...this.fs.stats, trace }, 'layer unmounted');
     return trace;
   }
 }

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CodecPool } from '../src/codec/codec-pool.js';
-import { ChunkDigestMismatchError, MalformedEstargzError } from '../src/errors.js';
+import { ChunkDigestMismatchError } from '../src/errors.js';
 import { parseFooter } from '../src/estargz/footer.js';
 import { ingestImage } from '../src/fetch/ingest.js';
 import { OciLayout } from '../src/image/oci-layout.js';
@@ -84,11 +84,11 @@ describe('chunk store', () => {
     const text = await dedupctl(['stats', '--root', root]);
     assert.match(text.stdout, /dedup ratio\s+\d\.\d\dx/);
     assert.match(text.stdout, /shared chunks\s+\d+ with ref_count > 1/);
-    // Ingesting again fetches nothing.
+    // Ingesting again fetches no chunk: only the config and the two layers' TOCs (a 64 KiB tail read each).
     proxy!.reset();
     const again = await dedupctlJson<{ fetched: number }>(['store', 'ingest', '--root', root, '--plain-http', images.a!]);
     assert.equal(again.fetched, 0);
-    assert.equal(proxy!.stats.blobBytes - proxy!.stats.blobBytes, 0);
+    assert.ok(proxy!.stats.blobBytes <= 2 * 64 * 1024 + 4096, `a second ingest read ${proxy!.stats.blobBytes} blob bytes`);
   });
 
   it('gc frees what no image uses and keeps what another image still uses', async () => {
@@ -204,6 +204,6 @@ describe('chunk store', () => {
     const st = await dedupctlJson<StoreStats>(['stats', '--root', badRoot]);
     assert.deepEqual([st.images, st.layers, st.chunks], [0, 0, 0], 'nothing half-recorded');
     assert.deepEqual(await storeFiles(badRoot), []);
-    assert.ok(MalformedEstargzError);
+    for (const r of [r2, r3]) assert.match(r.stderr, /\[ERR_MALFORMED_ESTARGZ\]$/m, 'a typed error code');
   });
 });

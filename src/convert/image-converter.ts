@@ -2,9 +2,8 @@
 // its chunks compressed in parallel), the config gets the new diff_ids, and blobs, config and an
 // OCI manifest are written to the target. Layers that already are eStargz are kept as they are.
 
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createWriteStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';

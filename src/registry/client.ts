@@ -95,6 +95,7 @@ export class RegistryClient {
 
   private async sendTo(ref: ImageReference, ep: RegistryEndpoint, spec: RequestSpec): Promise<Dispatcher.ResponseData> {
     const url = /^https?:\/\//.test(spec.path) ? spec.path : `${ep.origin}${ep.pathPrefix}/v2/${spec.path}`;
+    const target = new URL(url);
     let authorized = false;
     for (let attempt = 0; ; attempt++) {
       const headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'dedup-snapshotter/0.1', ...spec.headers };
@@ -105,7 +106,7 @@ export class RegistryClient {
         this.stats.requests++;
         const body = spec.body === undefined ? undefined : Buffer.isBuffer(spec.body) ? spec.body : spec.body();
         res = await this.dispatcher.request({
-          origin: new URL(url).origin, path: new URL(url).pathname + new URL(url).search,
+          origin: target.origin, path: target.pathname + target.search,
           method: spec.method, headers, body, headersTimeout: 60_000, bodyTimeout: 120_000,
         });
       } catch (err) {

@@ -25,6 +25,13 @@ if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
+# The native addon (prctl for KSM): node-gyp against the machine's Node headers.
+addon=native/build/Release/dedup_native.node
+if [[ ! -f $addon || -n $(find native -maxdepth 1 -newer "$addon" -print -quit) ]]; then
+  echo "setup: building native addon" >&2
+  npx node-gyp rebuild --directory native --loglevel=error >/dev/null
+fi
+
 # Build when dist is missing or any source is newer than it.
 stamp=dist/.build-stamp
 if [[ ! -f $stamp ]] || [[ -n $(find src workers test bench scripts tsconfig.json package.json -newer "$stamp" -print -quit 2>/dev/null) ]]; then

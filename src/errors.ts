@@ -20,7 +20,9 @@ export type ErrorCode =
   | 'ERR_CHUNK_DIGEST_MISMATCH'
   | 'ERR_STORE'
   | 'ERR_MOUNT'
-  | 'ERR_MALFORMED_TRACE';
+  | 'ERR_MALFORMED_TRACE'
+  | 'ERR_KSM'
+  | 'ERR_UNSUPPORTED';
 
 export class DedupError extends Error {
   readonly code: ErrorCode;
@@ -146,6 +148,20 @@ export class MalformedTraceError extends DedupError {
 export class MountError extends DedupError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_MOUNT', message, options);
+  }
+}
+
+/** KSM's sysfs is missing, refused a value, or cannot be written. */
+export class KsmError extends DedupError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_KSM', message, options);
+  }
+}
+
+/** This kernel or build lacks something the operation needs; the message says what. */
+export class UnsupportedError extends DedupError {
+  constructor(message: string) {
+    super('ERR_UNSUPPORTED', message);
   }
 }
 

@@ -5,6 +5,7 @@
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { Command, Option } from 'commander';
+import { AuditLog, cliActor } from '../audit/audit-log.js';
 import { loadConfig, type Config } from '../config/config.js';
 import { InvalidArgumentError, isDedupError } from '../errors.js';
 import { loadDockerConfig, type Credentials } from '../registry/auth.js';
@@ -48,6 +49,16 @@ export async function registryClientFrom(flags: CommonFlags, config: Config): Pr
     hostsDir: flags.hostsDir ?? config.registry_hosts_dir,
     credentials: (host) => explicit ?? stored.get(host),
   });
+}
+
+/** Runs a command's change to the state root and records it, with its outcome, in audit.db. */
+export async function audited<T>(config: Config, action: string, target: string, details: Record<string, unknown>, fn: () => Promise<T>): Promise<T> {
+  const audit = AuditLog.open(config.root);
+  try {
+    return await audit.audited(cliActor(), action, target, details, fn);
+  } finally {
+    audit.close();
+  }
 }
 
 export function printJson(value: unknown): void {

@@ -18,7 +18,7 @@ import { ImageMount } from '../mount/image-mount.js';
 import { findByDir, isAlive, mountsDir, readRecords, removeRecord, type MountRecord } from '../mount/mount-records.js';
 import { unmount, unmountFuse } from '../mount/system-mounts.js';
 import { ChunkStore } from '../store/chunk-store.js';
-import { configFrom, formatBytes, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
+import { audited, configFrom, formatBytes, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
 import { daemonLogger } from './log.js';
 
 interface MountFlags extends CommonFlags {
@@ -132,8 +132,9 @@ export function mountCommands(): Command[] {
     .option('--foreground', 'serve the mount in this process until SIGINT/SIGTERM')
     .option('--mount-id <id>', 'internal: the id chosen by the starting process')
     .action(async (ref: string, dir: string, flags: MountFlags) => {
-      if (flags.foreground) await serveMount(ref, dir, flags);
-      else await startMount(ref, dir, flags);
+      if (flags.foreground) return serveMount(ref, dir, flags);
+      const config = await configFrom(flags);
+      await audited(config, 'image.mount', ref, { dir: resolve(dir) }, () => startMount(ref, dir, flags));
     });
   mount.options.find((o) => o.long === '--mount-id')!.hideHelp();
 
@@ -142,7 +143,7 @@ export function mountCommands(): Command[] {
     .argument('<dir>', 'the directory given to mount')
     .action(async (dir: string, flags: CommonFlags) => {
       const config = await configFrom(flags);
-      const rec = await stopMount(config.root, dir);
+      const rec = await audited(config, 'image.umount', resolve(dir), {}, () => stopMount(config.root, dir));
       if (flags.json) printJson({ unmounted: rec.dir, image: rec.image });
       else process.stdout.write(`unmounted ${rec.dir}\n`);
     });

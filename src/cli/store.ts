@@ -6,14 +6,15 @@ import { ingestImage } from '../fetch/ingest.js';
 import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
 import { ChunkStore } from '../store/chunk-store.js';
-import { configFrom, formatBytes, parseIntFlag, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
+import type { Config } from '../config/config.js';
+import { audited, configFrom, formatBytes, parseIntFlag, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
 import { byteProgress } from './progress.js';
 
-async function withStore<T>(flags: CommonFlags, fn: (store: ChunkStore) => Promise<T>): Promise<T> {
+async function withStore<T>(flags: CommonFlags, fn: (store: ChunkStore, config: Config) => Promise<T>): Promise<T> {
   const config = await configFrom(flags);
   const store = await ChunkStore.open(config.root);
   try {
-    return await fn(store);
+    return await fn(store, config);
   } finally {
     store.close();
   }
@@ -33,10 +34,10 @@ export function storeCommand(): Command {
       const progress = byteProgress('ingesting', !flags.json);
       try {
         await withStore(flags, async (s) => {
-          const r = await ingestImage(openImage(ref, client), s, pool, {
+          const r = await audited(config, 'store.ingest', ref, { platform: flags.platform }, () => ingestImage(openImage(ref, client), s, pool, {
             platform: parsePlatform(flags.platform), fetch: { concurrency: flags.concurrency },
             onProgress: (done, total) => progress.update(done, total),
-          });
+          }));
           progress.stop();
           if (flags.json) return printJson({ ...r, registry: client.stats });
           process.stdout.write(`${r.image}: ${r.layers.length} layers, ${r.chunks} chunks: ${r.fetched} fetched, ${r.alreadyStored} already stored\n`);
@@ -58,8 +59,8 @@ export function storeCommand(): Command {
   store.addCommand(withCommonFlags(new Command('rm'))
     .description('forget an image; gc then frees what nothing else uses')
     .argument('<image...>', 'image names as store ls shows them')
-    .action((refs: string[], flags: CommonFlags) => withStore(flags, async (s) => {
-      for (const r of refs) s.removeImage(r);
+    .action((refs: string[], flags: CommonFlags) => withStore(flags, async (s, config) => {
+      for (const r of refs) await audited(config, 'store.rm', r, {}, async () => s.removeImage(r));
       if (flags.json) printJson({ removed: refs });
     })));
   return store;
@@ -87,8 +88,8 @@ export function statsCommand(): Command {
 export function gcCommand(): Command {
   return withCommonFlags(new Command('gc'))
     .description('remove layers no image uses and chunks no layer uses')
-    .action((flags: CommonFlags) => withStore(flags, async (s) => {
-      const r = await s.gc();
+    .action((flags: CommonFlags) => withStore(flags, async (s, config) => {
+      const r = await audited(config, 'store.gc', config.root, {}, () => s.gc());
       if (flags.json) return printJson(r);
       process.stdout.write(`removed ${r.layersRemoved} layers, ${r.chunksRemoved} chunks (${formatBytes(r.bytesFreed)}), ${r.tempFilesRemoved} stale temp files\n`);
     }));

@@ -1,17 +1,23 @@
 #!/usr/bin/env node
 // dedup-snapshotter: the containerd proxy snapshotter daemon. Serves containerd's Snapshots API
-// on a unix socket; eStargz layers are mounted lazily from the registry into the chunk store.
+// on a unix socket (eStargz layers are mounted lazily from the registry into the chunk store) and
+// the admin HTTP API; applies the KSM config; keeps the audit log within its retention.
 
 import { mkdir, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Command } from 'commander';
+import { AdminApi } from '../api/admin-api.js';
+import { AuditLog } from '../audit/audit-log.js';
 import { CodecPool } from '../codec/codec-pool.js';
-import { configFrom, parseSize, registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
+import { parseSize, registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
 import { daemonLogger } from '../cli/log.js';
-import { DEFAULT_SOCKET } from '../config/config.js';
+import { DEFAULT_SOCKET, type Config } from '../config/config.js';
+import { LiveConfig } from '../config/live-config.js';
 import { ChunkCache } from '../fetch/chunk-cache.js';
 import { parsePlatform } from '../image/oci.js';
+import { applyKsmConfig, ksmStatus } from '../ksm/ksm.js';
+import { DaemonMetrics } from '../metrics/metrics.js';
 import { loadSnapshotsService, snapshotsHandlers } from '../snapshot/grpc-service.js';
 import { Snapshotter } from '../snapshot/snapshotter.js';
 import { ChunkStore } from '../store/chunk-store.js';
@@ -23,7 +29,12 @@ interface DaemonFlags extends CommonFlags {
   platform: string;
   cacheSize: number;
   traceDir?: string;
+  apiAddr?: string;
 }
+
+const AUDIT_PRUNE_MS = 60 * 60 * 1000;
+
+const prefetchOf = (c: Config) => ({ enabled: c.prefetch.enabled, queueSize: c.prefetch.queue_size, background: c.prefetch.background });
 
 const program = withCommonFlags(new Command('dedup-snapshotter'))
   .description('containerd proxy snapshotter: lazily pulled eStargz layers over a deduplicating chunk store')
@@ -32,32 +43,69 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
   .option('--platform <os/arch[/variant]>', 'platform of images resolved without a manifest digest', 'linux/amd64')
   .option('--cache-size <bytes>', 'in-memory cache of hot chunks', parseSize('--cache-size'), 256 * 1024 * 1024)
   .option('--trace-dir <dir>', 'access traces to record and replay (default: prefetch.trace_dir)')
+  .option('--api-addr <host:port>', 'admin HTTP API address (default: api.addr, 127.0.0.1:8080)')
   .option('--check', 'validate the config and open the state root, then exit')
   .action(async (flags: DaemonFlags) => {
-    const config = await configFrom(flags);
+    const live = await LiveConfig.load(flags.config, { root: flags.root, apiAddr: flags.apiAddr });
+    const config = live.get();
     const store = await ChunkStore.open(config.root);
     if (flags.check) {
       const stats = store.stats();
       store.close();
-      const summary = { root: config.root, socket: flags.socket, chunkSize: config.chunk_size, images: stats.images, chunks: stats.chunks };
+      const summary = { root: config.root, socket: flags.socket, api: config.api.enabled ? config.api.addr : null, images: stats.images, chunks: stats.chunks };
       process.stdout.write(flags.json ? JSON.stringify(summary) + '\n' : `config ok: root ${config.root}, ${stats.images} images, ${stats.chunks} chunks\n`);
       return;
     }
     const log = daemonLogger('dedup-snapshotter', config);
+    const audit = AuditLog.open(config.root);
+    const pruneAudit = (): void => {
+      const removed = audit.prune(live.get().audit.retention_days);
+      if (removed) log.info({ removed, retentionDays: live.get().audit.retention_days }, 'audit entries past retention removed');
+    };
+    pruneAudit();
+    const pruner = setInterval(pruneAudit, AUDIT_PRUNE_MS).unref();
+    const applyKsm = async (c: Config): Promise<void> => {
+      if (!c.enable_mem_dedup) return;
+      try {
+        const { refused } = await applyKsmConfig(c.ksm);
+        if (refused) log.warn({ err: refused }, 'KSM merge_across_nodes left as it is');
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, 'KSM config not applied');
+      }
+    };
+    await applyKsm(config);
+
     const client = await registryClientFrom(flags, config);
     const pool = new CodecPool();
-    const snapshotter = new Snapshotter({
+    const metrics: DaemonMetrics = new DaemonMetrics({
+      store: () => store.stats(),
+      mounts: () => snapshotter.mountStats(), // read at scrape time, once the snapshotter exists
+      ksm: () => ksmStatus().catch(() => null),
+    });
+    const snapshotter: Snapshotter = new Snapshotter({
       root: config.root, client, platform: parsePlatform(flags.platform), lazyPull: config.enable_lazy, store, pool,
       cache: new ChunkCache(flags.cacheSize), traceDir: flags.traceDir ?? config.prefetch.trace_dir, log,
-      prefetch: { enabled: config.prefetch.enabled, queueSize: config.prefetch.queue_size, background: config.prefetch.background },
-      lazy: { prefetchWorkers: config.prefetch.workers },
-      onReadError: (layer, path, err) => log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO'),
+      prefetch: prefetchOf(config), lazy: { prefetchWorkers: config.prefetch.workers }, observer: metrics,
+      onReadError: (layer, path, err) => {
+        metrics.fuseReadError();
+        log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO');
+      },
+      audit: (action, target, details) => audit.record('containerd', action, target, details),
     });
+    live.on('change', (change) => {
+      const c = change.config;
+      log.level = c.log_level;
+      snapshotter.setPrefetch(prefetchOf(c), { prefetchWorkers: c.prefetch.workers });
+      if (change.changed.some((k) => k.startsWith('ksm.') || k === 'enable_mem_dedup')) void applyKsm(c);
+      log.info({ changed: change.changed, restartRequired: change.restartRequired }, 'config changed');
+    });
+
     const stopped = new Promise<string>((resolve) => {
       process.once('SIGTERM', () => resolve('SIGTERM'));
       process.once('SIGINT', () => resolve('SIGINT'));
     });
     const server = new grpc.Server();
+    let api: AdminApi | undefined;
     try {
       await snapshotter.start();
       server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter));
@@ -65,7 +113,8 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       await rm(flags.socket, { force: true }); // a socket left by a daemon that was killed
       await new Promise<void>((resolve, reject) => server.bindAsync(`unix://${flags.socket}`, grpc.ServerCredentials.createInsecure(),
         (err) => (err ? reject(err) : resolve())));
-      log.info({ socket: flags.socket, root: config.root, version: VERSION, lazy: config.enable_lazy }, 'serving');
+      if (config.api.enabled) api = await AdminApi.start({ addr: config.api.addr, config: live, audit, metrics, log });
+      log.info({ socket: flags.socket, api: api?.address ?? null, root: config.root, version: VERSION, lazy: config.enable_lazy }, 'serving');
       const signal = await stopped;
       log.info({ signal }, 'shutting down');
       await new Promise<void>((resolve) => {
@@ -79,10 +128,13 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
         });
       });
     } finally {
+      clearInterval(pruner);
+      await api?.close();
       server.forceShutdown();
       await snapshotter.close();
       await pool.close();
       store.close();
+      audit.close();
       await client.close();
       await rm(flags.socket, { force: true });
       log.info('stopped');

@@ -2,8 +2,11 @@
 // dedupctl: the admin CLI.
 
 import { Command } from 'commander';
+import { auditCommand } from '../cli/audit.js';
 import { runCli } from '../cli/common.js';
+import { configCommand } from '../cli/config.js';
 import { convertCommand } from '../cli/convert.js';
+import { ksmCommand } from '../cli/ksm.js';
 import { mountCommands } from '../cli/mount.js';
 import { gcCommand, statsCommand, storeCommand } from '../cli/store.js';
 import { tocCommand } from '../cli/toc.js';
@@ -11,14 +14,17 @@ import { traceCommand } from '../cli/trace.js';
 import { VERSION } from '../version.js';
 
 const program = new Command('dedupctl')
-  .description('dedup-snapshotter admin CLI: convert images to eStargz, inspect and mount them lazily, manage the chunk store')
+  .description('dedup-snapshotter admin CLI: convert images to eStargz, inspect and mount them lazily, manage the chunk store, config, audit log and KSM')
   .version(VERSION)
   .addCommand(convertCommand())
   .addCommand(tocCommand())
   .addCommand(storeCommand())
   .addCommand(statsCommand())
   .addCommand(gcCommand())
-  .addCommand(traceCommand());
+  .addCommand(traceCommand())
+  .addCommand(configCommand())
+  .addCommand(auditCommand())
+  .addCommand(ksmCommand());
 for (const c of mountCommands()) program.addCommand(c);
 
 await runCli(program);

@@ -13,6 +13,17 @@ export const DEFAULT_SOCKET = '/run/containerd/dedup-snapshotter.sock';
 export const MIN_CHUNK_SIZE = 64 * 1024;
 export const MAX_CHUNK_SIZE = 64 * 1024 * 1024;
 
+/** "HOST:PORT" or "[V6]:PORT", as `--api-addr` takes it. */
+export function parseHostPort(addr: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(addr);
+  if (!m || Number(m[3]) > 65535) return undefined;
+  return { host: m[1] ?? m[2]!, port: Number(m[3]) };
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
 const absolutePath = z.string().min(1).refine((s) => s.startsWith('/'), 'must be an absolute path');
 
 export const configSchema = z.object({
@@ -49,6 +60,19 @@ export const configSchema = z.object({
     registry: z.string().default('https://registry-1.docker.io'),
     fscache_domain: z.string().min(1).default('dedup-snapshotter'),
   }).strict().default({}),
+  api: z.object({
+    enabled: z.boolean().default(true),
+    /** The seed's port 8080, on loopback unless configured otherwise (and then with a token). */
+    addr: z.string().refine((a) => parseHostPort(a) !== undefined, 'must be HOST:PORT').default('127.0.0.1:8080'),
+    /** Bearer token every request but /healthz must carry; required off loopback. */
+    token: z.string().default(''),
+    max_body_bytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(1024 * 1024),
+  }).strict().refine((a) => a.token !== '' || isLoopback(parseHostPort(a.addr)?.host ?? 'localhost'),
+    { message: 'a non-loopback address needs api.token', path: ['addr'] }).default({}),
+  audit: z.object({
+    /** Entries older than this are removed by the daemon. */
+    retention_days: z.number().int().min(1).max(36_500).default(30),
+  }).strict().default({}),
 }).strict();
 
 export type Config = z.infer<typeof configSchema> & { prefetch: { trace_dir: string } };
@@ -66,27 +90,65 @@ export function parseConfig(doc: unknown, source: string): Config {
   return { ...c, prefetch: { ...c.prefetch, trace_dir: c.prefetch.trace_dir ?? join(c.root, 'traces') } };
 }
 
+/** The config file's own JSON object (not yet validated), and where it came from. */
+export interface ConfigDocument {
+  file: string;
+  doc: Record<string, unknown>;
+}
+
 /**
- * Loads the config file. A missing file at the default path means defaults; a missing file that
- * was named explicitly is an error.
+ * Reads the config file. A missing file at the default path means an empty document (all
+ * defaults); a missing file that was named explicitly is an error.
  */
-export async function loadConfig(path: string | undefined, overrides: { root?: string } = {}): Promise<Config> {
+export async function readConfigDocument(path: string | undefined): Promise<ConfigDocument> {
   const file = path ?? DEFAULT_CONFIG_PATH;
-  let doc: Record<string, unknown> = {};
+  let text: string;
   try {
-    const text = await readFile(file, 'utf8');
-    try {
-      doc = JSON.parse(text) as Record<string, unknown>;
-    } catch (err) {
-      throw new InvalidConfigError(`${file}: not valid JSON (${(err as Error).message})`);
-    }
+    text = await readFile(file, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || path !== undefined) {
-      if (err instanceof InvalidConfigError) throw err;
-      throw new InvalidConfigError(`${file}: cannot read (${(err as Error).message})`);
-    }
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && path === undefined) return { file, doc: {} };
+    throw new InvalidConfigError(`${file}: cannot read (${(err as Error).message})`);
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw new InvalidConfigError(`${file}: not valid JSON (${(err as Error).message})`);
   }
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new InvalidConfigError(`${file}: not a JSON object`);
-  if (overrides.root !== undefined) doc = { ...doc, root: overrides.root };
-  return parseConfig(doc, file);
+  return { file, doc: doc as Record<string, unknown> };
+}
+
+/** What the command line sets over the file (--root, --api-addr); never written back to it. */
+export interface ConfigOverrides {
+  root?: string;
+  apiAddr?: string;
+}
+
+/** Validates a document with the command line's overrides applied on top. */
+export function configOf({ file, doc }: ConfigDocument, overrides: ConfigOverrides = {}): Config {
+  let d = doc;
+  if (overrides.root !== undefined) d = { ...d, root: overrides.root };
+  if (overrides.apiAddr !== undefined) d = { ...d, api: { ...(d.api as object | undefined), addr: overrides.apiAddr } };
+  return parseConfig(d, file);
+}
+
+export async function loadConfig(path: string | undefined, overrides: ConfigOverrides = {}): Promise<Config> {
+  return configOf(await readConfigDocument(path), overrides);
+}
+
+/** Every leaf of a config as "a.b" → value, for diffs and `config show`. */
+export function flattenConfig(value: unknown, prefix = ''): Map<string, unknown> {
+  const out = new Map<string, unknown>();
+  if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
+    for (const [k, v] of Object.entries(value)) for (const [kk, vv] of flattenConfig(v, prefix ? `${prefix}.${k}` : k)) out.set(kk, vv);
+  } else {
+    out.set(prefix, value);
+  }
+  return out;
+}
+
+/** The config as shown to anyone who asks (API, CLI): secrets replaced. */
+export function redactConfig(c: Config): Config {
+  return { ...c, api: { ...c.api, token: c.api.token ? '<redacted>' : '' } };
 }

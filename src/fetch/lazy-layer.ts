@@ -51,6 +51,21 @@ export interface LazyLayerStats {
   errors: number;
 }
 
+/** What a layer reports as it works (the daemon's metrics). */
+export interface LazyLayerObserver {
+  /** A chunk a reader or prefetch asked for, and where it came from. */
+  chunkServed(from: 'memory' | 'store' | 'registry'): void;
+  /** One Range request done: its bytes, chunks by whether a reader was waiting, its duration. */
+  fetched(bytes: number, demandChunks: number, aheadChunks: number, seconds: number): void;
+  fetchFailed(): void;
+}
+
+export interface LazyLayerHooks {
+  /** Called once per chunk, on its first read (the access trace). */
+  firstAccess?: (file: TocNode, chunk: TocChunk) => void;
+  observer?: LazyLayerObserver;
+}
+
 /** A chunk of a file, by position in the TOC. */
 export interface ChunkRef {
   file: TocNode;
@@ -93,8 +108,7 @@ export class LazyLayer {
     private readonly pool: CodecPool,
     private readonly cache: ChunkCache,
     private readonly opts: LazyLayerOptions = DEFAULT_LAZY,
-    /** Called once per chunk, on its first read (the access trace). */
-    private readonly onFirstAccess?: (file: TocNode, chunk: TocChunk) => void,
+    private readonly hooks: LazyLayerHooks = {},
   ) {
     this.crossWindow = opts.crossFileWindow[0];
     for (const node of new Set(toc.nodes.values())) {
@@ -143,10 +157,13 @@ export class LazyLayer {
     }
     if (priority === PRIORITY.demand && !this.accessed.has(c)) {
       this.accessed.add(c);
-      this.onFirstAccess?.(file, c);
+      this.hooks.firstAccess?.(file, c);
     }
     const hot = this.cache.get(digest);
-    if (hot) return Promise.resolve(hot);
+    if (hot) {
+      this.hooks.observer?.chunkServed('memory');
+      return Promise.resolve(hot);
+    }
     const waiting = this.inflight.get(digest);
     if (waiting) {
       const q = this.queued.get(digest);
@@ -179,6 +196,7 @@ export class LazyLayer {
     }
     if (stored) {
       this.stats.fromStore++;
+      this.hooks.observer?.chunkServed('store');
       this.cache.set(digest, stored);
       return stored;
     }
@@ -198,6 +216,13 @@ export class LazyLayer {
         });
       }
     });
+  }
+
+  /** Chunks waiting for a prefetch worker. */
+  prefetchQueued(): number {
+    let n = 0;
+    for (const p of this.queued.values()) if (p.priority === PRIORITY.prefetch) n++;
+    return n;
   }
 
   /** Stops starting fetches and fails the queued ones; fetches in flight finish. */
@@ -302,16 +327,24 @@ export class LazyLayer {
   private async fetchGroup(group: Pending[]): Promise<void> {
     const start = group[0]!.chunk.offset;
     const end = group.at(-1)!.chunk.compressedEnd;
+    const observer = this.hooks.observer;
+    const began = performance.now();
     let bytes: Buffer;
     try {
       bytes = await this.source.readBlobRange(this.desc, start, end);
     } catch (err) {
       this.stats.errors++;
+      observer?.fetchFailed();
       for (const g of group) g.reject(err);
       return;
     }
     this.stats.requests++;
     this.stats.bytesFetched += bytes.length;
+    if (observer) {
+      const demand = group.filter((g) => g.priority === PRIORITY.demand).length;
+      observer.fetched(bytes.length, demand, group.length - demand, (performance.now() - began) / 1000);
+      for (let i = 0; i < group.length; i++) observer.chunkServed('registry');
+    }
     await Promise.all(group.map(async (g) => {
       const c = g.chunk;
       try {

@@ -4,7 +4,7 @@
 import type { CodecPool } from '../codec/codec-pool.js';
 import type { ChunkCache } from '../fetch/chunk-cache.js';
 import { existsSync } from 'node:fs';
-import { DEFAULT_LAZY, LazyLayer, type ChunkRef, type LazyLayerOptions } from '../fetch/lazy-layer.js';
+import { DEFAULT_LAZY, LazyLayer, type ChunkRef, type LazyLayerObserver, type LazyLayerOptions } from '../fetch/lazy-layer.js';
 import { planAll, planFromLandmark, planFromTrace, readTrace } from '../prefetch/plan.js';
 import type { RemoteLayer } from '../fetch/remote-layer.js';
 import { AccessTrace, tracePath } from '../fs/access-trace.js';
@@ -21,6 +21,7 @@ export interface LayerMountContext {
   prefetch?: { enabled: boolean; queueSize: number; background: boolean };
   log?: { info(o: object, m: string): void; warn(o: object, m: string): void };
   onReadError?: (layer: string, path: string, err: unknown) => void;
+  observer?: LazyLayerObserver;
 }
 
 export interface PrefetchOutcome {
@@ -44,7 +45,7 @@ export class LayerMount {
       chunks: remote.chunks().map((c) => ({ digest: c.digest, size: c.chunkSize })) });
     const trace = new AccessTrace(image.name, image.manifestDigest, remote.desc.digest);
     const lazy = new LazyLayer(remote.source, remote.desc, remote.toc, ctx.store, ctx.pool, ctx.cache, { ...DEFAULT_LAZY, ...ctx.lazy },
-      (file, chunk) => trace.record(file, chunk));
+      { firstAccess: (file, chunk) => trace.record(file, chunk), observer: ctx.observer });
     const fs = new LayerFs(remote.toc, lazy, (path, err) => ctx.onReadError?.(remote.desc.digest, path, err));
     await fs.mount(mountpoint, remote.desc.digest.slice(7, 19));
     const m = new LayerMount(remote, lazy, fs, trace, mountpoint, ctx);

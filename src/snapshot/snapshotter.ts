@@ -47,6 +47,8 @@ export interface SnapshotterOptions extends LayerMountContext {
   /** Mount eStargz layers lazily (config enable_lazy); otherwise every layer is unpacked. */
   lazyPull: boolean;
   log: { info(o: object, m: string): void; warn(o: object, m: string): void };
+  /** Records what containerd had done to the node (the audit log). */
+  audit?: (action: string, target: string, details: Record<string, unknown>) => void;
 }
 
 export class Snapshotter {
@@ -54,7 +56,7 @@ export class Snapshotter {
   private readonly remoteMounts = new Map<number, LayerMount>();
   private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
 
-  constructor(private readonly opts: SnapshotterOptions) {
+  constructor(private opts: SnapshotterOptions) {
     this.metadata = new SnapshotMetadata(join(opts.root, 'metadata.db'));
   }
 
@@ -80,6 +82,7 @@ export class Snapshotter {
         await unmountFuse(this.fs(s.id)); // a mount whose server died with the last daemon
         await this.mountRemote(s.id, s.remote, this.metadata.stat(s.key).labels);
         this.opts.log.info({ snapshot: s.key, layer: s.remote.layer.digest }, 'remote snapshot mounted again');
+        this.opts.audit?.('layer.mount', s.remote.image, { snapshot: s.key, layer: s.remote.layer.digest, reason: 'restart' });
       } catch (err) {
         this.opts.log.warn({ snapshot: s.key, err: (err as Error).message }, 'cannot mount remote snapshot again');
       }
@@ -171,6 +174,7 @@ export class Snapshotter {
       return false;
     }
     this.opts.log.info({ snapshot: target, image: imageRef, layer: digest }, 'remote snapshot mounted lazily');
+    this.opts.audit?.('image.pull', imageRef, { snapshot: target, layer: digest, lazy: true });
     return true;
   }
 
@@ -206,6 +210,7 @@ export class Snapshotter {
       await lazy.unmount().catch(() => unmountFuse(this.fs(id)));
     }
     await rm(this.dir(id), { recursive: true, force: true });
+    this.opts.audit?.('snapshot.remove', key, { lazy: lazy !== undefined });
   }
 
   stat(key: string): SnapshotInfo {
@@ -230,7 +235,22 @@ export class Snapshotter {
   /** Removes directories that no snapshot owns (containerd calls this during its GC). */
   async cleanup(): Promise<void> {
     const removed = await this.removeOrphans(new Set(this.metadata.all().map((s) => s.id)));
-    if (removed.length) this.opts.log.info({ removed }, 'cleanup removed unowned snapshot directories');
+    if (removed.length) {
+      this.opts.log.info({ removed }, 'cleanup removed unowned snapshot directories');
+      this.opts.audit?.('snapshot.cleanup', this.opts.root, { removed });
+    }
+  }
+
+  /** Prefetch settings for layers mounted from now on (a live config change). */
+  setPrefetch(prefetch: SnapshotterOptions['prefetch'], lazy: SnapshotterOptions['lazy']): void {
+    this.opts = { ...this.opts, prefetch, lazy: { ...this.opts.lazy, ...lazy } };
+  }
+
+  /** Lazily mounted layers and the chunks queued for their prefetch (metrics). */
+  mountStats(): { layers: number; prefetchQueued: number } {
+    let prefetchQueued = 0;
+    for (const m of this.remoteMounts.values()) prefetchQueued += m.lazy.prefetchQueued();
+    return { layers: this.remoteMounts.size, prefetchQueued };
   }
 
   /** Unmounts the lazy layers (a plain stop of the daemon) and closes the metadata. */

@@ -1,7 +1,8 @@
 // index.db: the chunk store's SQLite index (better-sqlite3, WAL, so a daemon and a CLI can use
 // one root at once). Schema migrations are numbered by PRAGMA user_version.
 
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { openSqlite } from '../sqlite.js';
 
 const MIGRATIONS: string[] = [
   `CREATE TABLE chunks (
@@ -45,21 +46,5 @@ const MIGRATIONS: string[] = [
 ];
 
 export function openIndexDb(path: string, readonly = false): Database.Database {
-  const db = new Database(path, { readonly, fileMustExist: readonly });
-  db.pragma('busy_timeout = 10000');
-  if (!readonly) {
-    db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = NORMAL');
-  }
-  db.pragma('foreign_keys = ON');
-  if (!readonly) {
-    const version = db.pragma('user_version', { simple: true }) as number;
-    for (let v = version; v < MIGRATIONS.length; v++) {
-      db.transaction(() => {
-        db.exec(MIGRATIONS[v]!);
-        db.pragma(`user_version = ${v + 1}`);
-      }).immediate();
-    }
-  }
-  return db;
+  return openSqlite(path, MIGRATIONS, readonly);
 }

@@ -1,0 +1,113 @@
+// The daemon's Prometheus metrics (prom-client, one registry per daemon). Events (fetches, chunk
+// lookups, FUSE read errors) are counted as they happen through the LazyLayerObserver; figures
+// that live elsewhere (chunk store, mounts, prefetch queue, KSM) are read when scraped.
+
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { LazyLayerObserver } from '../fetch/lazy-layer.js';
+import type { StoreStats } from '../store/chunk-store.js';
+import type { KsmStatus } from '../ksm/ksm.js';
+
+export interface MetricsSources {
+  store(): StoreStats;
+  /** Lazily mounted layers, and chunks queued for prefetch across them. */
+  mounts(): { layers: number; prefetchQueued: number };
+  /** null where the kernel has no KSM. */
+  ksm(): Promise<KsmStatus | null>;
+}
+
+export class DaemonMetrics implements LazyLayerObserver {
+  readonly registry = new Registry();
+  private readonly fetches: Counter<'result'>;
+  private readonly fetchedBytes: Counter;
+  private readonly fetchedChunks: Counter<'reason'>;
+  private readonly fetchSeconds: Histogram;
+  private readonly chunkReads: Counter<'from'>;
+  private readonly fuseErrors: Counter;
+
+  constructor(sources: MetricsSources) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'dedup_' });
+    this.fetches = new Counter({ name: 'dedup_fetch_requests_total', help: 'Range requests to registries, by result', labelNames: ['result'], registers });
+    this.fetchedBytes = new Counter({ name: 'dedup_fetch_bytes_total', help: 'Compressed bytes fetched from registries', registers });
+    this.fetchedChunks = new Counter({ name: 'dedup_fetch_chunks_total', help: 'Chunks fetched, by whether a reader was waiting (demand) or not (ahead)',
+      labelNames: ['reason'], registers });
+    this.fetchSeconds = new Histogram({ name: 'dedup_fetch_duration_seconds', help: 'Duration of one Range request',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers });
+    this.chunkReads = new Counter({ name: 'dedup_chunk_reads_total', help: 'Chunk lookups by where the chunk came from (memory is the cache hit)',
+      labelNames: ['from'], registers });
+    this.fuseErrors = new Counter({ name: 'dedup_fuse_read_errors_total', help: 'FUSE reads answered with EIO', registers });
+    for (const l of ['ok', 'error']) this.fetches.inc({ result: l }, 0);
+    for (const l of ['demand', 'ahead']) this.fetchedChunks.inc({ reason: l }, 0);
+    for (const l of ['memory', 'store', 'registry']) this.chunkReads.inc({ from: l }, 0);
+
+    const storeGauges: [string, string, (s: StoreStats) => number][] = [
+      ['dedup_store_chunks', 'Chunks stored', (s) => s.chunks],
+      ['dedup_store_chunks_missing', 'Chunks referenced by a layer but not fetched yet', (s) => s.chunksMissing],
+      ['dedup_store_bytes', 'Bytes of stored chunks', (s) => s.storedBytes],
+      ['dedup_store_logical_bytes', 'Bytes the stored chunks stand for, counted per layer reference', (s) => s.logicalBytes],
+      ['dedup_store_dedup_ratio', 'Logical bytes / stored bytes', (s) => s.dedupRatio],
+      ['dedup_store_images', 'Images recorded in the store', (s) => s.images],
+      ['dedup_store_layers', 'Layers recorded in the store', (s) => s.layers],
+    ];
+    let cached: { at: number; stats: StoreStats } | undefined;
+    const storeStats = (): StoreStats => {
+      // One query per scrape, not one per gauge.
+      if (!cached || Date.now() - cached.at > 1000) cached = { at: Date.now(), stats: sources.store() };
+      return cached.stats;
+    };
+    for (const [name, help, pick] of storeGauges) {
+      new Gauge({ name, help, registers, collect() { this.set(pick(storeStats())); } });
+    }
+    new Gauge({ name: 'dedup_mounts', help: 'Lazily mounted layers', registers, collect() { this.set(sources.mounts().layers); } });
+    new Gauge({ name: 'dedup_prefetch_queue', help: 'Chunks queued for prefetch', registers, collect() { this.set(sources.mounts().prefetchQueued); } });
+
+    const ksmGauges: [string, string, (k: KsmStatus) => number][] = [
+      ['dedup_ksm_run', 'KSM scanner state (0 stopped, 1 running, 2 unmerging)', (k) => k.run],
+      ['dedup_ksm_pages_shared', 'KSM pages shared', (k) => k.pages_shared],
+      ['dedup_ksm_pages_sharing', 'KSM pages sharing (deduplicated)', (k) => k.pages_sharing],
+      ['dedup_ksm_pages_unshared', 'KSM pages unique but checked', (k) => k.pages_unshared],
+      ['dedup_ksm_pages_volatile', 'KSM pages changing too fast', (k) => k.pages_volatile],
+      ['dedup_ksm_full_scans', 'KSM full scans', (k) => k.full_scans],
+      ['dedup_ksm_memory_saved_bytes', 'Memory KSM saves (pages_sharing x page size)', (k) => k.memory_saved_bytes],
+    ];
+    let ksm: Promise<KsmStatus | null> | undefined;
+    for (const [name, help, pick] of ksmGauges) {
+      new Gauge({
+        name, help, registers,
+        async collect() {
+          ksm ??= sources.ksm().finally(() => setImmediate(() => (ksm = undefined)));
+          const k = await ksm;
+          if (k) this.set(pick(k));
+        },
+      });
+    }
+  }
+
+  chunkServed(from: 'memory' | 'store' | 'registry'): void {
+    this.chunkReads.inc({ from });
+  }
+
+  fetched(bytes: number, demandChunks: number, aheadChunks: number, seconds: number): void {
+    this.fetches.inc({ result: 'ok' });
+    this.fetchedBytes.inc(bytes);
+    this.fetchedChunks.inc({ reason: 'demand' }, demandChunks);
+    this.fetchedChunks.inc({ reason: 'ahead' }, aheadChunks);
+    this.fetchSeconds.observe(seconds);
+  }
+
+  fetchFailed(): void {
+    this.fetches.inc({ result: 'error' });
+  }
+
+  fuseReadError(): void {
+    this.fuseErrors.inc();
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

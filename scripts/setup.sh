@@ -27,7 +27,7 @@ fi
 
 # The native addon (prctl for KSM): node-gyp against the machine's Node headers.
 addon=native/build/Release/dedup_native.node
-if [[ ! -f $addon || -n $(find native -maxdepth 1 -newer "$addon" -print -quit) ]]; then
+if [[ ! -f $addon || -n $(find native -maxdepth 1 -type f -newer "$addon" -print -quit) ]]; then
   echo "setup: building native addon" >&2
   npx node-gyp rebuild --directory native --loglevel=error >/dev/null
 fi

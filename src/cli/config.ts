@@ -8,8 +8,10 @@ export function configCommand(): Command {
   const config = new Command('config').description('the daemon config file (/etc/dedup-snapshotter/config.json)');
   config.addCommand(withCommonFlags(new Command('show'))
     .description('the effective config: the file with every default filled in (api.token redacted)')
-    .action(async (flags: CommonFlags) => {
-      const c = redactConfig(configOf(await readConfigDocument(flags.config), { root: flags.root }));
+    .option('--defaults', 'the defaults alone, as if there were no config file')
+    .action(async (flags: CommonFlags & { defaults?: boolean }) => {
+      const doc = flags.defaults ? { file: '(defaults)', doc: {} } : await readConfigDocument(flags.config);
+      const c = redactConfig(configOf(doc, { root: flags.root }));
       if (flags.json) return printJson(c);
       for (const [k, v] of flattenConfig(c)) process.stdout.write(`${k} = ${JSON.stringify(v)}\n`);
     }));

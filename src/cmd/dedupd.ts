@@ -5,7 +5,7 @@
 
 import { Command } from 'commander';
 import { CodecPool } from '../codec/codec-pool.js';
-import { configFrom, parseIntFlag, registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
+import { audited, configFrom, parseIntFlag, registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
 import { daemonLogger } from '../cli/log.js';
 import { ingestImage } from '../fetch/ingest.js';
 import { parsePlatform } from '../image/oci.js';
@@ -33,10 +33,10 @@ const program = withCommonFlags(new Command('dedupd'))
       for (const ref of refs) {
         log.info({ image: ref, root: config.root }, 'prefetch started');
         try {
-          const r = await ingestImage(openImage(ref, client), store, pool, {
+          const r = await audited(config, 'image.prefetch', ref, { full: flags.full ?? false }, () => ingestImage(openImage(ref, client), store, pool, {
             platform: parsePlatform(flags.platform), fetch: { concurrency: flags.workers ?? config.dedupd.workers },
             chunksFor: flags.full ? undefined : traceChunks(flags.traceDir ?? config.prefetch.trace_dir, (msg, fields) => log.warn(fields, msg)),
-          });
+          }));
           log.info({ image: r.image, chunks: r.chunks, fetched: r.fetched, alreadyStored: r.alreadyStored, bytesFetched: r.bytesFetched, seconds: r.seconds }, 'prefetch done');
         } catch (err) {
           failed++;

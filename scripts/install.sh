@@ -61,6 +61,7 @@ rm -rf "$tmp"
 mkdir -p "$tmp/native/build/Release"
 cp -a dist node_modules proto package.json package-lock.json README.md docs "$tmp/"
 cp -a native/build/Release/dedup_native.node "$tmp/native/build/Release/"
+(cd "$tmp" && npm prune --omit=dev --no-audit --no-fund --loglevel=error >/dev/null) # offline: drops the build tools
 rm -rf "$destdir$app"
 mv "$tmp" "$destdir$app"
 

@@ -7,13 +7,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { loadSnapshotsService } from '../src/snapshot/grpc-service.js';
 import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
 import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { run } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
+import { snapshotsClient } from './fixtures/snapshots-client.js';
 import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
 
 const MiB = 1024 * 1024;
@@ -130,14 +130,7 @@ describe('containerd proxy snapshotter', () => {
   });
 
   it('answers every API error with the gRPC code containerd expects', async () => {
-    const Client = grpc.makeGenericClientConstructor(loadSnapshotsService(), 'Snapshots');
-    const client = new Client(`unix://${snap!.socket}`, grpc.credentials.createInsecure());
-    // Deadlines: a handler that never answers fails the test instead of hanging it.
-    const deadline = (): grpc.CallOptions => ({ deadline: Date.now() + 20_000 });
-    type Unary = (r: object, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, v: unknown) => void) => void;
-    const call = (method: string, req: object): Promise<unknown> => new Promise((resolve, reject) =>
-      (client as unknown as Record<string, Unary>)[method]!(req, new grpc.Metadata(), deadline(), (e, v) => (e ? reject(e) : resolve(v))));
-    const code = (p: Promise<unknown>): Promise<number> => p.then(() => grpc.status.OK, (e: grpc.ServiceError) => e.code);
+    const { call, code, list, close } = snapshotsClient(snap!.socket);
     try {
       await call('Prepare', { key: 'g1', parent: '', labels: {} });
       await call('Commit', { name: 'g-committed', key: 'g1', labels: {} });
@@ -159,21 +152,13 @@ describe('containerd proxy snapshotter', () => {
       const mounts = (await call('Mounts', { key: 'g2' })) as { mounts: { type: string; options: string[] }[] };
       assert.equal(mounts.mounts[0]!.type, 'overlay');
       assert.ok(mounts.mounts[0]!.options.some((o) => o.startsWith('lowerdir=')));
-      const list = (filters: string[]): Promise<string[]> => new Promise((resolve, reject) => {
-        const names: string[] = [];
-        const stream = (client as unknown as { List(r: object, m: grpc.Metadata, o: grpc.CallOptions): grpc.ClientReadableStream<{ info: { name: string }[] }> })
-          .List({ filters }, new grpc.Metadata(), deadline());
-        stream.on('data', (m: { info: { name: string }[] }) => names.push(...m.info.map((i) => i.name)));
-        stream.on('end', () => resolve(names));
-        stream.on('error', reject);
-      });
       assert.deepEqual(await list(['labels.a==1']), ['g2']);
       assert.deepEqual((await list(['kind==committed,name~=^g-'])), ['g-committed']);
       await assert.rejects(list(['labels.a==1,']), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT);
       await call('Remove', { key: 'g2' });
       await call('Remove', { key: 'g-committed' });
     } finally {
-      client.close();
+      close();
     }
   });
 

@@ -100,6 +100,11 @@ export function parseIntFlag(flag: string, min: number, max: number): (value: st
  */
 export async function runCli(program: Command, argv = process.argv): Promise<void> {
   // Subcommands added with addCommand do not inherit this: set it on every command.
+  // A reader that went away (`dedupctl … | head`) ends the output, as in any Unix tool.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) c.exitOverride();
   try {

@@ -58,6 +58,8 @@ export class LiveConfig extends EventEmitter<{ change: [ConfigChange] }> {
   async update(patch: unknown): Promise<ConfigChange> {
     if (typeof patch !== 'object' || patch === null || Array.isArray(patch)) throw new InvalidConfigError('config update: must be a JSON object');
     const doc = mergePatch(this.document.doc, patch) as Record<string, unknown>;
+    // The file must stand on its own (a later start may lack today's flags), and with them.
+    configOf({ file: 'config update', doc });
     const next = configOf({ file: 'config update', doc }, this.overrides);
     const before = flattenConfig(this.current);
     const changed = [...flattenConfig(next)].filter(([k, v]) => before.get(k) !== v).map(([k]) => k);

@@ -15,6 +15,12 @@ export interface MetricsSources {
   ksm(): Promise<KsmStatus | null>;
 }
 
+/** One read shared by the gauges of one scrape (prom-client collects each gauge on its own). */
+function oncePerScrape<T>(read: () => Promise<T>): () => Promise<T> {
+  let pending: Promise<T> | undefined;
+  return () => (pending ??= read().finally(() => setImmediate(() => (pending = undefined))));
+}
+
 export class DaemonMetrics implements LazyLayerObserver {
   readonly registry = new Registry();
   private readonly fetches: Counter<'result'>;
@@ -49,14 +55,9 @@ export class DaemonMetrics implements LazyLayerObserver {
       ['dedup_store_images', 'Images recorded in the store', (s) => s.images],
       ['dedup_store_layers', 'Layers recorded in the store', (s) => s.layers],
     ];
-    let cached: { at: number; stats: StoreStats } | undefined;
-    const storeStats = (): StoreStats => {
-      // One query per scrape, not one per gauge.
-      if (!cached || Date.now() - cached.at > 1000) cached = { at: Date.now(), stats: sources.store() };
-      return cached.stats;
-    };
+    const storeStats = oncePerScrape(async () => sources.store());
     for (const [name, help, pick] of storeGauges) {
-      new Gauge({ name, help, registers, collect() { this.set(pick(storeStats())); } });
+      new Gauge({ name, help, registers, async collect() { this.set(pick(await storeStats())); } });
     }
     new Gauge({ name: 'dedup_mounts', help: 'Lazily mounted layers', registers, collect() { this.set(sources.mounts().layers); } });
     new Gauge({ name: 'dedup_prefetch_queue', help: 'Chunks queued for prefetch', registers, collect() { this.set(sources.mounts().prefetchQueued); } });
@@ -70,13 +71,12 @@ export class DaemonMetrics implements LazyLayerObserver {
       ['dedup_ksm_full_scans', 'KSM full scans', (k) => k.full_scans],
       ['dedup_ksm_memory_saved_bytes', 'Memory KSM saves (pages_sharing x page size)', (k) => k.memory_saved_bytes],
     ];
-    let ksm: Promise<KsmStatus | null> | undefined;
+    const ksm = oncePerScrape(sources.ksm);
     for (const [name, help, pick] of ksmGauges) {
       new Gauge({
         name, help, registers,
         async collect() {
-          ksm ??= sources.ksm().finally(() => setImmediate(() => (ksm = undefined)));
-          const k = await ksm;
+          const k = await ksm();
           if (k) this.set(pick(k));
         },
       });

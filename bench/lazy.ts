@@ -13,8 +13,8 @@ import { join } from 'node:path';
 import { binary, dedupctlJson } from '../test/fixtures/cli.js';
 import { startContainerd } from '../test/fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from '../test/fixtures/images.js';
-import { run } from '../test/fixtures/process.js';
 import { startRegistry, type TestRegistry } from '../test/fixtures/registry.js';
+import { dropCaches } from './network.js';
 import { summarize, timed, type Summary } from './stats.js';
 
 const MiB = 1024 * 1024;
@@ -25,11 +25,6 @@ export interface LazyResults {
   coldRead: { lazySeconds: Summary; httpGetSeconds: Summary; lazyMiBps: number; httpGetMiBps: number; ratio: number };
   warmRead: { lazySeconds: Summary; localDiskSeconds: Summary; lazyMiBps: number; localDiskMiBps: number; ratio: number };
   firstByte: { lazySeconds: Summary; fullPullSeconds: Summary; ratio: number };
-}
-
-async function dropCaches(): Promise<void> {
-  await run('sync', []);
-  await writeFile('/proc/sys/vm/drop_caches', '3');
 }
 
 async function readAll(path: string): Promise<number> {

@@ -1,10 +1,10 @@
 // Scenario "prefetch": a Python interpreter image starting a script that imports a dozen modules,
-// registry behind a proxy with 20 ms per request and 100 MiB/s. Time from the start of the pull to
+// over each network (loopback, and a proxy adding latency and a bandwidth cap). Time from the start of the pull to
 // the script's first output and bytes fetched, fresh state for each: full pull (containerd's
 // overlayfs), lazy without a trace, lazy replaying the first start's trace, and lazy after dedupd
 // warmed the store from that trace (warm-up time reported on its own).
 
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { binary, dedupctlJson } from '../test/fixtures/cli.js';
 import { startContainerd, unmountUnder } from '../test/fixtures/containerd.js';
@@ -14,6 +14,7 @@ import { startProxy, type TestProxy } from '../test/fixtures/proxy.js';
 import { pythonImageEntries } from '../test/fixtures/python-image.js';
 import { startRegistry } from '../test/fixtures/registry.js';
 import { startSnapshotter } from '../test/fixtures/snapshotter.js';
+import { dropCaches, type Network } from './network.js';
 import { firstOutput } from './snapshotter.js';
 import { summarize, timed, type Summary } from './stats.js';
 
@@ -22,8 +23,11 @@ export type Mode = (typeof MODES)[number];
 
 export interface PrefetchResult {
   imageBytes: number;
-  latencyMs: number;
-  bandwidthMiBps: number;
+  networks: Partial<Record<Network['name'], PrefetchNetworkResult>>;
+}
+
+export interface PrefetchNetworkResult {
+  label: string;
   modes: Record<Mode, { seconds: Summary; bytes: Summary }>;
   warmUpSeconds: Summary;
 }
@@ -50,44 +54,53 @@ async function startOnce(tmp: string, proxy: TestProxy, ref: string, mode: Mode,
   }
 }
 
-export async function prefetchScenario(tmp: string, reps: number, log: (s: string) => void): Promise<PrefetchResult> {
-  const latencyMs = 20;
-  const bandwidth = 100 * 1024 * 1024;
+export async function prefetchScenario(tmp: string, reps: number, nets: Network[], log: (s: string) => void): Promise<PrefetchResult> {
   await writeOciImage(join(tmp, 'src'), 'py', [{ tar: await tarOf(await pythonImageEntries()), compression: 'gzip' }]);
   const registry = await startRegistry(tmp);
-  const proxy = await startProxy(registry.host, { latencyMs, bandwidth });
   try {
     await pushOci(join(tmp, 'src'), 'py', `${registry.host}/bench/python:src`);
     const conv = await dedupctlJson<{ layers: { size: number }[] }>(['convert', '--plain-http', `${registry.host}/bench/python:src`, `${registry.host}/bench/python:esgz`]);
-    const imageBytes = conv.layers.reduce((a, l) => a + l.size, 0);
-    const ref = `${proxy.host}/bench/python:esgz`;
-    log(`prefetch: python3.11 image, ${(imageBytes / 1048576).toFixed(1)} MiB, proxy ${latencyMs} ms per request, 100 MiB/s`);
-    const samples = Object.fromEntries(MODES.map((m) => [m, { seconds: [] as number[], bytes: [] as number[] }])) as Record<Mode, { seconds: number[]; bytes: number[] }>;
-    const warmUp: number[] = [];
-    let n = 0;
-    for (let i = 0; i < reps; i++) {
-      const traces = join(tmp, `traces-${i}`);
-      for (const mode of MODES) {
-        const root = join(tmp, `root-${i}-${n}`);
-        if (mode === 'lazy, after dedupd warm-up') {
-          warmUp.push(await timed(async () => {
-            const r = await binary('dedupd', ['--root', root, '--trace-dir', traces, '--plain-http', ref]);
-            if (r.code !== 0) throw new Error(`dedupd: ${r.stderr}`);
-          }));
-        }
-        // Only the trace-replay start reads the traces; the others record theirs elsewhere.
-        const traceDir = mode === 'lazy, no trace' || mode === 'lazy, trace replay' ? traces : join(tmp, `unused-traces-${n}`);
-        const r = await startOnce(tmp, proxy, ref, mode, root, traceDir, n++);
-        samples[mode].seconds.push(r.seconds);
-        samples[mode].bytes.push(r.bytes);
-        await rm(root, { recursive: true, force: true });
-        log(`  repetition ${i + 1}, ${mode}: first output after ${r.seconds.toFixed(2)} s, ${(r.bytes / 1048576).toFixed(1)} MiB fetched`);
+    const result: PrefetchResult = { imageBytes: conv.layers.reduce((a, l) => a + l.size, 0), networks: {} };
+    for (const net of nets) {
+      const proxy = await startProxy(registry.host, net.proxy);
+      try {
+        log(`prefetch (${net.label}): python3.11 image, ${(result.imageBytes / 1048576).toFixed(1)} MiB`);
+        result.networks[net.name] = await prefetchOver(join(tmp, net.name), proxy, `${proxy.host}/bench/python:esgz`, net.label, reps, log);
+      } finally {
+        await proxy.stop();
       }
     }
-    const modes = Object.fromEntries(MODES.map((m) => [m, { seconds: summarize(samples[m].seconds), bytes: summarize(samples[m].bytes) }])) as PrefetchResult['modes'];
-    return { imageBytes, latencyMs, bandwidthMiBps: bandwidth / 1048576, modes, warmUpSeconds: summarize(warmUp) };
+    return result;
   } finally {
-    await proxy.stop();
     await registry.stop();
   }
+}
+
+async function prefetchOver(tmp: string, proxy: TestProxy, ref: string, label: string, reps: number, log: (s: string) => void): Promise<PrefetchNetworkResult> {
+  await mkdir(tmp, { recursive: true });
+  const samples = Object.fromEntries(MODES.map((m) => [m, { seconds: [] as number[], bytes: [] as number[] }])) as Record<Mode, { seconds: number[]; bytes: number[] }>;
+  const warmUp: number[] = [];
+  let n = 0;
+  for (let i = 0; i < reps; i++) {
+    const traces = join(tmp, `traces-${i}`);
+    for (const mode of MODES) {
+      const root = join(tmp, `root-${i}-${n}`);
+      if (mode === 'lazy, after dedupd warm-up') {
+        warmUp.push(await timed(async () => {
+          const r = await binary('dedupd', ['--root', root, '--trace-dir', traces, '--plain-http', ref]);
+          if (r.code !== 0) throw new Error(`dedupd: ${r.stderr}`);
+        }));
+      }
+      // Only the trace-replay start reads the traces; the others record theirs elsewhere.
+      const traceDir = mode === 'lazy, no trace' || mode === 'lazy, trace replay' ? traces : join(tmp, `unused-traces-${n}`);
+      await dropCaches();
+      const r = await startOnce(tmp, proxy, ref, mode, root, traceDir, n++);
+      samples[mode].seconds.push(r.seconds);
+      samples[mode].bytes.push(r.bytes);
+      await rm(root, { recursive: true, force: true });
+      log(`  repetition ${i + 1}, ${mode}: first output after ${r.seconds.toFixed(2)} s, ${(r.bytes / 1048576).toFixed(1)} MiB fetched`);
+    }
+  }
+  const modes = Object.fromEntries(MODES.map((m) => [m, { seconds: summarize(samples[m].seconds), bytes: summarize(samples[m].bytes) }])) as PrefetchNetworkResult['modes'];
+  return { label, modes, warmUpSeconds: summarize(warmUp) };
 }

@@ -1,15 +1,23 @@
-// npm run bench [-- SCENARIO…] [--reps N]: runs the scenarios, prints a table, writes JSON and
-// Markdown under bench/results/. Every figure compares against a baseline measured in the same run.
+// npm run bench [-- SCENARIO…] [--reps N] [--latency-ms MS] [--bandwidth-mibps N]: runs the
+// scenarios (all by default), prints each one's table as it finishes, and merges the figures into
+// one report under bench/results/: results.json, report.md, SVG charts, and the README's
+// Performance section. A scenario run again replaces its old figures; the others are kept. Every
+// figure compares against a baseline measured in the same run.
 
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { cpus, release, tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from '../test/fixtures/process.js';
+import { barChartSvg, type BarGroup } from './chart.js';
 import { convertScenario } from './convert.js';
 import { lazyScenarios } from './lazy.js';
+import { networks, type Network } from './network.js';
 import { MODES, prefetchScenario } from './prefetch.js';
 import { pullRunScenario } from './snapshotter.js';
+import type { Summary } from './stats.js';
+import { storageScenario } from './storage.js';
 
 interface Row {
   scenario: string;
@@ -19,37 +27,77 @@ interface Row {
   ratio: string;
 }
 
-const range = (s: { min: number; max: number }, digits = 2): string => `${s.min.toFixed(digits)}–${s.max.toFixed(digits)} s`;
+type ChartName = 'first-output' | 'bytes-fetched' | 'storage';
 
-const SCENARIOS: Record<string, (tmp: string, reps: number, log: (s: string) => void) => Promise<{ result: unknown; rows: Row[] }>> = {
-  async 'pull-run'(tmp, reps, log) {
-    const r = await pullRunScenario(tmp, reps, log);
-    const mib = (b: number): string => (b / 1048576).toFixed(1);
+interface ScenarioOutput {
+  result: unknown;
+  rows: Row[];
+  charts: Partial<Record<ChartName, BarGroup[]>>;
+}
+
+interface Stored extends ScenarioOutput {
+  date: string;
+  reps: number;
+  machine: Record<string, string>;
+}
+
+const MiB = 1024 * 1024;
+const range = (s: { min: number; max: number }, digits = 2): string => `${s.min.toFixed(digits)}–${s.max.toFixed(digits)} s`;
+const bar = (series: string, s: Summary, scale = 1): { series: string; median: number; min: number; max: number } =>
+  ({ series, median: s.median / scale, min: s.min / scale, max: s.max / scale });
+
+type Scenario = (tmp: string, reps: number, nets: Network[], log: (s: string) => void) => Promise<ScenarioOutput>;
+
+const SCENARIOS: Record<string, Scenario> = {
+  async 'pull-run'(tmp, reps, nets, log) {
+    const r = await pullRunScenario(tmp, reps, nets, log);
+    const mib = (b: number): string => (b / MiB).toFixed(1);
+    const out: ScenarioOutput = { result: r, rows: [], charts: { 'first-output': [], 'bytes-fetched': [] } };
+    for (const n of Object.values(r.networks)) {
+      out.rows.push(
+        { scenario: 'pull-run', metric: `pull start to first container output, ${mib(r.imageBytes)} MiB image, ${n.label} (s)`,
+          ours: `${n.dedup.seconds.median.toFixed(2)} (${range(n.dedup.seconds)})`, baseline: `overlayfs ${n.overlayfs.seconds.median.toFixed(2)} (${range(n.overlayfs.seconds)})`,
+          ratio: `${n.speedup.toFixed(1)}x sooner` },
+        { scenario: 'pull-run', metric: `bytes fetched from the registry, ${n.label} (MiB)`,
+          ours: mib(n.dedup.bytes.median), baseline: `overlayfs ${mib(n.overlayfs.bytes.median)}`, ratio: `${n.bytesRatio.toFixed(0)}x fewer` },
+      );
+      const label = `pull + run, ${mib(r.imageBytes)} MiB image, ${n.label}`;
+      out.charts['first-output']!.push({ label, bars: [bar('ours (lazy)', n.dedup.seconds), bar('overlayfs, full pull', n.overlayfs.seconds)] });
+      out.charts['bytes-fetched']!.push({ label, bars: [bar('ours (lazy)', n.dedup.bytes, MiB), bar('overlayfs, full pull', n.overlayfs.bytes, MiB)] });
+    }
+    return out;
+  },
+  async prefetch(tmp, reps, nets, log) {
+    const r = await prefetchScenario(tmp, reps, nets, log);
+    const out: ScenarioOutput = { result: r, rows: [], charts: { 'first-output': [], 'bytes-fetched': [] } };
+    for (const n of Object.values(r.networks)) {
+      const full = n.modes[MODES[0]];
+      out.rows.push(...MODES.slice(1).map((m) => ({
+        scenario: 'prefetch', metric: `python3.11 start to first output, ${n.label}: ${m}${m.includes('dedupd') ? ` (warm-up ${n.warmUpSeconds.median.toFixed(2)} s before)` : ''} (s; MiB fetched)`,
+        ours: `${n.modes[m].seconds.median.toFixed(2)} (${range(n.modes[m].seconds)}); ${(n.modes[m].bytes.median / MiB).toFixed(1)} MiB`,
+        baseline: `full pull ${full.seconds.median.toFixed(2)} (${range(full.seconds)}); ${(full.bytes.median / MiB).toFixed(1)} MiB`,
+        ratio: `${(full.seconds.median / n.modes[m].seconds.median).toFixed(2)}x sooner`,
+      })));
+      const label = `python3.11 start, ${n.label}`;
+      out.charts['first-output']!.push({ label, bars: MODES.map((m) => bar(m, n.modes[m].seconds)) });
+      out.charts['bytes-fetched']!.push({ label, bars: MODES.map((m) => bar(m, n.modes[m].bytes, MiB)) });
+    }
+    return out;
+  },
+  async storage(tmp, reps, _nets, log) {
+    const r = await storageScenario(tmp, reps, log);
+    const mib = (s: Summary): string => (s.median / MiB).toFixed(1);
     return {
       result: r,
-      rows: [
-        { scenario: 'pull-run', metric: `pull start to first container output, ${mib(r.imageBytes)} MiB image (s)`,
-          ours: `${r.dedup.seconds.median.toFixed(2)} (${range(r.dedup.seconds)})`, baseline: `overlayfs ${r.overlayfs.seconds.median.toFixed(2)} (${range(r.overlayfs.seconds)})`,
-          ratio: `${r.speedup.toFixed(1)}x sooner` },
-        { scenario: 'pull-run', metric: 'bytes fetched from the registry (MiB)',
-          ours: mib(r.dedup.bytes.median), baseline: `overlayfs ${mib(r.overlayfs.bytes.median)}`, ratio: `${r.bytesRatio.toFixed(0)}x fewer` },
-      ],
+      rows: [{
+        scenario: 'storage', metric: `disk used by ${r.images.length} related images (${(r.logicalBytes / MiB).toFixed(0)} MiB of layers), after pulling all (MiB)`,
+        ours: `chunk store ${mib(r.dedup.storeBytes)}`, baseline: `overlayfs snapshots ${mib(r.overlayfs.snapshotBytes)} (+ content store ${mib(r.overlayfs.contentStoreBytes)})`,
+        ratio: `${r.ratio.toFixed(2)}x less`,
+      }],
+      charts: { storage: [{ label: `${r.images.length} related images`, bars: [bar('ours: chunk store', r.dedup.storeBytes, MiB), bar('overlayfs snapshots', r.overlayfs.snapshotBytes, MiB)] }] },
     };
   },
-  async prefetch(tmp, reps, log) {
-    const r = await prefetchScenario(tmp, reps, log);
-    const full = r.modes[MODES[0]];
-    return {
-      result: r,
-      rows: MODES.slice(1).map((m) => ({
-        scenario: 'prefetch', metric: `python3.11 start to first output, ${r.latencyMs} ms/request, ${r.bandwidthMiBps} MiB/s: ${m}${m.includes('dedupd') ? ` (warm-up ${r.warmUpSeconds.median.toFixed(2)} s before)` : ''} (s; MiB fetched)`,
-        ours: `${r.modes[m].seconds.median.toFixed(2)} (${range(r.modes[m].seconds)}); ${(r.modes[m].bytes.median / 1048576).toFixed(1)} MiB`,
-        baseline: `full pull ${full.seconds.median.toFixed(2)} (${range(full.seconds)}); ${(full.bytes.median / 1048576).toFixed(1)} MiB`,
-        ratio: `${(full.seconds.median / r.modes[m].seconds.median).toFixed(1)}x sooner`,
-      })),
-    };
-  },
-  async lazy(tmp, reps, log) {
+  async lazy(tmp, reps, _nets, log) {
     const r = await lazyScenarios(tmp, reps, log);
     const mib = (r.fileBytes / 1048576).toFixed(0);
     return {
@@ -62,9 +110,10 @@ const SCENARIOS: Record<string, (tmp: string, reps: number, log: (s: string) => 
         { scenario: 'mount-first-byte', metric: 'mount to first byte of a small file vs full pull (s, lower is better)',
           ours: `${r.firstByte.lazySeconds.median.toFixed(3)} (${range(r.firstByte.lazySeconds, 3)})`, baseline: `ctr pull ${r.firstByte.fullPullSeconds.median.toFixed(2)} (${range(r.firstByte.fullPullSeconds)})`, ratio: `${r.firstByte.ratio.toFixed(1)}x faster` },
       ],
+      charts: { 'first-output': [{ label: 'mount to first byte, loopback', bars: [bar('ours (lazy)', r.firstByte.lazySeconds), bar('ctr pull, full', r.firstByte.fullPullSeconds)] }] },
     };
   },
-  async convert(tmp, reps, log) {
+  async convert(tmp, reps, _nets, log) {
     const r = await convertScenario(tmp, { repetitions: reps, sizeMiB: 224, level: 6, log });
     return {
       result: r,
@@ -74,6 +123,7 @@ const SCENARIOS: Record<string, (tmp: string, reps: number, log: (s: string) => 
         baseline: `ctr-remote ${r.ctrRemoteMiBps.toFixed(1)} (${r.ctrRemoteSeconds.min.toFixed(2)}–${r.ctrRemoteSeconds.max.toFixed(2)} s)`,
         ratio: `${r.ratio.toFixed(2)}x`,
       }],
+      charts: {},
     };
   },
 };
@@ -81,38 +131,86 @@ const SCENARIOS: Record<string, (tmp: string, reps: number, log: (s: string) => 
 async function machine(): Promise<Record<string, string>> {
   const version = async (cmd: string, args: string[]): Promise<string> => (await run(cmd, args).catch(() => ({ stdout: '?' }))).stdout.split('\n')[0]!.trim();
   return {
-    cpu: `${cpus().length} x ${cpus()[0]?.model ?? '?'}`, kernel: release(), node: process.version,
-    containerd: await version('containerd', ['--version']), ctrRemote: await version('dpkg-query', ['-W', '-f=${Version}', 'stargz-snapshotter']),
+    cpu: `${cpus().length} x ${cpus()[0]?.model ?? '?'}`, memory: `${(totalmem() / 1024 ** 3).toFixed(0)} GiB`, kernel: release(), node: process.version,
+    containerd: await version('containerd', ['--version']), runc: await version('runc', ['--version']),
+    stargzSnapshotter: await version('dpkg-query', ['-W', '-f=${Version}', 'stargz-snapshotter']),
   };
+}
+
+const CHARTS: Record<ChartName, { title: string; unit: string; format: (v: number) => string }> = {
+  'first-output': { title: 'Time to first output: lazy pull vs full pull', unit: 'seconds from the start of the pull, lower is better', format: (v) => `${v.toFixed(2)} s` },
+  'bytes-fetched': { title: 'Bytes fetched from the registry until first output', unit: 'MiB, lower is better', format: (v) => `${v.toFixed(1)} MiB` },
+  storage: { title: 'Disk used by related images', unit: 'MiB on disk (du), lower is better', format: (v) => `${v.toFixed(1)} MiB` },
+};
+
+const ORDER = ['pull-run', 'prefetch', 'lazy', 'convert', 'storage'];
+
+function table(rows: Row[]): string {
+  return ['| scenario | metric | ours | baseline | ratio (ours vs baseline) |', '| --- | --- | --- | --- | --- |',
+    ...rows.map((r) => `| ${r.scenario} | ${r.metric} | ${r.ours} | ${r.baseline} | ${r.ratio} |`)].join('\n');
+}
+
+/** report.md, the charts, and the README section, from every scenario's latest figures. */
+async function writeReport(outDir: string, stored: Record<string, Stored>): Promise<string> {
+  const names = ORDER.filter((n) => stored[n]);
+  const charts: ChartName[] = [];
+  for (const [name, spec] of Object.entries(CHARTS) as [ChartName, (typeof CHARTS)[ChartName]][]) {
+    const groups = names.flatMap((n) => stored[n]!.charts[name] ?? []);
+    if (!groups.length) continue;
+    await writeFile(join(outDir, `${name}.svg`), barChartSvg({ ...spec, groups }));
+    charts.push(name);
+  }
+  const runs = names.map((n) => `- \`${n}\`: ${stored[n]!.date}, ${stored[n]!.reps} repetitions, ${stored[n]!.machine.cpu}, Linux ${stored[n]!.machine.kernel}, Node ${stored[n]!.machine.node}, ${stored[n]!.machine.containerd}, stargz-snapshotter ${stored[n]!.machine.stargzSnapshotter}`);
+  const body = `${table(names.flatMap((n) => stored[n]!.rows))}\n\nMedians of the repetitions, (min–max) where given.\n\n${runs.join('\n')}\n`;
+  await writeFile(join(outDir, 'report.md'), `# Benchmark report\n\nRegenerate: \`npm run bench\` (one scenario: \`npm run bench -- NAME\`).\n\n${body}\n${charts.map((c) => `![${CHARTS[c].title}](${c}.svg)`).join('\n\n')}\n`);
+  return `${body}\n${charts.map((c) => `![${CHARTS[c].title}](bench/results/${c}.svg)`).join('\n')}\n`;
+}
+
+/** Replaces what sits between the README's bench markers. */
+async function updateReadme(section: string): Promise<void> {
+  const readme = fileURLToPath(new URL('../../README.md', import.meta.url));
+  const text = await readFile(readme, 'utf8');
+  const begin = '<!-- bench:begin -->';
+  const end = '<!-- bench:end -->';
+  const a = text.indexOf(begin);
+  const b = text.indexOf(end);
+  if (a < 0 || b < a) return;
+  await writeFile(readme, `${text.slice(0, a + begin.length)}\n${section}${text.slice(b)}`);
+}
+
+function flag(args: string[], name: string, fallback: number): number {
+  const at = args.indexOf(name);
+  if (at < 0) return fallback;
+  const v = Number(args.splice(at, 2)[1]);
+  if (!Number.isFinite(v) || v <= 0) throw new Error(`${name} wants a positive number`);
+  return v;
 }
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const repsAt = args.indexOf('--reps');
-  const reps = repsAt >= 0 ? Number(args.splice(repsAt, 2)[1]) : 3;
-  const names = args.length ? args : Object.keys(SCENARIOS);
-  for (const n of names) if (!SCENARIOS[n]) throw new Error(`unknown scenario "${n}" (have: ${Object.keys(SCENARIOS).join(', ')})`);
+  const reps = flag(args, '--reps', 3);
+  const nets = networks(flag(args, '--latency-ms', 20), flag(args, '--bandwidth-mibps', 100));
+  const names = args.length ? args : ORDER;
+  for (const n of names) if (!SCENARIOS[n]) throw new Error(`unknown scenario "${n}" (have: ${ORDER.join(', ')})`);
   const outDir = fileURLToPath(new URL('../../bench/results/', import.meta.url));
   await mkdir(outDir, { recursive: true });
-  const results: Record<string, unknown> = {};
-  const rows: Row[] = [];
+  const jsonFile = join(outDir, 'results.json');
+  const previous = existsSync(jsonFile) ? (JSON.parse(await readFile(jsonFile, 'utf8')) as { scenarios?: Record<string, Stored> }).scenarios : undefined;
+  const stored: Record<string, Stored> = { ...previous };
+  const env = await machine();
   for (const name of names) {
     const tmp = await mkdtemp(join(tmpdir(), `dedup-bench-${name}-`));
     try {
-      const r = await SCENARIOS[name]!(tmp, reps, (s) => process.stderr.write(s + '\n'));
-      results[name] = r.result;
-      rows.push(...r.rows);
+      const r = await SCENARIOS[name]!(tmp, reps, nets, (s) => process.stderr.write(s + '\n'));
+      stored[name] = { ...r, date: new Date().toISOString(), reps, machine: env };
+      process.stdout.write(`\n${table(r.rows)}\n`);
+      await writeFile(jsonFile, JSON.stringify({ scenarios: stored }, null, 2) + '\n');
     } finally {
       await rm(tmp, { recursive: true, force: true });
     }
   }
-  const env = await machine();
-  const table = ['| scenario | metric | ours | baseline | ratio (ours vs baseline) |', '| --- | --- | --- | --- | --- |',
-    ...rows.map((r) => `| ${r.scenario} | ${r.metric} | ${r.ours} | ${r.baseline} | ${r.ratio} |`)].join('\n');
-  const md = `# Benchmark results\n\n${new Date().toISOString()}: ${env.cpu}, Linux ${env.kernel}, Node ${env.node}, ${env.containerd}, stargz-snapshotter ${env.ctrRemote}\n\n${table}\n`;
-  await writeFile(join(outDir, 'results.json'), JSON.stringify({ date: new Date().toISOString(), machine: env, results }, null, 2));
-  await writeFile(join(outDir, 'results.md'), md);
-  process.stdout.write(md);
+  await updateReadme(await writeReport(outDir, stored));
+  process.stdout.write(`\nreport: ${join(outDir, 'report.md')}\n`);
 }
 
 main().catch((err: unknown) => {

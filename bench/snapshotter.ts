@@ -1,7 +1,8 @@
 // Scenario "pull-run": from the start of a pull to the container's first output, and the bytes
 // the registry served, for (a) `ctr image pull` + `ctr run` with containerd's overlayfs
 // snapshotter and (b) `ctr-remote image rpull` + `ctr run` with ours; fresh containerd and
-// snapshotter state for every repetition, registry behind a byte-counting proxy.
+// snapshotter state and a dropped page cache for every repetition, registry behind a byte-counting
+// proxy, over each network (loopback, and latency + bandwidth cap).
 
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -11,15 +12,21 @@ import { dedupctlJson } from '../test/fixtures/cli.js';
 import { startContainerd, unmountUnder } from '../test/fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from '../test/fixtures/images.js';
 import { run } from '../test/fixtures/process.js';
-import { startProxy } from '../test/fixtures/proxy.js';
+import { startProxy, type TestProxy } from '../test/fixtures/proxy.js';
 import { startRegistry } from '../test/fixtures/registry.js';
 import { startSnapshotter } from '../test/fixtures/snapshotter.js';
+import { dropCaches, type Network } from './network.js';
 import { summarize, type Summary } from './stats.js';
 
 const MiB = 1024 * 1024;
 
 export interface PullRunResult {
   imageBytes: number;
+  networks: Partial<Record<Network['name'], PullRunNetworkResult>>;
+}
+
+export interface PullRunNetworkResult {
+  label: string;
   overlayfs: { seconds: Summary; bytes: Summary };
   dedup: { seconds: Summary; bytes: Summary };
   /** overlayfs time / ours: above 1 means we start sooner. */
@@ -43,52 +50,63 @@ export function firstOutput(socket: string, args: string[], started: bigint): Pr
   });
 }
 
-export async function pullRunScenario(tmp: string, reps: number, log: (s: string) => void): Promise<PullRunResult> {
+export async function pullRunScenario(tmp: string, reps: number, nets: Network[], log: (s: string) => void): Promise<PullRunResult> {
   const tar = await tarOf([...(await busyboxEntries()), { name: 'etc/', type: 'directory' }, { name: 'etc/motd', type: 'file', content: Buffer.from('ready\n') },
     { name: 'opt/', type: 'directory' }, { name: 'opt/model.bin', type: 'file', content: randomBytes(160 * MiB) }]);
   await writeOciImage(join(tmp, 'src'), 'src', [{ tar, compression: 'gzip' }]);
   const registry = await startRegistry(tmp);
-  const proxy = await startProxy(registry.host);
   try {
     await pushOci(join(tmp, 'src'), 'src', `${registry.host}/bench/app:src`);
     const conv = await dedupctlJson<{ layers: { size: number }[] }>(['convert', '--plain-http', `${registry.host}/bench/app:src`, `${registry.host}/bench/app:esgz`]);
     const imageBytes = conv.layers.reduce((n, l) => n + l.size, 0);
-    const ref = `${proxy.host}/bench/app:esgz`;
-    log(`pull-run: ${(imageBytes / MiB).toFixed(0)} MiB eStargz image, container prints a small file`);
-    const o = { seconds: [] as number[], bytes: [] as number[] };
-    const d = { seconds: [] as number[], bytes: [] as number[] };
-    for (let i = 0; i < reps; i++) {
-      for (const mode of ['overlayfs', 'dedup'] as const) {
-        const dir = await mkdtemp(join(tmp, `${mode}-${i}-`));
-        const snap = mode === 'dedup' ? await startSnapshotter(dir) : undefined;
-        const ctd = await startContainerd(dir, snap ? { dedupSocket: snap.socket } : {});
-        try {
-          proxy.reset();
-          const started = process.hrtime.bigint();
-          const pull = mode === 'dedup'
-            ? await run('ctr-remote', ['--address', ctd.socket, 'image', 'rpull', '--plain-http', '--snapshotter', 'dedup', ref], { timeoutMs: 300_000 })
-            : await ctd.ctr(['image', 'pull', '--plain-http', ref], 300_000);
-          if (pull.code !== 0) throw new Error(`${mode} pull: ${pull.stderr}`);
-          const t = await firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-${i}`, '/bin/cat', '/etc/motd'], started);
-          const target = mode === 'dedup' ? d : o;
-          target.seconds.push(t);
-          target.bytes.push(proxy.stats.blobBytes);
-          log(`  repetition ${i + 1} ${mode}: first output after ${t.toFixed(2)} s, ${(proxy.stats.blobBytes / MiB).toFixed(1)} MiB fetched`);
-        } finally {
-          await ctd.stop();
-          await snap?.stop();
-          await unmountUnder(dir);
-          await rm(dir, { recursive: true, force: true });
-        }
+    const result: PullRunResult = { imageBytes, networks: {} };
+    for (const net of nets) {
+      const proxy = await startProxy(registry.host, net.proxy);
+      try {
+        log(`pull-run (${net.label}): ${(imageBytes / MiB).toFixed(0)} MiB eStargz image, container prints a small file`);
+        result.networks[net.name] = await pullRunOver(tmp, proxy, `${proxy.host}/bench/app:esgz`, net.label, reps, log);
+      } finally {
+        await proxy.stop();
       }
     }
-    const os = summarize(o.seconds);
-    const ds = summarize(d.seconds);
-    const ob = summarize(o.bytes);
-    const db = summarize(d.bytes);
-    return { imageBytes, overlayfs: { seconds: os, bytes: ob }, dedup: { seconds: ds, bytes: db }, speedup: os.median / ds.median, bytesRatio: ob.median / Math.max(1, db.median) };
+    return result;
   } finally {
-    await proxy.stop();
     await registry.stop();
   }
+}
+
+async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, label: string, reps: number, log: (s: string) => void): Promise<PullRunNetworkResult> {
+  const o = { seconds: [] as number[], bytes: [] as number[] };
+  const d = { seconds: [] as number[], bytes: [] as number[] };
+  for (let i = 0; i < reps; i++) {
+    for (const mode of ['overlayfs', 'dedup'] as const) {
+      const dir = await mkdtemp(join(tmp, `${mode}-${i}-`));
+      await dropCaches();
+      const snap = mode === 'dedup' ? await startSnapshotter(dir) : undefined;
+      const ctd = await startContainerd(dir, snap ? { dedupSocket: snap.socket } : {});
+      try {
+        proxy.reset();
+        const started = process.hrtime.bigint();
+        const pull = mode === 'dedup'
+          ? await run('ctr-remote', ['--address', ctd.socket, 'image', 'rpull', '--plain-http', '--snapshotter', 'dedup', ref], { timeoutMs: 300_000 })
+          : await ctd.ctr(['image', 'pull', '--plain-http', ref], 300_000);
+        if (pull.code !== 0) throw new Error(`${mode} pull: ${pull.stderr}`);
+        const t = await firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-${i}`, '/bin/cat', '/etc/motd'], started);
+        const target = mode === 'dedup' ? d : o;
+        target.seconds.push(t);
+        target.bytes.push(proxy.stats.blobBytes);
+        log(`  repetition ${i + 1} ${mode}: first output after ${t.toFixed(2)} s, ${(proxy.stats.blobBytes / MiB).toFixed(1)} MiB fetched`);
+      } finally {
+        await ctd.stop();
+        await snap?.stop();
+        await unmountUnder(dir);
+        await rm(dir, { recursive: true, force: true });
+      }
+    }
+  }
+  const os = summarize(o.seconds);
+  const ds = summarize(d.seconds);
+  const ob = summarize(o.bytes);
+  const db = summarize(d.bytes);
+  return { label, overlayfs: { seconds: os, bytes: ob }, dedup: { seconds: ds, bytes: db }, speedup: os.median / ds.median, bytesRatio: ob.median / Math.max(1, db.median) };
 }

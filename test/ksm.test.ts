@@ -76,6 +76,7 @@ describe('KSM', { skip }, () => {
 
   it('processes started through `dedupctl ksm exec` get their identical pages merged: pages_sharing grows', async () => {
     const children: ChildProcess[] = [];
+    let holders: number[] = [];
     const MiB = 1024 * 1024;
     try {
       // Each holds 32 MiB of the same non-zero bytes (zero pages are a special case in KSM).
@@ -89,7 +90,7 @@ describe('KSM', { skip }, () => {
         });
       }
       // The holders are the launchers' children: ksm exec opted them in across fork and exec.
-      const holders = await Promise.all(children.map(async (c) => Number((await readFile(`/proc/${c.pid}/task/${c.pid}/children`, 'utf8')).trim())));
+      holders = await Promise.all(children.map(async (c) => Number((await readFile(`/proc/${c.pid}/task/${c.pid}/children`, 'utf8')).trim())));
       for (const pid of holders) assert.match(await readFile(`/proc/${pid}/ksm_stat`, 'utf8'), /ksm_merge_any: yes/, `pid ${pid} is opted in`);
       const merging = async (): Promise<number> => (await Promise.all(holders.map(async (pid) => Number((await readFile(`/proc/${pid}/ksm_merging_pages`, 'utf8')).trim()))))
         .reduce((a, b) => a + b, 0);
@@ -100,7 +101,16 @@ describe('KSM', { skip }, () => {
       await waitFor('the holders\' pages to merge', async () => (await merging()) >= pages / 2, 60_000);
       assert.ok((await read('pages_sharing')) >= (3 * pages) / 8, `pages_sharing ${await read('pages_sharing')}`);
     } finally {
-      for (const c of children) c.kill('SIGKILL');
+      // The launchers forward SIGTERM; their children are killed by PID too, whatever happens.
+      for (const c of children) c.kill('SIGTERM');
+      for (const pid of holders) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // already gone with its launcher
+        }
+      }
+      await Promise.all(children.map((c) => (c.exitCode !== null || c.signalCode !== null ? undefined : new Promise((r) => c.once('exit', r)))));
       await tuneKsm(saved);
     }
   });

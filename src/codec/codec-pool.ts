@@ -9,6 +9,17 @@ import type { GzipTask, InflateTask } from '../../workers/codec-worker.js';
 
 const WORKER = fileURLToPath(new URL('../../workers/codec-worker.js', import.meta.url));
 
+/**
+ * The bytes of `view` in a buffer of their own, to be transferred to a worker: a view posted as it
+ * is would be cloned with its whole backing buffer (a Range response of many chunks, a pooled
+ * allocation) for every task.
+ */
+function ownCopy(view: Uint8Array): Uint8Array<ArrayBuffer> {
+  const own = new Uint8Array(view.byteLength);
+  own.set(view);
+  return own;
+}
+
 export class CodecPool {
   private readonly pool: Piscina;
 
@@ -21,7 +32,8 @@ export class CodecPool {
   }
 
   async gzip(data: Uint8Array, level = 6): Promise<Buffer> {
-    const out = (await this.pool.run({ data, level } satisfies GzipTask, { name: 'gzip' })) as Uint8Array;
+    const own = ownCopy(data);
+    const out = (await this.pool.run({ data: own, level } satisfies GzipTask, { name: 'gzip', transferList: [own.buffer] })) as Uint8Array;
     return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
   }
 
@@ -30,8 +42,9 @@ export class CodecPool {
    * `where` names the chunk for errors (layer and file).
    */
   async inflate(member: Uint8Array, chunk: { innerOffset: number; chunkSize: number }, expected: string | undefined, where: string): Promise<Buffer> {
-    const task: InflateTask = { member, innerOffset: chunk.innerOffset, chunkSize: chunk.chunkSize, expected };
-    const out = (await this.pool.run(task, { name: 'inflate' })) as Uint8Array | string;
+    const own = ownCopy(member);
+    const task: InflateTask = { member: own, innerOffset: chunk.innerOffset, chunkSize: chunk.chunkSize, expected };
+    const out = (await this.pool.run(task, { name: 'inflate', transferList: [own.buffer] })) as Uint8Array | string;
     if (typeof out === 'string') {
       if (out.startsWith('digest: ')) throw new ChunkDigestMismatchError(expected ?? '?', out.slice('digest: '.length), where);
       throw new MalformedEstargzError(where, out);

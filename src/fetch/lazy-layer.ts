@@ -272,7 +272,8 @@ export class LazyLayer {
       const fetch = this.share(d, this.enqueue(file, index, PRIORITY.prefetch));
       const p = fetch.then(() => void report.fetched++, () => void report.failed++).finally(() => pending.delete(p));
       pending.add(p);
-      if (pending.size >= queueSize) await Promise.race(pending);
+      // Refill in batches, not one by one: chunks queued together go out as one Range request.
+      if (pending.size >= queueSize) while (pending.size > queueSize >> 1) await Promise.race(pending);
     }
     await Promise.all(pending);
     return report;

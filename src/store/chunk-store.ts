@@ -3,8 +3,10 @@
 // many layers and images use it. index.db records chunks, layers, images and their references.
 //
 // Invariants: a chunk file holds exactly the bytes its name hashes to (verified before the
-// rename that publishes it: temp file, fsync, rename); the index may lag the files after a crash
-// or a concurrent gc, so a missing file means "not present", never an error.
+// rename that publishes it, and on every read; not fsynced: a file a crash left short or empty
+// fails that check and is fetched again, and thousands of small chunks per layer would otherwise
+// cost a disk flush each); the index may lag the files after a crash or a concurrent gc, so a
+// missing file means "not present", never an error.
 
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rm, stat, unlink } from 'node:fs/promises';
@@ -134,7 +136,7 @@ export class ChunkStore {
       await mkdir(join(path, '..'), { recursive: true });
       const tmp = join(this.root, 'chunks', 'tmp', `${hexOf(digest)}.${randomBytes(6).toString('hex')}`);
       try {
-        await writeFileAtomic(path, data, tmp);
+        await writeFileAtomic(path, data, tmp, { sync: false });
       } catch (err) {
         throw new StoreError(`cannot store chunk ${digest}: ${(err as Error).message}`, { cause: err });
       }

@@ -44,13 +44,10 @@ describe('prefetch', () => {
   let landmarkRef: string;
 
   /** `dedupctl mount --foreground` as a long-running process, as the snapshotter would host it. */
-  const mount = async (ref: string, root: string, traceDir: string, smallLayerBytes = 0): Promise<Mounted> => {
+  const mount = async (ref: string, root: string, traceDir: string): Promise<Mounted> => {
     const dir = join(tmp, `mnt-${n}`);
     const log = join(tmp, `mount-${n++}.log`);
-    // By default small layers are not fetched whole here: most tests measure what traces and landmarks do.
-    const config = join(tmp, `config-${n}.json`);
-    await writeFile(config, JSON.stringify({ prefetch: { small_layer_bytes: smallLayerBytes } }));
-    const daemon = startDaemon(process.execPath, [DEDUPCTL, 'mount', '--foreground', '--config', config, '--root', root, '--trace-dir', traceDir, '--plain-http', ref, dir], log);
+    const daemon = startDaemon(process.execPath, [DEDUPCTL, 'mount', '--foreground', '--root', root, '--trace-dir', traceDir, '--plain-http', ref, dir], log);
     daemons.push(daemon);
     const lines = async (): Promise<Record<string, unknown>[]> => (await readFile(log, 'utf8').catch(() => '')).split('\n')
       .filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
@@ -110,19 +107,6 @@ describe('prefetch', () => {
     const layers = await m.stop();
     assert.ok(layers[0]!.prefetched >= MODULES.length, 'the start-up set (and read-ahead) came before readers asked');
     assert.ok(layers[0]!.demandFetches <= 2, `only the large file was fetched on demand (${layers[0]!.demandFetches})`);
-  });
-
-  it('without a trace or landmark, a small layer is fetched whole at mount, in few requests, and start-up then reads it locally', async () => {
-    proxy!.reset();
-    const m = await mount(plainRef, join(tmp, 'root-small'), join(tmp, 'traces-small'), 64 * MiB);
-    await waitFor('prefetch', async () => (await m.lines()).some((l) => l.msg === 'prefetch done'));
-    const done = (await m.lines()).find((l) => l.msg === 'prefetch done') as { source: string; background: number };
-    assert.equal(done.source, 'none');
-    assert.ok(done.background > MODULES.length, `the whole layer came in the background (${done.background} chunks)`);
-    assert.ok(proxy!.stats.rangeRequests <= 3, `TOC and bulk Range requests only (${proxy!.stats.rangeRequests})`);
-    await workload(m.dir);
-    const layers = await m.stop();
-    assert.equal(layers[0]!.demandFetches, 0, 'start-up found everything fetched');
   });
 
   it('records a trace on the first start and replays it on the next: on-demand fetches fall by over 90 %', async () => {

@@ -18,7 +18,7 @@ export interface LayerMountContext {
   traceDir: string;
   lazy?: Partial<LazyLayerOptions>;
   /** What to fetch ahead of readers once mounted (config "prefetch"). */
-  prefetch?: { enabled: boolean; queueSize: number; background: boolean; smallLayerBytes: number };
+  prefetch?: { enabled: boolean; queueSize: number; background: boolean };
   log?: { info(o: object, m: string): void; warn(o: object, m: string): void };
   onReadError?: (layer: string, path: string, err: unknown) => void;
   observer?: LazyLayerObserver;
@@ -53,10 +53,7 @@ export class LayerMount {
     return m;
   }
 
-  /**
-   * Replays the layer's trace if there is one, else fetches its landmark set; then, if asked (or
-   * the layer is small and had neither), the rest.
-   */
+  /** Replays the layer's trace if there is one, else fetches its landmark set; then, if asked, the rest. */
   private async prefetch(manifestDigest: string, ctx: LayerMountContext): Promise<PrefetchOutcome> {
     const layer = this.remote.desc.digest;
     const file = tracePath(this.ctx.traceDir, manifestDigest, layer);
@@ -78,9 +75,7 @@ export class LayerMount {
     }
     const queue = ctx.prefetch?.queueSize ?? 1000;
     const r = await this.lazy.prefetch(chunks, queue);
-    // With nothing to say what start-up reads, a small layer is cheaper fetched whole than file by file.
-    const whole = ctx.prefetch?.background || (source === 'none' && this.remote.desc.size <= (ctx.prefetch?.smallLayerBytes ?? 0));
-    const background = whole ? (await this.lazy.prefetch(planAll(this.remote.toc), queue)).fetched : 0;
+    const background = ctx.prefetch?.background ? (await this.lazy.prefetch(planAll(this.remote.toc), queue)).fetched : 0;
     const outcome = { source, chunks: chunks.length, fetched: r.fetched, failed: r.failed, background };
     if (source !== 'none' || background) ctx.log?.info({ layer, ...outcome }, 'prefetch done');
     return outcome;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: starts a local registry, pushes a generated image, converts it to eStargz,
-# ingests it (and a second image sharing its base) into the chunk store, prints what it saw.
+# The main job: starts a local registry, pushes generated images, converts them to eStargz, mounts
+# one lazily, ingests both into the chunk store, then pulls one lazily and runs it through
+# containerd with dedup-snapshotter, and prints what it saw.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

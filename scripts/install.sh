@@ -41,10 +41,10 @@ strip_block() {
 }
 
 if ((uninstall)); then
-  ((live)) && systemctl disable --now dedup-snapshotter.service 2>/dev/null || true
+  ((live)) && systemctl disable --now dedup-snapshotter.service dedupd.service 2>/dev/null || true
   rm -rf "$destdir$app"
   rm -f "$destdir$bin/dedup-snapshotter" "$destdir$bin/dedupd" "$destdir$bin/dedupctl"
-  rm -f "$destdir$units/dedup-snapshotter.service" "$destdir$units/dedupd@.service"
+  rm -f "$destdir$units/dedup-snapshotter.service" "$destdir$units/dedupd.service" "$destdir$units/dedupd@.service"
   strip_block
   if ((purge)); then rm -rf "$destdir$etc" "$destdir$state"; fi
   ((live)) && systemctl daemon-reload || true
@@ -80,7 +80,7 @@ if [[ ! -f $destdir$etc/config.json ]]; then
 fi
 
 mkdir -p "$destdir$units"
-for unit in dedup-snapshotter.service dedupd@.service; do
+for unit in dedup-snapshotter.service dedupd.service dedupd@.service; do
   sed -e "s#/usr/local/bin/#$bin/#g" -e "s#/usr/local/share/doc/dedup-snapshotter/README.md#$app/README.md#" "packaging/systemd/$unit" > "$destdir$units/$unit"
 done
 

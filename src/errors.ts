@@ -22,6 +22,7 @@ export type ErrorCode =
   | 'ERR_MOUNT'
   | 'ERR_MALFORMED_TRACE'
   | 'ERR_KSM'
+  | 'ERR_DEDUPD'
   | 'ERR_UNSUPPORTED';
 
 export class DedupError extends Error {
@@ -155,6 +156,13 @@ export class MountError extends DedupError {
 export class KsmError extends DedupError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_KSM', message, options);
+  }
+}
+
+/** dedupd's job socket refused a request; the message carries dedupd's own code. */
+export class DedupdError extends DedupError {
+  constructor(remoteCode: string, message: string) {
+    super('ERR_DEDUPD', `dedupd: ${message} [${remoteCode}]`);
   }
 }
 

@@ -53,7 +53,7 @@ describe('scripts/install.sh', () => {
     const first = await snapshot(dest);
     assert.deepEqual(Object.keys(first).sort(), [
       'etc/containerd/config.toml', 'etc/dedup-snapshotter/config.json', 'etc/systemd/system/dedup-snapshotter.service',
-      'etc/systemd/system/dedupd@.service', 'usr/local/bin/dedup-snapshotter', 'usr/local/bin/dedupctl', 'usr/local/bin/dedupd',
+      'etc/systemd/system/dedupd.service', 'etc/systemd/system/dedupd@.service', 'usr/local/bin/dedup-snapshotter', 'usr/local/bin/dedupctl', 'usr/local/bin/dedupd',
     ]);
     const toml = await readFile(join(dest, 'etc/containerd/config.toml'), 'utf8');
     assert.match(toml, /sandbox_image = "pause:3.9"/, 'the operator\'s settings stay');

@@ -22,6 +22,7 @@ import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 
 const MiB = 1024 * 1024;
 const DEDUPCTL = fileURLToPath(new URL('../src/cmd/dedupctl.js', import.meta.url));
+const DEDUPD = fileURLToPath(new URL('../src/cmd/dedupd.js', import.meta.url));
 const MODULES = Array.from({ length: 40 }, (_, i) => `lib/mod${String(i).padStart(2, '0')}.py`);
 
 interface Mounted {
@@ -139,6 +140,36 @@ describe('prefetch', () => {
     await workload(m.dir);
     const layers = await m.stop();
     assert.equal(layers[0]!.demandFetches, 0);
+  });
+
+  it('dedupd --serve takes jobs on its socket (dedupctl prefetch), warms the store, and leaves no socket when stopped', async () => {
+    const root = join(tmp, 'root-dedupd-serve');
+    const socket = join(tmp, 'dedupd.sock');
+    const log = join(tmp, 'dedupd-serve.log');
+    const daemon = startDaemon(process.execPath, [DEDUPD, '--serve', '--socket', socket, '--root', root, '--trace-dir', join(tmp, 'traces'), '--plain-http'], log);
+    daemons.push(daemon);
+    await waitFor('dedupd socket', async () => existsSync(socket));
+    proxy!.reset();
+    const [job] = await dedupctlJson<{ id: string; state: string; report: { fetched: number } }[]>(['prefetch', 'add', '--wait', '--socket', socket, plainRef]);
+    assert.equal(job!.state, 'done');
+    assert.ok(job!.report.fetched >= MODULES.length, `the traced start-up set (${job!.report.fetched} chunks)`);
+    assert.ok(proxy!.stats.blobBytes < 8 * MiB, `not the whole image (${proxy!.stats.blobBytes} bytes)`);
+    const bad = await dedupctl(['prefetch', 'add', '--wait', '--socket', socket, `${proxy!.host}/lazy/nothing:here`]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stdout, /failed .*lazy\/nothing:here/);
+    const jobs = await dedupctlJson<{ id: string; state: string }[]>(['prefetch', 'ls', '--socket', socket]);
+    assert.deepEqual(jobs.map((j) => j.state), ['failed', 'done']);
+    const refused = await dedupctl(['prefetch', 'add', '--socket', join(tmp, 'no.sock'), plainRef]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /no\.sock not found \(is dedupd --serve running\?\)/);
+
+    const m = await mount(plainRef, root, join(tmp, 'traces-unused'));
+    await workload(m.dir);
+    const layers = await m.stop();
+    assert.equal(layers[0]!.demandFetches, 0, 'dedupd warmed everything start-up reads');
+    await daemon.stop();
+    assert.equal(existsSync(socket), false, 'the socket is removed on SIGTERM');
+    assert.match(await readFile(log, 'utf8'), /"msg":"prefetch done"/);
   });
 
   it('exports and imports traces: another root prefetches the same set', async () => {

@@ -4,13 +4,13 @@
 // {"error": {"code": "...", "message": "..."}} with a 4xx status that says what was wrong.
 
 import { timingSafeEqual } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { AuditLog } from '../audit/audit-log.js';
 import { parseHostPort, redactConfig } from '../config/config.js';
 import type { LiveConfig } from '../config/live-config.js';
-import { isDedupError } from '../errors.js';
 import type { DaemonMetrics } from '../metrics/metrics.js';
+import { HttpError, readJson, route, send, sendError, type Reply, type Routes } from './http.js';
 import { VERSION } from '../version.js';
 
 export interface AdminApiOptions {
@@ -21,26 +21,18 @@ export interface AdminApiOptions {
   log: { info(o: object, m: string): void; warn(o: object, m: string): void };
 }
 
-class HttpError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string, readonly headers: Record<string, string> = {}) {
-    super(message);
-  }
-}
-
-type Handler = (req: IncomingMessage, url: URL, actor: string) => Promise<{ status?: number; body: unknown; type?: string }>;
-
-const JSON_TYPES = new Set(['application/json', 'application/merge-patch+json']);
+type Handler = (req: IncomingMessage, url: URL, actor: string) => Promise<Reply>;
 
 export class AdminApi {
   private constructor(private readonly server: Server, readonly address: string) {}
 
   static async start(opts: AdminApiOptions): Promise<AdminApi> {
-    const routes: Record<string, Partial<Record<string, Handler>>> = {
+    const routes: Routes<Handler> = {
       '/healthz': { GET: async () => ({ body: { status: 'ok', version: VERSION } }) },
       '/config': {
         GET: async () => ({ body: redactConfig(opts.config.get()) }),
         POST: async (req, _url, actor) => {
-          const patch = await readJson(req, opts.config.get().api.max_body_bytes);
+          const patch = await readJson(req, opts.config.get().api.max_body_bytes, 'api.max_body_bytes');
           try {
             const change = await opts.config.update(patch);
             opts.audit.record(actor, 'config.update', opts.config.file, { patch: redactPatch(patch), changed: change.changed });
@@ -62,22 +54,12 @@ export class AdminApi {
     const server = createServer((req, res) => {
       const url = new URL(req.url ?? '/', 'http://admin');
       const actor = `api ${req.socket.remoteAddress ?? 'unknown'}`;
-      const serve = async (): Promise<{ status?: number; body: unknown; type?: string }> => {
-        const route = routes[url.pathname];
-        if (!route) throw new HttpError(404, 'ERR_NOT_FOUND', `no such endpoint: ${url.pathname}`);
-        const handler = route[req.method ?? ''];
-        if (!handler) throw new HttpError(405, 'ERR_METHOD_NOT_ALLOWED', `${req.method} not allowed on ${url.pathname}`, { allow: Object.keys(route).join(', ') });
+      const serve = async (): Promise<Reply> => {
+        const handler = route(routes, req.method, url.pathname);
         if (url.pathname !== '/healthz') authorize(req, opts.config.get().api.token);
         return handler(req, url, actor);
       };
-      serve().then((r) => send(res, r.status ?? 200, r.body, r.type), (err: unknown) => {
-        // A body left unread (too large, wrong type) is not drained: the connection closes instead.
-        const close: Record<string, string> = req.complete ? {} : { connection: 'close' };
-        if (err instanceof HttpError) return send(res, err.status, { error: { code: err.code, message: err.message } }, undefined, { ...err.headers, ...close });
-        if (isDedupError(err)) return send(res, err.code === 'ERR_NOT_FOUND' ? 404 : 400, { error: { code: err.code, message: err.message } });
-        opts.log.warn({ path: url.pathname, err: (err as Error).message }, 'admin API request failed');
-        send(res, 500, { error: { code: 'ERR_INTERNAL', message: (err as Error).message } });
-      });
+      serve().then((r) => send(res, r.status ?? 200, r.body, r.type), (err: unknown) => sendError(req, res, err, opts.log));
     });
     server.requestTimeout = 30_000;
     server.headersTimeout = 10_000;
@@ -112,24 +94,6 @@ function authorize(req: IncomingMessage, token: string): void {
   }
 }
 
-async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
-  const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-  if (!JSON_TYPES.has(type)) throw new HttpError(415, 'ERR_UNSUPPORTED_MEDIA_TYPE', `body must be application/json, not "${type || '(none)'}"`);
-  if (Number(req.headers['content-length'] ?? 0) > limit) throw new HttpError(413, 'ERR_BODY_TOO_LARGE', `body over ${limit} bytes (api.max_body_bytes)`);
-  const parts: Buffer[] = [];
-  let size = 0;
-  for await (const part of req as AsyncIterable<Buffer>) {
-    size += part.length;
-    if (size > limit) throw new HttpError(413, 'ERR_BODY_TOO_LARGE', `body over ${limit} bytes (api.max_body_bytes)`);
-    parts.push(part);
-  }
-  try {
-    return JSON.parse(Buffer.concat(parts).toString('utf8'));
-  } catch (err) {
-    throw new HttpError(400, 'ERR_BAD_JSON', `body is not valid JSON (${(err as Error).message})`);
-  }
-}
-
 function auditQuery(q: URLSearchParams): { limit: number; since?: Date; action?: string } {
   const known = new Set(['limit', 'since', 'action']);
   for (const k of q.keys()) if (!known.has(k)) throw new HttpError(400, 'ERR_INVALID_ARGUMENT', `unknown query parameter "${k}" (limit, since, action)`);
@@ -148,10 +112,4 @@ function auditQuery(q: URLSearchParams): { limit: number; since?: Date; action?:
 function redactPatch(patch: unknown): unknown {
   const p = patch as { api?: { token?: unknown } };
   return p?.api?.token !== undefined ? { ...p, api: { ...p.api, token: '<redacted>' } } : patch;
-}
-
-function send(res: ServerResponse, status: number, body: unknown, type?: string, headers: Record<string, string> = {}): void {
-  const text = typeof body === 'string' ? body : JSON.stringify(body) + '\n';
-  res.writeHead(status, { 'content-type': type ?? 'application/json', 'content-length': Buffer.byteLength(text), ...headers });
-  res.end(text);
 }

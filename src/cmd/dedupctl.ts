@@ -8,6 +8,7 @@ import { configCommand } from '../cli/config.js';
 import { convertCommand } from '../cli/convert.js';
 import { ksmCommand } from '../cli/ksm.js';
 import { mountCommands } from '../cli/mount.js';
+import { prefetchCommand } from '../cli/prefetch.js';
 import { gcCommand, statsCommand, storeCommand } from '../cli/store.js';
 import { tocCommand } from '../cli/toc.js';
 import { traceCommand } from '../cli/trace.js';
@@ -22,6 +23,7 @@ const program = new Command('dedupctl')
   .addCommand(statsCommand())
   .addCommand(gcCommand())
   .addCommand(traceCommand())
+  .addCommand(prefetchCommand())
   .addCommand(configCommand())
   .addCommand(auditCommand())
   .addCommand(ksmCommand());

@@ -10,6 +10,8 @@ import { InvalidConfigError } from '../errors.js';
 export const DEFAULT_CONFIG_PATH = '/etc/dedup-snapshotter/config.json';
 export const DEFAULT_ROOT = '/var/lib/containerd/io.containerd.snapshotter.v1.dedup';
 export const DEFAULT_SOCKET = '/run/containerd/dedup-snapshotter.sock';
+/** `dedupd --serve`'s job socket. */
+export const DEFAULT_DEDUPD_SOCKET = '/run/dedup-snapshotter/dedupd.sock';
 export const MIN_CHUNK_SIZE = 64 * 1024;
 export const MAX_CHUNK_SIZE = 64 * 1024 * 1024;
 

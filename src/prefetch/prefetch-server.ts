@@ -1,0 +1,64 @@
+// dedupd's job socket: HTTP on a unix socket (only local users who can open it may queue work).
+//   POST /prefetch {"image": REF, "full": false}  -> 202 and the job
+//   GET  /prefetch                                  -> {"jobs": [...]}, newest first
+//   GET  /prefetch/<id>                             -> the job
+//   GET  /healthz
+
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { chmod, rm } from 'node:fs/promises';
+import { z } from 'zod';
+import { HttpError, readJson, route, send, sendError, type Reply, type Routes } from '../api/http.js';
+import { VERSION } from '../version.js';
+import type { PrefetchQueue } from './prefetch-queue.js';
+
+const MAX_BODY = 64 * 1024;
+const requestSchema = z.object({ image: z.string().min(1), full: z.boolean().default(false) }).strict();
+
+export class PrefetchServer {
+  private constructor(private readonly server: Server, readonly socket: string) {}
+
+  static async start(socket: string, queue: PrefetchQueue, log: { warn(o: object, m: string): void }): Promise<PrefetchServer> {
+    const routes: Routes<(req: IncomingMessage) => Promise<Reply>> = {
+      '/healthz': { GET: async () => ({ body: { status: 'ok', version: VERSION } }) },
+      '/prefetch': {
+        GET: async () => ({ body: { jobs: queue.list() } }),
+        POST: async (req) => {
+          const r = requestSchema.safeParse(await readJson(req, MAX_BODY, `${MAX_BODY} bytes`));
+          if (!r.success) {
+            const issue = r.error.issues[0]!;
+            throw new HttpError(400, 'ERR_INVALID_ARGUMENT', `${issue.path.join('.') || (issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : 'body')}: ${issue.message}`);
+          }
+          return { status: 202, body: queue.add(r.data.image, r.data.full) };
+        },
+      },
+    };
+    const server = createServer((req, res) => {
+      const path = new URL(req.url ?? '/', 'http://dedupd').pathname;
+      const job = /^\/prefetch\/([0-9a-f]+)$/.exec(path);
+      const serve = async (): Promise<Reply> => {
+        if (job && req.method === 'GET') {
+          const found = queue.get(job[1]!);
+          if (!found) throw new HttpError(404, 'ERR_NOT_FOUND', `no prefetch job ${job[1]}`);
+          return { body: found };
+        }
+        return route(routes, req.method, path)(req);
+      };
+      serve().then((r) => send(res, r.status ?? 200, r.body), (err: unknown) => sendError(req, res, err, log));
+    });
+    await rm(socket, { force: true }); // left by a dedupd that was killed
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socket, () => resolve());
+    });
+    await chmod(socket, 0o660);
+    return new PrefetchServer(server, socket);
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+    await rm(this.socket, { force: true });
+  }
+}

@@ -25,9 +25,10 @@ export interface InflateTask {
 
 /**
  * Inflates a chunk's member and checks its digest. Returns the bytes, or a string: the reason
- * they were refused (the pool turns it into a typed error; classes do not cross threads).
+ * they were refused (the pool turns it into a typed error; classes do not cross threads). Pure:
+ * the pool also calls it on its own thread for members too small to be worth a worker's round trip.
  */
-export function inflate(task: InflateTask): Uint8Array | string {
+export function inflateChunk(task: InflateTask): Buffer | string {
   let out: Buffer;
   try {
     out = gunzipSync(task.member, { maxOutputLength: task.innerOffset + task.chunkSize + 64 * 1024 * 1024 });
@@ -41,6 +42,11 @@ export function inflate(task: InflateTask): Uint8Array | string {
     if (actual !== task.expected) return `digest: ${actual}`;
   }
   // Copy out only when the chunk is a small part of the member, so the transfer stays small.
-  const result = data.length === out.length ? out : Buffer.from(data);
-  return move(result) as Uint8Array;
+  return data.length === out.length ? out : Buffer.from(data);
+}
+
+/** The worker task: inflateChunk, its result moved (not copied) back to the pool. */
+export function inflate(task: InflateTask): Uint8Array | string {
+  const r = inflateChunk(task);
+  return typeof r === 'string' ? r : (move(r) as Uint8Array);
 }

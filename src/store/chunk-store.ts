@@ -64,6 +64,11 @@ function hexOf(digest: string): string {
 export class ChunkStore {
   /** The statements the read path runs for every chunk, prepared once. */
   private readonly sql: { present: Database.Statement; markAbsent: Database.Statement; markStored: Database.Statement };
+  /** Shard directories known to exist (gc never removes them): one mkdir per shard, not per chunk. */
+  private readonly dirs = new Set<string>();
+  /** Temp file names: unique across processes and stores without a random draw per chunk. */
+  private readonly tmpPrefix = `${process.pid}.${randomBytes(3).toString('hex')}.`;
+  private tmpSeq = 0;
 
   private constructor(readonly root: string, private readonly db: Database.Database) {
     this.sql = {
@@ -133,11 +138,16 @@ export class ChunkStore {
     const path = this.chunkPath(digest);
     const exists = await stat(path).then((s) => s.size === data.length, () => false);
     if (!exists) {
-      await mkdir(join(path, '..'), { recursive: true });
-      const tmp = join(this.root, 'chunks', 'tmp', `${hexOf(digest)}.${randomBytes(6).toString('hex')}`);
+      const dir = join(path, '..');
+      if (!this.dirs.has(dir)) {
+        await mkdir(dir, { recursive: true });
+        this.dirs.add(dir);
+      }
+      const tmp = join(this.root, 'chunks', 'tmp', `${hexOf(digest)}.${this.tmpPrefix}${this.tmpSeq++}`);
       try {
         await writeFileAtomic(path, data, tmp, { sync: false });
       } catch (err) {
+        this.dirs.delete(dir); // removed behind our back? the next write makes it again
         throw new StoreError(`cannot store chunk ${digest}: ${(err as Error).message}`, { cause: err });
       }
     }

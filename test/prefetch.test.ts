@@ -45,10 +45,13 @@ describe('prefetch', () => {
   let landmarkRef: string;
 
   /** `dedupctl mount --foreground` as a long-running process, as the snapshotter would host it. */
-  const mount = async (ref: string, root: string, traceDir: string): Promise<Mounted> => {
+  const mount = async (ref: string, root: string, traceDir: string, smallLayerBytes = 0): Promise<Mounted> => {
     const dir = join(tmp, `mnt-${n}`);
     const log = join(tmp, `mount-${n++}.log`);
-    const daemon = startDaemon(process.execPath, [DEDUPCTL, 'mount', '--foreground', '--root', root, '--trace-dir', traceDir, '--plain-http', ref, dir], log);
+    // By default small layers are not fetched whole here: most tests measure what traces and landmarks do.
+    const config = join(tmp, `config-${n}.json`);
+    await writeFile(config, JSON.stringify({ prefetch: { small_layer_bytes: smallLayerBytes } }));
+    const daemon = startDaemon(process.execPath, [DEDUPCTL, 'mount', '--foreground', '--config', config, '--root', root, '--trace-dir', traceDir, '--plain-http', ref, dir], log);
     daemons.push(daemon);
     const lines = async (): Promise<Record<string, unknown>[]> => (await readFile(log, 'utf8').catch(() => '')).split('\n')
       .filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
@@ -108,6 +111,33 @@ describe('prefetch', () => {
     const layers = await m.stop();
     assert.ok(layers[0]!.prefetched >= MODULES.length, 'the start-up set (and read-ahead) came before readers asked');
     assert.ok(layers[0]!.demandFetches <= 2, `only the large file was fetched on demand (${layers[0]!.demandFetches})`);
+  });
+
+  it('without a trace or landmark, a small layer is downloaded whole in one request and start-up reads it from memory', async () => {
+    proxy!.reset();
+    const root = join(tmp, 'root-small');
+    const m = await mount(plainRef, root, join(tmp, 'traces-small'), 64 * MiB);
+    await waitFor('prefetch', async () => (await m.lines()).some((l) => l.msg === 'prefetch done'));
+    const done = (await m.lines()).find((l) => l.msg === 'prefetch done') as { source: string; held: boolean };
+    assert.equal(done.source, 'none');
+    assert.equal(done.held, true);
+    const afterMount = proxy!.stats.rangeRequests;
+    await workload(m.dir);
+    assert.equal(proxy!.stats.rangeRequests, afterMount, 'start-up sent no request of its own');
+    const layers = await m.stop();
+    assert.equal(layers[0]!.demandFetches, 0, 'no reader waited on the registry');
+    const stored = await dedupctlJson<{ chunks: number; chunksMissing: number }>(['stats', '--root', root]);
+    // opt/unused.bin (8 chunks) is never read, so never inflated nor stored.
+    assert.ok(stored.chunks > 0 && stored.chunksMissing >= 8, `only what was read was inflated and stored (${stored.chunks} stored, ${stored.chunksMissing} not)`);
+
+    // The store now has what start-up read, but not most of the layer: a new mount holds it again;
+    // a store that has most of it (here after a full ingest) does not.
+    await dedupctlJson(['store', 'ingest', '--plain-http', '--root', root, plainRef]);
+    const again = await mount(plainRef, root, join(tmp, 'traces-small'), 64 * MiB);
+    await waitFor('mount', async () => (await again.lines()).some((l) => l.msg === 'mounted'));
+    await new Promise((r) => setTimeout(r, 500));
+    assert.ok(!(await again.lines()).some((l) => l.msg === 'prefetch done' && l.held === true), 'not downloaded again');
+    await again.stop();
   });
 
   it('records a trace on the first start and replays it on the next: on-demand fetches fall by over 90 %', async () => {

@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command } from 'commander';
 import { CodecPool } from '../codec/codec-pool.js';
+import { prefetchOptions } from '../config/config.js';
 import { MountError, NotFoundError } from '../errors.js';
 import { ChunkCache } from '../fetch/chunk-cache.js';
 import { parsePlatform } from '../image/oci.js';
@@ -48,7 +49,7 @@ async function serveMount(ref: string, dir: string, flags: MountFlags): Promise<
     mount = await ImageMount.mount({
       root: config.root, traceDir: flags.traceDir ?? config.prefetch.trace_dir, source: openImage(ref, client), platform: parsePlatform(flags.platform),
       dir, upper: flags.upper, store, pool, cache: new ChunkCache(flags.cacheSize), id: flags.mountId, log,
-      prefetch: { enabled: config.prefetch.enabled, queueSize: config.prefetch.queue_size, background: flags.background ?? config.prefetch.background },
+      prefetch: { ...prefetchOptions(config), background: flags.background ?? config.prefetch.background },
       lazy: { prefetchWorkers: config.prefetch.workers },
       onReadError: (layer, path, err) => log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO'),
     });

@@ -12,7 +12,7 @@ import { AuditLog } from '../audit/audit-log.js';
 import { CodecPool } from '../codec/codec-pool.js';
 import { parseSize, registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
 import { daemonLogger } from '../cli/log.js';
-import { DEFAULT_SOCKET, type Config } from '../config/config.js';
+import { DEFAULT_SOCKET, prefetchOptions, type Config } from '../config/config.js';
 import { LiveConfig } from '../config/live-config.js';
 import { ChunkCache } from '../fetch/chunk-cache.js';
 import { parsePlatform } from '../image/oci.js';
@@ -33,8 +33,6 @@ interface DaemonFlags extends CommonFlags {
 }
 
 const AUDIT_PRUNE_MS = 60 * 60 * 1000;
-
-const prefetchOf = (c: Config) => ({ enabled: c.prefetch.enabled, queueSize: c.prefetch.queue_size, background: c.prefetch.background });
 
 const program = withCommonFlags(new Command('dedup-snapshotter'))
   .description('containerd proxy snapshotter: lazily pulled eStargz layers over a deduplicating chunk store')
@@ -85,7 +83,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     const snapshotter: Snapshotter = new Snapshotter({
       root: config.root, client, platform: parsePlatform(flags.platform), lazyPull: config.enable_lazy, store, pool,
       cache: new ChunkCache(flags.cacheSize), traceDir: flags.traceDir ?? config.prefetch.trace_dir, log,
-      prefetch: prefetchOf(config), lazy: { prefetchWorkers: config.prefetch.workers }, observer: metrics,
+      prefetch: prefetchOptions(config), lazy: { prefetchWorkers: config.prefetch.workers }, observer: metrics,
       onReadError: (layer, path, err) => {
         metrics.fuseReadError();
         log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO');
@@ -95,7 +93,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     live.on('change', (change) => {
       const c = change.config;
       log.level = c.log_level;
-      snapshotter.setPrefetch(prefetchOf(c), { prefetchWorkers: c.prefetch.workers });
+      snapshotter.setPrefetch(prefetchOptions(c), { prefetchWorkers: c.prefetch.workers });
       if (change.changed.some((k) => k.startsWith('ksm.') || k === 'enable_mem_dedup')) void applyKsm(c);
       log.info({ changed: change.changed, restartRequired: change.restartRequired }, 'config changed');
     });

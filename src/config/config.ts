@@ -49,6 +49,12 @@ export const configSchema = z.object({
     trace_dir: absolutePath.optional(),
     /** After the start-up set, fetch the rest of every lazily mounted layer at low priority. */
     background: z.boolean().default(false),
+    /**
+     * A layer with neither a trace nor a landmark and at most this many (compressed) bytes is
+     * fetched whole at low priority once mounted: read file by file, an interpreter's library
+     * layer costs a round trip per file. 0 turns it off.
+     */
+    small_layer_bytes: z.number().int().min(0).max(1024 ** 4).default(64 * 1024 * 1024),
   }).strict().default({}),
   ksm: z.object({
     enabled: z.boolean().default(true),
@@ -90,6 +96,11 @@ export function parseConfig(doc: unknown, source: string): Config {
   }
   const c = r.data;
   return { ...c, prefetch: { ...c.prefetch, trace_dir: c.prefetch.trace_dir ?? join(c.root, 'traces') } };
+}
+
+/** What a layer mount is told to prefetch (LayerMountContext.prefetch), from the "prefetch" section. */
+export function prefetchOptions(c: Config): { enabled: boolean; queueSize: number; background: boolean; smallLayerBytes: number } {
+  return { enabled: c.prefetch.enabled, queueSize: c.prefetch.queue_size, background: c.prefetch.background, smallLayerBytes: c.prefetch.small_layer_bytes };
 }
 
 /** The config file's own JSON object (not yet validated), and where it came from. */

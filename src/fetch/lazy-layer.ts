@@ -99,6 +99,9 @@ export class LazyLayer {
   private scheduled = false;
   /** Chunks read at least once (the access trace records the first read). */
   private readonly accessed = new Set<TocChunk>();
+  /** The whole compressed layer, while it is held (holdWholeBlob). */
+  private wholeBlob: Buffer | undefined;
+  private wholeBlobTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly source: ImageSource,
@@ -218,6 +221,43 @@ export class LazyLayer {
     });
   }
 
+  /** Compressed bytes of the chunks the store lacks. */
+  missingBytes(): number {
+    const refs = [...this.byOffset.values()];
+    const missing = this.store.missing(refs.map((r) => r.file.chunks[r.index]!.chunkDigest ?? ''));
+    let n = 0;
+    for (const r of refs) {
+      const c = r.file.chunks[r.index]!;
+      if (missing.has(c.chunkDigest ?? '')) n += c.compressedEnd - c.offset;
+    }
+    return n;
+  }
+
+  /**
+   * Downloads the whole compressed layer in one request and serves chunks from it for `holdMs`:
+   * a reader then waits for no round trip, and only what is read is inflated and stored (doing
+   * all of a layer's chunks at once competes with start-up for the CPU). False if the download
+   * failed (readers fetch as usual) or the layer was closed meanwhile.
+   */
+  async holdWholeBlob(holdMs: number): Promise<boolean> {
+    const began = performance.now();
+    let blob: Buffer;
+    try {
+      blob = await this.source.readBlobRange(this.desc, 0, this.desc.size);
+    } catch {
+      this.stats.errors++;
+      this.hooks.observer?.fetchFailed();
+      return false;
+    }
+    this.stats.requests++;
+    this.stats.bytesFetched += blob.length;
+    this.hooks.observer?.fetched(blob.length, 0, 0, (performance.now() - began) / 1000);
+    if (this.closed) return false;
+    this.wholeBlob = blob;
+    this.wholeBlobTimer = setTimeout(() => (this.wholeBlob = undefined), holdMs).unref();
+    return true;
+  }
+
   /** Chunks waiting for a prefetch worker. */
   prefetchQueued(): number {
     let n = 0;
@@ -228,6 +268,8 @@ export class LazyLayer {
   /** Stops starting fetches and fails the queued ones; fetches in flight finish. */
   close(): void {
     this.closed = true;
+    clearTimeout(this.wholeBlobTimer);
+    this.wholeBlob = undefined;
     const err = new MountError(`layer ${this.desc.digest} is being unmounted`);
     for (const p of this.queued.values()) p.reject(err);
     this.queued.clear();
@@ -329,22 +371,28 @@ export class LazyLayer {
     const start = group[0]!.chunk.offset;
     const end = group.at(-1)!.chunk.compressedEnd;
     const observer = this.hooks.observer;
-    const began = performance.now();
+    const held = this.wholeBlob;
     let bytes: Buffer;
-    try {
-      bytes = await this.source.readBlobRange(this.desc, start, end);
-    } catch (err) {
-      this.stats.errors++;
-      observer?.fetchFailed();
-      for (const g of group) g.reject(err);
-      return;
-    }
-    this.stats.requests++;
-    this.stats.bytesFetched += bytes.length;
-    if (observer) {
-      const demand = group.filter((g) => g.priority === PRIORITY.demand).length;
-      observer.fetched(bytes.length, demand, group.length - demand, (performance.now() - began) / 1000);
-      for (let i = 0; i < group.length; i++) observer.chunkServed('registry');
+    if (held) {
+      bytes = held.subarray(start, end);
+      for (let i = 0; i < group.length; i++) observer?.chunkServed('memory');
+    } else {
+      const began = performance.now();
+      try {
+        bytes = await this.source.readBlobRange(this.desc, start, end);
+      } catch (err) {
+        this.stats.errors++;
+        observer?.fetchFailed();
+        for (const g of group) g.reject(err);
+        return;
+      }
+      this.stats.requests++;
+      this.stats.bytesFetched += bytes.length;
+      if (observer) {
+        const demand = group.filter((g) => g.priority === PRIORITY.demand).length;
+        observer.fetched(bytes.length, demand, group.length - demand, (performance.now() - began) / 1000);
+        for (let i = 0; i < group.length; i++) observer.chunkServed('registry');
+      }
     }
     await Promise.all(group.map(async (g) => {
       const c = g.chunk;
@@ -354,7 +402,7 @@ export class LazyLayer {
         await this.store.putVerified(c.chunkDigest!, data);
         this.cache.set(c.chunkDigest!, data);
         this.stats.chunksFetched++;
-        if (g.priority === PRIORITY.demand) this.stats.demandFetches++;
+        if (g.priority === PRIORITY.demand && !held) this.stats.demandFetches++;
         else this.stats.prefetched++;
         g.resolve(data);
       } catch (err) {

@@ -11,6 +11,9 @@ import { AccessTrace, tracePath } from '../fs/access-trace.js';
 import { LayerFs } from '../fs/layer-fs.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 
+/** How long a small layer's whole blob stays in memory after it arrived: start-up, not the container's life. */
+const HOLD_WHOLE_LAYER_MS = 60_000;
+
 export interface LayerMountContext {
   store: ChunkStore;
   pool: CodecPool;
@@ -18,7 +21,7 @@ export interface LayerMountContext {
   traceDir: string;
   lazy?: Partial<LazyLayerOptions>;
   /** What to fetch ahead of readers once mounted (config "prefetch"). */
-  prefetch?: { enabled: boolean; queueSize: number; background: boolean };
+  prefetch?: { enabled: boolean; queueSize: number; background: boolean; smallLayerBytes: number };
   log?: { info(o: object, m: string): void; warn(o: object, m: string): void };
   onReadError?: (layer: string, path: string, err: unknown) => void;
   observer?: LazyLayerObserver;
@@ -30,11 +33,13 @@ export interface PrefetchOutcome {
   fetched: number;
   failed: number;
   background: number;
+  /** The whole compressed layer was downloaded and is held in memory for start-up. */
+  held: boolean;
 }
 
 export class LayerMount {
   /** Settles when the prefetch that started with the mount is over. */
-  prefetched: Promise<PrefetchOutcome> = Promise.resolve({ source: 'none', chunks: 0, fetched: 0, failed: 0, background: 0 });
+  prefetched: Promise<PrefetchOutcome> = Promise.resolve({ source: 'none', chunks: 0, fetched: 0, failed: 0, background: 0, held: false });
 
   private constructor(readonly remote: RemoteLayer, readonly lazy: LazyLayer, readonly fs: LayerFs, readonly trace: AccessTrace,
     readonly mountpoint: string, private readonly ctx: LayerMountContext) {}
@@ -53,7 +58,10 @@ export class LayerMount {
     return m;
   }
 
-  /** Replays the layer's trace if there is one, else fetches its landmark set; then, if asked, the rest. */
+  /**
+   * Replays the layer's trace if there is one, else fetches its landmark set, else (a small layer)
+   * holds the whole layer in memory for start-up; then, if asked, fetches the rest.
+   */
   private async prefetch(manifestDigest: string, ctx: LayerMountContext): Promise<PrefetchOutcome> {
     const layer = this.remote.desc.digest;
     const file = tracePath(this.ctx.traceDir, manifestDigest, layer);
@@ -73,11 +81,17 @@ export class LayerMount {
       chunks = planFromLandmark(this.remote.toc);
       source = 'landmark';
     }
+    // With nothing to say what start-up reads, a small layer comes whole in one request and
+    // start-up reads it from memory: no round trip per file, and only what is read is inflated.
+    // Not when the store has most of it already (warmed by dedupd, or shared with another image).
+    const small = this.remote.desc.size <= (ctx.prefetch?.smallLayerBytes ?? 0);
+    const held = source === 'none' && small && this.lazy.missingBytes() > this.remote.desc.size / 2
+      ? await this.lazy.holdWholeBlob(HOLD_WHOLE_LAYER_MS) : false;
     const queue = ctx.prefetch?.queueSize ?? 1000;
     const r = await this.lazy.prefetch(chunks, queue);
     const background = ctx.prefetch?.background ? (await this.lazy.prefetch(planAll(this.remote.toc), queue)).fetched : 0;
-    const outcome = { source, chunks: chunks.length, fetched: r.fetched, failed: r.failed, background };
-    if (source !== 'none' || background) ctx.log?.info({ layer, ...outcome }, 'prefetch done');
+    const outcome = { source, chunks: chunks.length, fetched: r.fetched, failed: r.failed, background, held };
+    if (source !== 'none' || background || held) ctx.log?.info({ layer, ...outcome }, 'prefetch done');
     return outcome;
   }
 

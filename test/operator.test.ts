@@ -185,7 +185,8 @@ describe('operator surface: admin API, audit log, metrics', () => {
       assert.ok(grew('dedup_fetch_bytes_total') > 0, 'bytes fetched');
       assert.ok(grew('dedup_fetch_requests_total{result="ok"}') > 0, 'fetches');
       assert.ok(grew('dedup_fetch_duration_seconds_count') > 0, 'latency histogram');
-      assert.ok(grew('dedup_chunk_reads_total{from="registry"}') > 0, 'chunks from the registry');
+      // A layer this small is downloaded whole at mount, so its chunks are served from memory.
+      assert.ok(grew('dedup_chunk_reads_total{from="registry"}') + grew('dedup_chunk_reads_total{from="memory"}') > 0, 'chunks served');
       assert.ok(grew('dedup_store_chunks') > 0, 'chunks stored');
       assert.equal(now.get('dedup_mounts'), 1);
       const pulls = (await http(`${snap!.api}/audit/logs?action=image.pull`)).json.entries;

@@ -5,7 +5,7 @@ import type { CodecPool } from '../codec/codec-pool.js';
 import type { ChunkCache } from '../fetch/chunk-cache.js';
 import { existsSync } from 'node:fs';
 import { DEFAULT_LAZY, LazyLayer, type ChunkRef, type LazyLayerObserver, type LazyLayerOptions } from '../fetch/lazy-layer.js';
-import { planAll, planFromLandmark, planFromTrace, readTrace } from '../prefetch/plan.js';
+import { manySmallFiles, planAll, planFromLandmark, planFromTrace, readTrace } from '../prefetch/plan.js';
 import type { RemoteLayer } from '../fetch/remote-layer.js';
 import { AccessTrace, tracePath } from '../fs/access-trace.js';
 import { LayerFs } from '../fs/layer-fs.js';
@@ -81,10 +81,12 @@ export class LayerMount {
       chunks = planFromLandmark(this.remote.toc);
       source = 'landmark';
     }
-    // With nothing to say what start-up reads, a small layer comes whole in one request and
-    // start-up reads it from memory: no round trip per file, and only what is read is inflated.
-    // Not when the store has most of it already (warmed by dedupd, or shared with another image).
-    const small = this.remote.desc.size <= (ctx.prefetch?.smallLayerBytes ?? 0);
+    // With nothing to say what start-up reads, a small layer of small files comes whole in one
+    // request and start-up reads it from memory: no round trip per file, and only what is read
+    // is inflated.
+    // Only for a layer of many small files, and not when the store has most of it already
+    // (warmed by dedupd, or shared with another image).
+    const small = this.remote.desc.size <= (ctx.prefetch?.smallLayerBytes ?? 0) && manySmallFiles(this.remote.toc);
     const held = source === 'none' && small && this.lazy.missingBytes() > this.remote.desc.size / 2
       ? await this.lazy.holdWholeBlob(HOLD_WHOLE_LAYER_MS) : false;
     const queue = ctx.prefetch?.queueSize ?? 1000;

@@ -103,3 +103,23 @@ export function planAll(toc: Toc): ChunkRef[] {
   }
   return out.sort((a, b) => a.file.chunks[a.index]!.offset - b.file.chunks[b.index]!.offset);
 }
+
+/** Files up to this size count as small (modules, scripts, class files). */
+const SMALL_FILE_BYTES = 64 * 1024;
+/** Small files a layer needs before fetching it whole beats a round trip per file read. */
+const MANY_SMALL_FILES = 512;
+
+/**
+ * True for the layer an interpreter or a JVM reads file after file at start-up (a standard
+ * library, node_modules): hundreds of small files, each a round trip when read lazily.
+ */
+export function manySmallFiles(toc: Toc): boolean {
+  let small = 0;
+  const seen = new Set<TocNode>();
+  for (const node of toc.nodes.values()) {
+    if (node.type !== 'reg' || seen.has(node)) continue;
+    seen.add(node);
+    if (node.size <= SMALL_FILE_BYTES && ++small >= MANY_SMALL_FILES) return true;
+  }
+  return false;
+}

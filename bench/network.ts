@@ -4,7 +4,7 @@
 
 import { writeFile } from 'node:fs/promises';
 import { run } from '../test/fixtures/process.js';
-import type { ProxyOptions } from '../test/fixtures/proxy.js';
+import { startProxy, type ProxyOptions, type TestProxy } from '../test/fixtures/proxy.js';
 
 export interface Network {
   name: 'loopback' | 'wan';
@@ -23,4 +23,18 @@ export function networks(latencyMs: number, bandwidthMiBps: number): Network[] {
 export async function dropCaches(): Promise<void> {
   await run('sync', []);
   await writeFile('/proc/sys/vm/drop_caches', '3');
+}
+
+/** Runs `fn` once per network, each with its own proxy in front of the registry at `upstream`. */
+export async function overNetworks<T>(upstream: string, nets: Network[], fn: (net: Network, proxy: TestProxy) => Promise<T>): Promise<Partial<Record<Network['name'], T>>> {
+  const out: Partial<Record<Network['name'], T>> = {};
+  for (const net of nets) {
+    const proxy = await startProxy(upstream, net.proxy);
+    try {
+      out[net.name] = await fn(net, proxy);
+    } finally {
+      await proxy.stop();
+    }
+  }
+  return out;
 }

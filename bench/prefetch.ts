@@ -10,11 +10,11 @@ import { binary, dedupctlJson } from '../test/fixtures/cli.js';
 import { startContainerd, unmountUnder } from '../test/fixtures/containerd.js';
 import { pushOci, tarOf, writeOciImage } from '../test/fixtures/images.js';
 import { run } from '../test/fixtures/process.js';
-import { startProxy, type TestProxy } from '../test/fixtures/proxy.js';
+import type { TestProxy } from '../test/fixtures/proxy.js';
 import { pythonImageEntries } from '../test/fixtures/python-image.js';
 import { startRegistry } from '../test/fixtures/registry.js';
 import { startSnapshotter } from '../test/fixtures/snapshotter.js';
-import { dropCaches, type Network } from './network.js';
+import { dropCaches, overNetworks, type Network } from './network.js';
 import { firstOutput } from './snapshotter.js';
 import { summarize, timed, type Summary } from './stats.js';
 
@@ -61,15 +61,10 @@ export async function prefetchScenario(tmp: string, reps: number, nets: Network[
     await pushOci(join(tmp, 'src'), 'py', `${registry.host}/bench/python:src`);
     const conv = await dedupctlJson<{ layers: { size: number }[] }>(['convert', '--plain-http', `${registry.host}/bench/python:src`, `${registry.host}/bench/python:esgz`]);
     const result: PrefetchResult = { imageBytes: conv.layers.reduce((a, l) => a + l.size, 0), networks: {} };
-    for (const net of nets) {
-      const proxy = await startProxy(registry.host, net.proxy);
-      try {
-        log(`prefetch (${net.label}): python3.11 image, ${(result.imageBytes / 1048576).toFixed(1)} MiB`);
-        result.networks[net.name] = await prefetchOver(join(tmp, net.name), proxy, `${proxy.host}/bench/python:esgz`, net.label, reps, log);
-      } finally {
-        await proxy.stop();
-      }
-    }
+    result.networks = await overNetworks(registry.host, nets, (net, proxy) => {
+      log(`prefetch (${net.label}): python3.11 image, ${(result.imageBytes / 1048576).toFixed(1)} MiB`);
+      return prefetchOver(join(tmp, net.name), proxy, `${proxy.host}/bench/python:esgz`, net.label, reps, log);
+    });
     return result;
   } finally {
     await registry.stop();

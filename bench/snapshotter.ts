@@ -12,10 +12,10 @@ import { dedupctlJson } from '../test/fixtures/cli.js';
 import { startContainerd, unmountUnder } from '../test/fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from '../test/fixtures/images.js';
 import { run } from '../test/fixtures/process.js';
-import { startProxy, type TestProxy } from '../test/fixtures/proxy.js';
+import type { TestProxy } from '../test/fixtures/proxy.js';
 import { startRegistry } from '../test/fixtures/registry.js';
 import { startSnapshotter } from '../test/fixtures/snapshotter.js';
-import { dropCaches, type Network } from './network.js';
+import { dropCaches, overNetworks, type Network } from './network.js';
 import { summarize, type Summary } from './stats.js';
 
 const MiB = 1024 * 1024;
@@ -59,17 +59,11 @@ export async function pullRunScenario(tmp: string, reps: number, nets: Network[]
     await pushOci(join(tmp, 'src'), 'src', `${registry.host}/bench/app:src`);
     const conv = await dedupctlJson<{ layers: { size: number }[] }>(['convert', '--plain-http', `${registry.host}/bench/app:src`, `${registry.host}/bench/app:esgz`]);
     const imageBytes = conv.layers.reduce((n, l) => n + l.size, 0);
-    const result: PullRunResult = { imageBytes, networks: {} };
-    for (const net of nets) {
-      const proxy = await startProxy(registry.host, net.proxy);
-      try {
-        log(`pull-run (${net.label}): ${(imageBytes / MiB).toFixed(0)} MiB eStargz image, container prints a small file`);
-        result.networks[net.name] = await pullRunOver(tmp, proxy, `${proxy.host}/bench/app:esgz`, net.label, reps, log);
-      } finally {
-        await proxy.stop();
-      }
-    }
-    return result;
+    const networks = await overNetworks(registry.host, nets, (net, proxy) => {
+      log(`pull-run (${net.label}): ${(imageBytes / MiB).toFixed(0)} MiB eStargz image, container prints a small file`);
+      return pullRunOver(tmp, proxy, `${proxy.host}/bench/app:esgz`, net.label, reps, log);
+    });
+    return { imageBytes, networks };
   } finally {
     await registry.stop();
   }

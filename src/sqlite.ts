@@ -1,6 +1,6 @@
 // Opening one of the project's SQLite files (better-sqlite3): WAL, so a daemon and the CLI can use
 // a root at once, a busy timeout instead of SQLITE_BUSY, and schema migrations numbered by
-// PRAGMA user_version, each applied in one transaction.
+// PRAGMA user_version, applied under the write lock.
 
 import Database from 'better-sqlite3';
 
@@ -12,14 +12,16 @@ export function openSqlite(path: string, migrations: string[], readonly = false)
     db.pragma('synchronous = NORMAL');
   }
   db.pragma('foreign_keys = ON');
-  if (!readonly) {
-    const version = db.pragma('user_version', { simple: true }) as number;
-    for (let v = version; v < migrations.length; v++) {
-      db.transaction(() => {
+  const version = (): number => db.pragma('user_version', { simple: true }) as number;
+  if (!readonly && version() < migrations.length) {
+    // The version is read again under the write lock: two processes opening a new file at once
+    // must not both run the first migration.
+    db.transaction(() => {
+      for (let v = version(); v < migrations.length; v++) {
         db.exec(migrations[v]!);
         db.pragma(`user_version = ${v + 1}`);
-      }).immediate();
-    }
+      }
+    }).immediate();
   }
   return db;
 }

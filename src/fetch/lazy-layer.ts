@@ -249,13 +249,18 @@ export class LazyLayer {
       this.hooks.observer?.fetchFailed();
       return false;
     }
-    this.stats.requests++;
-    this.stats.bytesFetched += blob.length;
-    this.hooks.observer?.fetched(blob.length, 0, 0, (performance.now() - began) / 1000);
+    this.countRequest(blob.length, 0, 0, began);
     if (this.closed) return false;
     this.wholeBlob = blob;
     this.wholeBlobTimer = setTimeout(() => (this.wholeBlob = undefined), holdMs).unref();
     return true;
+  }
+
+  /** One Range request that succeeded, in the stats and for the observer. */
+  private countRequest(bytes: number, demandChunks: number, aheadChunks: number, began: number): void {
+    this.stats.requests++;
+    this.stats.bytesFetched += bytes;
+    this.hooks.observer?.fetched(bytes, demandChunks, aheadChunks, (performance.now() - began) / 1000);
   }
 
   /** Chunks waiting for a prefetch worker. */
@@ -386,13 +391,9 @@ export class LazyLayer {
         for (const g of group) g.reject(err);
         return;
       }
-      this.stats.requests++;
-      this.stats.bytesFetched += bytes.length;
-      if (observer) {
-        const demand = group.filter((g) => g.priority === PRIORITY.demand).length;
-        observer.fetched(bytes.length, demand, group.length - demand, (performance.now() - began) / 1000);
-        for (let i = 0; i < group.length; i++) observer.chunkServed('registry');
-      }
+      const demand = group.filter((g) => g.priority === PRIORITY.demand).length;
+      this.countRequest(bytes.length, demand, group.length - demand, began);
+      for (let i = 0; i < group.length; i++) observer?.chunkServed('registry');
     }
     await Promise.all(group.map(async (g) => {
       const c = g.chunk;

@@ -21,6 +21,20 @@ function oncePerScrape<T>(read: () => Promise<T>): () => Promise<T> {
   return () => (pending ??= read().finally(() => setImmediate(() => (pending = undefined))));
 }
 
+/** Gauges that all pick their value from one read per scrape; `read` answering null leaves them unset. */
+function gaugesFrom<T>(registers: Registry[], table: [string, string, (t: T) => number][], read: () => Promise<T | null>): void {
+  const once = oncePerScrape(read);
+  for (const [name, help, pick] of table) {
+    new Gauge({
+      name, help, registers,
+      async collect() {
+        const v = await once();
+        if (v !== null) this.set(pick(v));
+      },
+    });
+  }
+}
+
 export class DaemonMetrics implements LazyLayerObserver {
   readonly registry = new Registry();
   private readonly fetches: Counter<'result'>;
@@ -39,7 +53,7 @@ export class DaemonMetrics implements LazyLayerObserver {
       labelNames: ['reason'], registers });
     this.fetchSeconds = new Histogram({ name: 'dedup_fetch_duration_seconds', help: 'Duration of one Range request',
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers });
-    this.chunkReads = new Counter({ name: 'dedup_chunk_reads_total', help: 'Chunk lookups by where the chunk came from (memory is the cache hit)',
+    this.chunkReads = new Counter({ name: 'dedup_chunk_reads_total', help: 'Chunk lookups by where the chunk came from (memory: the hot-chunk cache or a layer held whole)',
       labelNames: ['from'], registers });
     this.fuseErrors = new Counter({ name: 'dedup_fuse_read_errors_total', help: 'FUSE reads answered with EIO', registers });
     for (const l of ['ok', 'error']) this.fetches.inc({ result: l }, 0);
@@ -55,10 +69,7 @@ export class DaemonMetrics implements LazyLayerObserver {
       ['dedup_store_images', 'Images recorded in the store', (s) => s.images],
       ['dedup_store_layers', 'Layers recorded in the store', (s) => s.layers],
     ];
-    const storeStats = oncePerScrape(async () => sources.store());
-    for (const [name, help, pick] of storeGauges) {
-      new Gauge({ name, help, registers, async collect() { this.set(pick(await storeStats())); } });
-    }
+    gaugesFrom(registers, storeGauges, async () => sources.store());
     new Gauge({ name: 'dedup_mounts', help: 'Lazily mounted layers', registers, collect() { this.set(sources.mounts().layers); } });
     new Gauge({ name: 'dedup_prefetch_queue', help: 'Chunks queued for prefetch', registers, collect() { this.set(sources.mounts().prefetchQueued); } });
 
@@ -71,16 +82,7 @@ export class DaemonMetrics implements LazyLayerObserver {
       ['dedup_ksm_full_scans', 'KSM full scans', (k) => k.full_scans],
       ['dedup_ksm_memory_saved_bytes', 'Memory KSM saves (pages_sharing x page size)', (k) => k.memory_saved_bytes],
     ];
-    const ksm = oncePerScrape(sources.ksm);
-    for (const [name, help, pick] of ksmGauges) {
-      new Gauge({
-        name, help, registers,
-        async collect() {
-          const k = await ksm();
-          if (k) this.set(pick(k));
-        },
-      });
-    }
+    gaugesFrom(registers, ksmGauges, sources.ksm);
   }
 
   chunkServed(from: 'memory' | 'store' | 'registry'): void {

@@ -86,9 +86,10 @@ export class LayerMount {
     // is inflated.
     // Only for a layer of many small files, and not when the store has most of it already
     // (warmed by dedupd, or shared with another image).
-    const small = this.remote.desc.size <= (ctx.prefetch?.smallLayerBytes ?? 0) && manySmallFiles(this.remote.toc);
-    const held = source === 'none' && small && this.lazy.missingBytes() > this.remote.desc.size / 2
-      ? await this.lazy.holdWholeBlob(HOLD_WHOLE_LAYER_MS) : false;
+    const hold = source === 'none' && this.remote.desc.size <= (ctx.prefetch?.smallLayerBytes ?? 0) && manySmallFiles(this.remote.toc)
+      && this.lazy.missingBytes() > this.remote.desc.size / 2;
+    if (hold) ctx.log?.info({ layer, bytes: this.remote.desc.size }, 'holding the whole layer in memory for start-up');
+    const held = hold ? await this.lazy.holdWholeBlob(HOLD_WHOLE_LAYER_MS) : false;
     const queue = ctx.prefetch?.queueSize ?? 1000;
     const r = await this.lazy.prefetch(chunks, queue);
     const background = ctx.prefetch?.background ? (await this.lazy.prefetch(planAll(this.remote.toc), queue)).fetched : 0;

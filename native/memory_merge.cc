@@ -48,13 +48,11 @@ Napi::Value PageSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(sysconf(_SC_PAGESIZE)));
 }
 
-Napi::Object Init(Napi::Env env, Napi::Object exports) {
+}  // namespace
+
+Napi::Object InitMemoryMerge(Napi::Env env, Napi::Object exports) {
   exports.Set("setMemoryMerge", Napi::Function::New(env, SetMemoryMerge));
   exports.Set("getMemoryMerge", Napi::Function::New(env, GetMemoryMerge));
   exports.Set("pageSize", Napi::Function::New(env, PageSize));
   return exports;
 }
-
-}  // namespace
-
-NODE_API_MODULE(dedup_native, Init)

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The real parts tests and the demo use (DESIGN.md, "Machine facts").
-PACKAGES=(containerd runc docker-registry skopeo umoci busybox-static erofs-utils criu fuse libfuse2 libfuse-dev
+PACKAGES=(containerd runc docker-registry skopeo umoci busybox-static erofs-utils criu fuse
   stargz-snapshotter zstd attr pkg-config python3 make g++ curl)
 
 missing=()

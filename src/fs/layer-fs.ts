@@ -1,29 +1,34 @@
 // The FUSE layer filesystem: one read-only mount per lazily pulled layer, serving the layer's TOC
-// tree. Whiteouts (.wh.NAME) appear as overlayfs whiteouts (character device 0/0) and opaque
-// directories (.wh..wh..opq) carry trusted.overlay.opaque, so an overlayfs stack of these mounts
-// shows what a full pull shows. Content never changes: long kernel cache timeouts.
-// All ops run on the main thread; none of them blocks (reads wait on promises).
+// tree through our own FUSE session (fuse-session.ts). Whiteouts (.wh.NAME) appear as overlayfs
+// whiteouts (character device 0/0) and opaque directories (.wh..wh..opq) carry
+// trusted.overlay.opaque, so an overlayfs stack of these mounts shows what a full pull shows.
+// Inode numbers follow the TOC's order, so another process building the same layer's tree gives
+// every node the id the kernel already knows (a hand-over). Nothing here blocks: reads wait on
+// promises.
 
-import Fuse, { type Ops, type Stat } from 'fuse-native';
 import type { Toc, TocNode } from '../estargz/toc.js';
 import type { LazyLayer } from '../fetch/lazy-layer.js';
+import { unmount } from '../mount/system-mounts.js';
+import { ERRNO, FuseErrno, FuseSession, type FuseAttr, type FuseDirEntry, type FuseFilesystem, type StatFs } from './fuse-session.js';
 
 const S_IFMT = { dir: 0o040000, reg: 0o100000, symlink: 0o120000, char: 0o020000, block: 0o060000, fifo: 0o010000 } as const;
 const WHITEOUT_PREFIX = '.wh.';
 const OPAQUE_MARKER = '.wh..wh..opq';
 export const OPAQUE_XATTR = 'trusted.overlay.opaque';
-/** Seconds the kernel may cache entries and attributes: the content is immutable. */
-const CACHE_TIMEOUT = 86_400;
-const O_ACCMODE = 3;
 const DIR_SIZE = 4096;
+/** How long an unmount waits for the kernel to end the connection before closing it anyway. */
+const UNMOUNT_WAIT_MS = 2000;
 
 interface FsEntry {
-  ino: number;
   /** undefined for a whiteout. */
   node: TocNode | undefined;
+  attr: FuseAttr;
   children: Map<string, FsEntry> | undefined;
+  /** ".", ".." and the children, built on the first readdir. */
+  listing: FuseDirEntry[] | undefined;
+  parent: FsEntry | undefined;
   opaque: boolean;
-  subdirs: number;
+  path: string;
 }
 
 /** glibc's makedev for the dev_t the kernel gets. */
@@ -37,19 +42,12 @@ export interface LayerFsStats {
   readErrors: number;
 }
 
-/** libfuse's high-level API makes up inode numbers unless told to use ours (hard links share one); and the mount is read-only. */
-class InodeFuse extends Fuse {
-  protected override _fuseOptions(): string {
-    const base = super._fuseOptions();
-    return base ? `${base},use_ino,ro` : '-ouse_ino,ro';
-  }
-}
-
-export class LayerFs {
-  private readonly entries = new Map<string, FsEntry>();
-  private fuse: InodeFuse | undefined;
+export class LayerFs implements FuseFilesystem {
+  /** By inode number; hard links share their target's entry. */
+  private readonly byIno = new Map<number, FsEntry>();
+  private session: FuseSession | undefined;
+  private dir: string | undefined;
   readonly stats: LayerFsStats = { reads: 0, bytesRead: 0, readErrors: 0 };
-  private nextFd = 1;
 
   constructor(private readonly toc: Toc, private readonly lazy: LazyLayer, private readonly onReadError?: (path: string, err: unknown) => void) {
     const inodes = new Map<TocNode, number>();
@@ -59,137 +57,155 @@ export class LayerFs {
       return ino;
     };
     let whiteouts = 1 << 30;
-    const build = (path: string, node: TocNode): FsEntry => {
-      const e: FsEntry = { ino: inoOf(node), node, children: undefined, opaque: false, subdirs: 0 };
-      this.entries.set(path, e);
-      if (node.children) {
-        e.children = new Map();
-        for (const [name, child] of node.children) {
-          if (name === OPAQUE_MARKER) {
-            e.opaque = true;
-            continue;
-          }
-          const childPath = path === '/' ? `/${name}` : `${path}/${name}`;
-          if (name.startsWith(WHITEOUT_PREFIX) && name.length > WHITEOUT_PREFIX.length) {
-            const hidden = name.slice(WHITEOUT_PREFIX.length);
-            if (node.children.has(hidden)) continue; // the entry itself wins over its whiteout
-            const w: FsEntry = { ino: whiteouts++, node: undefined, children: undefined, opaque: false, subdirs: 0 };
-            e.children.set(hidden, w);
-            this.entries.set(path === '/' ? `/${hidden}` : `${path}/${hidden}`, w);
-            continue;
-          }
-          const ce = build(childPath, child);
-          e.children.set(name, ce);
-          if (child.type === 'dir') e.subdirs++;
-        }
-      }
+    const add = (e: FsEntry): FsEntry => {
+      if (!this.byIno.has(e.attr.ino)) this.byIno.set(e.attr.ino, e);
       return e;
     };
-    build('/', toc.root);
+    const build = (path: string, node: TocNode, parent: FsEntry | undefined): FsEntry => {
+      const e = add({ node, attr: attrOf(node, inoOf(node)), children: undefined, listing: undefined, parent, opaque: false, path });
+      if (!node.children) return e;
+      e.children = new Map();
+      let subdirs = 0;
+      for (const [name, child] of node.children) {
+        if (name === OPAQUE_MARKER) {
+          e.opaque = true;
+          continue;
+        }
+        const childPath = path === '/' ? `/${name}` : `${path}/${name}`;
+        if (name.startsWith(WHITEOUT_PREFIX) && name.length > WHITEOUT_PREFIX.length) {
+          const hidden = name.slice(WHITEOUT_PREFIX.length);
+          if (node.children.has(hidden)) continue; // the entry itself wins over its whiteout
+          const attr: FuseAttr = { ino: whiteouts++, mode: S_IFMT.char, nlink: 1, uid: 0, gid: 0, rdev: 0, size: 0, blocks: 0, mtime: 0 };
+          e.children.set(hidden, add({ node: undefined, attr, children: undefined, listing: undefined, parent: e, opaque: false, path: childPath }));
+          continue;
+        }
+        e.children.set(name, build(childPath, child, e));
+        if (child.type === 'dir') subdirs++;
+      }
+      e.attr.nlink = 2 + subdirs;
+      return e;
+    };
+    build('/', toc.root, undefined);
   }
 
   get mountpoint(): string | undefined {
-    return this.fuse?.mnt;
+    return this.dir;
   }
 
-  private stat(e: FsEntry): Stat {
+  /** The FUSE descriptor this mount is served on (to hand over to another process). */
+  get fd(): number | undefined {
+    return this.session?.fd;
+  }
+
+  private entry(ino: number): FsEntry {
+    const e = this.byIno.get(ino);
+    if (!e) throw new FuseErrno(ERRNO.ENOENT);
+    return e;
+  }
+
+  lookup(parent: number, name: string): FuseAttr | undefined {
+    const dir = this.entry(parent);
+    if (!dir.children) throw new FuseErrno(ERRNO.ENOTDIR);
+    return dir.children.get(name)?.attr;
+  }
+
+  getattr(ino: number): FuseAttr {
+    return this.entry(ino).attr;
+  }
+
+  readlink(ino: number): Buffer {
+    const n = this.entry(ino).node;
+    if (n?.type !== 'symlink') throw new FuseErrno(ERRNO.EINVAL);
+    return Buffer.from(n.linkName);
+  }
+
+  open(ino: number): void {
+    this.entry(ino);
+  }
+
+  async read(ino: number, offset: number, size: number): Promise<Buffer> {
+    const e = this.entry(ino);
     const n = e.node;
-    if (!n) {
-      return { mode: S_IFMT.char, uid: 0, gid: 0, size: 0, nlink: 1, ino: e.ino, rdev: 0, blksize: 4096, blocks: 0, mtime: 0, atime: 0, ctime: 0 };
+    if (n?.type !== 'reg') throw new FuseErrno(ERRNO.EIO);
+    this.stats.reads++;
+    try {
+      const data = await this.lazy.read(n, offset, size);
+      this.stats.bytesRead += data.length;
+      return data.length > size ? data.subarray(0, size) : data;
+    } catch (err) {
+      this.stats.readErrors++;
+      this.onReadError?.(e.path, err);
+      throw new FuseErrno(ERRNO.EIO);
     }
-    const t = n.mtime * 1000;
-    return {
-      // Directories report one 4 KiB block, as ext4 and a full pull show them.
-      mode: S_IFMT[n.type === 'hardlink' ? 'reg' : n.type] | n.mode, uid: n.uid, gid: n.gid,
-      size: n.type === 'symlink' ? Buffer.byteLength(n.linkName) : n.type === 'dir' ? DIR_SIZE : n.size,
-      nlink: n.type === 'dir' ? 2 + e.subdirs : n.numLink, ino: e.ino,
-      rdev: n.type === 'char' || n.type === 'block' ? makedev(n.devMajor, n.devMinor) : 0,
-      blksize: 4096, blocks: Math.ceil((n.type === 'dir' ? DIR_SIZE : n.size) / 512), mtime: t, atime: t, ctime: t,
-    };
   }
 
-  private ops(): Ops {
-    return {
-      getattr: (path, cb) => {
-        const e = this.entries.get(path);
-        if (!e) return cb(Fuse.ENOENT);
-        cb(0, this.stat(e));
-      },
-      readdir: (path, cb) => {
-        const e = this.entries.get(path);
-        if (!e) return cb(Fuse.ENOENT);
-        if (!e.children) return cb(Fuse.ENOTDIR);
-        // Stats give the kernel each entry's type: overlayfs only looks for whiteouts among DT_CHR.
-        cb(0, [...e.children.keys()], [...e.children.values()].map((c) => this.stat(c)));
-      },
-      open: (path, flags, cb) => {
-        const e = this.entries.get(path);
-        if (!e) return cb(Fuse.ENOENT);
-        if ((flags & O_ACCMODE) !== 0) return cb(Fuse.EROFS);
-        cb(0, this.nextFd++);
-      },
-      release: (_path, _fd, cb) => cb(0),
-      read: (path, _fd, buf, len, pos, cb) => {
-        const n = this.entries.get(path)?.node;
-        if (!n || n.type !== 'reg') return cb(Fuse.EIO);
-        this.stats.reads++;
-        this.lazy.read(n, pos, len).then((data) => {
-          data.copy(buf, 0, 0, Math.min(len, data.length));
-          this.stats.bytesRead += data.length;
-          cb(data.length);
-        }, (err: unknown) => {
-          this.stats.readErrors++;
-          this.onReadError?.(path, err);
-          cb(Fuse.EIO);
-        });
-      },
-      readlink: (path, cb) => {
-        const n = this.entries.get(path)?.node;
-        if (!n || n.type !== 'symlink') return cb(Fuse.EINVAL);
-        cb(0, n.linkName);
-      },
-      getxattr: (path, name, _position, cb) => {
-        const e = this.entries.get(path);
-        if (!e) return cb(Fuse.ENOENT);
-        if (e.opaque && name === OPAQUE_XATTR) return cb(0, Buffer.from('y'));
-        const v = e.node?.xattrs.get(name);
-        if (!v) return cb(Fuse.ENODATA);
-        cb(0, v);
-      },
-      listxattr: (path, cb) => {
-        const e = this.entries.get(path);
-        if (!e) return cb(Fuse.ENOENT);
-        cb(0, [...(e.node?.xattrs.keys() ?? []), ...(e.opaque ? [OPAQUE_XATTR] : [])]);
-      },
-      statfs: (_path, cb) => cb(0, {
-        bsize: 4096, frsize: 4096, blocks: Math.ceil(this.toc.contentBytes / 4096), bfree: 0, bavail: 0,
-        files: this.entries.size, ffree: 0, favail: 0, fsid: 0, flag: 1, namemax: 255,
-      }),
-    };
+  readdir(ino: number): FuseDirEntry[] {
+    const e = this.entry(ino);
+    if (!e.children) throw new FuseErrno(ERRNO.ENOTDIR);
+    // Entry types let overlayfs find whiteouts (it only looks among DT_CHR).
+    e.listing ??= [
+      { name: '.', ino: e.attr.ino, mode: e.attr.mode },
+      { name: '..', ino: (e.parent ?? e).attr.ino, mode: S_IFMT.dir },
+      ...[...e.children].map(([name, c]) => ({ name, ino: c.attr.ino, mode: c.attr.mode })),
+    ];
+    return e.listing;
   }
 
-  mount(mountpoint: string, name: string): Promise<void> {
-    const fuse = new InodeFuse(mountpoint, this.ops(), {
-      allowOther: true, defaultPermissions: true, kernelCache: true, maxRead: 128 * 1024, fsname: `dedup:${name}`, subtype: 'dedup',
-      entryTimeout: CACHE_TIMEOUT, attrTimeout: CACHE_TIMEOUT,
-      // A read may wait on the registry through its retries; the fetcher bounds that, not FUSE.
-      timeout: { default: 15_000, read: 600_000 },
-    });
-    return new Promise((resolve, reject) => fuse.mount((err) => {
-      if (err) return reject(err);
-      this.fuse = fuse;
-      resolve();
-    }));
+  getxattr(ino: number, name: string): Buffer {
+    const e = this.entry(ino);
+    if (e.opaque && name === OPAQUE_XATTR) return Buffer.from('y');
+    const v = e.node?.xattrs.get(name);
+    if (!v) throw new FuseErrno(ERRNO.ENODATA);
+    return v;
   }
 
-  unmount(): Promise<void> {
-    const fuse = this.fuse;
-    if (!fuse) return Promise.resolve();
-    return new Promise((resolve, reject) => fuse.unmount((err) => {
-      if (err) return reject(err);
-      this.fuse = undefined;
-      resolve();
-    }));
+  listxattr(ino: number): string[] {
+    const e = this.entry(ino);
+    return [...(e.node?.xattrs.keys() ?? []), ...(e.opaque ? [OPAQUE_XATTR] : [])];
+  }
+
+  statfs(): StatFs {
+    return { blocks: Math.ceil(this.toc.contentBytes / 4096), files: this.byIno.size };
+  }
+
+  private serve(session: FuseSession, mountpoint: string): void {
+    this.session = session;
+    this.dir = mountpoint;
+  }
+
+  mount(mountpoint: string, name: string): void {
+    this.serve(FuseSession.mount(mountpoint, this, name), mountpoint);
+  }
+
+  /** Serves a mount another process made, over its FUSE descriptor `fd` (a hand-over). */
+  adopt(mountpoint: string, fd: number): void {
+    this.serve(FuseSession.adopt(fd, this), mountpoint);
+  }
+
+  /** Stops serving without unmounting: another process has taken the mount over. */
+  async release(): Promise<void> {
+    await this.session?.close();
+    this.session = undefined;
+  }
+
+  async unmount(): Promise<void> {
+    const session = this.session;
+    if (!session || !this.dir) return;
+    await unmount(this.dir);
+    await Promise.race([session.ended, new Promise((resolve) => setTimeout(resolve, UNMOUNT_WAIT_MS).unref())]);
+    await session.close();
+    this.session = undefined;
   }
 }
 
+/** Directories get their link count once their subdirectories are known. */
+function attrOf(n: TocNode, ino: number): FuseAttr {
+  const size = n.type === 'symlink' ? Buffer.byteLength(n.linkName) : n.type === 'dir' ? DIR_SIZE : n.size;
+  return {
+    // Directories report one 4 KiB block, as ext4 and a full pull show them.
+    ino, mode: S_IFMT[n.type === 'hardlink' ? 'reg' : n.type] | n.mode, uid: n.uid, gid: n.gid,
+    nlink: n.type === 'dir' ? 2 : n.numLink,
+    rdev: n.type === 'char' || n.type === 'block' ? makedev(n.devMajor, n.devMinor) : 0,
+    size, blocks: Math.ceil(size / 512), mtime: n.mtime,
+  };
+}

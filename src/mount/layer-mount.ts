@@ -52,7 +52,7 @@ export class LayerMount {
     const lazy = new LazyLayer(remote.source, remote.desc, remote.toc, ctx.store, ctx.pool, ctx.cache, { ...DEFAULT_LAZY, ...ctx.lazy },
       { firstAccess: (file, chunk) => trace.record(file, chunk), observer: ctx.observer });
     const fs = new LayerFs(remote.toc, lazy, (path, err) => ctx.onReadError?.(remote.desc.digest, path, err));
-    await fs.mount(mountpoint, remote.desc.digest.slice(7, 19));
+    fs.mount(mountpoint, remote.desc.digest.slice(7, 19));
     const m = new LayerMount(remote, lazy, fs, trace, mountpoint, ctx);
     if (ctx.prefetch?.enabled) m.prefetched = m.prefetch(image.manifestDigest, ctx);
     return m;

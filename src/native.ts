@@ -1,0 +1,44 @@
+// The native addon (native/, built by scripts/setup.sh): the system calls Node has no binding for.
+// Loaded on first use, so commands that never need it run where it was not built.
+
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { UnsupportedError } from './errors.js';
+
+/** A failed system call, as the addon reports it. */
+export interface SysError {
+  errno: number;
+  call: string;
+  message: string;
+}
+
+export interface DeviceReader {
+  /** Reads nothing more; requests already read are still delivered. Waits for the thread. */
+  stop(): void;
+}
+
+export interface Native {
+  setMemoryMerge(on: boolean): true | SysError;
+  getMemoryMerge(): boolean | SysError;
+  pageSize(): number;
+  mount(source: string, target: string, fstype: string, flags: number, data: string): true | SysError;
+  DeviceReader: new (fd: number, bufferSize: number, onMessage: (request: Buffer | null, errno: number) => void) => DeviceReader;
+}
+
+const ADDON = fileURLToPath(new URL('../../native/build/Release/dedup_native.node', import.meta.url));
+let loaded: Native | undefined;
+
+export function native(): Native {
+  if (!loaded) {
+    try {
+      loaded = createRequire(import.meta.url)(ADDON) as Native;
+    } catch (err) {
+      throw new UnsupportedError(`native addon ${ADDON} cannot be loaded (${(err as Error).message}); run scripts/setup.sh to build it`);
+    }
+  }
+  return loaded;
+}
+
+export function isSysError(r: unknown): r is SysError {
+  return typeof r === 'object' && r !== null && 'errno' in r;
+}

@@ -23,6 +23,7 @@ export type ErrorCode =
   | 'ERR_MALFORMED_TRACE'
   | 'ERR_KSM'
   | 'ERR_DEDUPD'
+  | 'ERR_FUSED'
   | 'ERR_UNSUPPORTED';
 
 export class DedupError extends Error {
@@ -163,6 +164,13 @@ export class KsmError extends DedupError {
 export class DedupdError extends DedupError {
   constructor(remoteCode: string, message: string) {
     super('ERR_DEDUPD', `dedupd: ${message} [${remoteCode}]`);
+  }
+}
+
+/** The layer server (dedup-fused) refused a request; the message carries its own code. */
+export class FusedError extends DedupError {
+  constructor(readonly remoteCode: string, message: string) {
+    super('ERR_FUSED', `dedup-fused: ${message} [${remoteCode}]`);
   }
 }
 

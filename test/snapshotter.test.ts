@@ -14,6 +14,7 @@ import { run } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { snapshotsClient } from './fixtures/snapshots-client.js';
+import { isAlive } from '../src/mount/mount-records.js';
 import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
 
 const MiB = 1024 * 1024;
@@ -162,9 +163,10 @@ describe('containerd proxy snapshotter', () => {
     }
   });
 
-  it('after kill -9 and a restart every snapshot is still there and the lazily pulled image runs', async () => {
+  /** Restarts the daemon after `crash`; every snapshot must be listed as before, and the lazily pulled image must run. */
+  async function restartAndRun(crash: () => Promise<void>): Promise<void> {
     const before = (await ctd!.ctr(['snapshots', '--snapshotter', 'dedup', 'ls'])).stdout;
-    await snap!.kill9();
+    await crash();
     snap = await startSnapshotter(tmp);
     // containerd reconnects to the plugin's socket with a backoff: ask until it has.
     let afterLs = await ctd!.ctr(['snapshots', '--snapshotter', 'dedup', 'ls']);
@@ -174,8 +176,25 @@ describe('containerd proxy snapshotter', () => {
     }
     assert.equal(afterLs.code, 0, afterLs.stderr);
     assert.equal(afterLs.stdout, before);
-    assert.match(await readFile(snap.log, 'utf8'), /remote snapshot mounted again/);
     assert.equal(await runIn('dedup', lazyRef, 'cat /etc/hostname; sha256sum /data/text | cut -c1-16'),
       `rich-upper\n${(await import('node:crypto')).createHash('sha256').update(layers.base.find((s) => s.name === 'data/text')!.content!).digest('hex').slice(0, 16)}\n`);
+  }
+
+  it('after kill -9 the restarted daemon re-attaches to the mounts the layer server kept', async () => {
+    const fused = snap!.fusedPid;
+    await restartAndRun(() => snap!.kill9());
+    assert.equal(snap!.fusedPid, fused, 'the same layer server serves on');
+    assert.match(await readFile(snap!.log, 'utf8'), /"remote":2,"attached":2,"msg":"remote snapshots attached"/);
+  });
+
+  it('after the layer server dies too, the restarted daemon mounts the remote snapshots again', async () => {
+    const fused = snap!.fusedPid;
+    await restartAndRun(async () => {
+      await snap!.kill9();
+      process.kill(fused, 'SIGKILL');
+      while (isAlive(fused)) await new Promise((r) => setTimeout(r, 50));
+    });
+    assert.notEqual(snap!.fusedPid, fused);
+    assert.match(await readFile(snap!.log, 'utf8'), /remote snapshot mounted again/);
   });
 });

@@ -1,28 +1,15 @@
 // dedupctl prefetch add | ls: queue images with a running `dedupd --serve` and follow its jobs.
 
 import { Command } from 'commander';
-import { Agent, request } from 'undici';
+import { UnixJsonClient } from '../api/unix-socket.js';
 import { DEFAULT_DEDUPD_SOCKET } from '../config/config.js';
-import { DedupdError, NotFoundError } from '../errors.js';
+import { DedupdError } from '../errors.js';
 import type { PrefetchJob } from '../prefetch/prefetch-queue.js';
 import { formatBytes, printJson } from './common.js';
 
-async function call<T>(socket: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
-  const dispatcher = new Agent({ connect: { socketPath: socket } });
-  try {
-    const r = await request(`http://dedupd${path}`, {
-      method, dispatcher, body: body === undefined ? undefined : JSON.stringify(body), headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    }).catch((err: NodeJS.ErrnoException) => {
-      const cause = (err.cause as NodeJS.ErrnoException | undefined)?.code ?? err.code;
-      if (cause === 'ENOENT' || cause === 'ECONNREFUSED') throw new NotFoundError(`dedupd socket ${socket}`, 'is dedupd --serve running?');
-      throw err;
-    });
-    const doc = (await r.body.json()) as T & { error?: { code: string; message: string } };
-    if (r.statusCode >= 400) throw new DedupdError(doc.error?.code ?? `HTTP ${r.statusCode}`, doc.error?.message ?? 'request refused');
-    return doc;
-  } finally {
-    await dispatcher.close();
-  }
+function call<T>(socket: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+  const client = new UnixJsonClient(socket, 'dedupd', (code, message) => new DedupdError(code, message));
+  return client.call<T>(method, path, body).finally(() => client.close());
 }
 
 function line(j: PrefetchJob): string {

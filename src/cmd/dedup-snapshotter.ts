@@ -1,20 +1,21 @@
 #!/usr/bin/env node
 // dedup-snapshotter: the containerd proxy snapshotter daemon. Serves containerd's Snapshots API
-// on a unix socket (eStargz layers are mounted lazily from the registry into the chunk store) and
-// the admin HTTP API; applies the KSM config; keeps the audit log within its retention.
+// on a unix socket and the admin HTTP API; applies the KSM config; keeps the audit log within its
+// retention. eStargz layers are mounted lazily by the layer server (dedup-fused), which it starts
+// if none runs for its root (unless --no-spawn-fused: systemd runs it as a unit of its own). A
+// stop, even SIGKILL, leaves every mount to the layer server (docs/restarts.md).
 
 import { mkdir, rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Command } from 'commander';
 import { AdminApi } from '../api/admin-api.js';
 import { AuditLog } from '../audit/audit-log.js';
-import { CodecPool } from '../codec/codec-pool.js';
-import { parseSize, registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
+import { registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
 import { daemonLogger } from '../cli/log.js';
-import { DEFAULT_SOCKET, prefetchOptions, type Config } from '../config/config.js';
+import { DEFAULT_SOCKET, type Config } from '../config/config.js';
 import { LiveConfig } from '../config/live-config.js';
-import { ChunkCache } from '../fetch/chunk-cache.js';
+import { FusedClient, fusedSocket } from '../fused/client.js';
 import { parsePlatform } from '../image/oci.js';
 import { applyKsmConfig, ksmStatus } from '../ksm/ksm.js';
 import { DaemonMetrics } from '../metrics/metrics.js';
@@ -27,9 +28,22 @@ interface DaemonFlags extends CommonFlags {
   check?: boolean;
   socket: string;
   platform: string;
-  cacheSize: number;
+  cacheSize?: string;
   traceDir?: string;
   apiAddr?: string;
+  spawnFused: boolean;
+}
+
+/** The layer server's flags for this daemon's root, registry access and cache. */
+function fusedArgs(flags: DaemonFlags, root: string): string[] {
+  const args = ['--root', root];
+  if (flags.config) args.push('--config', flags.config);
+  if (flags.plainHttp) args.push('--plain-http');
+  if (flags.hostsDir) args.push('--hosts-dir', flags.hostsDir);
+  if (flags.user) args.push('--user', flags.user);
+  if (flags.cacheSize) args.push('--cache-size', flags.cacheSize);
+  if (flags.traceDir) args.push('--trace-dir', flags.traceDir);
+  return args;
 }
 
 const AUDIT_PRUNE_MS = 60 * 60 * 1000;
@@ -39,21 +53,23 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
   .version(VERSION)
   .option('--socket <path>', 'gRPC socket to serve on', DEFAULT_SOCKET)
   .option('--platform <os/arch[/variant]>', 'platform of images resolved without a manifest digest', 'linux/amd64')
-  .option('--cache-size <bytes>', 'in-memory cache of hot chunks', parseSize('--cache-size'), 256 * 1024 * 1024)
-  .option('--trace-dir <dir>', 'access traces to record and replay (default: prefetch.trace_dir)')
+  .option('--cache-size <bytes>', 'in-memory cache of hot chunks (passed to the layer server it starts)')
+  .option('--trace-dir <dir>', 'access traces to record and replay (passed to the layer server it starts; default: prefetch.trace_dir)')
+  .option('--no-spawn-fused', 'never start a layer server: one runs as its own unit (systemd)')
   .option('--api-addr <host:port>', 'admin HTTP API address (default: api.addr, 127.0.0.1:8080)')
   .option('--check', 'validate the config and open the state root, then exit')
   .action(async (flags: DaemonFlags) => {
     const live = await LiveConfig.load(flags.config, { root: flags.root, apiAddr: flags.apiAddr });
     const config = live.get();
-    const store = await ChunkStore.open(config.root);
     if (flags.check) {
+      const store = await ChunkStore.open(config.root);
       const stats = store.stats();
       store.close();
       const summary = { root: config.root, socket: flags.socket, api: config.api.enabled ? config.api.addr : null, images: stats.images, chunks: stats.chunks };
       process.stdout.write(flags.json ? JSON.stringify(summary) + '\n' : `config ok: root ${config.root}, ${stats.images} images, ${stats.chunks} chunks\n`);
       return;
     }
+    await mkdir(config.root, { recursive: true });
     const log = daemonLogger('dedup-snapshotter', config);
     const audit = AuditLog.open(config.root);
     const pruneAudit = (): void => {
@@ -74,26 +90,18 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     await applyKsm(config);
 
     const client = await registryClientFrom(flags, config);
-    const pool = new CodecPool();
-    const metrics: DaemonMetrics = new DaemonMetrics({
-      store: () => store.stats(),
-      mounts: () => snapshotter.mountStats(), // read at scrape time, once the snapshotter exists
-      ksm: () => ksmStatus().catch(() => null),
-    });
-    const snapshotter: Snapshotter = new Snapshotter({
-      root: config.root, client, platform: parsePlatform(flags.platform), lazyPull: config.enable_lazy, store, pool,
-      cache: new ChunkCache(flags.cacheSize), traceDir: flags.traceDir ?? config.prefetch.trace_dir, log,
-      prefetch: prefetchOptions(config), lazy: { prefetchWorkers: config.prefetch.workers }, observer: metrics,
-      onReadError: (layer, path, err) => {
-        metrics.fuseReadError();
-        log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO');
-      },
+    const fused = new FusedClient(fusedSocket(config.root));
+    const fusedPid = flags.spawnFused ? await fused.ensureRunning(fusedArgs(flags, config.root), join(config.root, 'fused.log'))
+      : (await fused.health()).pid;
+    const metrics = new DaemonMetrics({ ksm: () => ksmStatus().catch(() => null), layers: () => fused.metrics().catch(() => '') });
+    const snapshotter = new Snapshotter({
+      root: config.root, client, platform: parsePlatform(flags.platform), lazyPull: config.enable_lazy, layers: fused, log,
       audit: (action, target, details) => audit.record('containerd', action, target, details),
     });
     live.on('change', (change) => {
       const c = change.config;
       log.level = c.log_level;
-      snapshotter.setPrefetch(prefetchOptions(c), { prefetchWorkers: c.prefetch.workers });
+      void fused.reload().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'layer server did not reload its config'));
       if (change.changed.some((k) => k.startsWith('ksm.') || k === 'enable_mem_dedup')) void applyKsm(c);
       log.info({ changed: change.changed, restartRequired: change.restartRequired }, 'config changed');
     });
@@ -112,7 +120,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       await new Promise<void>((resolve, reject) => server.bindAsync(`unix://${flags.socket}`, grpc.ServerCredentials.createInsecure(),
         (err) => (err ? reject(err) : resolve())));
       if (config.api.enabled) api = await AdminApi.start({ addr: config.api.addr, config: live, audit, metrics, log });
-      log.info({ socket: flags.socket, api: api?.address ?? null, root: config.root, version: VERSION, lazy: config.enable_lazy }, 'serving');
+      log.info({ socket: flags.socket, api: api?.address ?? null, root: config.root, version: VERSION, lazy: config.enable_lazy, fused: fusedPid }, 'serving');
       const signal = await stopped;
       log.info({ signal }, 'shutting down');
       await new Promise<void>((resolve) => {
@@ -129,11 +137,10 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       clearInterval(pruner);
       await api?.close();
       server.forceShutdown();
-      await snapshotter.close();
-      await pool.close();
-      store.close();
+      snapshotter.close();
       audit.close();
       await client.close();
+      await fused.close();
       await rm(flags.socket, { force: true });
       log.info('stopped');
     }

@@ -6,6 +6,7 @@ import { auditCommand } from '../cli/audit.js';
 import { runCli } from '../cli/common.js';
 import { configCommand } from '../cli/config.js';
 import { convertCommand } from '../cli/convert.js';
+import { cleanupCommand, fusedCommand } from '../cli/fused.js';
 import { ksmCommand } from '../cli/ksm.js';
 import { mountCommands } from '../cli/mount.js';
 import { prefetchCommand } from '../cli/prefetch.js';
@@ -15,7 +16,7 @@ import { traceCommand } from '../cli/trace.js';
 import { VERSION } from '../version.js';
 
 const program = new Command('dedupctl')
-  .description('dedup-snapshotter admin CLI: convert images to eStargz, inspect and mount them lazily, manage the chunk store, config, audit log and KSM')
+  .description('dedup-snapshotter admin CLI: convert images to eStargz, inspect and mount them lazily, manage the chunk store, config, audit log, KSM and the layer server')
   .version(VERSION)
   .addCommand(convertCommand())
   .addCommand(tocCommand())
@@ -26,7 +27,9 @@ const program = new Command('dedupctl')
   .addCommand(prefetchCommand())
   .addCommand(configCommand())
   .addCommand(auditCommand())
-  .addCommand(ksmCommand());
+  .addCommand(ksmCommand())
+  .addCommand(fusedCommand())
+  .addCommand(cleanupCommand());
 for (const c of mountCommands()) program.addCommand(c);
 
 await runCli(program);

@@ -1,18 +1,25 @@
-// The daemon's Prometheus metrics (prom-client, one registry per daemon). Events (fetches, chunk
-// lookups, FUSE read errors) are counted as they happen through the LazyLayerObserver; figures
-// that live elsewhere (chunk store, mounts, prefetch queue, KSM) are read when scraped.
+// Prometheus metrics (prom-client, one registry per process). The layer server (dedup-fused)
+// counts events (fetches, chunk lookups, FUSE read errors) as they happen through the
+// LazyLayerObserver and reads the chunk store, mounts and prefetch queue when scraped; the
+// snapshotter daemon has KSM and its own process figures, and its /metrics appends the layer
+// server's.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { LazyLayerObserver } from '../fetch/lazy-layer.js';
 import type { StoreStats } from '../store/chunk-store.js';
 import type { KsmStatus } from '../ksm/ksm.js';
 
-export interface MetricsSources {
+export interface LayerMetricsSources {
   store(): StoreStats;
   /** Lazily mounted layers, and chunks queued for prefetch across them. */
   mounts(): { layers: number; prefetchQueued: number };
+}
+
+export interface DaemonMetricsSources {
   /** null where the kernel has no KSM. */
   ksm(): Promise<KsmStatus | null>;
+  /** The layer server's exposition, appended to ours ('' when it does not answer). */
+  layers(): Promise<string>;
 }
 
 /** One read shared by the gauges of one scrape (prom-client collects each gauge on its own). */
@@ -35,7 +42,7 @@ function gaugesFrom<T>(registers: Registry[], table: [string, string, (t: T) => 
   }
 }
 
-export class DaemonMetrics implements LazyLayerObserver {
+export class LayerMetrics implements LazyLayerObserver {
   readonly registry = new Registry();
   private readonly fetches: Counter<'result'>;
   private readonly fetchedBytes: Counter;
@@ -44,9 +51,9 @@ export class DaemonMetrics implements LazyLayerObserver {
   private readonly chunkReads: Counter<'from'>;
   private readonly fuseErrors: Counter;
 
-  constructor(sources: MetricsSources) {
+  constructor(sources: LayerMetricsSources) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry, prefix: 'dedup_' });
+    collectDefaultMetrics({ register: this.registry, prefix: 'dedup_fused_' });
     this.fetches = new Counter({ name: 'dedup_fetch_requests_total', help: 'Range requests to registries, by result', labelNames: ['result'], registers });
     this.fetchedBytes = new Counter({ name: 'dedup_fetch_bytes_total', help: 'Compressed bytes fetched from registries', registers });
     this.fetchedChunks = new Counter({ name: 'dedup_fetch_chunks_total', help: 'Chunks fetched, by whether a reader was waiting (demand) or not (ahead)',
@@ -73,16 +80,6 @@ export class DaemonMetrics implements LazyLayerObserver {
     new Gauge({ name: 'dedup_mounts', help: 'Lazily mounted layers', registers, collect() { this.set(sources.mounts().layers); } });
     new Gauge({ name: 'dedup_prefetch_queue', help: 'Chunks queued for prefetch', registers, collect() { this.set(sources.mounts().prefetchQueued); } });
 
-    const ksmGauges: [string, string, (k: KsmStatus) => number][] = [
-      ['dedup_ksm_run', 'KSM scanner state (0 stopped, 1 running, 2 unmerging)', (k) => k.run],
-      ['dedup_ksm_pages_shared', 'KSM pages shared', (k) => k.pages_shared],
-      ['dedup_ksm_pages_sharing', 'KSM pages sharing (deduplicated)', (k) => k.pages_sharing],
-      ['dedup_ksm_pages_unshared', 'KSM pages unique but checked', (k) => k.pages_unshared],
-      ['dedup_ksm_pages_volatile', 'KSM pages changing too fast', (k) => k.pages_volatile],
-      ['dedup_ksm_full_scans', 'KSM full scans', (k) => k.full_scans],
-      ['dedup_ksm_memory_saved_bytes', 'Memory KSM saves (pages_sharing x page size)', (k) => k.memory_saved_bytes],
-    ];
-    gaugesFrom(registers, ksmGauges, sources.ksm);
   }
 
   chunkServed(from: 'memory' | 'store' | 'registry'): void {
@@ -107,6 +104,29 @@ export class DaemonMetrics implements LazyLayerObserver {
 
   text(): Promise<string> {
     return this.registry.metrics();
+  }
+}
+
+export class DaemonMetrics {
+  readonly registry = new Registry();
+
+  constructor(private readonly sources: DaemonMetricsSources) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'dedup_' });
+    const ksmGauges: [string, string, (k: KsmStatus) => number][] = [
+      ['dedup_ksm_run', 'KSM scanner state (0 stopped, 1 running, 2 unmerging)', (k) => k.run],
+      ['dedup_ksm_pages_shared', 'KSM pages shared', (k) => k.pages_shared],
+      ['dedup_ksm_pages_sharing', 'KSM pages sharing (deduplicated)', (k) => k.pages_sharing],
+      ['dedup_ksm_pages_unshared', 'KSM pages unique but checked', (k) => k.pages_unshared],
+      ['dedup_ksm_pages_volatile', 'KSM pages changing too fast', (k) => k.pages_volatile],
+      ['dedup_ksm_full_scans', 'KSM full scans', (k) => k.full_scans],
+      ['dedup_ksm_memory_saved_bytes', 'Memory KSM saves (pages_sharing x page size)', (k) => k.memory_saved_bytes],
+    ];
+    gaugesFrom(registers, ksmGauges, sources.ksm);
+  }
+
+  async text(): Promise<string> {
+    return (await this.registry.metrics()) + (await this.sources.layers());
   }
 
   get contentType(): string {

@@ -45,14 +45,24 @@ export class LayerMount {
     readonly mountpoint: string, private readonly ctx: LayerMountContext) {}
 
   /** Records the layer in the chunk store and mounts it at `mountpoint`. */
-  static async mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext): Promise<LayerMount> {
+  static mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext): LayerMount {
+    return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.mount(mountpoint, remote.desc.digest.slice(7, 19)));
+  }
+
+  /** Serves a mount another process made, over its FUSE descriptor (a hand-over); prefetch picks up where it was. */
+  static adopt(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext, fd: number): LayerMount {
+    return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.adopt(mountpoint, fd));
+  }
+
+  private static serve(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext,
+    attach: (fs: LayerFs) => void): LayerMount {
     ctx.store.addLayer({ digest: remote.desc.digest, tocDigest: remote.tocDigest, compressedSize: remote.desc.size, uncompressedSize: remote.toc.contentBytes,
       chunks: remote.chunks().map((c) => ({ digest: c.digest, size: c.chunkSize })) });
     const trace = new AccessTrace(image.name, image.manifestDigest, remote.desc.digest);
     const lazy = new LazyLayer(remote.source, remote.desc, remote.toc, ctx.store, ctx.pool, ctx.cache, { ...DEFAULT_LAZY, ...ctx.lazy },
       { firstAccess: (file, chunk) => trace.record(file, chunk), observer: ctx.observer });
     const fs = new LayerFs(remote.toc, lazy, (path, err) => ctx.onReadError?.(remote.desc.digest, path, err));
-    fs.mount(mountpoint, remote.desc.digest.slice(7, 19));
+    attach(fs);
     const m = new LayerMount(remote, lazy, fs, trace, mountpoint, ctx);
     if (ctx.prefetch?.enabled) m.prefetched = m.prefetch(image.manifestDigest, ctx);
     return m;
@@ -96,6 +106,18 @@ export class LayerMount {
     const outcome = { source, chunks: chunks.length, fetched: r.fetched, failed: r.failed, background, held };
     if (source !== 'none' || background || held) ctx.log?.info({ layer, ...outcome }, 'prefetch done');
     return outcome;
+  }
+
+  /** The FUSE descriptor the mount is served on. */
+  get fd(): number | undefined {
+    return this.fs.fd;
+  }
+
+  /** Stops serving, leaving the mount to the process that adopted it. */
+  async release(): Promise<void> {
+    await this.fs.release(); // answers what it has read first, so reads still work meanwhile
+    this.lazy.close();
+    await this.prefetched;
   }
 
   /** Unmounts and writes the access trace; returns the trace's path if anything was read. */

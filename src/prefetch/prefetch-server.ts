@@ -4,10 +4,10 @@
 //   GET  /prefetch/<id>                             -> the job
 //   GET  /healthz
 
-import { createServer, type IncomingMessage, type Server } from 'node:http';
-import { chmod, rm } from 'node:fs/promises';
+import type { IncomingMessage, Server } from 'node:http';
 import { z } from 'zod';
 import { HttpError, readJson, route, send, sendError, type Reply, type Routes } from '../api/http.js';
+import { closeUnix, listenUnix } from '../api/unix-socket.js';
 import { VERSION } from '../version.js';
 import type { PrefetchQueue } from './prefetch-queue.js';
 
@@ -32,7 +32,7 @@ export class PrefetchServer {
         },
       },
     };
-    const server = createServer((req, res) => {
+    const server = await listenUnix(socket, (req, res) => {
       const path = new URL(req.url ?? '/', 'http://dedupd').pathname;
       const job = /^\/prefetch\/([0-9a-f]+)$/.exec(path);
       const serve = async (): Promise<Reply> => {
@@ -45,20 +45,10 @@ export class PrefetchServer {
       };
       serve().then((r) => send(res, r.status ?? 200, r.body), (err: unknown) => sendError(req, res, err, log));
     });
-    await rm(socket, { force: true }); // left by a dedupd that was killed
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(socket, () => resolve());
-    });
-    await chmod(socket, 0o660);
     return new PrefetchServer(server, socket);
   }
 
-  async close(): Promise<void> {
-    await new Promise<void>((resolve) => {
-      this.server.close(() => resolve());
-      this.server.closeAllConnections();
-    });
-    await rm(this.socket, { force: true });
+  close(): Promise<void> {
+    return closeUnix(this.server, this.socket);
   }
 }

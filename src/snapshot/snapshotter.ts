@@ -1,18 +1,18 @@
 // The snapshotter (containerd's overlay snapshotter semantics over SnapshotMetadata):
 // snapshots/<id>/fs and work per snapshot, bind mounts for parentless snapshots and overlay
 // mounts with the parents' fs directories as lowerdirs otherwise. Remote snapshots: a Prepare
-// carrying the labels CRI, nerdctl or ctr-remote attach for an eStargz layer mounts that layer
-// lazily at the snapshot's fs directory, commits it under the target name and answers
-// AlreadyExists, so containerd skips the download.
+// carrying the labels CRI, nerdctl or ctr-remote attach for an eStargz layer has the layer server
+// (dedup-fused, another process) mount that layer lazily at the snapshot's fs directory, commits
+// it under the target name and answers AlreadyExists, so containerd skips the download. The
+// mounts belong to the layer server: this process can stop, crash or restart without touching them.
 
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AlreadyExistsError, FailedPreconditionError, isDedupError } from '../errors.js';
-import { RemoteLayer } from '../fetch/remote-layer.js';
+import { AlreadyExistsError, FailedPreconditionError, FusedError, isDedupError } from '../errors.js';
+import type { MountInfo, MountRequest } from '../fused/layer-server.js';
 import { manifestSchema, MANIFEST_ACCEPT, parseJson, type Platform } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
-import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
 import { unmountFuse } from '../mount/system-mounts.js';
 import type { RegistryClient } from '../registry/client.js';
 import { diskUsage } from './disk-usage.js';
@@ -40,8 +40,17 @@ export interface Mount {
   options: string[];
 }
 
-export interface SnapshotterOptions extends LayerMountContext {
+/** The layer server's side of remote snapshots (FusedClient). */
+export interface LayerService {
+  /** False when the layer was already served there. */
+  mount(request: MountRequest): Promise<boolean>;
+  unmount(mountpoint: string): Promise<void>;
+  list(): Promise<MountInfo[]>;
+}
+
+export interface SnapshotterOptions {
   root: string;
+  layers: LayerService;
   client: RegistryClient;
   platform: Platform;
   /** Mount eStargz layers lazily (config enable_lazy); otherwise every layer is unpacked. */
@@ -53,7 +62,8 @@ export interface SnapshotterOptions extends LayerMountContext {
 
 export class Snapshotter {
   readonly metadata: SnapshotMetadata;
-  private readonly remoteMounts = new Map<number, LayerMount>();
+  /** Ids of remote snapshots, whose fs directory the layer server mounts. */
+  private readonly remoteIds = new Set<number>();
   private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
 
   constructor(private opts: SnapshotterOptions) {
@@ -69,17 +79,21 @@ export class Snapshotter {
   }
 
   /**
-   * After a restart: removes directories no snapshot owns (half-made ones) and mounts the lazy
-   * layers of remote snapshots again, so images pulled before still run.
+   * After a restart: removes directories no snapshot owns (half-made ones) and re-attaches to the
+   * lazily mounted layers of remote snapshots. The layer server still serves them after a restart
+   * of this process; after a reboot (or if it was torn down) they are mounted again.
    */
   async start(): Promise<void> {
     await mkdir(join(this.opts.root, 'snapshots'), { recursive: true });
     const all = this.metadata.all();
-    await this.removeOrphans(new Set(all.map((s) => s.id)));
+    const served = await this.served();
+    await this.removeOrphans(new Set(all.map((s) => s.id)), served);
     for (const s of all) {
       if (!s.remote) continue;
+      this.remoteIds.add(s.id);
+      if (served.has(this.fs(s.id))) continue;
       try {
-        await unmountFuse(this.fs(s.id)); // a mount whose server died with the last daemon
+        await unmountFuse(this.fs(s.id)); // a mount whose server is gone
         await this.mountRemote(s.id, s.remote, this.metadata.stat(s.key).labels);
         this.opts.log.info({ snapshot: s.key, layer: s.remote.layer.digest }, 'remote snapshot mounted again');
         this.opts.audit?.('layer.mount', s.remote.image, { snapshot: s.key, layer: s.remote.layer.digest, reason: 'restart' });
@@ -87,26 +101,38 @@ export class Snapshotter {
         this.opts.log.warn({ snapshot: s.key, err: (err as Error).message }, 'cannot mount remote snapshot again');
       }
     }
+    this.opts.log.info({ remote: this.remoteIds.size, attached: served.size }, 'remote snapshots attached');
   }
 
-  private async removeOrphans(known: Set<number>): Promise<string[]> {
+  /** Mountpoints the layer server serves. */
+  private async served(): Promise<Set<string>> {
+    return new Set((await this.opts.layers.list()).map((m) => m.mountpoint));
+  }
+
+  private async removeOrphans(known: Set<number>, served: Set<string>): Promise<string[]> {
     const removed: string[] = [];
     for (const name of await readdir(join(this.opts.root, 'snapshots'))) {
       if (/^\d+$/.test(name) && known.has(Number(name))) continue;
       const dir = join(this.opts.root, 'snapshots', name);
-      await unmountFuse(join(dir, 'fs'));
+      await this.unmountLayer(join(dir, 'fs'), served);
       await rm(dir, { recursive: true, force: true });
       removed.push(name);
     }
     return removed;
   }
 
-  private async mountRemote(id: number, ref: RemoteLayerRef, labels: Record<string, string>, opened?: RemoteLayer): Promise<void> {
-    const remote = opened ?? (await RemoteLayer.open(new RegistryImage(this.opts.client, ref.image), ref.layer));
+  /** Has the layer server unmount a lazy layer it serves; detaches one whose server is gone. */
+  private async unmountLayer(mountpoint: string, served: Set<string>): Promise<void> {
+    if (served.has(mountpoint)) await this.opts.layers.unmount(mountpoint).catch(() => undefined);
+    await unmountFuse(mountpoint);
+  }
+
+  private async mountRemote(id: number, ref: RemoteLayerRef, labels: Record<string, string>): Promise<void> {
     await mkdir(this.fs(id), { recursive: true });
-    const ctx = labels[LABEL.backgroundFetch] === 'true' && this.opts.prefetch
-      ? { ...this.opts, prefetch: { ...this.opts.prefetch, background: true } } : this.opts;
-    this.remoteMounts.set(id, await LayerMount.mount(remote, this.fs(id), { name: ref.image, manifestDigest: ref.manifestDigest }, ctx));
+    await this.opts.layers.mount({
+      mountpoint: this.fs(id), image: ref.image, manifestDigest: ref.manifestDigest, layer: ref.layer, background: labels[LABEL.backgroundFetch] === 'true',
+    });
+    this.remoteIds.add(id);
   }
 
   async prepare(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
@@ -143,7 +169,6 @@ export class Snapshotter {
     const digest = labels[LABEL.criLayerDigest] ?? labels[LABEL.stargzDigest];
     if (!target || !imageRef || !digest) return false;
     let ref: RemoteLayerRef;
-    let remote: RemoteLayer;
     try {
       const image = new RegistryImage(this.opts.client, imageRef);
       const manifestDigest = labels[LABEL.criManifestDigest];
@@ -156,7 +181,6 @@ export class Snapshotter {
         this.opts.log.warn({ image: imageRef, layer: digest }, 'layer not in the image manifest; containerd unpacks it');
         return false;
       }
-      remote = await RemoteLayer.open(image, desc);
       ref = { image: imageRef, manifestDigest: resolved.manifestDigest, layer: { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, annotations: desc.annotations } };
     } catch (err) {
       if (!isDedupError(err)) throw err;
@@ -166,11 +190,14 @@ export class Snapshotter {
     // AlreadyExists here is the right answer too: containerd then uses the existing snapshot.
     const id = this.metadata.create('committed', target, parent, { ...labels, [LABEL.remote]: 'remote snapshot' }, ref);
     try {
-      await this.mountRemote(id, ref, labels, remote);
+      await this.mountRemote(id, ref, labels);
     } catch (err) {
       this.metadata.remove(target);
       await rm(this.dir(id), { recursive: true, force: true });
-      this.opts.log.warn({ image: imageRef, layer: digest, err: (err as Error).message }, 'lazy mount failed; containerd unpacks the layer');
+      // A layer that is not eStargz is the common case, not a failure.
+      const notEstargz = err instanceof FusedError && err.remoteCode === 'ERR_MALFORMED_ESTARGZ';
+      this.opts.log[notEstargz ? 'info' : 'warn']({ image: imageRef, layer: digest, err: (err as Error).message },
+        notEstargz ? 'not mounted lazily; containerd unpacks it' : 'lazy mount failed; containerd unpacks the layer');
       return false;
     }
     this.opts.log.info({ snapshot: target, image: imageRef, layer: digest }, 'remote snapshot mounted lazily');
@@ -204,13 +231,10 @@ export class Snapshotter {
 
   async remove(key: string): Promise<void> {
     const { id } = this.metadata.remove(key);
-    const lazy = this.remoteMounts.get(id);
-    if (lazy) {
-      this.remoteMounts.delete(id);
-      await lazy.unmount().catch(() => unmountFuse(this.fs(id)));
-    }
+    const lazy = this.remoteIds.delete(id);
+    if (lazy) await this.unmountLayer(this.fs(id), new Set([this.fs(id)]));
     await rm(this.dir(id), { recursive: true, force: true });
-    this.opts.audit?.('snapshot.remove', key, { lazy: lazy !== undefined });
+    this.opts.audit?.('snapshot.remove', key, { lazy });
   }
 
   stat(key: string): SnapshotInfo {
@@ -234,31 +258,15 @@ export class Snapshotter {
 
   /** Removes directories that no snapshot owns (containerd calls this during its GC). */
   async cleanup(): Promise<void> {
-    const removed = await this.removeOrphans(new Set(this.metadata.all().map((s) => s.id)));
+    const removed = await this.removeOrphans(new Set(this.metadata.all().map((s) => s.id)), await this.served());
     if (removed.length) {
       this.opts.log.info({ removed }, 'cleanup removed unowned snapshot directories');
       this.opts.audit?.('snapshot.cleanup', this.opts.root, { removed });
     }
   }
 
-  /** Prefetch settings for layers mounted from now on (a live config change). */
-  setPrefetch(prefetch: SnapshotterOptions['prefetch'], lazy: SnapshotterOptions['lazy']): void {
-    this.opts = { ...this.opts, prefetch, lazy: { ...this.opts.lazy, ...lazy } };
-  }
-
-  /** Lazily mounted layers and the chunks queued for their prefetch (metrics). */
-  mountStats(): { layers: number; prefetchQueued: number } {
-    let prefetchQueued = 0;
-    for (const m of this.remoteMounts.values()) prefetchQueued += m.lazy.prefetchQueued();
-    return { layers: this.remoteMounts.size, prefetchQueued };
-  }
-
-  /** Unmounts the lazy layers (a plain stop of the daemon) and closes the metadata. */
-  async close(): Promise<void> {
-    for (const [id, m] of this.remoteMounts) {
-      await m.unmount().catch(async () => unmountFuse(this.fs(id)));
-    }
-    this.remoteMounts.clear();
+  /** Closes the metadata. The lazily mounted layers stay: the layer server serves them. */
+  close(): void {
     this.metadata.close();
   }
 }

@@ -1,0 +1,121 @@
+#!/usr/bin/env node
+// dedup-fused: the layer server. Owns the FUSE connections of the snapshotter's lazily mounted
+// layers and serves their reads (fetching, verifying and storing chunks), so that restarting,
+// killing or upgrading the snapshotter never touches a running container's lower layers. It is
+// replaced without dropping a mount by `dedupctl fused upgrade` (or SIGUSR2): a new process takes
+// every FUSE descriptor over. A plain SIGTERM/SIGINT stops it only when nothing is mounted;
+// `dedupctl cleanup` is the full teardown. See docs/restarts.md.
+
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { CodecPool } from '../codec/codec-pool.js';
+import { configFrom, parseSize, registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
+import { daemonLogger } from '../cli/log.js';
+import { prefetchOptions } from '../config/config.js';
+import { ChunkCache } from '../fetch/chunk-cache.js';
+import { ControlApi } from '../fused/control-api.js';
+import { fusedSocket } from '../fused/client.js';
+import { released, startSuccessor, takeOver } from '../fused/handover.js';
+import { LayerServer } from '../fused/layer-server.js';
+import { LayerMetrics } from '../metrics/metrics.js';
+import { ChunkStore } from '../store/chunk-store.js';
+import { VERSION } from '../version.js';
+
+interface FusedFlags extends CommonFlags {
+  socket?: string;
+  cacheSize: number;
+  traceDir?: string;
+}
+
+/** Tells systemd (Type=notify, NotifyAccess=all) which process is the service now; no-op elsewhere. */
+function notifySystemd(...fields: string[]): void {
+  if (process.env.NOTIFY_SOCKET) execFile('systemd-notify', fields, () => undefined);
+}
+
+const program = withCommonFlags(new Command('dedup-fused'))
+  .description('layer server: owns and serves the FUSE mounts of lazily pulled layers for dedup-snapshotter')
+  .version(VERSION)
+  .option('--socket <path>', 'control socket (default: <root>/fused.sock)')
+  .option('--cache-size <bytes>', 'in-memory cache of hot chunks', parseSize('--cache-size'), 256 * 1024 * 1024)
+  .option('--trace-dir <dir>', 'access traces to record and replay (default: prefetch.trace_dir)')
+  .action(async (flags: FusedFlags) => {
+    let config = await configFrom(flags);
+    const socket = flags.socket ?? fusedSocket(config.root);
+    const log = daemonLogger('dedup-fused', config);
+    const store = await ChunkStore.open(config.root);
+    const client = await registryClientFrom(flags, config);
+    const pool = new CodecPool();
+    const layerMetrics = new LayerMetrics({ store: () => store.stats(), mounts: () => layers.mountStats() }); // read at scrape time
+    const layers: LayerServer = new LayerServer({
+      client, store, pool, cache: new ChunkCache(flags.cacheSize), traceDir: flags.traceDir ?? config.prefetch.trace_dir, log,
+      prefetch: prefetchOptions(config), lazy: { prefetchWorkers: config.prefetch.workers }, observer: layerMetrics,
+      onReadError: (layer, path, err) => {
+        layerMetrics.fuseReadError();
+        log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO');
+      },
+    });
+
+    let leave!: (how: 'stop' | 'handed-over') => void;
+    const left = new Promise<'stop' | 'handed-over'>((resolve) => (leave = resolve));
+    let control: ControlApi | undefined;
+    let upgrading = false;
+    const upgrade = async (): Promise<{ pid: number }> => {
+      if (upgrading) throw new Error('an upgrade is already in progress');
+      upgrading = true;
+      try {
+        const child = await startSuccessor(process.argv.slice(1), layers.handOver(), join(config.root, 'fused.log'));
+        log.info({ successor: child.pid, mounts: layers.size }, 'successor serves the mounts; leaving');
+        // After the answer has gone out: stop listening, answer what was read, then let go.
+        setImmediate(() => void (async () => {
+          await control?.close();
+          await layers.release();
+          await released(child);
+          leave('handed-over');
+        })());
+        return { pid: child.pid! };
+      } finally {
+        upgrading = false;
+      }
+    };
+    const shutdown = async (): Promise<{ unmounted: number }> => {
+      const unmounted = await layers.unmountAll();
+      setImmediate(() => leave('stop'));
+      return { unmounted };
+    };
+
+    const adopted = await takeOver((mounts) => layers.adopt(mounts));
+    control = await ControlApi.start(socket, layers, {
+      metrics: () => layerMetrics.text(),
+      reload: async () => {
+        config = await configFrom(flags);
+        log.level = config.log_level;
+        layers.setPrefetch(prefetchOptions(config), { prefetchWorkers: config.prefetch.workers });
+        return { reloaded: true };
+      },
+      upgrade,
+      shutdown,
+    }, log);
+    notifySystemd(`MAINPID=${process.pid}`, 'READY=1');
+    log.info({ socket, root: config.root, version: VERSION, pid: process.pid, adopted }, 'serving');
+
+    const onStop = (signal: string): void => {
+      if (layers.size === 0) return leave('stop');
+      log.warn({ signal, mounts: layers.size }, 'not stopping: running containers use these mounts (dedupctl cleanup unmounts them and stops; dedupctl fused upgrade replaces this process)');
+    };
+    process.on('SIGTERM', () => onStop('SIGTERM'));
+    process.on('SIGINT', () => onStop('SIGINT'));
+    process.on('SIGUSR2', () => void upgrade().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'upgrade failed; still serving')));
+
+    const how = await left;
+    if (how === 'stop') await control.close();
+    await pool.close();
+    store.close();
+    await client.close();
+    log.info({ how }, 'stopped');
+    // Exit even if some handle lingers: a layer server left behind after a hand-over would be a
+    // second copy serving nothing.
+    process.exit(0);
+  });
+
+await runCli(program);

@@ -1,0 +1,69 @@
+// The layer server's control socket (HTTP on a unix socket, like dedupd's):
+//   GET    /healthz                 -> {status, pid, version, mounts}
+//   GET    /mounts                  -> {mounts: [...]}
+//   POST   /mounts   MountRequest   -> 201 {mounted: true}, or 200 {mounted: false} when already served there
+//   DELETE /mounts   {mountpoint}   -> {unmounted: mountpoint}
+//   GET    /metrics                 -> Prometheus text (fetches, store, mounts)
+//   POST   /reload                  -> re-reads the config file (prefetch settings, log level)
+//   POST   /upgrade                 -> {pid}: a new process serves every mount; this one leaves
+//   POST   /shutdown                -> {unmounted: n}: unmounts everything and exits (the full teardown)
+
+import type { IncomingMessage, Server } from 'node:http';
+import { z } from 'zod';
+import { HttpError, readJson, route, send, sendError, type Reply, type Routes } from '../api/http.js';
+import { closeUnix, listenUnix } from '../api/unix-socket.js';
+import { VERSION } from '../version.js';
+import { mountRequestSchema, type LayerServer } from './layer-server.js';
+
+const MAX_BODY = 64 * 1024;
+const unmountSchema = z.object({ mountpoint: z.string().startsWith('/') }).strict();
+
+export interface ControlActions {
+  metrics(): Promise<string>;
+  reload(): Promise<unknown>;
+  upgrade(): Promise<{ pid: number }>;
+  shutdown(): Promise<{ unmounted: number }>;
+}
+
+async function body<T>(req: IncomingMessage, schema: z.ZodType<T, z.ZodTypeDef, unknown>): Promise<T> {
+  const r = schema.safeParse(await readJson(req, MAX_BODY, `${MAX_BODY} bytes`));
+  if (r.success) return r.data;
+  const issue = r.error.issues[0]!;
+  throw new HttpError(400, 'ERR_INVALID_ARGUMENT', `${issue.path.join('.') || (issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : 'body')}: ${issue.message}`);
+}
+
+export class ControlApi {
+  private constructor(private readonly server: Server, readonly socket: string) {}
+
+  static async start(socket: string, layers: LayerServer, actions: ControlActions, log: { warn(o: object, m: string): void }): Promise<ControlApi> {
+    const routes: Routes<(req: IncomingMessage) => Promise<Reply>> = {
+      '/healthz': { GET: async () => ({ body: { status: 'ok', pid: process.pid, version: VERSION, mounts: layers.size } }) },
+      '/mounts': {
+        GET: async () => ({ body: { mounts: layers.list() } }),
+        POST: async (req) => {
+          const mounted = await layers.mount(await body(req, mountRequestSchema));
+          return { status: mounted ? 201 : 200, body: { mounted } };
+        },
+        DELETE: async (req) => {
+          const { mountpoint } = await body(req, unmountSchema);
+          await layers.unmount(mountpoint);
+          return { body: { unmounted: mountpoint } };
+        },
+      },
+      '/metrics': { GET: async () => ({ body: await actions.metrics(), type: 'text/plain; version=0.0.4; charset=utf-8' }) },
+      '/reload': { POST: async () => ({ body: await actions.reload() }) },
+      '/upgrade': { POST: async () => ({ body: await actions.upgrade() }) },
+      '/shutdown': { POST: async () => ({ body: await actions.shutdown() }) },
+    };
+    const server = await listenUnix(socket, (req, res) => {
+      const path = new URL(req.url ?? '/', 'http://dedup-fused').pathname;
+      Promise.resolve().then(() => route(routes, req.method, path)(req))
+        .then((r) => send(res, r.status ?? 200, r.body, r.type), (err: unknown) => sendError(req, res, err, log));
+    });
+    return new ControlApi(server, socket);
+  }
+
+  close(): Promise<void> {
+    return closeUnix(this.server, this.socket);
+  }
+}

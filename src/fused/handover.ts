@@ -1,0 +1,88 @@
+// Replacing the layer server by a new process (an upgrade) without dropping a mount. The old
+// process starts the successor with every FUSE descriptor inherited (same open file, so the
+// kernel sees one connection throughout) and an IPC channel; the successor rebuilds each layer's
+// tree, whose inode numbers are the ones the kernel knows, and starts reading; then the old one
+// stops reading, answers what it had read, and leaves. Between the two, requests wait in the
+// kernel's queue or are answered by either process: both serve the same immutable content.
+//
+//   old -> new  {type: 'handover', mounts}      descriptors at fd 4, 5, ... in the successor
+//   new -> old  {type: 'adopted'}               or the successor exits: the old one carries on
+//   old -> new  {type: 'released'}              the old one has stopped; the socket is free
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { MountError } from '../errors.js';
+import type { HandedMount } from './layer-server.js';
+
+/** Set in a successor's environment. */
+export const HANDOVER_ENV = 'DEDUP_FUSED_HANDOVER';
+const FIRST_FD = 4;
+const ADOPT_TIMEOUT_MS = 120_000;
+
+type Message = { type: 'handover'; mounts: HandedMount[] } | { type: 'adopted' } | { type: 'released' } | { type: 'failed'; message: string };
+
+/**
+ * Starts `argv` (the installed dedup-fused, so an upgrade runs the new code) with the mounts'
+ * descriptors and waits until it serves them. Throws, with the successor gone, when it cannot.
+ */
+export async function startSuccessor(argv: string[], mounts: HandedMount[], logFile: string): Promise<ChildProcess> {
+  const log = openSync(logFile, 'a');
+  const child = spawn(process.execPath, argv, {
+    detached: true, // its own session: it outlives us
+    stdio: ['ignore', log, log, 'ipc', ...mounts.map((m) => m.fd)],
+    env: { ...process.env, [HANDOVER_ENV]: '1' },
+  });
+  closeSync(log);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new MountError(`successor ${child.pid} did not take the mounts over in ${ADOPT_TIMEOUT_MS / 1000} s`)), ADOPT_TIMEOUT_MS);
+      child.once('error', reject);
+      child.once('exit', (code, signal) => reject(new MountError(`successor exited (${signal ?? code}) before taking the mounts over; see ${logFile}`)));
+      child.on('message', (m: Message) => {
+        if (m.type === 'adopted') resolve();
+        if (m.type === 'failed') reject(new MountError(`successor cannot take the mounts over: ${m.message}`));
+      });
+      child.send({ type: 'handover', mounts: mounts.map((m, i) => ({ ...m, fd: FIRST_FD + i })) } satisfies Message);
+      void timer;
+    }).finally(() => child.removeAllListeners());
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw err;
+  }
+  return child;
+}
+
+/** Tells the successor we have stopped serving; it may take the control socket. */
+export function released(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    child.send({ type: 'released' } satisfies Message, () => {
+      child.disconnect();
+      child.unref();
+      resolve();
+    });
+  });
+}
+
+/**
+ * In a successor: receives the mounts, serves them through `adopt`, and resolves once the old
+ * process has let go (or died). Not a successor: resolves at once with no mounts.
+ */
+export async function takeOver(adopt: (mounts: HandedMount[]) => Promise<void>): Promise<number> {
+  if (!process.env[HANDOVER_ENV] || !process.send) return 0;
+  delete process.env[HANDOVER_ENV];
+  const reply = (m: Message): Promise<void> => new Promise((resolve) => process.send!(m, () => resolve()));
+  const mounts = await new Promise<HandedMount[]>((resolve) => process.once('message', (m: Message) => resolve(m.type === 'handover' ? m.mounts : [])));
+  try {
+    await adopt(mounts);
+  } catch (err) {
+    await reply({ type: 'failed', message: (err as Error).message });
+    throw err;
+  }
+  await new Promise<void>((resolve) => {
+    process.once('message', () => resolve()); // released
+    process.once('disconnect', () => resolve());
+    void reply({ type: 'adopted' });
+  });
+  if (process.connected) process.disconnect();
+  return mounts.length;
+}

@@ -1,0 +1,141 @@
+// The layer server's mounts: the lazily mounted layers the snapshotter asked for, by mountpoint.
+// It outlives snapshotter restarts (it is its own process, dedup-fused) and can hand every FUSE
+// connection to a successor process (handover.ts), so running containers never lose their lower
+// layers. Mount requests are idempotent: asking again for a layer already served there is a no-op,
+// which is how a restarted snapshotter re-attaches.
+
+import { z } from 'zod';
+import { AlreadyExistsError, NotFoundError } from '../errors.js';
+import { RemoteLayer } from '../fetch/remote-layer.js';
+import { descriptorSchema } from '../image/oci.js';
+import { RegistryImage } from '../image/registry-image.js';
+import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
+import { unmountFuse } from '../mount/system-mounts.js';
+import type { RegistryClient } from '../registry/client.js';
+
+export const mountRequestSchema = z.object({
+  mountpoint: z.string().startsWith('/'),
+  image: z.string().min(1),
+  manifestDigest: z.string().min(1),
+  layer: descriptorSchema,
+  /** Fetch the rest of the layer in the background once mounted. */
+  background: z.boolean().default(false),
+}).strict();
+
+export type MountRequest = z.infer<typeof mountRequestSchema>;
+
+export interface MountInfo extends MountRequest {
+  mountedAt: string;
+  /** Chunks of the layer not in the store yet, and their bytes. */
+  missingBytes: number;
+  reads: number;
+  readErrors: number;
+}
+
+/** What a successor needs to serve a mount: the request it was made for and its FUSE descriptor. */
+export interface HandedMount {
+  request: MountRequest;
+  mountedAt: string;
+  fd: number;
+}
+
+interface Served {
+  request: MountRequest;
+  mount: LayerMount;
+  mountedAt: string;
+}
+
+export class LayerServer {
+  private readonly served = new Map<string, Served>();
+  /** Mounts being set up, so two requests for one mountpoint do not both mount. */
+  private readonly pending = new Map<string, Promise<boolean>>();
+
+  constructor(private ctx: LayerMountContext & { client: RegistryClient }) {}
+
+  /** Mounts the layer at the request's mountpoint; false when it was already served there. */
+  mount(request: MountRequest): Promise<boolean> {
+    const busy = this.pending.get(request.mountpoint);
+    if (busy) return busy.then(() => this.mount(request));
+    const existing = this.served.get(request.mountpoint);
+    if (existing) {
+      if (existing.request.layer.digest !== request.layer.digest) {
+        throw new AlreadyExistsError(`mount at ${request.mountpoint} (it serves layer ${existing.request.layer.digest})`);
+      }
+      return Promise.resolve(false);
+    }
+    const done = this.open(request).then((remote) => {
+      const mount = LayerMount.mount(remote, request.mountpoint, { name: request.image, manifestDigest: request.manifestDigest }, this.withBackground(request));
+      this.served.set(request.mountpoint, { request, mount, mountedAt: new Date().toISOString() });
+      this.ctx.log?.info({ mountpoint: request.mountpoint, image: request.image, layer: request.layer.digest }, 'layer mounted');
+      return true;
+    }).finally(() => this.pending.delete(request.mountpoint));
+    this.pending.set(request.mountpoint, done);
+    return done;
+  }
+
+  private open(request: MountRequest): Promise<RemoteLayer> {
+    return RemoteLayer.open(new RegistryImage(this.ctx.client, request.image), request.layer);
+  }
+
+  private withBackground(request: MountRequest): LayerMountContext {
+    return request.background && this.ctx.prefetch ? { ...this.ctx, prefetch: { ...this.ctx.prefetch, background: true } } : this.ctx;
+  }
+
+  /** Unmounts what is served at `mountpoint` (writing its access trace). */
+  async unmount(mountpoint: string): Promise<void> {
+    await this.pending.get(mountpoint)?.catch(() => undefined);
+    const s = this.served.get(mountpoint);
+    if (!s) throw new NotFoundError(`mount at ${mountpoint}`);
+    this.served.delete(mountpoint);
+    await s.mount.unmount().catch(() => unmountFuse(mountpoint));
+    this.ctx.log?.info({ mountpoint, layer: s.request.layer.digest }, 'layer unmounted');
+  }
+
+  async unmountAll(): Promise<number> {
+    const all = [...this.served.keys()];
+    for (const m of all) await this.unmount(m);
+    return all.length;
+  }
+
+  list(): MountInfo[] {
+    return [...this.served.values()].map((s) => ({
+      ...s.request, mountedAt: s.mountedAt, missingBytes: s.mount.lazy.missingBytes(), reads: s.mount.fs.stats.reads, readErrors: s.mount.fs.stats.readErrors,
+    }));
+  }
+
+  get size(): number {
+    return this.served.size;
+  }
+
+  mountStats(): { layers: number; prefetchQueued: number } {
+    let prefetchQueued = 0;
+    for (const s of this.served.values()) prefetchQueued += s.mount.lazy.prefetchQueued();
+    return { layers: this.served.size, prefetchQueued };
+  }
+
+  /** Prefetch settings for layers mounted from now on (a live config change). */
+  setPrefetch(prefetch: LayerMountContext['prefetch'], lazy: LayerMountContext['lazy']): void {
+    this.ctx = { ...this.ctx, prefetch, lazy: { ...this.ctx.lazy, ...lazy } };
+  }
+
+  /** The mounts and their descriptors, for a successor. */
+  handOver(): HandedMount[] {
+    return [...this.served.values()].map((s) => ({ request: s.request, mountedAt: s.mountedAt, fd: s.mount.fd! }));
+  }
+
+  /** Serves mounts a predecessor handed over; their descriptors are at the given fd numbers here. */
+  async adopt(mounts: HandedMount[]): Promise<void> {
+    for (const h of mounts) {
+      const remote = await this.open(h.request);
+      const mount = LayerMount.adopt(remote, h.request.mountpoint, { name: h.request.image, manifestDigest: h.request.manifestDigest },
+        this.withBackground(h.request), h.fd);
+      this.served.set(h.request.mountpoint, { request: h.request, mount, mountedAt: h.mountedAt });
+    }
+  }
+
+  /** Stops serving every mount (a successor serves them now); the mounts stay. */
+  async release(): Promise<void> {
+    await Promise.all([...this.served.values()].map((s) => s.mount.release()));
+    this.served.clear();
+  }
+}

@@ -69,7 +69,9 @@ const program = withCommonFlags(new Command('dedup-fused'))
         // After the answer has gone out: stop listening, answer what was read, then let go.
         setImmediate(() => void (async () => {
           await control?.close();
+          log.debug('control socket closed');
           await layers.release();
+          log.debug('mounts released');
           await released(child);
           leave('handed-over');
         })());

@@ -5,6 +5,7 @@
 // stops reading, answers what it had read, and leaves. Between the two, requests wait in the
 // kernel's queue or are answered by either process: both serve the same immutable content.
 //
+//   new -> old  {type: 'ready'}                 listening for the hand-over (messages before are lost)
 //   old -> new  {type: 'handover', mounts}      descriptors at fd 4, 5, ... in the successor
 //   new -> old  {type: 'adopted'}               or the successor exits: the old one carries on
 //   old -> new  {type: 'released'}              the old one has stopped; the socket is free
@@ -19,7 +20,7 @@ export const HANDOVER_ENV = 'DEDUP_FUSED_HANDOVER';
 const FIRST_FD = 4;
 const ADOPT_TIMEOUT_MS = 120_000;
 
-type Message = { type: 'handover'; mounts: HandedMount[] } | { type: 'adopted' } | { type: 'released' } | { type: 'failed'; message: string };
+type Message = { type: 'ready' } | { type: 'handover'; mounts: HandedMount[] } | { type: 'adopted' } | { type: 'released' } | { type: 'failed'; message: string };
 
 /**
  * Starts `argv` (the installed dedup-fused, so an upgrade runs the new code) with the mounts'
@@ -34,17 +35,20 @@ export async function startSuccessor(argv: string[], mounts: HandedMount[], logF
   });
   closeSync(log);
   try {
+    let timer: NodeJS.Timeout | undefined;
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new MountError(`successor ${child.pid} did not take the mounts over in ${ADOPT_TIMEOUT_MS / 1000} s`)), ADOPT_TIMEOUT_MS);
+      timer = setTimeout(() => reject(new MountError(`successor ${child.pid} did not take the mounts over in ${ADOPT_TIMEOUT_MS / 1000} s`)), ADOPT_TIMEOUT_MS);
       child.once('error', reject);
       child.once('exit', (code, signal) => reject(new MountError(`successor exited (${signal ?? code}) before taking the mounts over; see ${logFile}`)));
       child.on('message', (m: Message) => {
+        if (m.type === 'ready') child.send({ type: 'handover', mounts: mounts.map((h, i) => ({ ...h, fd: FIRST_FD + i })) } satisfies Message);
         if (m.type === 'adopted') resolve();
         if (m.type === 'failed') reject(new MountError(`successor cannot take the mounts over: ${m.message}`));
       });
-      child.send({ type: 'handover', mounts: mounts.map((m, i) => ({ ...m, fd: FIRST_FD + i })) } satisfies Message);
-      void timer;
-    }).finally(() => child.removeAllListeners());
+    }).finally(() => {
+      clearTimeout(timer);
+      child.removeAllListeners();
+    });
   } catch (err) {
     child.kill('SIGKILL');
     throw err;
@@ -71,7 +75,10 @@ export async function takeOver(adopt: (mounts: HandedMount[]) => Promise<void>):
   if (!process.env[HANDOVER_ENV] || !process.send) return 0;
   delete process.env[HANDOVER_ENV];
   const reply = (m: Message): Promise<void> => new Promise((resolve) => process.send!(m, () => resolve()));
-  const mounts = await new Promise<HandedMount[]>((resolve) => process.once('message', (m: Message) => resolve(m.type === 'handover' ? m.mounts : [])));
+  const mounts = await new Promise<HandedMount[]>((resolve) => {
+    process.once('message', (m: Message) => resolve(m.type === 'handover' ? m.mounts : []));
+    void reply({ type: 'ready' });
+  });
   try {
     await adopt(mounts);
   } catch (err) {

@@ -40,11 +40,14 @@ strip_block() {
   awk -v b="$begin" -v e="$end" '$0 == b {skip=1} !skip {print} $0 == e {skip=0}' "$f" > "$f.tmp" && mv "$f.tmp" "$f"
 }
 
+commands=(dedup-snapshotter dedup-fused dedupd dedupctl)
+units_shipped=(dedup-snapshotter.service dedup-fused.service dedupd.service dedupd@.service)
+
 if ((uninstall)); then
-  ((live)) && systemctl disable --now dedup-snapshotter.service dedupd.service 2>/dev/null || true
+  ((live)) && systemctl disable --now dedup-snapshotter.service dedupd.service dedup-fused.service 2>/dev/null || true
   rm -rf "$destdir$app"
-  rm -f "$destdir$bin/dedup-snapshotter" "$destdir$bin/dedupd" "$destdir$bin/dedupctl"
-  rm -f "$destdir$units/dedup-snapshotter.service" "$destdir$units/dedupd.service" "$destdir$units/dedupd@.service"
+  for cmd in "${commands[@]}"; do rm -f "$destdir$bin/$cmd"; done
+  for unit in "${units_shipped[@]}"; do rm -f "$destdir$units/$unit"; done
   strip_block
   if ((purge)); then rm -rf "$destdir$etc" "$destdir$state"; fi
   ((live)) && systemctl daemon-reload || true
@@ -66,7 +69,7 @@ rm -rf "$destdir$app"
 mv "$tmp" "$destdir$app"
 
 mkdir -p "$destdir$bin"
-for cmd in dedup-snapshotter dedupd dedupctl; do
+for cmd in "${commands[@]}"; do
   printf '#!/bin/sh\nexec %s %s "$@"\n' "$node" "$app/dist/src/cmd/$cmd.js" > "$destdir$bin/$cmd"
   chmod 0755 "$destdir$bin/$cmd"
 done
@@ -80,7 +83,7 @@ if [[ ! -f $destdir$etc/config.json ]]; then
 fi
 
 mkdir -p "$destdir$units"
-for unit in dedup-snapshotter.service dedupd.service dedupd@.service; do
+for unit in "${units_shipped[@]}"; do
   sed -e "s#/usr/local/bin/#$bin/#g" -e "s#/usr/local/share/doc/dedup-snapshotter/README.md#$app/README.md#" "packaging/systemd/$unit" > "$destdir$units/$unit"
 done
 
@@ -102,7 +105,8 @@ fi
 
 if ((live)); then
   systemctl daemon-reload
-  echo "installed. Start it with: systemctl enable --now dedup-snapshotter && systemctl restart containerd"
+  echo "installed. Start it with: systemctl enable --now dedup-fused dedup-snapshotter && systemctl restart containerd"
+  echo "An upgrade of a running node: systemctl reload dedup-fused (mounts stay) && systemctl restart dedup-snapshotter"
 else
   echo "installed under ${destdir:-/}"
 fi

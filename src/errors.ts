@@ -24,6 +24,7 @@ export type ErrorCode =
   | 'ERR_KSM'
   | 'ERR_DEDUPD'
   | 'ERR_FUSED'
+  | 'ERR_UNAVAILABLE'
   | 'ERR_UNSUPPORTED';
 
 export class DedupError extends Error {
@@ -164,6 +165,13 @@ export class KsmError extends DedupError {
 export class DedupdError extends DedupError {
   constructor(remoteCode: string, message: string) {
     super('ERR_DEDUPD', `dedupd: ${message} [${remoteCode}]`);
+  }
+}
+
+/** Not now: a transient state (a hand-over) refuses the request; the caller retries. */
+export class UnavailableError extends DedupError {
+  constructor(message: string) {
+    super('ERR_UNAVAILABLE', message);
   }
 }
 

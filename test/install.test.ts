@@ -52,8 +52,8 @@ describe('scripts/install.sh', () => {
     await install();
     const first = await snapshot(dest);
     assert.deepEqual(Object.keys(first).sort(), [
-      'etc/containerd/config.toml', 'etc/dedup-snapshotter/config.json', 'etc/systemd/system/dedup-snapshotter.service',
-      'etc/systemd/system/dedupd.service', 'etc/systemd/system/dedupd@.service', 'usr/local/bin/dedup-snapshotter', 'usr/local/bin/dedupctl', 'usr/local/bin/dedupd',
+      'etc/containerd/config.toml', 'etc/dedup-snapshotter/config.json', 'etc/systemd/system/dedup-fused.service',
+      'etc/systemd/system/dedup-snapshotter.service', 'etc/systemd/system/dedupd.service', 'etc/systemd/system/dedupd@.service', 'usr/local/bin/dedup-fused', 'usr/local/bin/dedup-snapshotter', 'usr/local/bin/dedupctl', 'usr/local/bin/dedupd',
     ]);
     const toml = await readFile(join(dest, 'etc/containerd/config.toml'), 'utf8');
     assert.match(toml, /sandbox_image = "pause:3.9"/, 'the operator\'s settings stay');
@@ -63,6 +63,9 @@ describe('scripts/install.sh', () => {
     assert.equal(config.api.addr, '127.0.0.1:8080');
     assert.match(await readFile(join(dest, 'usr/local/bin/dedupctl'), 'utf8'), /exec \S+node \/usr\/local\/lib\/dedup-snapshotter\/dist\/src\/cmd\/dedupctl\.js "\$@"/);
     assert.ok((await readdir(join(dest, APP, 'native/build/Release'))).includes('dedup_native.node'));
+    // The layer server is its own unit: a snapshotter restart leaves it; reload upgrades it.
+    assert.match(await readFile(join(dest, 'etc/systemd/system/dedup-snapshotter.service'), 'utf8'), /--no-spawn-fused/);
+    assert.match(await readFile(join(dest, 'etc/systemd/system/dedup-fused.service'), 'utf8'), /ExecReload=\/usr\/local\/bin\/dedupctl fused upgrade/);
 
     await writeFile(join(dest, 'etc/dedup-snapshotter/config.json'), '{"log_level": "debug"}\n');
     const edited = await snapshot(dest);

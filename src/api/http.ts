@@ -56,12 +56,14 @@ export function send(res: ServerResponse, status: number, body: unknown, type?: 
   res.end(text);
 }
 
-/** Answers a failed request: HttpError as it says, a DedupError as 404 or 400, anything else 500 (logged). */
+const DEDUP_STATUS: Partial<Record<string, number>> = { ERR_NOT_FOUND: 404, ERR_ALREADY_EXISTS: 409, ERR_UNAVAILABLE: 503 };
+
+/** Answers a failed request: HttpError as it says, a DedupError as 404, 409, 503 or 400, anything else 500 (logged). */
 export function sendError(req: IncomingMessage, res: ServerResponse, err: unknown, log: { warn(o: object, m: string): void }): void {
   // A body left unread (too large, wrong type) is not drained: the connection closes instead.
   const close: Record<string, string> = req.complete ? {} : { connection: 'close' };
   if (err instanceof HttpError) return send(res, err.status, { error: { code: err.code, message: err.message } }, undefined, { ...err.headers, ...close });
-  if (isDedupError(err)) return send(res, err.code === 'ERR_NOT_FOUND' ? 404 : 400, { error: { code: err.code, message: err.message } });
+  if (isDedupError(err)) return send(res, DEDUP_STATUS[err.code] ?? 400, { error: { code: err.code, message: err.message } });
   log.warn({ path: req.url, err: (err as Error).message }, 'HTTP request failed');
   send(res, 500, { error: { code: 'ERR_INTERNAL', message: (err as Error).message } });
 }

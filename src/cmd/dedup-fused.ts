@@ -28,9 +28,12 @@ interface FusedFlags extends CommonFlags {
   traceDir?: string;
 }
 
-/** Tells systemd (Type=notify, NotifyAccess=all) which process is the service now; no-op elsewhere. */
+/**
+ * Tells systemd (Type=notify, NotifyAccess=all) which process is the service now; no-op elsewhere.
+ * --pid: the message carries this (long-lived) process's credentials, not systemd-notify's.
+ */
 function notifySystemd(...fields: string[]): void {
-  if (process.env.NOTIFY_SOCKET) execFile('systemd-notify', fields, () => undefined);
+  if (process.env.NOTIFY_SOCKET) execFile('systemd-notify', [`--pid=${process.pid}`, ...fields], () => undefined);
 }
 
 const program = withCommonFlags(new Command('dedup-fused'))
@@ -64,7 +67,11 @@ const program = withCommonFlags(new Command('dedup-fused'))
       if (upgrading) throw new Error('an upgrade is already in progress');
       upgrading = true;
       try {
-        const child = await startSuccessor(process.argv.slice(1), layers.handOver(), join(config.root, 'fused.log'));
+        const child = await startSuccessor(process.argv.slice(1), await layers.freeze(), join(config.root, 'fused.log'))
+          .catch((err: unknown) => {
+            layers.thaw();
+            throw err;
+          });
         log.info({ successor: child.pid, mounts: layers.size }, 'successor serves the mounts; leaving');
         // After the answer has gone out: stop listening, answer what was read, then let go.
         setImmediate(() => void (async () => {

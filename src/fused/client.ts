@@ -32,14 +32,15 @@ export class FusedClient {
     this.client = new UnixJsonClient(socket, 'dedup-fused', (code, message) => new FusedError(code, message));
   }
 
-  /** A call, retried while the socket is missing (an upgrade in progress) for up to RECONNECT_MS. */
+  /** A call, retried while the socket is missing or the server is handing over (an upgrade) for up to RECONNECT_MS. */
   private async call<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown, retryMs = RECONNECT_MS): Promise<T> {
     const deadline = Date.now() + retryMs;
     for (;;) {
       try {
         return await this.client.call<T>(method, path, body);
       } catch (err) {
-        if (!(err instanceof DedupError && err.code === 'ERR_NOT_FOUND') || Date.now() > deadline) throw err;
+        const transient = (err instanceof DedupError && err.code === 'ERR_NOT_FOUND') || (err instanceof FusedError && err.remoteCode === 'ERR_UNAVAILABLE');
+        if (!transient || Date.now() > deadline) throw err;
         await new Promise((r) => setTimeout(r, 100));
       }
     }

@@ -5,7 +5,7 @@
 // which is how a restarted snapshotter re-attaches.
 
 import { z } from 'zod';
-import { AlreadyExistsError, NotFoundError } from '../errors.js';
+import { AlreadyExistsError, NotFoundError, UnavailableError } from '../errors.js';
 import { RemoteLayer } from '../fetch/remote-layer.js';
 import { descriptorSchema } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
@@ -49,11 +49,14 @@ export class LayerServer {
   private readonly served = new Map<string, Served>();
   /** Mounts being set up, so two requests for one mountpoint do not both mount. */
   private readonly pending = new Map<string, Promise<boolean>>();
+  /** Set while the mounts are being handed over: the set of mounts must not change meanwhile. */
+  private frozen = false;
 
   constructor(private ctx: LayerMountContext & { client: RegistryClient }) {}
 
   /** Mounts the layer at the request's mountpoint; false when it was already served there. */
   mount(request: MountRequest): Promise<boolean> {
+    this.checkNotFrozen();
     const busy = this.pending.get(request.mountpoint);
     if (busy) return busy.then(() => this.mount(request));
     const existing = this.served.get(request.mountpoint);
@@ -83,6 +86,7 @@ export class LayerServer {
 
   /** Unmounts what is served at `mountpoint` (writing its access trace). */
   async unmount(mountpoint: string): Promise<void> {
+    this.checkNotFrozen();
     await this.pending.get(mountpoint)?.catch(() => undefined);
     const s = this.served.get(mountpoint);
     if (!s) throw new NotFoundError(`mount at ${mountpoint}`);
@@ -118,8 +122,17 @@ export class LayerServer {
     this.ctx = { ...this.ctx, prefetch, lazy: { ...this.ctx.lazy, ...lazy } };
   }
 
-  /** The mounts and their descriptors, for a successor. */
-  handOver(): HandedMount[] {
+  private checkNotFrozen(): void {
+    if (this.frozen) throw new UnavailableError('layer server is handing its mounts to a new process; retry');
+  }
+
+  /**
+   * Refuses mounts and unmounts from now on (the caller retries with the successor), waits for
+   * those under way, and returns the mounts and their descriptors for a successor.
+   */
+  async freeze(): Promise<HandedMount[]> {
+    this.frozen = true;
+    await Promise.allSettled(this.pending.values());
     return [...this.served.values()].map((s) => ({ request: s.request, mountedAt: s.mountedAt, fd: s.mount.fd! }));
   }
 
@@ -131,6 +144,11 @@ export class LayerServer {
         this.withBackground(h.request), h.fd);
       this.served.set(h.request.mountpoint, { request: h.request, mount, mountedAt: h.mountedAt });
     }
+  }
+
+  /** Takes mounts and unmounts again (a hand-over that failed). */
+  thaw(): void {
+    this.frozen = false;
   }
 
   /** Stops serving every mount (a successor serves them now); the mounts stay. */

@@ -1,10 +1,11 @@
 // The main job (npm run demo): a local registry, two generated images that share a base, converted
 // to eStargz, read without downloading (TOC only), mounted lazily and run with chroot, ingested
 // into the deduplicating chunk store through a byte-counting proxy, then pulled lazily and run by
-// containerd through dedup-snapshotter, with a look at its admin API.
+// containerd through dedup-snapshotter, with a look at its admin API; then the snapshotter is
+// killed and restarted and the layer server upgraded, and a new container still starts.
 
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CodecPool } from '../src/codec/codec-pool.js';
@@ -125,6 +126,23 @@ async function main(): Promise<void> {
     const audit = (await (await fetch(`${snapshotter.api}/audit/logs?limit=3`)).json()) as { entries: { time: string; actor: string; action: string; target: string }[] };
     say('   GET /audit/logs?limit=3:');
     for (const e of audit.entries) say(`     ${e.time}  ${e.action}  ${e.actor}  ${e.target}`);
+
+    say('\n== restart: the lazy layers belong to the layer server (dedup-fused), so a running container never notices');
+    const fusedArgs = ['--root', snapshotter.root, '--config', snapshotter.config];
+    await snapshotter.kill9();
+    say(`   dedup-snapshotter killed (SIGKILL); dedup-fused ${snapshotter.fusedPid} still serves the mounts`);
+    const restarted = await startSnapshotter(daemonDir);
+    snapshotter = restarted;
+    say(`   restarted: ${(await readFile(restarted.log, 'utf8')).split('\n').filter((l) => l.includes('remote snapshots attached')).map((l) => {
+      const o = JSON.parse(l) as { remote: number; attached: number };
+      return `${o.attached} of ${o.remote} remote snapshots re-attached`;
+    }).pop()}`);
+    const up = JSON.parse((await dedupctl(['fused', 'upgrade', ...fusedArgs, '--json'])).stdout) as { from: number; to: number; mounts: number };
+    restarted.fusedPid = up.to;
+    say(`   dedupctl fused upgrade: pid ${up.from} -> ${up.to}, ${up.mounts} layers handed over without unmounting`);
+    const again = await containerd.ctr(['run', '--rm', '--snapshotter', 'dedup', lazyRef, `demo-again-${process.pid}`, '/bin/cat', '/etc/motd'], 120_000);
+    if (again.code !== 0) throw new Error(`ctr run after the restart: ${again.stderr}`);
+    say(`   a new container after both: ${again.stdout.trim()}`);
   } finally {
     if (mountedAt) await dedupctl(['umount', '--root', join(tmp, 'root'), mountedAt]);
     store?.close();

@@ -41,7 +41,7 @@ describe('interpreter workload', () => {
       await snap.stop();
       await unmountUnder(dir);
     }
-    const lines = (await readFile(snap.log, 'utf8')).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; demandFetches?: number; chunksFetched?: number });
+    const lines = (await readFile(snap.fusedLog, 'utf8')).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; demandFetches?: number; chunksFetched?: number });
     const unmounted = lines.filter((l) => l.msg === 'layer unmounted');
     await rm(dir, { recursive: true, force: true });
     return { output, demandFetches: unmounted.reduce((n, l) => n + (l.demandFetches ?? 0), 0), fetched: unmounted.reduce((n, l) => n + (l.chunksFetched ?? 0), 0) };

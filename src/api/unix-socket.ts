@@ -31,7 +31,9 @@ export async function closeUnix(server: Server, socket: string): Promise<void> {
 export class UnixJsonClient {
   private readonly dispatcher: Agent;
 
-  constructor(readonly socket: string, private readonly peer: string, private readonly refused: (code: string, message: string) => Error) {
+  /** `hint`: what to check when nothing listens on the socket. */
+  constructor(readonly socket: string, private readonly peer: string, private readonly refused: (code: string, message: string) => Error,
+    private readonly hint = `is ${peer} running?`) {
     this.dispatcher = new Agent({ connect: { socketPath: socket } });
   }
 
@@ -41,7 +43,7 @@ export class UnixJsonClient {
       headers: body === undefined ? {} : { 'content-type': 'application/json' }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs,
     }).catch((err: NodeJS.ErrnoException) => {
       const cause = (err.cause as NodeJS.ErrnoException | undefined)?.code ?? err.code;
-      if (cause === 'ENOENT' || cause === 'ECONNREFUSED') throw new NotFoundError(`${this.peer} socket ${this.socket}`, `is ${this.peer} running?`);
+      if (cause === 'ENOENT' || cause === 'ECONNREFUSED') throw new NotFoundError(`${this.peer} socket ${this.socket}`, this.hint);
       throw err;
     });
     const text = await r.body.text();

@@ -8,7 +8,7 @@ import type { PrefetchJob } from '../prefetch/prefetch-queue.js';
 import { formatBytes, printJson } from './common.js';
 
 function call<T>(socket: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
-  const client = new UnixJsonClient(socket, 'dedupd', (code, message) => new DedupdError(code, message));
+  const client = new UnixJsonClient(socket, 'dedupd', (code, message) => new DedupdError(code, message), 'is dedupd --serve running?');
   return client.call<T>(method, path, body).finally(() => client.close());
 }
 

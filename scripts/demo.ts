@@ -127,7 +127,7 @@ async function main(): Promise<void> {
     say('   GET /audit/logs?limit=3:');
     for (const e of audit.entries) say(`     ${e.time}  ${e.action}  ${e.actor}  ${e.target}`);
 
-    say('\n== restart: the lazy layers belong to the layer server (dedup-fused), so a running container never notices');
+    say('\n== restart: the lazy layers belong to the layer server (dedup-fused), so running containers keep reading');
     const fusedArgs = ['--root', snapshotter.root, '--config', snapshotter.config];
     await snapshotter.kill9();
     say(`   dedup-snapshotter killed (SIGKILL); dedup-fused ${snapshotter.fusedPid} still serves the mounts`);

@@ -10,7 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
 import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
-import { run } from './fixtures/process.js';
+import { run, waitFor } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { snapshotsClient } from './fixtures/snapshots-client.js';
@@ -184,7 +184,7 @@ describe('containerd proxy snapshotter', () => {
     const fused = snap!.fusedPid;
     await restartAndRun(() => snap!.kill9());
     assert.equal(snap!.fusedPid, fused, 'the same layer server serves on');
-    assert.match(await readFile(snap!.log, 'utf8'), /"remote":2,"attached":2,"msg":"remote snapshots attached"/);
+    assert.match(await readFile(snap!.log, 'utf8'), /"remote":2,"attached":2,"mounted":0,"msg":"remote snapshots attached"/);
   });
 
   it('after the layer server dies too, the restarted daemon mounts the remote snapshots again', async () => {
@@ -196,5 +196,15 @@ describe('containerd proxy snapshotter', () => {
     });
     assert.notEqual(snap!.fusedPid, fused);
     assert.match(await readFile(snap!.log, 'utf8'), /remote snapshot mounted again/);
+  });
+
+  it('when the layer server dies under a running daemon, a new one is started and the remote snapshots are mounted again', async () => {
+    const fused = snap!.fusedPid;
+    process.kill(fused, 'SIGKILL');
+    await waitFor('the daemon to mount the remote snapshots again', async () => /"from":\d+,"to":\d+,"msg":"layer server changed; re-attaching"[^]*"mounted":2,"msg":"remote snapshots attached"/
+      .test(await readFile(snap!.log, 'utf8')), 60_000);
+    snap!.fusedPid = Number(/"to":(\d+),"msg":"layer server changed/.exec(await readFile(snap!.log, 'utf8'))![1]);
+    assert.notEqual(snap!.fusedPid, fused);
+    assert.equal(await runIn('dedup', lazyRef, 'cat /etc/hostname'), 'rich-upper\n');
   });
 });

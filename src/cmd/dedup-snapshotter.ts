@@ -47,6 +47,8 @@ function fusedArgs(flags: DaemonFlags, root: string): string[] {
 }
 
 const AUDIT_PRUNE_MS = 60 * 60 * 1000;
+/** How often the daemon checks that its layer server is the one it attached to. */
+const FUSED_WATCH_MS = 5000;
 
 const program = withCommonFlags(new Command('dedup-snapshotter'))
   .description('containerd proxy snapshotter: lazily pulled eStargz layers over a deduplicating chunk store')
@@ -106,6 +108,26 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       log.info({ changed: change.changed, restartRequired: change.restartRequired }, 'config changed');
     });
 
+    // A layer server that died (and was restarted by systemd, or is started again here) serves
+    // nothing: mount the remote snapshots again. An upgrade changes the pid too; then every
+    // layer is still served and reattach() does nothing.
+    let attachedTo = fusedPid;
+    let watching = false;
+    const watchFused = async (): Promise<void> => {
+      const pid = await fused.health().then((h) => h.pid, () => undefined)
+        ?? (flags.spawnFused ? await fused.ensureRunning(fusedArgs(flags, config.root), join(config.root, 'fused.log')) : undefined);
+      if (pid === undefined || pid === attachedTo) return;
+      log.info({ from: attachedTo, to: pid }, 'layer server changed; re-attaching');
+      attachedTo = pid;
+      await snapshotter.reattach();
+    };
+    const watcher = setInterval(() => {
+      if (watching) return;
+      watching = true;
+      watchFused().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'layer server check failed'))
+        .finally(() => (watching = false));
+    }, FUSED_WATCH_MS).unref();
+
     const stopped = new Promise<string>((resolve) => {
       process.once('SIGTERM', () => resolve('SIGTERM'));
       process.once('SIGINT', () => resolve('SIGINT'));
@@ -135,6 +157,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       });
     } finally {
       clearInterval(pruner);
+      clearInterval(watcher);
       await api?.close();
       server.forceShutdown();
       snapshotter.close();

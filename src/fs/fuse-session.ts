@@ -84,7 +84,7 @@ const MS_NOSUID = 2;
 const MS_NODEV = 4;
 
 export interface FuseSessionOptions {
-  /** A request failed: EIO went back (a read's error, logged by the owner). */
+  /** An operation threw something other than FuseErrno: EIO went back. */
   onError?: (op: string, ino: number, err: unknown) => void;
 }
 

@@ -173,13 +173,18 @@ export class LayerFs implements FuseFilesystem {
     this.dir = mountpoint;
   }
 
+  /** Failures other than the expected errnos (a read's are reported in read()). */
+  private readonly sessionOptions = {
+    onError: (op: string, ino: number, err: unknown) => this.onReadError?.(`${this.byIno.get(ino)?.path ?? `inode ${ino}`} (${op})`, err),
+  };
+
   mount(mountpoint: string, name: string): void {
-    this.serve(FuseSession.mount(mountpoint, this, name), mountpoint);
+    this.serve(FuseSession.mount(mountpoint, this, name, this.sessionOptions), mountpoint);
   }
 
   /** Serves a mount another process made, over its FUSE descriptor `fd` (a hand-over). */
   adopt(mountpoint: string, fd: number): void {
-    this.serve(FuseSession.adopt(fd, this), mountpoint);
+    this.serve(FuseSession.adopt(fd, this, this.sessionOptions), mountpoint);
   }
 
   /** Stops serving without unmounting: another process has taken the mount over. */

@@ -80,28 +80,38 @@ export class Snapshotter {
 
   /**
    * After a restart: removes directories no snapshot owns (half-made ones) and re-attaches to the
-   * lazily mounted layers of remote snapshots. The layer server still serves them after a restart
-   * of this process; after a reboot (or if it was torn down) they are mounted again.
+   * lazily mounted layers of remote snapshots (reattach).
    */
   async start(): Promise<void> {
     await mkdir(join(this.opts.root, 'snapshots'), { recursive: true });
     const all = this.metadata.all();
+    await this.removeOrphans(new Set(all.map((s) => s.id)), await this.served());
+    await this.reattach();
+  }
+
+  /**
+   * Makes the layer server serve every remote snapshot: after a restart of this process it still
+   * serves them all; after a reboot, or when a new layer server replaced one that died, they are
+   * mounted again.
+   */
+  async reattach(): Promise<void> {
     const served = await this.served();
-    await this.removeOrphans(new Set(all.map((s) => s.id)), served);
-    for (const s of all) {
+    let mounted = 0;
+    for (const s of this.metadata.all()) {
       if (!s.remote) continue;
       this.remoteIds.add(s.id);
       if (served.has(this.fs(s.id))) continue;
       try {
         await unmountFuse(this.fs(s.id)); // a mount whose server is gone
         await this.mountRemote(s.id, s.remote, this.metadata.stat(s.key).labels);
+        mounted++;
         this.opts.log.info({ snapshot: s.key, layer: s.remote.layer.digest }, 'remote snapshot mounted again');
-        this.opts.audit?.('layer.mount', s.remote.image, { snapshot: s.key, layer: s.remote.layer.digest, reason: 'restart' });
+        this.opts.audit?.('layer.mount', s.remote.image, { snapshot: s.key, layer: s.remote.layer.digest, reason: 'layer server restarted' });
       } catch (err) {
         this.opts.log.warn({ snapshot: s.key, err: (err as Error).message }, 'cannot mount remote snapshot again');
       }
     }
-    this.opts.log.info({ remote: this.remoteIds.size, attached: served.size }, 'remote snapshots attached');
+    this.opts.log.info({ remote: this.remoteIds.size, attached: served.size, mounted }, 'remote snapshots attached');
   }
 
   /** Mountpoints the layer server serves. */

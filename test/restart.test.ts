@@ -152,6 +152,25 @@ describe('running containers survive restarts and upgrades', () => {
     assert.match(await readFile(snap!.log, 'utf8'), new RegExp(`"image":"${otherRef.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}".*remote snapshot mounted lazily`));
   });
 
+  it('an upgrade whose successor cannot start changes nothing: the old layer server serves on', async () => {
+    const fused = snap!.fusedPid;
+    const good = await readFile(snap!.config, 'utf8');
+    await writeFile(snap!.config, '{"log_level": "loud"}'); // the successor reads the config and refuses it
+    try {
+      const r = await dedupctl(['fused', 'upgrade', '--root', snap!.root]);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /successor exited \(1\) before taking the mounts over/);
+    } finally {
+      await writeFile(snap!.config, good);
+    }
+    assert.ok(isAlive(fused));
+    const st = await dedupctlJson<{ pid: number; mounts: unknown[] }>(['fused', 'status', '--root', snap!.root, '--config', snap!.config]);
+    assert.equal(st.pid, fused);
+    const again = await ctd!.ctr(['run', '--rm', '--snapshotter', 'dedup', ref, 'after-failed-upgrade', '/bin/sh', '-c', 'sha256sum -c -s /sums && echo verified'], 120_000);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(again.stdout, 'verified\n');
+  });
+
   it('a plain stop keeps the mounts; dedupctl cleanup leaves no mount and no process', async () => {
     await ctd!.stop();
     ctd = undefined;

@@ -84,8 +84,7 @@ export class Snapshotter {
    */
   async start(): Promise<void> {
     await mkdir(join(this.opts.root, 'snapshots'), { recursive: true });
-    const all = this.metadata.all();
-    await this.removeOrphans(new Set(all.map((s) => s.id)), await this.served());
+    await this.removeOrphans(await this.served());
     await this.reattach();
   }
 
@@ -119,9 +118,16 @@ export class Snapshotter {
     return new Set((await this.opts.layers.list()).map((m) => m.mountpoint));
   }
 
-  private async removeOrphans(known: Set<number>, served: Set<string>): Promise<string[]> {
+  /**
+   * Removes snapshot directories no snapshot owns. The directory is listed before the metadata is
+   * read: a Prepare running meanwhile records its snapshot before it makes the directory, so a
+   * directory listed is never a new snapshot's.
+   */
+  private async removeOrphans(served: Set<string>): Promise<string[]> {
     const removed: string[] = [];
-    for (const name of await readdir(join(this.opts.root, 'snapshots'))) {
+    const names = await readdir(join(this.opts.root, 'snapshots'));
+    const known = new Set(this.metadata.all().map((s) => s.id));
+    for (const name of names) {
       if (/^\d+$/.test(name) && known.has(Number(name))) continue;
       const dir = join(this.opts.root, 'snapshots', name);
       await this.unmountLayer(join(dir, 'fs'), served);
@@ -268,7 +274,7 @@ export class Snapshotter {
 
   /** Removes directories that no snapshot owns (containerd calls this during its GC). */
   async cleanup(): Promise<void> {
-    const removed = await this.removeOrphans(new Set(this.metadata.all().map((s) => s.id)), await this.served());
+    const removed = await this.removeOrphans(await this.served());
     if (removed.length) {
       this.opts.log.info({ removed }, 'cleanup removed unowned snapshot directories');
       this.opts.audit?.('snapshot.cleanup', this.opts.root, { removed });

@@ -65,7 +65,7 @@ const WRITES = new Set([4, 6, 8, 9, 10, 11, 12, 13, 16, 20, 21, 24, 35, 43, 45])
 const NO_REPLY = new Set<number>([OP.FORGET, OP.BATCH_FORGET, OP.INTERRUPT]);
 
 const INIT_FLAGS = {
-  ASYNC_READ: 1 << 0, PARALLEL_DIROPS: 1 << 18, MAX_PAGES: 1 << 22, CACHE_SYMLINKS: 1 << 23,
+  ASYNC_READ: 1 << 0, NO_OPEN_SUPPORT: 1 << 17, PARALLEL_DIROPS: 1 << 18, MAX_PAGES: 1 << 22, CACHE_SYMLINKS: 1 << 23, NO_OPENDIR_SUPPORT: 1 << 24,
 } as const;
 const FOPEN_KEEP_CACHE = 1 << 1;
 const FOPEN_CACHE_DIR = 1 << 3;
@@ -88,6 +88,12 @@ export interface FuseSessionOptions {
   onError?: (op: string, ino: number, err: unknown) => void;
 }
 
+/** What a process needs to serve a connection another process set up: its descriptor and INIT's kernel flags. */
+export interface FuseConnection {
+  fd: number;
+  kernelFlags: number;
+}
+
 /** One FUSE connection: the device descriptor, its reader thread and the requests in flight. */
 export class FuseSession {
   private reader: DeviceReader | undefined;
@@ -99,7 +105,7 @@ export class FuseSession {
   readonly ended: Promise<number>;
   private endConnection!: (errno: number) => void;
 
-  private constructor(readonly fd: number, private readonly fs: FuseFilesystem, private readonly opts: FuseSessionOptions) {
+  private constructor(readonly fd: number, private kernelFlags: number, private readonly fs: FuseFilesystem, private readonly opts: FuseSessionOptions) {
     this.ended = new Promise((resolve) => (this.endConnection = resolve));
   }
 
@@ -115,16 +121,20 @@ export class FuseSession {
       closeSync(fd);
       throw new MountError(`cannot mount FUSE at ${mountpoint}: ${r.call}: ${r.message}`);
     }
-    const s = new FuseSession(fd, fs, opts);
+    const s = new FuseSession(fd, 0, fs, opts);
     s.start();
     return s;
   }
 
   /** Serves a connection another process set up and answered INIT for (a hand-over). */
-  static adopt(fd: number, fs: FuseFilesystem, opts: FuseSessionOptions = {}): FuseSession {
-    const s = new FuseSession(fd, fs, opts);
+  static adopt(conn: FuseConnection, fs: FuseFilesystem, opts: FuseSessionOptions = {}): FuseSession {
+    const s = new FuseSession(conn.fd, conn.kernelFlags, fs, opts);
     s.start();
     return s;
+  }
+
+  get connection(): FuseConnection {
+    return { fd: this.fd, kernelFlags: this.kernelFlags };
   }
 
   private start(): void {
@@ -193,6 +203,7 @@ export class FuseSession {
     const fs = this.fs;
     switch (opcode) {
       case OP.INIT:
+        this.kernelFlags = body.readUInt32LE(12);
         return initReply(body);
       case OP.LOOKUP:
         return entryOut(fs.lookup(ino, cString(body, 0)));
@@ -204,11 +215,16 @@ export class FuseSession {
       }
       case OP.READLINK:
         return fs.readlink(ino);
+      // Where the kernel can do without them, opens cost no round trip: ENOSYS once makes it open
+      // every file with FOPEN_KEEP_CACHE (and directories with FOPEN_CACHE_DIR) on its own, and
+      // send no RELEASE either. The mount is read-only, so no open for writing gets this far.
       case OP.OPEN:
+        if (this.kernelFlags & INIT_FLAGS.NO_OPEN_SUPPORT) throw new FuseErrno(ERRNO.ENOSYS);
         if ((body.readUInt32LE(0) & O_ACCMODE) !== 0) throw new FuseErrno(ERRNO.EROFS);
         fs.open(ino, body.readUInt32LE(0));
         return openOut(FOPEN_KEEP_CACHE);
       case OP.OPENDIR:
+        if (this.kernelFlags & INIT_FLAGS.NO_OPENDIR_SUPPORT) throw new FuseErrno(ERRNO.ENOSYS);
         fs.readdir(ino); // ENOTDIR / ENOENT now rather than at the first readdir
         return openOut(FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR);
       case OP.READ:

@@ -9,7 +9,7 @@
 import type { Toc, TocNode } from '../estargz/toc.js';
 import type { LazyLayer } from '../fetch/lazy-layer.js';
 import { unmount } from '../mount/system-mounts.js';
-import { ERRNO, FuseErrno, FuseSession, type FuseAttr, type FuseDirEntry, type FuseFilesystem, type StatFs } from './fuse-session.js';
+import { ERRNO, FuseErrno, FuseSession, type FuseAttr, type FuseConnection, type FuseDirEntry, type FuseFilesystem, type StatFs } from './fuse-session.js';
 
 const S_IFMT = { dir: 0o040000, reg: 0o100000, symlink: 0o120000, char: 0o020000, block: 0o060000, fifo: 0o010000 } as const;
 const WHITEOUT_PREFIX = '.wh.';
@@ -92,9 +92,9 @@ export class LayerFs implements FuseFilesystem {
     return this.dir;
   }
 
-  /** The FUSE descriptor this mount is served on (to hand over to another process). */
-  get fd(): number | undefined {
-    return this.session?.fd;
+  /** The FUSE connection this mount is served on (to hand over to another process). */
+  get connection(): FuseConnection | undefined {
+    return this.session?.connection;
   }
 
   private entry(ino: number): FsEntry {
@@ -182,9 +182,9 @@ export class LayerFs implements FuseFilesystem {
     this.serve(FuseSession.mount(mountpoint, this, name, this.sessionOptions), mountpoint);
   }
 
-  /** Serves a mount another process made, over its FUSE descriptor `fd` (a hand-over). */
-  adopt(mountpoint: string, fd: number): void {
-    this.serve(FuseSession.adopt(fd, this, this.sessionOptions), mountpoint);
+  /** Serves a mount another process made, over its FUSE connection (a hand-over). */
+  adopt(mountpoint: string, conn: FuseConnection): void {
+    this.serve(FuseSession.adopt(conn, this, this.sessionOptions), mountpoint);
   }
 
   /** Stops serving without unmounting: another process has taken the mount over. */

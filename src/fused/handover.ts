@@ -30,7 +30,7 @@ export async function startSuccessor(argv: string[], mounts: HandedMount[], logF
   const log = openSync(logFile, 'a');
   const child = spawn(process.execPath, argv, {
     detached: true, // its own session: it outlives us
-    stdio: ['ignore', log, log, 'ipc', ...mounts.map((m) => m.fd)],
+    stdio: ['ignore', log, log, 'ipc', ...mounts.map((m) => m.connection.fd)],
     env: { ...process.env, [HANDOVER_ENV]: '1' },
   });
   closeSync(log);
@@ -41,7 +41,9 @@ export async function startSuccessor(argv: string[], mounts: HandedMount[], logF
       child.once('error', reject);
       child.once('exit', (code, signal) => reject(new MountError(`successor exited (${signal ?? code}) before taking the mounts over; see ${logFile}`)));
       child.on('message', (m: Message) => {
-        if (m.type === 'ready') child.send({ type: 'handover', mounts: mounts.map((h, i) => ({ ...h, fd: FIRST_FD + i })) } satisfies Message);
+        if (m.type === 'ready') {
+          child.send({ type: 'handover', mounts: mounts.map((h, i) => ({ ...h, connection: { ...h.connection, fd: FIRST_FD + i } })) } satisfies Message);
+        }
         if (m.type === 'adopted') resolve();
         if (m.type === 'failed') reject(new MountError(`successor cannot take the mounts over: ${m.message}`));
       });

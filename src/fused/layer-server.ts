@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { AlreadyExistsError, NotFoundError, UnavailableError } from '../errors.js';
 import { RemoteLayer } from '../fetch/remote-layer.js';
+import type { FuseConnection } from '../fs/fuse-session.js';
 import { descriptorSchema } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
@@ -32,11 +33,11 @@ export interface MountInfo extends MountRequest {
   readErrors: number;
 }
 
-/** What a successor needs to serve a mount: the request it was made for and its FUSE descriptor. */
+/** What a successor needs to serve a mount: the request it was made for and its FUSE connection. */
 export interface HandedMount {
   request: MountRequest;
   mountedAt: string;
-  fd: number;
+  connection: FuseConnection;
 }
 
 interface Served {
@@ -133,15 +134,15 @@ export class LayerServer {
   async freeze(): Promise<HandedMount[]> {
     this.frozen = true;
     await Promise.allSettled(this.pending.values());
-    return [...this.served.values()].map((s) => ({ request: s.request, mountedAt: s.mountedAt, fd: s.mount.fd! }));
+    return [...this.served.values()].map((s) => ({ request: s.request, mountedAt: s.mountedAt, connection: s.mount.connection! }));
   }
 
-  /** Serves mounts a predecessor handed over; their descriptors are at the given fd numbers here. */
+  /** Serves mounts a predecessor handed over; their descriptors are at the given fd numbers in this process. */
   async adopt(mounts: HandedMount[]): Promise<void> {
     for (const h of mounts) {
       const remote = await this.open(h.request);
       const mount = LayerMount.adopt(remote, h.request.mountpoint, { name: h.request.image, manifestDigest: h.request.manifestDigest },
-        this.withBackground(h.request), h.fd);
+        this.withBackground(h.request), h.connection);
       this.served.set(h.request.mountpoint, { request: h.request, mount, mountedAt: h.mountedAt });
     }
   }

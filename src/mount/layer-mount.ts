@@ -8,6 +8,7 @@ import { DEFAULT_LAZY, LazyLayer, type ChunkRef, type LazyLayerObserver, type La
 import { manySmallFiles, planAll, planFromLandmark, planFromTrace, readTrace } from '../prefetch/plan.js';
 import type { RemoteLayer } from '../fetch/remote-layer.js';
 import { AccessTrace, tracePath } from '../fs/access-trace.js';
+import type { FuseConnection } from '../fs/fuse-session.js';
 import { LayerFs } from '../fs/layer-fs.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 
@@ -49,9 +50,9 @@ export class LayerMount {
     return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.mount(mountpoint, remote.desc.digest.slice(7, 19)));
   }
 
-  /** Serves a mount another process made, over its FUSE descriptor (a hand-over); prefetch picks up where it was. */
-  static adopt(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext, fd: number): LayerMount {
-    return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.adopt(mountpoint, fd));
+  /** Serves a mount another process made, over its FUSE connection (a hand-over); prefetch picks up where it was. */
+  static adopt(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext, conn: FuseConnection): LayerMount {
+    return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.adopt(mountpoint, conn));
   }
 
   private static serve(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext,
@@ -108,9 +109,9 @@ export class LayerMount {
     return outcome;
   }
 
-  /** The FUSE descriptor the mount is served on. */
-  get fd(): number | undefined {
-    return this.fs.fd;
+  /** The FUSE connection the mount is served on. */
+  get connection(): FuseConnection | undefined {
+    return this.fs.connection;
   }
 
   /** Stops serving, leaving the mount to the process that adopted it. */

@@ -5,6 +5,7 @@
 // read) and hands each request to JavaScript as a Buffer. Replies are written from JavaScript.
 
 #include <napi.h>
+#include "sys_error.h"
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mount.h>
@@ -16,14 +17,6 @@
 #include <vector>
 
 namespace {
-
-Napi::Value Fail(Napi::Env env, const char* call, int err) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("errno", Napi::Number::New(env, err));
-  o.Set("call", Napi::String::New(env, call));
-  o.Set("message", Napi::String::New(env, std::strerror(err)));
-  return o;
-}
 
 // mount(source, target, fstype, flags, data): true, or an error object.
 Napi::Value Mount(const Napi::CallbackInfo& info) {
@@ -38,7 +31,7 @@ Napi::Value Mount(const Napi::CallbackInfo& info) {
   std::string fstype = info[2].As<Napi::String>();
   auto flags = static_cast<unsigned long>(info[3].As<Napi::Number>().Int64Value());
   std::string data = info[4].As<Napi::String>();
-  if (mount(source.c_str(), target.c_str(), fstype.c_str(), flags, data.c_str()) != 0) return Fail(env, "mount", errno);
+  if (mount(source.c_str(), target.c_str(), fstype.c_str(), flags, data.c_str()) != 0) return SysError(env, "mount", errno);
   return Napi::Boolean::New(env, true);
 }
 

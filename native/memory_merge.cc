@@ -4,6 +4,7 @@
 // the TypeScript side can turn them into typed errors.
 
 #include <napi.h>
+#include "sys_error.h"
 #include <sys/prctl.h>
 #include <unistd.h>
 #include <cerrno>
@@ -16,14 +17,6 @@
 
 namespace {
 
-Napi::Value Fail(Napi::Env env, const char* call, int err) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("errno", Napi::Number::New(env, err));
-  o.Set("call", Napi::String::New(env, call));
-  o.Set("message", Napi::String::New(env, std::strerror(err)));
-  return o;
-}
-
 // setMemoryMerge(on: boolean): true, or an error object.
 Napi::Value SetMemoryMerge(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -32,7 +25,7 @@ Napi::Value SetMemoryMerge(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   unsigned long on = info[0].As<Napi::Boolean>().Value() ? 1 : 0;
-  if (prctl(PR_SET_MEMORY_MERGE, on, 0, 0, 0) != 0) return Fail(env, "prctl(PR_SET_MEMORY_MERGE)", errno);
+  if (prctl(PR_SET_MEMORY_MERGE, on, 0, 0, 0) != 0) return SysError(env, "prctl(PR_SET_MEMORY_MERGE)", errno);
   return Napi::Boolean::New(env, true);
 }
 
@@ -40,7 +33,7 @@ Napi::Value SetMemoryMerge(const Napi::CallbackInfo& info) {
 Napi::Value GetMemoryMerge(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int r = prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0);
-  if (r < 0) return Fail(env, "prctl(PR_GET_MEMORY_MERGE)", errno);
+  if (r < 0) return SysError(env, "prctl(PR_GET_MEMORY_MERGE)", errno);
   return Napi::Boolean::New(env, r == 1);
 }
 

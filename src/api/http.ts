@@ -3,6 +3,7 @@
 // status that says what was wrong.
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { z } from 'zod';
 import { isDedupError } from '../errors.js';
 
 export class HttpError extends Error {
@@ -30,6 +31,14 @@ export async function readJson(req: IncomingMessage, limit: number, limitName: s
   } catch (err) {
     throw new HttpError(400, 'ERR_BAD_JSON', `body is not valid JSON (${(err as Error).message})`);
   }
+}
+
+/** A JSON body checked against `schema`; the first problem comes back as 400 naming the field. */
+export async function readValid<T>(req: IncomingMessage, schema: z.ZodType<T, z.ZodTypeDef, unknown>, limit: number): Promise<T> {
+  const r = schema.safeParse(await readJson(req, limit, `${limit} bytes`));
+  if (r.success) return r.data;
+  const issue = r.error.issues[0]!;
+  throw new HttpError(400, 'ERR_INVALID_ARGUMENT', `${issue.path.join('.') || (issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : 'body')}: ${issue.message}`);
 }
 
 export interface Reply {

@@ -10,7 +10,7 @@
 
 import type { IncomingMessage, Server } from 'node:http';
 import { z } from 'zod';
-import { HttpError, readJson, route, send, sendError, type Reply, type Routes } from '../api/http.js';
+import { readValid, route, send, sendError, type Reply, type Routes } from '../api/http.js';
 import { closeUnix, listenUnix } from '../api/unix-socket.js';
 import { VERSION } from '../version.js';
 import { mountRequestSchema, type LayerServer } from './layer-server.js';
@@ -25,13 +25,6 @@ export interface ControlActions {
   shutdown(): Promise<{ unmounted: number }>;
 }
 
-async function body<T>(req: IncomingMessage, schema: z.ZodType<T, z.ZodTypeDef, unknown>): Promise<T> {
-  const r = schema.safeParse(await readJson(req, MAX_BODY, `${MAX_BODY} bytes`));
-  if (r.success) return r.data;
-  const issue = r.error.issues[0]!;
-  throw new HttpError(400, 'ERR_INVALID_ARGUMENT', `${issue.path.join('.') || (issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : 'body')}: ${issue.message}`);
-}
-
 export class ControlApi {
   private constructor(private readonly server: Server, readonly socket: string) {}
 
@@ -41,11 +34,11 @@ export class ControlApi {
       '/mounts': {
         GET: async () => ({ body: { mounts: layers.list() } }),
         POST: async (req) => {
-          const mounted = await layers.mount(await body(req, mountRequestSchema));
+          const mounted = await layers.mount(await readValid(req, mountRequestSchema, MAX_BODY));
           return { status: mounted ? 201 : 200, body: { mounted } };
         },
         DELETE: async (req) => {
-          const { mountpoint } = await body(req, unmountSchema);
+          const { mountpoint } = await readValid(req, unmountSchema, MAX_BODY);
           await layers.unmount(mountpoint);
           return { body: { unmounted: mountpoint } };
         },

@@ -6,7 +6,7 @@
 
 import type { IncomingMessage, Server } from 'node:http';
 import { z } from 'zod';
-import { HttpError, readJson, route, send, sendError, type Reply, type Routes } from '../api/http.js';
+import { HttpError, readValid, route, send, sendError, type Reply, type Routes } from '../api/http.js';
 import { closeUnix, listenUnix } from '../api/unix-socket.js';
 import { VERSION } from '../version.js';
 import type { PrefetchQueue } from './prefetch-queue.js';
@@ -23,12 +23,8 @@ export class PrefetchServer {
       '/prefetch': {
         GET: async () => ({ body: { jobs: queue.list() } }),
         POST: async (req) => {
-          const r = requestSchema.safeParse(await readJson(req, MAX_BODY, `${MAX_BODY} bytes`));
-          if (!r.success) {
-            const issue = r.error.issues[0]!;
-            throw new HttpError(400, 'ERR_INVALID_ARGUMENT', `${issue.path.join('.') || (issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : 'body')}: ${issue.message}`);
-          }
-          return { status: 202, body: queue.add(r.data.image, r.data.full) };
+          const job = await readValid(req, requestSchema, MAX_BODY);
+          return { status: 202, body: queue.add(job.image, job.full) };
         },
       },
     };

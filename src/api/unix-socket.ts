@@ -18,13 +18,13 @@ export async function listenUnix(socket: string, handler: (req: IncomingMessage,
   return server;
 }
 
-/** Stops listening, drops idle connections, and removes the socket file. */
-export async function closeUnix(server: Server, socket: string): Promise<void> {
+/** Stops listening, drops idle connections, and removes the socket file unless another process may have bound it since (`keepFile`). */
+export async function closeUnix(server: Server, socket: string, keepFile = false): Promise<void> {
   await new Promise<void>((resolve) => {
     server.close(() => resolve());
     server.closeIdleConnections();
   });
-  await rm(socket, { force: true });
+  if (!keepFile) await rm(socket, { force: true });
 }
 
 /** A client of one of those sockets; `refused` makes the typed error for an error answer. */

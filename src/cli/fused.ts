@@ -8,7 +8,7 @@ import { Command } from 'commander';
 import type { Config } from '../config/config.js';
 import { MountError } from '../errors.js';
 import { FusedClient, fusedSocket } from '../fused/client.js';
-import { isAlive } from '../mount/mount-records.js';
+import { waitForExit } from '../mount/mount-records.js';
 import { isMountpoint, unmountFuse } from '../mount/system-mounts.js';
 import { audited, configFrom, formatBytes, printJson, withCommonFlags, type CommonFlags } from './common.js';
 
@@ -21,11 +21,7 @@ async function withClient<T>(flags: CommonFlags, fn: (c: FusedClient, config: Co
 }
 
 async function waitExit(pid: number): Promise<void> {
-  const deadline = Date.now() + EXIT_WAIT_MS;
-  while (isAlive(pid)) {
-    if (Date.now() > deadline) throw new MountError(`dedup-fused ${pid} still runs ${EXIT_WAIT_MS / 1000} s after it was asked to stop`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  if (!(await waitForExit(pid, EXIT_WAIT_MS))) throw new MountError(`dedup-fused ${pid} still runs ${EXIT_WAIT_MS / 1000} s after it was asked to stop`);
 }
 
 export function fusedCommand(): Command {

@@ -7,7 +7,6 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Command } from 'commander';
 import { CodecPool } from '../codec/codec-pool.js';
 import { prefetchOptions } from '../config/config.js';
@@ -16,7 +15,7 @@ import { ChunkCache } from '../fetch/chunk-cache.js';
 import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
 import { ImageMount } from '../mount/image-mount.js';
-import { findByDir, isAlive, mountsDir, readRecords, removeRecord, type MountRecord } from '../mount/mount-records.js';
+import { findByDir, isAlive, mountsDir, readRecords, removeRecord, waitForExit, type MountRecord } from '../mount/mount-records.js';
 import { unmount, unmountFuse } from '../mount/system-mounts.js';
 import { ChunkStore } from '../store/chunk-store.js';
 import { audited, configFrom, formatBytes, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
@@ -108,8 +107,7 @@ async function stopMount(root: string, dir: string): Promise<MountRecord> {
   if (!rec) throw new NotFoundError(`a dedup mount at ${resolve(dir)}`);
   if (isAlive(rec.pid)) {
     process.kill(rec.pid, 'SIGTERM');
-    for (let i = 0; i < 600 && isAlive(rec.pid); i++) await sleep(100);
-    if (isAlive(rec.pid)) throw new MountError(`mount process ${rec.pid} for ${rec.dir} did not exit within 60 s`);
+    if (!(await waitForExit(rec.pid, 60_000))) throw new MountError(`mount process ${rec.pid} for ${rec.dir} did not exit within 60 s`);
   }
   // A process that died without cleaning up leaves mounts and its record: clean them here.
   await unmount(rec.dir);

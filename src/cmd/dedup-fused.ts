@@ -16,7 +16,7 @@ import { prefetchOptions } from '../config/config.js';
 import { ChunkCache } from '../fetch/chunk-cache.js';
 import { ControlApi } from '../fused/control-api.js';
 import { fusedSocket } from '../fused/client.js';
-import { released, startSuccessor, takeOver } from '../fused/handover.js';
+import { receiveHandover, released, socketFree, startSuccessor } from '../fused/handover.js';
 import { LayerServer } from '../fused/layer-server.js';
 import { LayerMetrics } from '../metrics/metrics.js';
 import { ChunkStore } from '../store/chunk-store.js';
@@ -62,30 +62,25 @@ const program = withCommonFlags(new Command('dedup-fused'))
     let leave!: (how: 'stop' | 'handed-over') => void;
     const left = new Promise<'stop' | 'handed-over'>((resolve) => (leave = resolve));
     let control: ControlApi | undefined;
-    let upgrading = false;
     const upgrade = async (): Promise<{ pid: number }> => {
-      if (upgrading) throw new Error('an upgrade is already in progress');
-      upgrading = true;
-      try {
-        const child = await startSuccessor(process.argv.slice(1), await layers.freeze(), join(config.root, 'fused.log'))
-          .catch((err: unknown) => {
-            layers.thaw();
-            throw err;
-          });
-        log.info({ successor: child.pid, mounts: layers.size }, 'successor serves the mounts; leaving');
-        // After the answer has gone out: stop listening, answer what was read, then let go.
-        setImmediate(() => void (async () => {
-          await control?.close();
-          log.debug('control socket closed');
-          await layers.release();
-          log.debug('mounts released');
-          await released(child);
-          leave('handed-over');
-        })());
-        return { pid: child.pid! };
-      } finally {
-        upgrading = false;
-      }
+      const mounts = await layers.freeze(); // refused if an upgrade is under way
+      const child = await startSuccessor(process.argv.slice(1), mounts, join(config.root, 'fused.log')).catch((err: unknown) => {
+        layers.thaw();
+        throw err;
+      });
+      log.info({ successor: child.pid, mounts: mounts.length }, 'successor serves the mounts; leaving');
+      // After the answer has gone out: stop listening and let the successor have the socket's
+      // path, answer what was read, then let go.
+      setImmediate(() => void (async () => {
+        const closing = control?.close(true);
+        await socketFree(child);
+        await closing;
+        await layers.release();
+        log.debug('mounts released');
+        await released(child);
+        leave('handed-over');
+      })());
+      return { pid: child.pid! };
     };
     const shutdown = async (): Promise<{ unmounted: number }> => {
       const unmounted = await layers.unmountAll();
@@ -93,7 +88,12 @@ const program = withCommonFlags(new Command('dedup-fused'))
       return { unmounted };
     };
 
-    const adopted = await takeOver((mounts) => layers.adopt(mounts));
+    const incoming = await receiveHandover();
+    await layers.adopt(incoming?.mounts ?? []).catch(async (err: Error) => {
+      await incoming?.failed(err);
+      throw err;
+    });
+    await incoming?.adopted();
     control = await ControlApi.start(socket, layers, {
       metrics: () => layerMetrics.text(),
       reload: async () => {
@@ -105,8 +105,9 @@ const program = withCommonFlags(new Command('dedup-fused'))
       upgrade,
       shutdown,
     }, log);
+    await incoming?.settled();
     notifySystemd(`MAINPID=${process.pid}`, 'READY=1');
-    log.info({ socket, root: config.root, version: VERSION, pid: process.pid, adopted }, 'serving');
+    log.info({ socket, root: config.root, version: VERSION, pid: process.pid, adopted: incoming?.mounts.length ?? 0 }, 'serving');
 
     const onStop = (signal: string): void => {
       if (layers.size === 0) return leave('stop');

@@ -5,7 +5,8 @@
 // numbers, and nothing else is kept per connection. libfuse cannot adopt a descriptor whose INIT
 // another process answered, hence this module.
 
-import { closeSync, constants, openSync, writevSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, writevSync } from 'node:fs';
+import { constants } from 'node:os';
 import { MountError } from '../errors.js';
 import { isSysError, native, type DeviceReader } from '../native.js';
 
@@ -54,7 +55,7 @@ export interface FuseFilesystem {
   statfs(): StatFs;
 }
 
-export const ERRNO = { EPERM: 1, ENOENT: 2, EIO: 5, EBADF: 9, EACCES: 13, ENOTDIR: 20, EINVAL: 22, ERANGE: 34, ENOSYS: 38, ENODATA: 61, EROFS: 30, ENODEV: 19 } as const;
+export const ERRNO = constants.errno;
 
 const OP = {
   LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, RELEASE: 18, GETXATTR: 22, LISTXATTR: 23,
@@ -114,7 +115,7 @@ export class FuseSession {
    * session answers) and starts serving.
    */
   static mount(mountpoint: string, fs: FuseFilesystem, name: string, opts: FuseSessionOptions = {}): FuseSession {
-    const fd = openSync('/dev/fuse', constants.O_RDWR | constants.O_NONBLOCK);
+    const fd = openSync('/dev/fuse', fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
     const data = `fd=${fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions`;
     const r = native().mount(`dedup:${name}`, mountpoint, 'fuse.dedup', MS_RDONLY | MS_NOSUID | MS_NODEV, data);
     if (isSysError(r)) {

@@ -56,7 +56,11 @@ export class ControlApi {
     return new ControlApi(server, socket);
   }
 
-  close(): Promise<void> {
-    return closeUnix(this.server, this.socket);
+  /**
+   * Stops listening; the path is unlinked at once (libuv does it when the listener closes), and
+   * with `handedOver` not again once connections have ended, as a successor may have bound it.
+   */
+  close(handedOver = false): Promise<void> {
+    return closeUnix(this.server, this.socket, handedOver);
   }
 }

@@ -102,7 +102,9 @@ export class LayerServer {
     return all.length;
   }
 
+  /** What is served; refused while handing over, when the answer is about to be the successor's. */
   list(): MountInfo[] {
+    this.checkNotFrozen();
     return [...this.served.values()].map((s) => ({
       ...s.request, mountedAt: s.mountedAt, missingBytes: s.mount.lazy.missingBytes(), reads: s.mount.fs.stats.reads, readErrors: s.mount.fs.stats.readErrors,
     }));
@@ -128,23 +130,29 @@ export class LayerServer {
   }
 
   /**
-   * Refuses mounts and unmounts from now on (the caller retries with the successor), waits for
-   * those under way, and returns the mounts and their descriptors for a successor.
+   * Refuses mounts, unmounts and listings from now on (the caller retries with the successor),
+   * waits for those under way, and returns the mounts and their descriptors for a successor.
+   * Refused when a hand-over is already under way.
    */
   async freeze(): Promise<HandedMount[]> {
+    this.checkNotFrozen();
     this.frozen = true;
     await Promise.allSettled(this.pending.values());
     return [...this.served.values()].map((s) => ({ request: s.request, mountedAt: s.mountedAt, connection: s.mount.connection! }));
   }
 
-  /** Serves mounts a predecessor handed over; their descriptors are at the given fd numbers in this process. */
+  /**
+   * Serves mounts a predecessor handed over; their descriptors are at the given fd numbers in this
+   * process. Every layer is opened (the registry round trips, all at once) before any connection
+   * is read: a successor that fails must not have taken requests it will never answer.
+   */
   async adopt(mounts: HandedMount[]): Promise<void> {
-    for (const h of mounts) {
-      const remote = await this.open(h.request);
-      const mount = LayerMount.adopt(remote, h.request.mountpoint, { name: h.request.image, manifestDigest: h.request.manifestDigest },
+    const remotes = await Promise.all(mounts.map((h) => this.open(h.request)));
+    mounts.forEach((h, i) => {
+      const mount = LayerMount.adopt(remotes[i]!, h.request.mountpoint, { name: h.request.image, manifestDigest: h.request.manifestDigest },
         this.withBackground(h.request), h.connection);
       this.served.set(h.request.mountpoint, { request: h.request, mount, mountedAt: h.mountedAt });
-    }
+    });
   }
 
   /** Takes mounts and unmounts again (a hand-over that failed). */

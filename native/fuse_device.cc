@@ -1,19 +1,20 @@
 // The two things a FUSE server written in TypeScript cannot do from Node: mount(2) a FUSE
-// filesystem over a /dev/fuse descriptor it opened itself, and read that descriptor without
-// tying up libuv's thread pool. DeviceReader runs one thread per connection that polls the
-// descriptor and an eventfd (so a stop takes effect at once and never strands a request it has
-// read) and hands each request to JavaScript as a Buffer. Replies are written from JavaScript.
+// filesystem over a /dev/fuse descriptor it opened itself, and wait for that descriptor to become
+// readable. DeviceReader watches the descriptor on Node's own event loop (a libuv poll handle)
+// and, when it is readable, reads the requests waiting there and hands each to JavaScript as a
+// Buffer at once, on the same thread: no thread hand-off between the kernel and the handler, so a
+// round trip wakes one thread, and a stop takes effect at once without stranding a request it
+// has read. Replies are written from JavaScript.
 
 #include <napi.h>
+#include <uv.h>
 #include "sys_error.h"
-#include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/mount.h>
 #include <unistd.h>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
-#include <thread>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -35,20 +36,16 @@ Napi::Value Mount(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
-// One request read from the device, or the end of reading (data empty; err 0 after stop()).
-struct Message {
-  std::vector<uint8_t> data;
-  int err = 0;
-};
-
 class DeviceReader : public Napi::ObjectWrap<DeviceReader> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "DeviceReader", {InstanceMethod("stop", &DeviceReader::Stop)});
   }
 
-  // new DeviceReader(fd, bufferSize, onMessage(request: Buffer | null, errno: number)): null once
-  // reading has ended, with errno 0 after stop() and the read's error otherwise (ENODEV: unmounted).
+  // new DeviceReader(fd, bufferSize, onMessage(request: Buffer | null, errno: number)): the
+  // descriptor must be non-blocking. onMessage(null, errno) comes once reading has ended, on a
+  // later turn of the loop, with errno 0 after stop() and the read's error otherwise (ENODEV:
+  // unmounted).
   explicit DeviceReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DeviceReader>(info) {
     Napi::Env env = info.Env();
     if (info.Length() != 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsFunction()) {
@@ -56,84 +53,95 @@ class DeviceReader : public Napi::ObjectWrap<DeviceReader> {
       return;
     }
     fd_ = info[0].As<Napi::Number>().Int32Value();
-    size_ = static_cast<size_t>(info[1].As<Napi::Number>().Int64Value());
-    stop_fd_ = eventfd(0, EFD_CLOEXEC);
-    if (stop_fd_ < 0) {
-      Napi::Error::New(env, std::string("eventfd: ") + std::strerror(errno)).ThrowAsJavaScriptException();
+    buf_.resize(static_cast<size_t>(info[1].As<Napi::Number>().Int64Value()));
+    callback_ = Napi::Persistent(info[2].As<Napi::Function>());
+    context_ = std::make_unique<Napi::AsyncContext>(env, "fuse-device-reader");
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok) {
+      Napi::Error::New(env, "no event loop").ThrowAsJavaScriptException();
       return;
     }
-    tsfn_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "fuse-device-reader", 0, 1);
-    thread_ = std::thread([this] { Loop(); });
-  }
-
-  ~DeviceReader() override {
-    Join();
+    auto* poll = new uv_poll_t;
+    int err = uv_poll_init(loop, poll, fd_);
+    if (err != 0) {
+      delete poll;
+    } else {
+      poll->data = this;
+      err = uv_poll_start(poll, UV_READABLE, OnReadable);
+      if (err != 0) uv_close(reinterpret_cast<uv_handle_t*>(poll), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    }
+    if (err != 0) {
+      Napi::Error::New(env, std::string("poll /dev/fuse: ") + uv_strerror(err)).ThrowAsJavaScriptException();
+      return;
+    }
+    poll_ = poll;
+    Ref();  // alive while polling, whatever JavaScript keeps; OnClosed lets go
   }
 
  private:
-  void Loop() {
-    std::vector<uint8_t> buf(size_);
-    int end = 0;
-    for (;;) {
-      pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-      if (poll(fds, 2, -1) < 0) {
-        if (errno == EINTR) continue;
-        end = errno;
-        break;
-      }
-      if (fds[1].revents) break;  // stop(): nothing read is left unanswered
-      ssize_t n = read(fd_, buf.data(), buf.size());
+  // At most this many requests per wake-up, so that one busy connection leaves the loop to others.
+  static constexpr int kMaxPerWake = 64;
+
+  static void OnReadable(uv_poll_t* handle, int status, int) {
+    auto* self = static_cast<DeviceReader*>(handle->data);
+    if (status < 0) return self->End(-status);
+    self->Drain();
+  }
+
+  void Drain() {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    for (int i = 0; i < kMaxPerWake && !ending_; i++) {
+      ssize_t n = read(fd_, buf_.data(), buf_.size());
       if (n < 0) {
-        // EAGAIN: another process sharing the connection (a hand-over) took the request first.
-        // ENOENT: the request was interrupted before we read it.
-        if (errno == EAGAIN || errno == EINTR || errno == ENOENT) continue;
-        end = errno;  // ENODEV: unmounted or aborted
-        break;
+        // EAGAIN: nothing left, or another process sharing the connection (a hand-over) took it.
+        if (errno == EAGAIN) return;
+        // EINTR, or ENOENT: the request was interrupted before we read it.
+        if (errno == EINTR || errno == ENOENT) continue;
+        return End(errno);  // ENODEV: unmounted or aborted
       }
-      auto* m = new Message{std::vector<uint8_t>(buf.begin(), buf.begin() + n), 0};
-      if (tsfn_.NonBlockingCall(m, Deliver) != napi_ok) delete m;
+      Deliver(Napi::Buffer<uint8_t>::Copy(env, buf_.data(), static_cast<size_t>(n)), 0);
     }
-    // The last message: after it, nothing more comes (err 0: stopped).
-    auto* m = new Message{{}, end};
-    if (tsfn_.NonBlockingCall(m, Deliver) != napi_ok) delete m;
-    tsfn_.Release();
   }
 
-  static void Deliver(Napi::Env env, Napi::Function fn, Message* m) {
-    if (env == nullptr) {  // the environment is going away
-      delete m;
-      return;
-    }
-    if (m->data.empty()) {
-      fn.Call({env.Null(), Napi::Number::New(env, m->err)});
-      delete m;
-      return;
-    }
-    auto buf = Napi::Buffer<uint8_t>::New(env, m->data.data(), m->data.size(), [](Napi::Env, uint8_t*, Message* owner) { delete owner; }, m);
-    fn.Call({buf, Napi::Number::New(env, 0)});
+  // Calls onMessage as the event loop would (microtasks run after it); an exception it throws is
+  // the process's uncaught exception.
+  void Deliver(Napi::Value request, int err) {
+    Napi::Env env = Env();
+    callback_.MakeCallback(env.Global(), {request, Napi::Number::New(env, err)}, *context_);
+    if (env.IsExceptionPending()) napi_fatal_exception(env, env.GetAndClearPendingException().Value());
   }
 
-  void Join() {
-    if (!thread_.joinable()) return;
-    uint64_t one = 1;
-    if (write(stop_fd_, &one, sizeof one) < 0) {
-      // an eventfd write only fails on overflow, which one write cannot cause
-    }
-    thread_.join();
-    close(stop_fd_);
+  // Stops watching; the last message follows once the handle is closed, on a later turn.
+  void End(int err) {
+    if (ending_) return;
+    ending_ = true;
+    end_ = err;
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), OnClosed);
   }
 
-  // stop(): the thread reads nothing more; requests already read are still delivered.
+  static void OnClosed(uv_handle_t* handle) {
+    auto* self = static_cast<DeviceReader*>(handle->data);
+    delete reinterpret_cast<uv_poll_t*>(handle);
+    self->poll_ = nullptr;
+    Napi::HandleScope scope(self->Env());
+    self->Deliver(self->Env().Null(), self->end_);
+    self->Unref();
+  }
+
+  // stop(): nothing more is read; every request read so far has been delivered already.
   Napi::Value Stop(const Napi::CallbackInfo& info) {
-    Join();
+    End(0);
     return info.Env().Undefined();
   }
 
   int fd_ = -1;
-  int stop_fd_ = -1;
-  size_t size_ = 0;
-  Napi::ThreadSafeFunction tsfn_;
-  std::thread thread_;
+  std::vector<uint8_t> buf_;
+  Napi::FunctionReference callback_;
+  std::unique_ptr<Napi::AsyncContext> context_;
+  uv_poll_t* poll_ = nullptr;
+  bool ending_ = false;
+  int end_ = 0;
 };
 
 }  // namespace

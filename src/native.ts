@@ -13,7 +13,7 @@ export interface SysError {
 }
 
 export interface DeviceReader {
-  /** Reads nothing more; requests already read are still delivered. Waits for the thread. */
+  /** Reads nothing more (every request read was delivered already); the last message follows on a later turn. */
   stop(): void;
 }
 

@@ -60,13 +60,14 @@ export const ERRNO = constants.errno;
 const OP = {
   LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, RELEASE: 18, GETXATTR: 22, LISTXATTR: 23,
   FLUSH: 25, INIT: 26, OPENDIR: 27, READDIR: 28, RELEASEDIR: 29, ACCESS: 34, INTERRUPT: 36, DESTROY: 38, BATCH_FORGET: 42,
+  READDIRPLUS: 44,
 } as const;
 /** Operations that would change the filesystem (the mount is read-only; the VFS should not send them). */
 const WRITES = new Set([4, 6, 8, 9, 10, 11, 12, 13, 16, 20, 21, 24, 35, 43, 45]);
 const NO_REPLY = new Set<number>([OP.FORGET, OP.BATCH_FORGET, OP.INTERRUPT]);
 
 const INIT_FLAGS = {
-  ASYNC_READ: 1 << 0, NO_OPEN_SUPPORT: 1 << 17, PARALLEL_DIROPS: 1 << 18, MAX_PAGES: 1 << 22, CACHE_SYMLINKS: 1 << 23, NO_OPENDIR_SUPPORT: 1 << 24,
+  ASYNC_READ: 1 << 0, DO_READDIRPLUS: 1 << 13, NO_OPEN_SUPPORT: 1 << 17, PARALLEL_DIROPS: 1 << 18, MAX_PAGES: 1 << 22, CACHE_SYMLINKS: 1 << 23, NO_OPENDIR_SUPPORT: 1 << 24,
 } as const;
 const FOPEN_KEEP_CACHE = 1 << 1;
 const FOPEN_CACHE_DIR = 1 << 3;
@@ -74,6 +75,7 @@ const O_ACCMODE = 3;
 const IN_HEADER = 40;
 const OUT_HEADER = 16;
 const ATTR_SIZE = 88;
+const ENTRY_SIZE = 40 + ATTR_SIZE;
 /** 1 MiB reads (libfuse 2 stops at 128 KiB): fewer round trips through this process. */
 const MAX_PAGES = 256;
 /** Big enough for any request of a read-only filesystem with max_write at its minimum. */
@@ -95,7 +97,7 @@ export interface FuseConnection {
   kernelFlags: number;
 }
 
-/** One FUSE connection: the device descriptor, its reader thread and the requests in flight. */
+/** One FUSE connection: the device descriptor, its reader (on the event loop) and the requests in flight. */
 export class FuseSession {
   private reader: DeviceReader | undefined;
   private inFlight = 0;
@@ -232,9 +234,16 @@ export class FuseSession {
         return fs.read(ino, Number(body.readBigUInt64LE(8)), body.readUInt32LE(16));
       case OP.READDIR:
         return direntsOut(fs.readdir(ino), Number(body.readBigUInt64LE(8)), body.readUInt32LE(16));
+      // Listings carry each entry's attributes, so the kernel knows every name of a directory it
+      // has listed: an interpreter that lists its path, then opens what it found, costs no lookup.
+      case OP.READDIRPLUS:
+        return direntsOut(fs.readdir(ino), Number(body.readBigUInt64LE(8)), body.readUInt32LE(16), (e) => fs.getattr(e.ino));
+      // Nothing to flush on a read-only mount: ENOSYS once and the kernel sends no FLUSH on close
+      // again, a round trip less per file a reader closes.
+      case OP.FLUSH:
+        throw new FuseErrno(ERRNO.ENOSYS);
       case OP.RELEASE:
       case OP.RELEASEDIR:
-      case OP.FLUSH:
       case OP.ACCESS: // default_permissions: the kernel checks permissions itself
       case OP.DESTROY:
         return Buffer.alloc(0);
@@ -267,7 +276,7 @@ function initReply(body: Buffer): Buffer {
   out.writeUInt32LE(7, 0);
   out.writeUInt32LE(38, 4);
   if (major !== 7) return out.subarray(0, 8); // the kernel retries with our version or gives up
-  const wanted = INIT_FLAGS.ASYNC_READ | INIT_FLAGS.PARALLEL_DIROPS | INIT_FLAGS.MAX_PAGES | INIT_FLAGS.CACHE_SYMLINKS;
+  const wanted = INIT_FLAGS.ASYNC_READ | INIT_FLAGS.PARALLEL_DIROPS | INIT_FLAGS.MAX_PAGES | INIT_FLAGS.CACHE_SYMLINKS | INIT_FLAGS.DO_READDIRPLUS;
   out.writeUInt32LE(maxReadahead, 8);
   out.writeUInt32LE((kernelFlags & wanted) >>> 0, 12);
   out.writeUInt16LE(64, 16); // max_background: concurrent reads the kernel may queue
@@ -292,12 +301,11 @@ function writeAttr(out: Buffer, at: number, a: FuseAttr): void {
 }
 
 /** fuse_entry_out; node id 0 is a negative entry the kernel caches for the timeout. */
-function entryOut(a: FuseAttr | undefined): Buffer {
-  const out = Buffer.alloc(40 + ATTR_SIZE);
-  out.writeBigUInt64LE(BigInt(a?.ino ?? 0), 0);
-  out.writeBigUInt64LE(BigInt(CACHE_TIMEOUT), 16);
-  out.writeBigUInt64LE(BigInt(CACHE_TIMEOUT), 24);
-  if (a) writeAttr(out, 40, a);
+function entryOut(a: FuseAttr | undefined, out = Buffer.alloc(ENTRY_SIZE), at = 0): Buffer {
+  out.writeBigUInt64LE(BigInt(a?.ino ?? 0), at);
+  out.writeBigUInt64LE(BigInt(CACHE_TIMEOUT), at + 16);
+  out.writeBigUInt64LE(BigInt(CACHE_TIMEOUT), at + 24);
+  if (a) writeAttr(out, at + 40, a);
   return out;
 }
 
@@ -307,21 +315,27 @@ function openOut(flags: number): Buffer {
   return out;
 }
 
-/** Directory entries from index `offset` on, as many as fit in `size`; each entry's off is the next index. */
-function direntsOut(entries: FuseDirEntry[], offset: number, size: number): Buffer {
+/**
+ * Directory entries from index `offset` on, as many as fit in `size`; each entry's off is the next
+ * index. With `attrOf` (READDIRPLUS) each comes after its fuse_entry_out; "." and ".." get node id
+ * 0 there, which the kernel takes as "no entry to cache".
+ */
+function direntsOut(entries: FuseDirEntry[], offset: number, size: number, attrOf?: (e: FuseDirEntry) => FuseAttr): Buffer {
   const parts: Buffer[] = [];
   let used = 0;
+  const head = attrOf ? ENTRY_SIZE : 0;
   for (let i = offset; i < entries.length; i++) {
     const e = entries[i]!;
     const name = Buffer.from(e.name);
-    const len = (24 + name.length + 7) & ~7;
+    const len = (head + 24 + name.length + 7) & ~7;
     if (used + len > size) break;
     const d = Buffer.alloc(len);
-    d.writeBigUInt64LE(BigInt(e.ino), 0);
-    d.writeBigUInt64LE(BigInt(i + 1), 8);
-    d.writeUInt32LE(name.length, 16);
-    d.writeUInt32LE((e.mode >>> 12) & 0xf, 20);
-    name.copy(d, 24);
+    if (attrOf && e.name !== '.' && e.name !== '..') entryOut(attrOf(e), d, 0);
+    d.writeBigUInt64LE(BigInt(e.ino), head);
+    d.writeBigUInt64LE(BigInt(i + 1), head + 8);
+    d.writeUInt32LE(name.length, head + 16);
+    d.writeUInt32LE((e.mode >>> 12) & 0xf, head + 20);
+    name.copy(d, head + 24);
     parts.push(d);
     used += len;
   }

@@ -48,6 +48,7 @@ export class LayerFs implements FuseFilesystem {
   private session: FuseSession | undefined;
   private dir: string | undefined;
   readonly stats: LayerFsStats = { reads: 0, bytesRead: 0, readErrors: 0 };
+  private hasXattrs = false;
 
   constructor(private readonly toc: Toc, private readonly lazy: LazyLayer, private readonly onReadError?: (path: string, err: unknown) => void) {
     const inodes = new Map<TocNode, number>();
@@ -63,12 +64,13 @@ export class LayerFs implements FuseFilesystem {
     };
     const build = (path: string, node: TocNode, parent: FsEntry | undefined): FsEntry => {
       const e = add({ node, attr: attrOf(node, inoOf(node)), children: undefined, listing: undefined, parent, opaque: false, path });
+      if (node.xattrs.size) this.hasXattrs = true;
       if (!node.children) return e;
       e.children = new Map();
       let subdirs = 0;
       for (const [name, child] of node.children) {
         if (name === OPAQUE_MARKER) {
-          e.opaque = true;
+          e.opaque = this.hasXattrs = true;
           continue;
         }
         const childPath = path === '/' ? `/${name}` : `${path}/${name}`;
@@ -139,6 +141,16 @@ export class LayerFs implements FuseFilesystem {
     }
   }
 
+  /**
+   * A layer with no extended attribute anywhere (no xattrs in its TOC, no opaque directory)
+   * answers ENOSYS, upon which the kernel asks this mount no more: overlayfs looks up
+   * trusted.overlay.* on nearly every file it meets, a round trip each, and takes "not supported"
+   * as "not set".
+   */
+  private xattrsOrNone(): void {
+    if (!this.hasXattrs) throw new FuseErrno(ERRNO.ENOSYS);
+  }
+
   readdir(ino: number): FuseDirEntry[] {
     const e = this.entry(ino);
     if (!e.children) throw new FuseErrno(ERRNO.ENOTDIR);
@@ -152,6 +164,7 @@ export class LayerFs implements FuseFilesystem {
   }
 
   getxattr(ino: number, name: string): Buffer {
+    this.xattrsOrNone();
     const e = this.entry(ino);
     if (e.opaque && name === OPAQUE_XATTR) return Buffer.from('y');
     const v = e.node?.xattrs.get(name);
@@ -160,6 +173,7 @@ export class LayerFs implements FuseFilesystem {
   }
 
   listxattr(ino: number): string[] {
+    this.xattrsOrNone();
     const e = this.entry(ino);
     return [...(e.node?.xattrs.keys() ?? []), ...(e.opaque ? [OPAQUE_XATTR] : [])];
   }

@@ -49,6 +49,8 @@ export interface LazyLayerStats {
   prefetched: number;
   fromStore: number;
   errors: number;
+  /** Fetched chunks that could not be stored (served from memory all the same). */
+  storeErrors: number;
 }
 
 /** What a layer reports as it works (the daemon's metrics). */
@@ -64,6 +66,8 @@ export interface LazyLayerHooks {
   /** Called once per chunk, on its first read (the access trace). */
   firstAccess?: (file: TocNode, chunk: TocChunk) => void;
   observer?: LazyLayerObserver;
+  /** A fetched, verified chunk the store refused (disk full, say). */
+  storeFailed?: (digest: string, err: unknown) => void;
 }
 
 /** A chunk of a file, by position in the TOC. */
@@ -84,7 +88,7 @@ interface Pending {
 }
 
 export class LazyLayer {
-  readonly stats: LazyLayerStats = { requests: 0, bytesFetched: 0, chunksFetched: 0, demandFetches: 0, prefetched: 0, fromStore: 0, errors: 0 };
+  readonly stats: LazyLayerStats = { requests: 0, bytesFetched: 0, chunksFetched: 0, demandFetches: 0, prefetched: 0, fromStore: 0, errors: 0, storeErrors: 0 };
   private seq = 0;
   private readonly inflight = new Map<string, Promise<Buffer>>();
   private readonly queued = new Map<string, Pending>();
@@ -186,16 +190,20 @@ export class LazyLayer {
 
   /** Neither in memory, nor being fetched, nor in the store: the chunk must come from the registry. */
   private missing(digest: string): boolean {
-    return !this.inflight.has(digest) && !this.cache.has(digest) && this.store.missing([digest]).size > 0;
+    return !this.inflight.has(digest) && !this.cache.has(digest) && !this.store.has(digest);
   }
 
   private async load(file: TocNode, index: number, priority: Priority): Promise<Buffer> {
     const digest = file.chunks[index]!.chunkDigest!;
     let stored: Buffer | undefined;
-    try {
-      stored = await this.store.get(digest);
-    } catch (err) {
-      if (!(err instanceof ChunkDigestMismatchError)) throw err; // a rotten file was dropped: fetch it again
+    // The index says what is stored (a file it lags behind is only fetched again): a chunk it
+    // lacks costs no file lookup on the way to the registry.
+    if (this.store.has(digest)) {
+      try {
+        stored = await this.store.get(digest);
+      } catch (err) {
+        if (!(err instanceof ChunkDigestMismatchError)) throw err; // a rotten file was dropped: fetch it again
+      }
     }
     if (stored) {
       this.stats.fromStore++;
@@ -339,7 +347,9 @@ export class LazyLayer {
       group.push(next);
       last = next;
     }
-    if (first.priority === PRIORITY.demand && first.file.chunks.length === 1) this.extendAcrossFiles(group, first.chunk.offset);
+    // A held layer costs no round trip to read later: inflating its neighbours now would only
+    // take the CPU from start-up.
+    if (first.priority === PRIORITY.demand && first.file.chunks.length === 1 && !this.wholeBlob) this.extendAcrossFiles(group, first.chunk.offset);
     return group;
   }
 
@@ -400,12 +410,19 @@ export class LazyLayer {
       try {
         const data = await this.pool.inflate(bytes.subarray(c.offset - start, c.compressedEnd - start), c, c.chunkDigest,
           `"${g.file.path}" at ${c.chunkOffset} in layer ${this.desc.digest}`);
-        await this.store.putVerified(c.chunkDigest!, data);
         this.cache.set(c.chunkDigest!, data);
         this.stats.chunksFetched++;
         if (g.priority === PRIORITY.demand && !held) this.stats.demandFetches++;
         else this.stats.prefetched++;
-        g.resolve(data);
+        // Verified bytes answer a reader before they are stored: a read waits for no disk write.
+        // Prefetch is done when its chunks are stored.
+        const reader = g.priority !== PRIORITY.prefetch;
+        if (reader) g.resolve(data);
+        await this.store.putVerified(c.chunkDigest!, data).catch((err: unknown) => {
+          this.stats.storeErrors++;
+          this.hooks.storeFailed?.(c.chunkDigest!, err);
+        });
+        if (!reader) g.resolve(data);
       } catch (err) {
         this.stats.errors++;
         g.reject(err);

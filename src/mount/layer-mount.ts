@@ -61,7 +61,14 @@ export class LayerMount {
       chunks: remote.chunks().map((c) => ({ digest: c.digest, size: c.chunkSize })) });
     const trace = new AccessTrace(image.name, image.manifestDigest, remote.desc.digest);
     const lazy = new LazyLayer(remote.source, remote.desc, remote.toc, ctx.store, ctx.pool, ctx.cache, { ...DEFAULT_LAZY, ...ctx.lazy },
-      { firstAccess: (file, chunk) => trace.record(file, chunk), observer: ctx.observer });
+      {
+        firstAccess: (file, chunk) => trace.record(file, chunk),
+        observer: ctx.observer,
+        // Once per layer: a full disk would otherwise log every chunk (the count is in the unmount line).
+        storeFailed: (digest, err) => {
+          if (lazy.stats.storeErrors === 1) ctx.log?.warn({ layer: remote.desc.digest, chunk: digest, err: (err as Error).message }, 'cannot store fetched chunks; serving them from memory');
+        },
+      });
     const fs = new LayerFs(remote.toc, lazy, (path, err) => ctx.onReadError?.(remote.desc.digest, path, err));
     attach(fs);
     const m = new LayerMount(remote, lazy, fs, trace, mountpoint, ctx);

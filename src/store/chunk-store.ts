@@ -101,8 +101,13 @@ export class ChunkStore {
   /** The digests among `digests` whose bytes the index says are not stored. */
   missing(digests: Iterable<string>): Set<string> {
     const out = new Set<string>();
-    for (const d of digests) if (this.sql.present.get(d) !== 1) out.add(d);
+    for (const d of digests) if (!this.has(d)) out.add(d);
     return out;
+  }
+
+  /** Whether the index says the chunk's bytes are stored. */
+  has(digest: string): boolean {
+    return this.sql.present.get(digest) === 1;
   }
 
   /** The chunk's bytes, verified, or undefined when it is not stored. */

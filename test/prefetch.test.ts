@@ -32,7 +32,7 @@ interface Mounted {
   /** JSON log lines so far. */
   lines(): Promise<Record<string, unknown>[]>;
   /** Unmounts (SIGTERM) and returns the per-layer stats the mount process logged. */
-  stop(): Promise<{ demandFetches: number; prefetched: number; fromStore: number }[]>;
+  stop(): Promise<{ demandFetches: number; prefetched: number; fromStore: number; requests: number }[]>;
 }
 
 describe('prefetch', () => {
@@ -63,7 +63,7 @@ describe('prefetch', () => {
       dir, log, daemon, lines,
       async stop() {
         await daemon.stop();
-        return (await lines()).filter((l) => l.msg === 'layer unmounted') as unknown as { demandFetches: number; prefetched: number; fromStore: number }[];
+        return (await lines()).filter((l) => l.msg === 'layer unmounted') as unknown as { demandFetches: number; prefetched: number; fromStore: number; requests: number }[];
       },
     };
   };
@@ -152,6 +152,24 @@ describe('prefetch', () => {
     }
   });
 
+  it('without a trace, reads that come while the layer is still coming in whole wait for it and send no request of their own', async () => {
+    // 1 MiB/s: the layer (about 2 MiB) takes seconds to come, and the reads start at once.
+    const slow = await startProxy(registry!.host, { bandwidth: MiB });
+    try {
+      const m = await mount(`${slow.host}/lazy/lib:1`, join(tmp, 'root-library-streaming'), join(tmp, 'traces-streaming'), 64 * MiB);
+      const afterMount = slow.stats.rangeRequests;
+      // From the first half of the layer: all due within 2 MiB of the start, so none is worth a request.
+      const read = LIBRARY.filter((_, i) => i % 3 === 0 && i < LIBRARY.length / 2);
+      const texts = await Promise.all(read.map((f) => readFile(join(m.dir, f), 'utf8')));
+      for (const [i, t] of texts.entries()) assert.ok(t.startsWith(`# ${LIBRARY.indexOf(read[i]!)}\n`), read[i]);
+      assert.ok((await m.lines()).some((l) => l.msg === 'holding the whole layer in memory for start-up'));
+      assert.equal(slow.stats.rangeRequests, afterMount, 'no Range request besides the whole download (a plain GET)');
+      await m.stop();
+    } finally {
+      await slow.stop();
+    }
+  });
+
   it('records a trace on the first start and replays it on the next: on-demand fetches fall by over 90 %', async () => {
     const traces = join(tmp, 'traces');
     const first = await mount(plainRef, join(tmp, 'root-1'), traces);
@@ -169,6 +187,20 @@ describe('prefetch', () => {
     const warm = await second.stop();
     assert.ok(warm[0]!.demandFetches <= cold[0]!.demandFetches * 0.1, `replay: ${warm[0]!.demandFetches} on-demand fetches vs ${cold[0]!.demandFetches}`);
     assert.ok((await second.lines()).some((l) => l.msg === 'prefetch done' && l.source === 'trace'));
+  });
+
+  it('replays a trace of scattered small files in one request: gaps cheaper than a round trip are downloaded and dropped', async () => {
+    const traces = join(tmp, 'traces-scattered');
+    const everyOther = LIBRARY.filter((_, i) => i % 2 === 0);
+    const first = await mount(libraryRef, join(tmp, 'root-scattered-1'), traces);
+    for (const f of everyOther) await readFile(join(first.dir, f));
+    await first.stop();
+    const second = await mount(libraryRef, join(tmp, 'root-scattered-2'), traces);
+    await waitFor('replay', async () => (await second.lines()).some((l) => l.msg === 'prefetch done'));
+    for (const f of everyOther) await readFile(join(second.dir, f));
+    const [layer] = await second.stop();
+    assert.equal(layer!.demandFetches, 0, 'every traced file was there before it was read');
+    assert.equal(layer!.requests, 1, `${everyOther.length} files, each with an unread neighbour, in ${layer!.requests} requests`);
   });
 
   it('dedupd warms a fresh store from the trace: the next start fetches nothing on demand', async () => {

@@ -102,10 +102,12 @@ export class LayerMount {
     // With nothing to say what start-up reads, a small layer of small files comes whole in one
     // request and start-up reads it from memory: no round trip per file, and only what is read
     // is inflated.
-    // Only for a layer of many small files, and not when the store has most of it already
-    // (warmed by dedupd, or shared with another image).
+    // Only for a layer of many small files that the store has (almost) none of: chunks already
+    // there were fetched for a reason (dedupd warmed the start-up set, an earlier start, another
+    // image sharing them), and downloading the rest slowed a warmed start (1.63x sooner than a
+    // full pull instead of 1.83x without any warm-up, at 20 ms).
     const hold = source === 'none' && this.remote.desc.size <= (ctx.prefetch?.smallLayerBytes ?? 0) && manySmallFiles(this.remote.toc)
-      && this.lazy.missingBytes() > this.remote.desc.size / 2;
+      && this.lazy.missingBytes() > this.remote.desc.size * 0.9;
     if (hold) ctx.log?.info({ layer, bytes: this.remote.desc.size }, 'holding the whole layer in memory for start-up');
     const held = hold ? await this.lazy.holdWholeBlob(HOLD_WHOLE_LAYER_MS) : false;
     const queue = ctx.prefetch?.queueSize ?? 1000;

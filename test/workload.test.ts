@@ -23,11 +23,13 @@ describe('interpreter workload', () => {
   let ref: string;
   let runs = 0;
 
-  /** One container start on fresh containerd and snapshotter state; returns the blocking fetches. */
-  const start = async (root: string, traceDir: string): Promise<{ output: string; demandFetches: number; fetched: number }> => {
+  /**
+   * One container start on fresh containerd and snapshotter state; returns the blocking fetches
+   * and the layer's Range requests. Small layers are not fetched whole unless `holdSmallLayers`.
+   */
+  const start = async (root: string, traceDir: string, holdSmallLayers = false): Promise<{ output: string; demandFetches: number; fetched: number; requests: number; held: boolean }> => {
     const dir = await mkdtemp(join(tmp, `run-${runs++}-`));
-    // Small layers are not fetched whole here: the test measures what the trace does.
-    const snap = await startSnapshotter(dir, ['--root', root, '--trace-dir', traceDir], { prefetch: { small_layer_bytes: 0 } });
+    const snap = await startSnapshotter(dir, ['--root', root, '--trace-dir', traceDir], holdSmallLayers ? {} : { prefetch: { small_layer_bytes: 0 } });
     const ctd = await startContainerd(dir, { dedupSocket: snap.socket });
     let output = '';
     try {
@@ -41,10 +43,13 @@ describe('interpreter workload', () => {
       await snap.stop();
       await unmountUnder(dir);
     }
-    const lines = (await readFile(snap.fusedLog, 'utf8')).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; demandFetches?: number; chunksFetched?: number });
+    const lines = (await readFile(snap.fusedLog, 'utf8')).split('\n').filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { msg: string; demandFetches?: number; chunksFetched?: number; requests?: number });
     const unmounted = lines.filter((l) => l.msg === 'layer unmounted');
     await rm(dir, { recursive: true, force: true });
-    return { output, demandFetches: unmounted.reduce((n, l) => n + (l.demandFetches ?? 0), 0), fetched: unmounted.reduce((n, l) => n + (l.chunksFetched ?? 0), 0) };
+    const sum = (k: 'demandFetches' | 'chunksFetched' | 'requests'): number => unmounted.reduce((n, l) => n + (l[k] ?? 0), 0);
+    const held = lines.some((l) => l.msg === 'holding the whole layer in memory for start-up');
+    return { output, demandFetches: sum('demandFetches'), fetched: sum('chunksFetched'), requests: sum('requests'), held };
   };
 
   before(async () => {
@@ -62,6 +67,14 @@ describe('interpreter workload', () => {
     await proxy?.stop();
     await registry?.stop();
     await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('without a trace, the interpreter\'s layer comes in one request, as in a full pull, and start-up reads it as it arrives', async () => {
+    const r = await start(join(tmp, 'root-whole'), join(tmp, 'traces-whole'), true);
+    assert.match(r.output, /^ready \{"modules": 14\}/);
+    assert.ok(r.held, 'the layer was downloaded whole');
+    // The download counts once complete; a start that outran it still sent no request of its own.
+    assert.ok(r.requests <= 1, `the whole layer, and ${r.requests - 1} requests of start-up's own`);
   });
 
   it('replaying the first start\'s trace cuts blocking fetches by over 90 %; dedupd warm-up leaves none', async () => {

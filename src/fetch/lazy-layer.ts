@@ -87,7 +87,6 @@ export interface ChunkRef {
 interface WholeBlob {
   blob: Buffer;
   arrived: number;
-  done: boolean;
   /** Settle true once bytes up to `end` are in, false if the download failed first. */
   waiters: { end: number; settle(arrived: boolean): void }[];
 }
@@ -266,35 +265,36 @@ export class LazyLayer {
    */
   async holdWholeBlob(holdMs: number): Promise<boolean> {
     const began = performance.now();
-    const whole: WholeBlob = { blob: Buffer.allocUnsafe(this.desc.size), arrived: 0, done: false, waiters: [] };
+    const whole: WholeBlob = { blob: Buffer.allocUnsafe(this.desc.size), arrived: 0, waiters: [] };
     this.whole = whole;
-    const arrive = (ok: boolean): void => {
-      const ready = ok ? whole.waiters.filter((w) => w.end <= whole.arrived) : whole.waiters;
-      whole.waiters = ok ? whole.waiters.filter((w) => w.end > whole.arrived) : [];
-      for (const w of ready) w.settle(ok);
-    };
     try {
       for await (const piece of this.source.blobStream(this.desc)) {
         const b = piece as Buffer;
         if (whole.arrived + b.length > whole.blob.length) throw new MalformedEstargzError(`layer ${this.desc.digest}`, `blob is longer than its ${this.desc.size} bytes`);
         b.copy(whole.blob, whole.arrived);
         whole.arrived += b.length;
-        arrive(true);
+        this.wake(whole, true);
         if (this.closed) throw new MountError(`layer ${this.desc.digest} is being unmounted`);
       }
     } catch {
       if (this.whole === whole) this.whole = undefined;
-      arrive(false);
+      this.wake(whole, false);
       if (!this.closed) {
         this.stats.errors++;
         this.hooks.observer?.fetchFailed();
       }
       return false;
     }
-    whole.done = true;
     this.countRequest(whole.arrived, 0, 0, began);
     this.wholeBlobTimer = setTimeout(() => (this.whole = undefined), holdMs).unref();
     return true;
+  }
+
+  /** Wakes the readers waiting on a whole download: those whose bytes are in, or all of them when it failed. */
+  private wake(whole: WholeBlob, arrived: boolean): void {
+    const ready = arrived ? whole.waiters.filter((w) => w.end <= whole.arrived) : whole.waiters;
+    whole.waiters = arrived ? whole.waiters.filter((w) => w.end > whole.arrived) : [];
+    for (const w of ready) w.settle(arrived);
   }
 
   /**
@@ -329,6 +329,7 @@ export class LazyLayer {
   close(): void {
     this.closed = true;
     clearTimeout(this.wholeBlobTimer);
+    if (this.whole) this.wake(this.whole, false);
     this.whole = undefined;
     const err = new MountError(`layer ${this.desc.digest} is being unmounted`);
     for (const p of this.queued.values()) p.reject(err);

@@ -23,11 +23,12 @@ export interface LazyLayerOptions {
   /** Largest Range request for prefetching, which fetches runs of chunks in bulk. */
   maxPrefetchRangeBytes: number;
   /**
-   * Prefetch steps over up to this many compressed bytes it does not want to reach the next chunk
-   * it wants in the same request: downloading a gap costs less than another round trip while the
-   * gap is under what the link carries in one (20 ms at 100 MiB/s: 2 MiB). The gap is dropped.
+   * What the link carries in one round trip (20 ms at 100 MiB/s: 2 MiB), below which bytes cost
+   * less than a request: prefetch steps over gaps up to this size to reach the next chunk it
+   * wants in the same request (the gap is dropped), and a reader waits for a whole-layer download
+   * whose bytes are due within it rather than sending a request of its own.
    */
-  maxPrefetchGapBytes: number;
+  roundTripBytes: number;
   /** Range requests in flight for this layer for readers (and read-ahead). */
   maxInFlight: number;
   /** Range requests in flight for prefetch, besides those: readers never wait for a slot. */
@@ -42,7 +43,7 @@ export interface LazyLayerOptions {
   crossFileWindow: [number, number];
 }
 
-export const DEFAULT_LAZY: LazyLayerOptions = { maxRangeBytes: 8 * 1024 * 1024, maxPrefetchRangeBytes: 64 * 1024 * 1024, maxPrefetchGapBytes: 2 * 1024 * 1024,
+export const DEFAULT_LAZY: LazyLayerOptions = { maxRangeBytes: 8 * 1024 * 1024, maxPrefetchRangeBytes: 64 * 1024 * 1024, roundTripBytes: 2 * 1024 * 1024,
   maxInFlight: 4, prefetchWorkers: 4, readAheadChunks: 4,
   crossFileWindow: [256 * 1024, 4 * 1024 * 1024] };
 
@@ -299,14 +300,14 @@ export class LazyLayer {
 
   /**
    * Bytes [start, end) of the layer being downloaded whole: at once if they are in, after a wait
-   * if they are due within what the link carries in a round trip (maxPrefetchGapBytes), else
+   * if they are due within what the link carries in a round trip (roundTripBytes), else
    * undefined (fetching them costs less than waiting). `waited` says whether a reader waited.
    */
   private async fromWhole(start: number, end: number): Promise<{ bytes: Buffer; waited: boolean } | undefined> {
     const whole = this.whole;
     if (!whole) return undefined;
     if (whole.arrived >= end) return { bytes: whole.blob.subarray(start, end), waited: false };
-    if (end - whole.arrived > this.opts.maxPrefetchGapBytes) return undefined;
+    if (end - whole.arrived > this.opts.roundTripBytes) return undefined;
     const ok = await new Promise<boolean>((settle) => whole.waiters.push({ end, settle }));
     return ok ? { bytes: whole.blob.subarray(start, end), waited: true } : undefined;
   }
@@ -384,7 +385,7 @@ export class LazyLayer {
 
   /**
    * `first` plus the queued chunks that follow it in the blob, within the bound; prefetch steps
-   * over gaps up to maxPrefetchGapBytes. A queued chunk is taken where it is met: another place
+   * over gaps up to roundTripBytes. A queued chunk is taken where it is met: another place
    * in the layer with the same digest holds the same bytes.
    */
   private takeRun(first: Pending): Pending[] {
@@ -392,7 +393,7 @@ export class LazyLayer {
     this.queued.delete(first.chunk.chunkDigest!);
     const prefetch = first.priority === PRIORITY.prefetch;
     const max = prefetch ? this.opts.maxPrefetchRangeBytes : this.opts.maxRangeBytes;
-    const maxGap = prefetch ? this.opts.maxPrefetchGapBytes : 0;
+    const maxGap = prefetch ? this.opts.roundTripBytes : 0;
     let gap = 0;
     for (let at = this.byOffset.get(first.chunk.compressedEnd); at;) {
       const c = at.file.chunks[at.index]!;

@@ -9,7 +9,6 @@ import { join } from 'node:path';
 import { binary, dedupctlJson } from '../test/fixtures/cli.js';
 import { startContainerd, unmountUnder } from '../test/fixtures/containerd.js';
 import { pushOci, tarOf, writeOciImage } from '../test/fixtures/images.js';
-import { run } from '../test/fixtures/process.js';
 import type { TestProxy } from '../test/fixtures/proxy.js';
 import { pythonImageEntries } from '../test/fixtures/python-image.js';
 import { startRegistry } from '../test/fixtures/registry.js';
@@ -41,7 +40,7 @@ async function startOnce(tmp: string, proxy: TestProxy, ref: string, mode: Mode,
     proxy.reset();
     const started = process.hrtime.bigint();
     const pull = lazy
-      ? await run('ctr-remote', ['--address', ctd.socket, 'image', 'rpull', '--plain-http', '--snapshotter', 'dedup', ref], { timeoutMs: 300_000 })
+      ? await ctd.rpull(ref, 300_000)
       : await ctd.ctr(['image', 'pull', '--plain-http', ref], 300_000);
     if (pull.code !== 0) throw new Error(`${mode}: pull: ${pull.stderr}`);
     const seconds = await firstOutput(ctd.socket, ['--snapshotter', lazy ? 'dedup' : 'overlayfs', ref, `py-${n}`, '/usr/bin/python3', '/app/main.py'], started);

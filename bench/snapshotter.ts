@@ -11,7 +11,6 @@ import { join } from 'node:path';
 import { dedupctlJson } from '../test/fixtures/cli.js';
 import { startContainerd, unmountUnder } from '../test/fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from '../test/fixtures/images.js';
-import { run } from '../test/fixtures/process.js';
 import type { TestProxy } from '../test/fixtures/proxy.js';
 import { startRegistry } from '../test/fixtures/registry.js';
 import { startSnapshotter } from '../test/fixtures/snapshotter.js';
@@ -82,7 +81,7 @@ async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, label: st
         proxy.reset();
         const started = process.hrtime.bigint();
         const pull = mode === 'dedup'
-          ? await run('ctr-remote', ['--address', ctd.socket, 'image', 'rpull', '--plain-http', '--snapshotter', 'dedup', ref], { timeoutMs: 300_000 })
+          ? await ctd.rpull(ref, 300_000)
           : await ctd.ctr(['image', 'pull', '--plain-http', ref], 300_000);
         if (pull.code !== 0) throw new Error(`${mode} pull: ${pull.stderr}`);
         const t = await firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-${i}`, '/bin/cat', '/etc/motd'], started);

@@ -112,7 +112,7 @@ async function main(): Promise<void> {
     const imageBytes = (await new RegistryImage(client, lazyRef).resolve(AMD64)).manifest.layers.reduce((n, l) => n + l.size, 0);
     proxy.reset();
     const pullStarted = Date.now();
-    const pull = await run('ctr-remote', ['--address', containerd.socket, 'image', 'rpull', '--plain-http', '--snapshotter', 'dedup', lazyRef], { timeoutMs: 120_000 });
+    const pull = await containerd.rpull(lazyRef);
     if (pull.code !== 0) throw new Error(`ctr-remote image rpull: ${pull.stderr}`);
     const ran = await containerd.ctr(['run', '--rm', '--snapshotter', 'dedup', lazyRef, `demo-${process.pid}`, '/bin/sh', '-c', 'cat /etc/motd; ls /usr/lib | wc -l'], 120_000);
     if (ran.code !== 0) throw new Error(`ctr run: ${ran.stderr}`);

@@ -98,7 +98,7 @@ describe('running containers survive restarts and upgrades', () => {
   });
 
   it('a container keeps reading correct bytes through SIGTERM, SIGKILL and restarts of the snapshotter and upgrades of the layer server', async () => {
-    const pull = await run('ctr-remote', ['--address', ctd!.socket, 'image', 'rpull', '--plain-http', '--snapshotter', 'dedup', ref], { timeoutMs: 120_000 });
+    const pull = await ctd!.rpull(ref);
     assert.equal(pull.code, 0, pull.stderr);
     const started = await ctd!.ctr(['run', '-d', '--snapshotter', 'dedup', '--mount', `type=bind,src=${out},dst=/out,options=rbind:rw`, ref, 'reader', '/bin/sh', '/reader.sh']);
     assert.equal(started.code, 0, started.stderr);
@@ -144,7 +144,7 @@ describe('running containers survive restarts and upgrades', () => {
     const again = await ctd!.ctr(['run', '--rm', '--snapshotter', 'dedup', ref, 'again', '/bin/sh', '-c', 'sha256sum -c -s /sums && echo verified'], 180_000);
     assert.equal(again.code, 0, again.stderr);
     assert.equal(again.stdout, 'verified\n');
-    const pull = await run('ctr-remote', ['--address', ctd!.socket, 'image', 'rpull', '--plain-http', '--snapshotter', 'dedup', otherRef], { timeoutMs: 120_000 });
+    const pull = await ctd!.rpull(otherRef);
     assert.equal(pull.code, 0, pull.stderr);
     const other = await ctd!.ctr(['run', '--rm', '--snapshotter', 'dedup', otherRef, 'other', '/bin/cat', '/hello'], 120_000);
     assert.equal(other.code, 0, other.stderr);

@@ -10,7 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
 import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
-import { run, waitFor } from './fixtures/process.js';
+import { waitFor } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { snapshotsClient } from './fixtures/snapshots-client.js';
@@ -62,7 +62,7 @@ describe('containerd proxy snapshotter', () => {
 
   it('ctr-remote rpull mounts the eStargz layers lazily; ctr run runs the image', async () => {
     proxy!.reset();
-    const pull = await run('ctr-remote', ['--address', ctd!.socket, 'image', 'rpull', '--plain-http', '--snapshotter', 'dedup', lazyRef], { timeoutMs: 120_000 });
+    const pull = await ctd!.rpull(lazyRef);
     assert.equal(pull.code, 0, pull.stderr);
     const pulled = proxy!.stats.blobBytes;
     assert.ok(pulled < 0.05 * imageBytes, `rpull fetched ${pulled} of ${imageBytes} bytes`);

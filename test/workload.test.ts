@@ -10,7 +10,6 @@ import { after, before, describe, it } from 'node:test';
 import { binary, dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, unmountUnder } from './fixtures/containerd.js';
 import { pushOci, tarOf, writeOciImage } from './fixtures/images.js';
-import { run } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { pythonImageEntries } from './fixtures/python-image.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -33,7 +32,7 @@ describe('interpreter workload', () => {
     const ctd = await startContainerd(dir, { dedupSocket: snap.socket });
     let output = '';
     try {
-      const pull = await run('ctr-remote', ['--address', ctd.socket, 'image', 'rpull', '--plain-http', '--snapshotter', 'dedup', ref], { timeoutMs: 120_000 });
+      const pull = await ctd.rpull(ref);
       assert.equal(pull.code, 0, pull.stderr);
       const r = await ctd.ctr(['run', '--rm', '--snapshotter', 'dedup', ref, `py-${runs}`, '/usr/bin/python3', '/app/main.py'], 120_000);
       assert.equal(r.code, 0, r.stderr);

@@ -4,11 +4,14 @@
 // killing or upgrading the snapshotter never touches a running container's lower layers. It is
 // replaced without dropping a mount by `dedupctl fused upgrade` (or SIGUSR2): a new process takes
 // every FUSE descriptor over. A plain SIGTERM/SIGINT stops it only when nothing is mounted;
-// `dedupctl cleanup` is the full teardown. See docs/restarts.md.
+// `dedupctl cleanup` is the full teardown. With nothing mounted and no client for
+// fused.idle_exit_seconds (or its state root removed) it exits by itself. See docs/restarts.md.
 
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
+import { AuditLog } from '../audit/audit-log.js';
 import { CodecPool } from '../codec/codec-pool.js';
 import { configFrom, parseSize, registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
 import { daemonLogger } from '../cli/log.js';
@@ -47,6 +50,7 @@ const program = withCommonFlags(new Command('dedup-fused'))
     const socket = flags.socket ?? fusedSocket(config.root);
     const log = daemonLogger('dedup-fused', config);
     const store = await ChunkStore.open(config.root);
+    const audit = AuditLog.open(config.root);
     const client = await registryClientFrom(flags, config);
     const pool = new CodecPool();
     const layerMetrics = new LayerMetrics({ store: () => store.stats(), mounts: () => layers.mountStats() }); // read at scrape time
@@ -57,10 +61,16 @@ const program = withCommonFlags(new Command('dedup-fused'))
         layerMetrics.fuseReadError();
         log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO');
       },
+    }, {
+      lost: (request, reason) => {
+        layerMetrics.mountLost(reason);
+        audit.record('dedup-fused', 'layer.lost', request.image, { mountpoint: request.mountpoint, layer: request.layer.digest, reason });
+      },
     });
 
-    let leave!: (how: 'stop' | 'handed-over') => void;
-    const left = new Promise<'stop' | 'handed-over'>((resolve) => (leave = resolve));
+    type Leaving = 'stop' | 'handed-over' | 'idle';
+    let leave!: (how: Leaving) => void;
+    const left = new Promise<Leaving>((resolve) => (leave = resolve));
     let control: ControlApi | undefined;
     const upgrade = async (): Promise<{ pid: number }> => {
       const mounts = await layers.freeze(); // refused if an upgrade is under way
@@ -88,6 +98,7 @@ const program = withCommonFlags(new Command('dedup-fused'))
       return { unmounted };
     };
 
+    let lastSeen = Date.now();
     const incoming = await receiveHandover();
     await layers.adopt(incoming?.mounts ?? []).catch(async (err: Error) => {
       await incoming?.failed(err);
@@ -104,7 +115,7 @@ const program = withCommonFlags(new Command('dedup-fused'))
       },
       upgrade,
       shutdown,
-    }, log);
+    }, log, () => (lastSeen = Date.now()));
     await incoming?.settled();
     notifySystemd(`MAINPID=${process.pid}`, 'READY=1');
     log.info({ socket, root: config.root, version: VERSION, pid: process.pid, adopted: incoming?.mounts.length ?? 0 }, 'serving');
@@ -117,10 +128,28 @@ const program = withCommonFlags(new Command('dedup-fused'))
     process.on('SIGINT', () => onStop('SIGINT'));
     process.on('SIGUSR2', () => void upgrade().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'upgrade failed; still serving')));
 
+    // A layer server nobody uses leaves: no mount, and no snapshotter checking on it (it does
+    // every few seconds) for the grace period, or its state root is gone.
+    const idleMs = () => config.fused.idle_exit_seconds * 1000;
+    const idleCheck = setInterval(() => void (async () => {
+      if (layers.size > 0 || idleMs() === 0) return;
+      const rootGone = !existsSync(config.root);
+      if (!rootGone && Date.now() - lastSeen < idleMs()) return;
+      // Refuse mounts from here on (the client retries, then starts a new layer server); one
+      // that came in meanwhile keeps this one.
+      const held = await layers.freeze().catch(() => undefined); // refused: an upgrade is under way
+      if (!held) return;
+      if (held.length) return layers.thaw();
+      log.info({ idleSeconds: Math.round((Date.now() - lastSeen) / 1000), rootGone }, rootGone ? 'state root removed; leaving' : 'no mounts and no client; leaving');
+      leave('idle');
+    })(), Math.min(5000, Math.max(250, idleMs() / 4))).unref();
+
     const how = await left;
-    if (how === 'stop') await control.close();
+    clearInterval(idleCheck);
+    if (how !== 'handed-over') await control.close();
     await pool.close();
     store.close();
+    audit.close();
     await client.close();
     log.info({ how }, 'stopped');
     // Exit even if some handle lingers: a layer server left behind after a hand-over would be a

@@ -49,6 +49,8 @@ function fusedArgs(flags: DaemonFlags, root: string): string[] {
 const AUDIT_PRUNE_MS = 60 * 60 * 1000;
 /** How often the daemon checks that its layer server is the one it attached to. */
 const FUSED_WATCH_MS = 5000;
+/** How long the socket may be missing before the layer server counts as gone. */
+const FUSED_GONE_MS = 3000;
 
 const program = withCommonFlags(new Command('dedup-snapshotter'))
   .description('containerd proxy snapshotter: lazily pulled eStargz layers over a deduplicating chunk store')
@@ -114,7 +116,9 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     let attachedTo = fusedPid;
     let watching = false;
     const watchFused = async (): Promise<void> => {
-      const pid = await fused.health().then((h) => h.pid, () => undefined)
+      // A short wait: an upgrade leaves the socket's path free only for a moment, and a dead
+      // layer server should be replaced before containerd's next call gives up on it.
+      const pid = await fused.health(FUSED_GONE_MS).then((h) => h.pid, () => undefined)
         ?? (flags.spawnFused ? await fused.ensureRunning(fusedArgs(flags, config.root), join(config.root, 'fused.log')) : undefined);
       if (pid === undefined || pid === attachedTo) return;
       log.info({ from: attachedTo, to: pid }, 'layer server changed; re-attaching');

@@ -77,6 +77,15 @@ export const configSchema = z.object({
     max_body_bytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(1024 * 1024),
   }).strict().refine((a) => a.token !== '' || isLoopback(parseHostPort(a.addr)?.host ?? 'localhost'),
     { message: 'a non-loopback address needs api.token', path: ['addr'] }).default({}),
+  /** The layer server (dedup-fused). */
+  fused: z.object({
+    /**
+     * With no mount to serve and no client (the snapshotter checks on it every few seconds)
+     * for this long, it exits; a snapshotter starts one again when it needs it. 0: never.
+     */
+    idle_exit_seconds: z.number().int().min(0).max(86_400)
+      .refine((n) => n === 0 || n >= 10, 'must be 0 (never) or at least 10 (the snapshotter checks on it every 5 s)').default(60),
+  }).strict().default({}),
   audit: z.object({
     /** Entries older than this are removed by the daemon. */
     retention_days: z.number().int().min(1).max(36_500).default(30),

@@ -56,6 +56,8 @@ export interface FuseFilesystem {
 }
 
 export const ERRNO = constants.errno;
+/** The filesystem type our mounts have in the mount table. */
+export const FUSE_FSTYPE = 'fuse.dedup';
 
 const OP = {
   LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, RELEASE: 18, GETXATTR: 22, LISTXATTR: 23,
@@ -119,7 +121,7 @@ export class FuseSession {
   static mount(mountpoint: string, fs: FuseFilesystem, name: string, opts: FuseSessionOptions = {}): FuseSession {
     const fd = openSync('/dev/fuse', fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
     const data = `fd=${fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions`;
-    const r = native().mount(`dedup:${name}`, mountpoint, 'fuse.dedup', MS_RDONLY | MS_NOSUID | MS_NODEV, data);
+    const r = native().mount(`dedup:${name}`, mountpoint, FUSE_FSTYPE, MS_RDONLY | MS_NOSUID | MS_NODEV, data);
     if (isSysError(r)) {
       closeSync(fd);
       throw new MountError(`cannot mount FUSE at ${mountpoint}: ${r.call}: ${r.message}`);

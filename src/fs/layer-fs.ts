@@ -201,6 +201,14 @@ export class LayerFs implements FuseFilesystem {
     this.serve(FuseSession.adopt(conn, this, this.sessionOptions), mountpoint);
   }
 
+  /**
+   * Settles when the kernel ends the connection (ENODEV: the mount is gone, even one detached
+   * behind our back); never after release(), whose successor serves on.
+   */
+  get ended(): Promise<number> {
+    return this.session?.ended ?? new Promise(() => undefined);
+  }
+
   /** Stops serving without unmounting: another process has taken the mount over. */
   async release(): Promise<void> {
     await this.session?.close();

@@ -28,7 +28,8 @@ export interface ControlActions {
 export class ControlApi {
   private constructor(private readonly server: Server, readonly socket: string) {}
 
-  static async start(socket: string, layers: LayerServer, actions: ControlActions, log: { warn(o: object, m: string): void }): Promise<ControlApi> {
+  /** `seen`: called for every request (a client is alive). */
+  static async start(socket: string, layers: LayerServer, actions: ControlActions, log: { warn(o: object, m: string): void }, seen?: () => void): Promise<ControlApi> {
     const routes: Routes<(req: IncomingMessage) => Promise<Reply>> = {
       '/healthz': { GET: async () => ({ body: { status: 'ok', pid: process.pid, version: VERSION, mounts: layers.size } }) },
       '/mounts': {
@@ -49,6 +50,7 @@ export class ControlApi {
       '/shutdown': { POST: async () => ({ body: await actions.shutdown() }) },
     };
     const server = await listenUnix(socket, (req, res) => {
+      seen?.();
       const path = new URL(req.url ?? '/', 'http://dedup-fused').pathname;
       Promise.resolve().then(() => route(routes, req.method, path)(req))
         .then((r) => send(res, r.status ?? 200, r.body, r.type), (err: unknown) => sendError(req, res, err, log));

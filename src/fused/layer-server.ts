@@ -2,16 +2,19 @@
 // It outlives snapshotter restarts (it is its own process, dedup-fused) and can hand every FUSE
 // connection to a successor process (handover.ts), so running containers never lose their lower
 // layers. Mount requests are idempotent: asking again for a layer already served there is a no-op,
-// which is how a restarted snapshotter re-attaches.
+// which is how a restarted snapshotter re-attaches. A mount removed behind its back (umount -l by
+// an operator or a clean-up script) is dropped from the table as soon as the kernel ends its
+// connection or the mount table no longer lists it, so the snapshotter mounts it again and a
+// server with nothing left to serve can stop.
 
 import { z } from 'zod';
 import { AlreadyExistsError, NotFoundError, UnavailableError } from '../errors.js';
 import { RemoteLayer } from '../fetch/remote-layer.js';
-import type { FuseConnection } from '../fs/fuse-session.js';
+import { FUSE_FSTYPE, type FuseConnection } from '../fs/fuse-session.js';
 import { descriptorSchema } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
-import { unmountFuse } from '../mount/system-mounts.js';
+import { mountTable, unmountFuse } from '../mount/system-mounts.js';
 import type { RegistryClient } from '../registry/client.js';
 
 export const mountRequestSchema = z.object({
@@ -38,6 +41,8 @@ export interface HandedMount {
   request: MountRequest;
   mountedAt: string;
   connection: FuseConnection;
+  /** No longer at its mountpoint, but still in use through the kernel (see LayerServer.detached). */
+  detached?: boolean;
 }
 
 interface Served {
@@ -46,14 +51,32 @@ interface Served {
   mountedAt: string;
 }
 
+/** Why a mount left the table without being asked to unmount. */
+export type LostReason = 'connection_ended' | 'not_mounted';
+
+export interface LayerServerEvents {
+  /** A mount was removed from outside; the snapshotter mounts it again when asked for it. */
+  lost?: (request: MountRequest, reason: LostReason) => void;
+}
+
+/** How often the mount table is compared with what is served. */
+export const SWEEP_MS = 500;
+
 export class LayerServer {
   private readonly served = new Map<string, Served>();
   /** Mounts being set up, so two requests for one mountpoint do not both mount. */
   private readonly pending = new Map<string, Promise<boolean>>();
   /** Set while the mounts are being handed over: the set of mounts must not change meanwhile. */
   private frozen = false;
+  /**
+   * Mounts detached from their mountpoint whose connection lives on (an overlay above, or an open
+   * file, still holds the filesystem): served until the kernel ends the connection, but no longer
+   * the mount at that mountpoint.
+   */
+  private readonly detached = new Set<Served>();
+  private sweeper: NodeJS.Timeout | undefined;
 
-  constructor(private ctx: LayerMountContext & { client: RegistryClient }) {}
+  constructor(private ctx: LayerMountContext & { client: RegistryClient }, private readonly events: LayerServerEvents = {}) {}
 
   /** Mounts the layer at the request's mountpoint; false when it was already served there. */
   mount(request: MountRequest): Promise<boolean> {
@@ -69,12 +92,46 @@ export class LayerServer {
     }
     const done = this.open(request).then((remote) => {
       const mount = LayerMount.mount(remote, request.mountpoint, { name: request.image, manifestDigest: request.manifestDigest }, this.withBackground(request));
-      this.served.set(request.mountpoint, { request, mount, mountedAt: new Date().toISOString() });
+      this.track({ request, mount, mountedAt: new Date().toISOString() });
       this.ctx.log?.info({ mountpoint: request.mountpoint, image: request.image, layer: request.layer.digest }, 'layer mounted');
       return true;
     }).finally(() => this.pending.delete(request.mountpoint));
     this.pending.set(request.mountpoint, done);
     return done;
+  }
+
+  private track(s: Served, detached = false): void {
+    if (detached) this.detached.add(s);
+    else this.served.set(s.request.mountpoint, s);
+    void s.mount.fs.ended.then(() => this.ended(s));
+    this.sweeper ??= setInterval(() => void this.sweep().catch((err: unknown) => this.ctx.log?.warn({ err: (err as Error).message }, 'cannot read the mount table')), SWEEP_MS).unref();
+  }
+
+  /** The kernel ended a connection (ENODEV): whatever used it is gone; let go of it. */
+  private ended(s: Served): void {
+    if (this.served.get(s.request.mountpoint) === s) this.lose(s, 'connection_ended');
+    if (!this.detached.delete(s)) return;
+    void s.mount.unmount().then(() => this.ctx.log?.info({ mountpoint: s.request.mountpoint, layer: s.request.layer.digest }, 'detached layer released'),
+      (err: unknown) => this.ctx.log?.warn({ mountpoint: s.request.mountpoint, err: (err as Error).message }, 'cannot release a detached layer'));
+  }
+
+  /** Drops from the table the mounts the mount table no longer lists at their mountpoint. */
+  private async sweep(): Promise<void> {
+    if (this.frozen || this.served.size === 0) return;
+    // Only mounts made before the table is read: one made meanwhile may be missing from it.
+    const before = [...this.served.values()];
+    const ours = new Set((await mountTable()).filter((m) => m.fstype === FUSE_FSTYPE).map((m) => m.target));
+    for (const s of before) {
+      if (!this.frozen && this.served.get(s.request.mountpoint) === s && !ours.has(s.request.mountpoint)) this.lose(s, 'not_mounted');
+    }
+  }
+
+  private lose(s: Served, reason: LostReason): void {
+    this.served.delete(s.request.mountpoint);
+    this.detached.add(s); // served until the kernel ends the connection (ended())
+    this.ctx.log?.warn({ mountpoint: s.request.mountpoint, image: s.request.image, layer: s.request.layer.digest, reason },
+      'layer mount removed from outside; dropped (the snapshotter mounts it again when it is next used)');
+    this.events.lost?.(s.request, reason);
   }
 
   private open(request: MountRequest): Promise<RemoteLayer> {
@@ -96,10 +153,14 @@ export class LayerServer {
     this.ctx.log?.info({ mountpoint, layer: s.request.layer.digest }, 'layer unmounted');
   }
 
+  /** The full teardown: every mount, and the connections of detached ones (their readers get ENOTCONN). */
   async unmountAll(): Promise<number> {
     const all = [...this.served.keys()];
     for (const m of all) await this.unmount(m);
-    return all.length;
+    const detached = [...this.detached];
+    this.detached.clear();
+    await Promise.all(detached.map((s) => s.mount.unmount()));
+    return all.length + detached.length;
   }
 
   /** What is served; refused while handing over, when the answer is about to be the successor's. */
@@ -110,8 +171,9 @@ export class LayerServer {
     }));
   }
 
+  /** Mounts served, detached ones still in use included: while any is, a plain stop is refused. */
   get size(): number {
-    return this.served.size;
+    return this.served.size + this.detached.size;
   }
 
   mountStats(): { layers: number; prefetchQueued: number } {
@@ -138,7 +200,8 @@ export class LayerServer {
     this.checkNotFrozen();
     this.frozen = true;
     await Promise.allSettled(this.pending.values());
-    return [...this.served.values()].map((s) => ({ request: s.request, mountedAt: s.mountedAt, connection: s.mount.connection! }));
+    const handed = (s: Served, detached: boolean): HandedMount => ({ request: s.request, mountedAt: s.mountedAt, connection: s.mount.connection!, detached });
+    return [...[...this.served.values()].map((s) => handed(s, false)), ...[...this.detached].map((s) => handed(s, true))];
   }
 
   /**
@@ -151,7 +214,7 @@ export class LayerServer {
     mounts.forEach((h, i) => {
       const mount = LayerMount.adopt(remotes[i]!, h.request.mountpoint, { name: h.request.image, manifestDigest: h.request.manifestDigest },
         this.withBackground(h.request), h.connection);
-      this.served.set(h.request.mountpoint, { request: h.request, mount, mountedAt: h.mountedAt });
+      this.track({ request: h.request, mount, mountedAt: h.mountedAt }, h.detached);
     });
   }
 
@@ -162,7 +225,9 @@ export class LayerServer {
 
   /** Stops serving every mount (a successor serves them now); the mounts stay. */
   async release(): Promise<void> {
-    await Promise.all([...this.served.values()].map((s) => s.mount.release()));
+    clearInterval(this.sweeper);
+    await Promise.all([...this.served.values(), ...this.detached].map((s) => s.mount.release()));
     this.served.clear();
+    this.detached.clear();
   }
 }

@@ -50,6 +50,7 @@ export class LayerMetrics implements LazyLayerObserver {
   private readonly fetchSeconds: Histogram;
   private readonly chunkReads: Counter<'from'>;
   private readonly fuseErrors: Counter;
+  private readonly mountsLost: Counter<'reason'>;
 
   constructor(sources: LayerMetricsSources) {
     const registers = [this.registry];
@@ -63,9 +64,12 @@ export class LayerMetrics implements LazyLayerObserver {
     this.chunkReads = new Counter({ name: 'dedup_chunk_reads_total', help: 'Chunk lookups by where the chunk came from (memory: the hot-chunk cache or a layer held whole)',
       labelNames: ['from'], registers });
     this.fuseErrors = new Counter({ name: 'dedup_fuse_read_errors_total', help: 'FUSE reads answered with EIO', registers });
+    this.mountsLost = new Counter({ name: 'dedup_mounts_lost_total', help: 'Lazy mounts removed from outside (umount behind the layer server\'s back), by how it noticed',
+      labelNames: ['reason'], registers });
     for (const l of ['ok', 'error']) this.fetches.inc({ result: l }, 0);
     for (const l of ['demand', 'ahead']) this.fetchedChunks.inc({ reason: l }, 0);
     for (const l of ['memory', 'store', 'registry']) this.chunkReads.inc({ from: l }, 0);
+    for (const l of ['connection_ended', 'not_mounted']) this.mountsLost.inc({ reason: l }, 0);
 
     const storeGauges: [string, string, (s: StoreStats) => number][] = [
       ['dedup_store_chunks', 'Chunks stored', (s) => s.chunks],
@@ -100,6 +104,10 @@ export class LayerMetrics implements LazyLayerObserver {
 
   fuseReadError(): void {
     this.fuseErrors.inc();
+  }
+
+  mountLost(reason: string): void {
+    this.mountsLost.inc({ reason });
   }
 
   text(): Promise<string> {

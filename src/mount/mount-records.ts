@@ -2,6 +2,7 @@
 // is ready and removed when it is gone, so `dedupctl umount` and `status` find the process that
 // serves a mount, and a crashed one's leftovers can be cleaned.
 
+import { readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -53,9 +54,14 @@ export async function findByDir(root: string, dir: string): Promise<MountRecord 
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  // A zombie has exited: one whose parent left is never reaped where PID 1 does not reap.
+  try {
+    return !/^\d+ \(.*\) Z/s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false; // reaped meanwhile
   }
 }
 

@@ -37,7 +37,21 @@ export async function unmountFuse(dir: string): Promise<void> {
   if (r.code !== 0) await unmount(dir);
 }
 
+export interface MountEntry {
+  source: string;
+  target: string;
+  fstype: string;
+}
+
+/** The mount table as this process sees it (/proc/self/mounts, octal escapes decoded). */
+export async function mountTable(): Promise<MountEntry[]> {
+  const unescape = (f: string): string => f.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return (await readFile('/proc/self/mounts', 'utf8')).split('\n').filter(Boolean).map((l) => {
+    const [source = '', target = '', fstype = ''] = l.split(' ');
+    return { source: unescape(source), target: unescape(target), fstype };
+  });
+}
+
 export async function isMountpoint(dir: string): Promise<boolean> {
-  const mounts = await readFile('/proc/self/mounts', 'utf8');
-  return mounts.split('\n').some((l) => l.split(' ')[1]?.replace(/\\040/g, ' ') === dir);
+  return (await mountTable()).some((m) => m.target === dir);
 }

@@ -65,6 +65,7 @@ export class Snapshotter {
   /** Ids of remote snapshots, whose fs directory the layer server mounts. */
   private readonly remoteIds = new Set<number>();
   private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
+  private repairs: Promise<void> = Promise.resolve();
 
   constructor(private opts: SnapshotterOptions) {
     this.metadata = new SnapshotMetadata(join(opts.root, 'metadata.db'));
@@ -93,7 +94,11 @@ export class Snapshotter {
    * serves them all; after a reboot, or when a new layer server replaced one that died, they are
    * mounted again.
    */
-  async reattach(): Promise<void> {
+  reattach(): Promise<void> {
+    return this.serially(() => this.mountUnserved());
+  }
+
+  private async mountUnserved(): Promise<void> {
     const served = await this.served();
     let mounted = 0;
     for (const s of this.metadata.all()) {
@@ -101,16 +106,48 @@ export class Snapshotter {
       this.remoteIds.add(s.id);
       if (served.has(this.fs(s.id))) continue;
       try {
-        await unmountFuse(this.fs(s.id)); // a mount whose server is gone
-        await this.mountRemote(s.id, s.remote, this.metadata.stat(s.key).labels);
+        await this.mountAgain(s.id, s.key, s.remote, 'layer server restarted');
         mounted++;
-        this.opts.log.info({ snapshot: s.key, layer: s.remote.layer.digest }, 'remote snapshot mounted again');
-        this.opts.audit?.('layer.mount', s.remote.image, { snapshot: s.key, layer: s.remote.layer.digest, reason: 'layer server restarted' });
       } catch (err) {
         this.opts.log.warn({ snapshot: s.key, err: (err as Error).message }, 'cannot mount remote snapshot again');
       }
     }
     this.opts.log.info({ remote: this.remoteIds.size, attached: served.size, mounted }, 'remote snapshots attached');
+  }
+
+  private async mountAgain(id: number, key: string, remote: RemoteLayerRef, reason: string): Promise<void> {
+    await unmountFuse(this.fs(id)); // a mount whose server is gone
+    await this.mountRemote(id, remote, this.metadata.stat(key).labels);
+    this.opts.log.info({ snapshot: key, layer: remote.layer.digest, reason }, 'remote snapshot mounted again');
+    this.opts.audit?.('layer.mount', remote.image, { snapshot: key, layer: remote.layer.digest, reason });
+  }
+
+  /**
+   * Mounts again the remote layers below `s` that the layer server no longer serves (a mount
+   * removed behind its back, which it dropped), so the mounts handed to containerd are whole.
+   */
+  private async ensureServed(s: Snapshot): Promise<void> {
+    const remote = s.parentIds.filter((id) => this.remoteIds.has(id));
+    if (remote.length === 0) return;
+    const unserved = async (): Promise<number[]> => {
+      const served = await this.served();
+      return remote.filter((id) => !served.has(this.fs(id)));
+    };
+    if ((await unserved()).length === 0) return;
+    await this.serially(async () => {
+      const byId = new Map(this.metadata.all().map((r) => [r.id, r]));
+      for (const id of await unserved()) { // again: a re-attach may have mounted them meanwhile
+        const r = byId.get(id);
+        if (r?.remote) await this.mountAgain(id, r.key, r.remote, 'mount was removed from outside');
+      }
+    });
+  }
+
+  /** Runs mount repairs one at a time: two could otherwise detach each other's fresh mount. */
+  private serially(fn: () => Promise<void>): Promise<void> {
+    const run = this.repairs.then(fn);
+    this.repairs = run.catch(() => undefined);
+    return run;
   }
 
   /** Mountpoints the layer server serves. */
@@ -172,7 +209,7 @@ export class Snapshotter {
       await rm(this.dir(id), { recursive: true, force: true });
       throw err;
     }
-    return this.mountsOf(this.metadata.get(key));
+    return this.servedMounts(this.metadata.get(key));
   }
 
   /**
@@ -222,7 +259,13 @@ export class Snapshotter {
   }
 
   async mounts(key: string): Promise<Mount[]> {
-    return this.mountsOf(this.metadata.get(key));
+    return this.servedMounts(this.metadata.get(key));
+  }
+
+  private async servedMounts(s: Snapshot): Promise<Mount[]> {
+    const mounts = this.mountsOf(s);
+    await this.ensureServed(s);
+    return mounts;
   }
 
   private mountsOf(s: Snapshot): Mount[] {

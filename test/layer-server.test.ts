@@ -1,0 +1,107 @@
+// The layer server's table follows the kernel (#21) and an unused one leaves (#19): a lazy mount
+// removed behind its back (umount -l, as an operator's or a script's clean-up does) is dropped,
+// counted and audited, a plain SIGTERM then stops the server, and the next container of the
+// image finds its layer mounted again; with no mount and no snapshotter it exits by itself.
+// Real containerd, runc, FUSE and registry.
+
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { AuditLog } from '../src/audit/audit-log.js';
+import { isAlive } from '../src/mount/mount-records.js';
+import { dedupctlJson } from './fixtures/cli.js';
+import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
+import { busyboxEntries, pushOci, tarOf, writeOciImage } from './fixtures/images.js';
+import { mustRun, waitFor } from './fixtures/process.js';
+import { startRegistry, type TestRegistry } from './fixtures/registry.js';
+import { startSnapshotter, teardownFused, type TestSnapshotter } from './fixtures/snapshotter.js';
+
+interface FusedStatus {
+  pid: number;
+  mounts: { mountpoint: string; layer: { digest: string } }[];
+}
+
+describe('layer server: mounts removed from outside, idle exit', () => {
+  let tmp: string;
+  let registry: TestRegistry | undefined;
+  let snap: TestSnapshotter | undefined;
+  let ctd: TestContainerd | undefined;
+  let ref: string;
+  const status = (s: TestSnapshotter): Promise<FusedStatus> => dedupctlJson<FusedStatus>(['fused', 'status', '--root', s.root, '--config', s.config]);
+
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'dedup-fused-test-'));
+    registry = await startRegistry(tmp);
+    await writeOciImage(join(tmp, 'src'), 'app', [{ tar: await tarOf([...await busyboxEntries(), { name: 'hello', type: 'file', content: Buffer.from('hello from a lazy layer\n') }]), compression: 'gzip' }]);
+    await pushOci(join(tmp, 'src'), 'app', `${registry.host}/src/app:1`);
+    ref = `${registry.host}/lazy/app:1`;
+    await dedupctlJson(['convert', '--plain-http', `${registry.host}/src/app:1`, ref]);
+    snap = await startSnapshotter(tmp);
+    ctd = await startContainerd(tmp, { dedupSocket: snap.socket });
+  });
+
+  after(async () => {
+    await ctd?.stop();
+    await snap?.stop();
+    await unmountUnder(tmp);
+    await registry?.stop();
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('drops a mount removed behind its back; SIGTERM then stops it; the next container mounts the layer again', async () => {
+    const pull = await ctd!.rpull(ref);
+    assert.equal(pull.code, 0, pull.stderr);
+    const first = await ctd!.ctr(['run', '--rm', '--snapshotter', 'dedup', ref, 'first', '/bin/cat', '/hello'], 120_000);
+    assert.equal(first.stdout, 'hello from a lazy layer\n', first.stderr);
+    const served = await status(snap!);
+    assert.ok(served.mounts.length >= 1);
+
+    for (const m of served.mounts) await mustRun('umount', ['-l', m.mountpoint]);
+    await waitFor('the layer server to drop the mounts', async () => (await status(snap!)).mounts.length === 0, 5000);
+    const metrics = await fetch(`${snap!.api}/metrics`).then((r) => r.text());
+    const lost = [...metrics.matchAll(/^dedup_mounts_lost_total\{reason="(\w+)"\} (\d+)/gm)].reduce((n, m) => n + Number(m[2]), 0);
+    assert.equal(lost, served.mounts.length, metrics.split('\n').filter((l) => l.includes('lost')).join('\n'));
+    const audit = AuditLog.open(snap!.root);
+    try {
+      const entries = audit.list({ action: 'layer.lost' });
+      assert.deepEqual(entries.map((e) => e.details.mountpoint).sort(), served.mounts.map((m) => m.mountpoint).sort());
+    } finally {
+      audit.close();
+    }
+
+    // Nothing left to serve: a plain SIGTERM stops it, as documented.
+    process.kill(served.pid, 'SIGTERM');
+    await waitFor('the layer server to stop on SIGTERM', async () => !isAlive(served.pid), 10_000);
+
+    // The snapshotter starts a new one and mounts the layer again for the next container.
+    const again = await ctd!.ctr(['run', '--rm', '--snapshotter', 'dedup', ref, 'again', '/bin/cat', '/hello'], 120_000);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(again.stdout, 'hello from a lazy layer\n');
+    const now = await status(snap!);
+    assert.notEqual(now.pid, served.pid);
+    assert.deepEqual(now.mounts.map((m) => m.mountpoint).sort(), served.mounts.map((m) => m.mountpoint).sort());
+    snap!.fusedPid = now.pid;
+    assert.match(await readFile(snap!.log, 'utf8'), /remote snapshot mounted again/);
+  });
+
+  it('with no mount and no snapshotter the layer server exits after fused.idle_exit_seconds; a new snapshotter starts one again', async () => {
+    const dir = await mkdtemp(join(tmp, 'idle-'));
+    const idle = await startSnapshotter(dir, [], { fused: { idle_exit_seconds: 10 } });
+    try {
+      await idle.stopDaemon();
+      assert.ok(isAlive(idle.fusedPid), 'it stays for the grace period');
+      await waitFor('the idle layer server to exit', async () => !isAlive(idle.fusedPid), 30_000);
+      assert.match(await readFile(idle.fusedLog, 'utf8'), /no mounts and no client; leaving/);
+      const next = await startSnapshotter(dir);
+      assert.notEqual(next.fusedPid, idle.fusedPid);
+      assert.ok(isAlive(next.fusedPid));
+      await next.stop();
+      assert.ok(!isAlive(next.fusedPid));
+    } finally {
+      await idle.stopDaemon();
+      await teardownFused(idle.root, idle.config, idle.fusedPid);
+    }
+  });
+});

@@ -25,7 +25,8 @@ export type ErrorCode =
   | 'ERR_DEDUPD'
   | 'ERR_FUSED'
   | 'ERR_UNAVAILABLE'
-  | 'ERR_UNSUPPORTED';
+  | 'ERR_UNSUPPORTED'
+  | 'ERR_API_BIND';
 
 export class DedupError extends Error {
   readonly code: ErrorCode;
@@ -186,6 +187,13 @@ export class FusedError extends DedupError {
 export class UnsupportedError extends DedupError {
   constructor(message: string) {
     super('ERR_UNSUPPORTED', message);
+  }
+}
+
+/** The admin HTTP API cannot listen where it was told (the address is in use, or not this host's). */
+export class ApiBindError extends DedupError {
+  constructor(readonly addr: string, reason: string) {
+    super('ERR_API_BIND', `admin API cannot listen on ${addr} (${reason}); set api.addr in the config or --api-addr (127.0.0.1:0 picks a free port)`);
   }
 }
 

@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -13,6 +14,7 @@ import { AuditLog, DAY_MS } from '../src/audit/audit-log.js';
 import { binary, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';
 import { pushOci, tarOf, writeOciImage } from './fixtures/images.js';
+import { waitFor } from './fixtures/process.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { snapshotsClient } from './fixtures/snapshots-client.js';
 import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
@@ -225,6 +227,32 @@ describe('operator surface: admin API, audit log, metrics', () => {
     const noToken = await binary('dedup-snapshotter', ['--check', '--root', join(dir, 'r2'), '--config', snap!.config, '--api-addr', '0.0.0.0:0']);
     assert.equal(noToken.code, 1);
     assert.match(noToken.stderr, /api\.addr: a non-loopback address needs api\.token/);
+  });
+
+  it('a second daemon whose admin address is taken serves snapshots, says which address and key, and brings the API up once it is free', async () => {
+    const dir = join(tmp, 'busy');
+    await mkdir(dir);
+    const blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const addr = `127.0.0.1:${(blocker.address() as AddressInfo).port}`;
+    let s: TestSnapshotter;
+    try {
+      s = await startSnapshotter(dir, ['--api-addr', addr]);
+      others.push(s);
+      const snapshots = snapshotsClient(s.socket);
+      try {
+        assert.deepEqual(await snapshots.list([]), [], 'gRPC serves while the admin address is busy');
+      } finally {
+        snapshots.close();
+      }
+      const line = (await readFile(s.log, 'utf8')).split('\n').find((l) => l.includes('ERR_API_BIND'));
+      assert.ok(line, 'the bind failure is logged with its code');
+      assert.match(line, new RegExp(`cannot listen on ${addr} \\(address in use\\); set api\\.addr in the config or --api-addr`));
+    } finally {
+      await new Promise<void>((resolve) => blocker.close(() => resolve()));
+    }
+    await waitFor('the admin API to come up on the freed address', async () => (await http(`http://${addr}/healthz`)).status === 200, 20_000);
+    assert.match(await readFile(s.log, 'utf8'), new RegExp(`"api":"${addr}".*admin API serving`));
   });
 
   it('audit retention: the daemon removes entries older than audit.retention_days, and only those', async () => {

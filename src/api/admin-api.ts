@@ -7,6 +7,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { AuditLog } from '../audit/audit-log.js';
+import { ApiBindError } from '../errors.js';
 import { parseHostPort, redactConfig } from '../config/config.js';
 import type { LiveConfig } from '../config/live-config.js';
 import type { DaemonMetrics } from '../metrics/metrics.js';
@@ -65,7 +66,7 @@ export class AdminApi {
     server.headersTimeout = 10_000;
     const { host, port } = parseHostPort(opts.addr)!;
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
+      server.once('error', (err: NodeJS.ErrnoException) => reject(new ApiBindError(opts.addr, err.code === 'EADDRINUSE' ? 'address in use' : err.message)));
       server.listen(port, host, () => {
         server.off('error', reject);
         resolve();

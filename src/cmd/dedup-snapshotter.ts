@@ -14,6 +14,7 @@ import { AuditLog } from '../audit/audit-log.js';
 import { registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
 import { daemonLogger } from '../cli/log.js';
 import { DEFAULT_SOCKET, type Config } from '../config/config.js';
+import { ApiBindError } from '../errors.js';
 import { LiveConfig } from '../config/live-config.js';
 import { FusedClient, fusedSocket } from '../fused/client.js';
 import { parsePlatform } from '../image/oci.js';
@@ -51,6 +52,8 @@ const AUDIT_PRUNE_MS = 60 * 60 * 1000;
 const FUSED_WATCH_MS = 5000;
 /** How long the socket may be missing before the layer server counts as gone. */
 const FUSED_GONE_MS = 3000;
+/** How often an admin API that could not listen tries again. */
+const API_RETRY_MS = 5000;
 
 const program = withCommonFlags(new Command('dedup-snapshotter'))
   .description('containerd proxy snapshotter: lazily pulled eStargz layers over a deduplicating chunk store')
@@ -138,6 +141,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     });
     const server = new grpc.Server();
     let api: AdminApi | undefined;
+    let apiRetry: NodeJS.Timeout | undefined;
     try {
       await snapshotter.start();
       server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter));
@@ -145,7 +149,25 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       await rm(flags.socket, { force: true }); // a socket left by a daemon that was killed
       await new Promise<void>((resolve, reject) => server.bindAsync(`unix://${flags.socket}`, grpc.ServerCredentials.createInsecure(),
         (err) => (err ? reject(err) : resolve())));
-      if (config.api.enabled) api = await AdminApi.start({ addr: config.api.addr, config: live, audit, metrics, log });
+      // A busy admin address must not take the snapshot service down (another daemon may hold
+      // it): gRPC serves on, and the API is tried again until it can listen.
+      const startApi = async (): Promise<boolean> => {
+        try {
+          api = await AdminApi.start({ addr: config.api.addr, config: live, audit, metrics, log });
+          return true;
+        } catch (err) {
+          if (!(err instanceof ApiBindError)) throw err;
+          if (!apiRetry) log.error({ err: err.message, code: err.code, addr: err.addr, retryMs: API_RETRY_MS }, 'admin API not serving; snapshots are; retrying');
+          return false;
+        }
+      };
+      if (config.api.enabled && !(await startApi())) {
+        apiRetry = setInterval(() => void startApi().then((up) => {
+          if (!up) return;
+          clearInterval(apiRetry);
+          log.info({ api: api!.address }, 'admin API serving');
+        }, (err: unknown) => log.error({ err: (err as Error).message }, 'admin API failed')), API_RETRY_MS).unref();
+      }
       log.info({ socket: flags.socket, api: api?.address ?? null, root: config.root, version: VERSION, lazy: config.enable_lazy, fused: fusedPid }, 'serving');
       const signal = await stopped;
       log.info({ signal }, 'shutting down');
@@ -162,6 +184,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     } finally {
       clearInterval(pruner);
       clearInterval(watcher);
+      clearInterval(apiRetry);
       await api?.close();
       server.forceShutdown();
       snapshotter.close();

@@ -30,11 +30,12 @@ interface Timestamp {
   nanos: number;
 }
 
-const ts = (d: Date): Timestamp => ({ seconds: Math.floor(d.getTime() / 1000), nanos: (d.getTime() % 1000) * 1e6 });
+/** Nanoseconds since the epoch as a protobuf Timestamp, to the nanosecond. */
+const ts = (ns: bigint): Timestamp => ({ seconds: Number(ns / 1_000_000_000n), nanos: Number(ns % 1_000_000_000n) });
 const KIND = { view: 'VIEW', active: 'ACTIVE', committed: 'COMMITTED' } as const;
 
 function info(i: SnapshotInfo): Record<string, unknown> {
-  return { name: i.name, parent: i.parent, kind: KIND[i.kind], created_at: ts(i.createdAt), updated_at: ts(i.updatedAt), labels: i.labels };
+  return { name: i.name, parent: i.parent, kind: KIND[i.kind], created_at: ts(i.created), updated_at: ts(i.updated), labels: i.labels };
 }
 
 export function loadSnapshotsService(): grpc.ServiceDefinition {

@@ -2,9 +2,11 @@
 // internal ids (the directory names), parents form chains, kinds are View, Active and Committed,
 // a Commit turns an Active snapshot into a Committed one under a new name keeping its id, and a
 // snapshot with children cannot be removed. SQLite (better-sqlite3), one transaction per change.
+// Times are nanoseconds since the epoch, containerd's precision, read as BigInt.
 
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../errors.js';
+import { openSqlite } from '../sqlite.js';
 
 export type Kind = 'view' | 'active' | 'committed';
 const KIND_CODE: Record<Kind, number> = { view: 1, active: 2, committed: 3 };
@@ -16,8 +18,9 @@ export interface SnapshotInfo {
   parent: string;
   kind: Kind;
   labels: Record<string, string>;
-  createdAt: Date;
-  updatedAt: Date;
+  /** Nanoseconds since the epoch. */
+  created: bigint;
+  updated: bigint;
 }
 
 export interface Snapshot extends SnapshotInfo {
@@ -32,12 +35,45 @@ interface Row {
   parent: string | null;
   kind: number;
   labels: string;
-  created_at: number;
-  updated_at: number;
+  created_at: bigint;
+  updated_at: bigint;
   size: number | null;
   inodes: number | null;
   remote: string | null;
 }
+
+/** A row as SQLite hands it over with safe integers: every INTEGER a BigInt. */
+type RawRow = { [K in keyof Row]: Row[K] extends number ? bigint : Row[K] extends number | null ? bigint | null : Row[K] };
+
+function fromRaw(r: RawRow): Row {
+  const num = (n: bigint | null): number | null => (n === null ? null : Number(n));
+  return { ...r, id: Number(r.id), kind: Number(r.kind), size: num(r.size), inodes: num(r.inodes) };
+}
+
+// Wall-clock time in nanoseconds: Date.now() has milliseconds only, hrtime has no epoch.
+const EPOCH_NS = BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6)) - process.hrtime.bigint();
+function nowNs(): bigint {
+  return EPOCH_NS + process.hrtime.bigint();
+}
+
+const MIGRATIONS = [
+  `CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    parent TEXT,
+    kind INTEGER NOT NULL,
+    labels TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    size INTEGER,
+    inodes INTEGER,
+    -- for remote (lazily mounted) snapshots: where the layer comes from, to mount it again
+    remote TEXT
+  );
+  CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);`,
+  // Times were milliseconds before.
+  'UPDATE snapshots SET created_at = created_at * 1000000, updated_at = updated_at * 1000000',
+];
 
 /** Where a remote snapshot's layer lives: enough to mount it again after a restart. */
 export interface RemoteLayerRef {
@@ -59,23 +95,11 @@ export class SnapshotMetadata {
   private readonly db: Database.Database;
 
   constructor(path: string) {
-    this.db = new Database(path);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('busy_timeout = 10000');
-    this.db.exec(`CREATE TABLE IF NOT EXISTS snapshots (
-      id INTEGER PRIMARY KEY AUTOINCREMENT,
-      key TEXT NOT NULL UNIQUE,
-      parent TEXT,
-      kind INTEGER NOT NULL,
-      labels TEXT NOT NULL DEFAULT '{}',
-      created_at INTEGER NOT NULL,
-      updated_at INTEGER NOT NULL,
-      size INTEGER,
-      inodes INTEGER,
-      -- for remote (lazily mounted) snapshots: where the layer comes from, to mount it again
-      remote TEXT
-    );
-    CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);`);
+    this.db = openSqlite(path, MIGRATIONS);
+  }
+
+  private rows(sql: string, ...args: unknown[]): Row[] {
+    return (this.db.prepare(sql).safeIntegers(true).all(...args) as RawRow[]).map(fromRaw);
   }
 
   close(): void {
@@ -83,12 +107,12 @@ export class SnapshotMetadata {
   }
 
   private row(key: string): Row | undefined {
-    return this.db.prepare('SELECT * FROM snapshots WHERE key = ?').get(key) as Row | undefined;
+    return this.rows('SELECT * FROM snapshots WHERE key = ?', key)[0];
   }
 
   private toInfo(r: Row): SnapshotInfo {
     return { name: r.key, parent: r.parent ?? '', kind: KIND_NAME[r.kind]!, labels: JSON.parse(r.labels) as Record<string, string>,
-      createdAt: new Date(r.created_at), updatedAt: new Date(r.updated_at) };
+      created: r.created_at, updated: r.updated_at };
   }
 
   /** The snapshot with its parent chain; NotFound when the key does not exist. */
@@ -122,14 +146,17 @@ export class SnapshotMetadata {
         if (!p) throw new NotFoundError(`parent snapshot ${parent}`);
         if (p.kind !== KIND_CODE.committed) throw new InvalidArgumentError(`parent "${parent}" is not a committed snapshot`);
       }
-      const now = Date.now();
+      const now = nowNs();
       const r = this.db.prepare('INSERT INTO snapshots (key, parent, kind, labels, created_at, updated_at, size, inodes, remote) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
         .run(key, parent || null, KIND_CODE[kind], JSON.stringify(labels), now, now, remote ? 0 : null, remote ? 0 : null, remote ? JSON.stringify(remote) : null);
       return Number(r.lastInsertRowid);
     }).immediate();
   }
 
-  /** Turns Active `key` into Committed `name` (same id), with its usage recorded. */
+  /**
+   * Turns Active `key` into Committed `name` (same id), with its usage recorded. As in
+   * containerd, the commit creates the committed snapshot: created and updated are the commit's.
+   */
   commit(name: string, key: string, labels: Record<string, string>, usage: { size: number; inodes: number }): number {
     if (!name) throw new InvalidArgumentError('committed snapshot name must not be empty');
     checkLabels(labels);
@@ -138,8 +165,9 @@ export class SnapshotMetadata {
       if (!r) throw new NotFoundError(`snapshot ${key}`);
       if (r.kind !== KIND_CODE.active) throw new FailedPreconditionError(`requested snapshot ${key} not active`);
       if (this.row(name)) throw new AlreadyExistsError(`snapshot ${name}`);
-      this.db.prepare('UPDATE snapshots SET key = ?, kind = ?, labels = ?, updated_at = ?, size = ?, inodes = ? WHERE id = ?')
-        .run(name, KIND_CODE.committed, JSON.stringify(labels), Date.now(), usage.size, usage.inodes, r.id);
+      const now = nowNs();
+      this.db.prepare('UPDATE snapshots SET key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ?, size = ?, inodes = ? WHERE id = ?')
+        .run(name, KIND_CODE.committed, JSON.stringify(labels), now, now, usage.size, usage.inodes, r.id);
       return r.id;
     }).immediate();
   }
@@ -171,7 +199,7 @@ export class SnapshotMetadata {
           else delete labels[k];
         } else throw new InvalidArgumentError(`cannot update "${p}" field on snapshot "${info.name}"`);
       }
-      this.db.prepare('UPDATE snapshots SET labels = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(labels), Date.now(), r.id);
+      this.db.prepare('UPDATE snapshots SET labels = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(labels), nowNs(), r.id);
       return this.toInfo(this.row(info.name)!);
     }).immediate();
   }
@@ -183,12 +211,12 @@ export class SnapshotMetadata {
   }
 
   list(): SnapshotInfo[] {
-    return (this.db.prepare('SELECT * FROM snapshots ORDER BY id').all() as Row[]).map((r) => this.toInfo(r));
+    return this.rows('SELECT * FROM snapshots ORDER BY id').map((r) => this.toInfo(r));
   }
 
   /** Every id, with the remote layer of remote snapshots (restart reconciliation). */
   all(): { id: number; key: string; remote: RemoteLayerRef | undefined }[] {
-    return (this.db.prepare('SELECT * FROM snapshots ORDER BY id').all() as Row[])
+    return this.rows('SELECT * FROM snapshots ORDER BY id')
       .map((r) => ({ id: r.id, key: r.key, remote: r.remote ? (JSON.parse(r.remote) as RemoteLayerRef) : undefined }));
   }
 }

@@ -82,7 +82,15 @@ describe('lazy root filesystem', () => {
     assert.equal(s.running, true);
     assert.equal(s.layers.length, 2);
     assert.ok(s.layers[0]!.percent < 2 && !s.layers[0]!.complete);
-    await umount(dir);
+    // From the directory alone: the root is found through the mount table.
+    const r = await dedupctl(['umount', dir, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).unmounted, dir);
+    mounted.splice(mounted.indexOf(dir), 1);
+    assert.equal(isAlive(m.pid), false);
+    const missing = await dedupctl(['umount', dir]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /a dedup mount at .*mnt-small not found \(state roots looked in: /);
   });
 
   it('shows exactly the tree a full pull would: types, modes, owners, sizes, links, xattrs, contents, whiteouts, opaque dirs', async () => {

@@ -9,14 +9,14 @@ import { readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { CodecPool } from '../codec/codec-pool.js';
-import { prefetchOptions } from '../config/config.js';
+import { prefetchOptions, type Config } from '../config/config.js';
 import { MountError, NotFoundError } from '../errors.js';
 import { ChunkCache } from '../fetch/chunk-cache.js';
 import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
 import { ImageMount } from '../mount/image-mount.js';
-import { findByDir, isAlive, mountsDir, readRecords, removeRecord, waitForExit, type MountRecord } from '../mount/mount-records.js';
-import { unmount, unmountFuse } from '../mount/system-mounts.js';
+import { findByDir, isAlive, mountsDir, readRecords, removeRecord, rootsInMountTable, waitForExit, type MountRecord } from '../mount/mount-records.js';
+import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';
 import { ChunkStore } from '../store/chunk-store.js';
 import { audited, configFrom, formatBytes, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
 import { daemonLogger } from './log.js';
@@ -102,9 +102,20 @@ async function startMount(ref: string, dir: string, flags: MountFlags): Promise<
   else process.stdout.write(`${r.image} mounted at ${r.dir} in ${r.mountMs} ms (${r.layers.length} lazy layers, pid ${r.pid}, log ${logPath})\n`);
 }
 
-async function stopMount(root: string, dir: string): Promise<MountRecord> {
-  const rec = await findByDir(root, dir);
-  if (!rec) throw new NotFoundError(`a dedup mount at ${resolve(dir)}`);
+/**
+ * The mount at `dir` and its state root: the given root, else (no --root) the one whose records
+ * have it among the roots the mount table shows image mounts of.
+ */
+async function findMount(config: Config, explicitRoot: boolean, dir: string): Promise<{ root: string; rec: MountRecord }> {
+  const roots = explicitRoot ? [config.root] : [config.root, ...rootsInMountTable(await mountTable())];
+  for (const root of new Set(roots)) {
+    const rec = await findByDir(root, dir);
+    if (rec) return { root, rec };
+  }
+  throw new NotFoundError(`a dedup mount at ${resolve(dir)}`, `state roots looked in: ${[...new Set(roots)].join(', ')}`);
+}
+
+async function stopMount(root: string, rec: MountRecord): Promise<MountRecord> {
   if (isAlive(rec.pid)) {
     process.kill(rec.pid, 'SIGTERM');
     if (!(await waitForExit(rec.pid, 60_000))) throw new MountError(`mount process ${rec.pid} for ${rec.dir} did not exit within 60 s`);
@@ -141,8 +152,9 @@ export function mountCommands(): Command[] {
     .description('unmount an image mounted with dedupctl mount: overlay, layers, mount process')
     .argument('<dir>', 'the directory given to mount')
     .action(async (dir: string, flags: CommonFlags) => {
-      const config = await configFrom(flags);
-      const rec = await audited(config, 'image.umount', resolve(dir), {}, () => stopMount(config.root, dir));
+      const found = await findMount(await configFrom(flags), flags.root !== undefined, dir);
+      const config = await configFrom({ ...flags, root: found.root });
+      const rec = await audited(config, 'image.umount', resolve(dir), {}, () => stopMount(found.root, found.rec));
       if (flags.json) printJson({ unmounted: rec.dir, image: rec.image });
       else process.stdout.write(`unmounted ${rec.dir}\n`);
     });

@@ -7,6 +7,7 @@ import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { writeFileAtomic } from '../atomic-file.js';
+import type { MountEntry } from './system-mounts.js';
 
 export interface MountRecord {
   id: string;
@@ -49,6 +50,28 @@ export async function readRecords(root: string): Promise<MountRecord[]> {
 export async function findByDir(root: string, dir: string): Promise<MountRecord | undefined> {
   const want = resolve(dir);
   return (await readRecords(root)).find((r) => r.dir === want);
+}
+
+/** <root>/mounts/<id>/layers/<i>: where an image mount's layers are (image-mount.ts). */
+const LAYER_MOUNTPOINT = /^(.+)\/mounts\/[^/]+\/layers\/\d+$/;
+
+/**
+ * The state roots that image mounts in the mount table belong to: their layers' FUSE mountpoints
+ * and their overlays' lower directories are under <root>/mounts/. Lets `umount DIR` work without
+ * the --root the mount was made with.
+ */
+export function rootsInMountTable(table: MountEntry[]): string[] {
+  const roots = new Set<string>();
+  const add = (path: string): void => {
+    const m = LAYER_MOUNTPOINT.exec(path);
+    if (m) roots.add(m[1]!);
+  };
+  for (const e of table) {
+    add(e.target);
+    const lower = e.fstype === 'overlay' ? /(?:^|,)lowerdir=([^,]*)/.exec(e.options)?.[1] : undefined;
+    for (const l of lower?.split(':') ?? []) add(l);
+  }
+  return [...roots];
 }
 
 export function isAlive(pid: number): boolean {

@@ -41,14 +41,15 @@ export interface MountEntry {
   source: string;
   target: string;
   fstype: string;
+  options: string;
 }
 
 /** The mount table as this process sees it (/proc/self/mounts, octal escapes decoded). */
 export async function mountTable(): Promise<MountEntry[]> {
   const unescape = (f: string): string => f.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
   return (await readFile('/proc/self/mounts', 'utf8')).split('\n').filter(Boolean).map((l) => {
-    const [source = '', target = '', fstype = ''] = l.split(' ');
-    return { source: unescape(source), target: unescape(target), fstype };
+    const [source = '', target = '', fstype = '', options = ''] = l.split(' ');
+    return { source: unescape(source), target: unescape(target), fstype, options: unescape(options) };
   });
 }
 

@@ -21,7 +21,7 @@ import { parsePlatform } from '../image/oci.js';
 import { applyKsmConfig, ksmStatus } from '../ksm/ksm.js';
 import { DaemonMetrics } from '../metrics/metrics.js';
 import { loadSnapshotsService, snapshotsHandlers } from '../snapshot/grpc-service.js';
-import { Snapshotter } from '../snapshot/snapshotter.js';
+import { FULL_PULL_REASONS, Snapshotter } from '../snapshot/snapshotter.js';
 import { ChunkStore } from '../store/chunk-store.js';
 import { VERSION } from '../version.js';
 
@@ -100,10 +100,11 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     const fused = new FusedClient(fusedSocket(config.root));
     const fusedPid = flags.spawnFused ? await fused.ensureRunning(fusedArgs(flags, config.root), join(config.root, 'fused.log'))
       : (await fused.health()).pid;
-    const metrics = new DaemonMetrics({ ksm: () => ksmStatus().catch(() => null), layers: () => fused.metrics().catch(() => '') });
+    const metrics = new DaemonMetrics({ ksm: () => ksmStatus().catch(() => null), layers: () => fused.metrics().catch(() => ''), fullPullReasons: FULL_PULL_REASONS });
     const snapshotter = new Snapshotter({
       root: config.root, client, platform: parsePlatform(flags.platform), lazyPull: config.enable_lazy, layers: fused, log,
       audit: (action, target, details) => audit.record('containerd', action, target, details),
+      fullPull: (reason) => metrics.fullPull(reason),
     });
     live.on('change', (change) => {
       const c = change.config;

@@ -20,6 +20,8 @@ export interface DaemonMetricsSources {
   ksm(): Promise<KsmStatus | null>;
   /** The layer server's exposition, appended to ours ('' when it does not answer). */
   layers(): Promise<string>;
+  /** The reasons a layer may be pulled in full instead of lazily, shown from zero. */
+  fullPullReasons: readonly string[];
 }
 
 /** One read shared by the gauges of one scrape (prom-client collects each gauge on its own). */
@@ -117,10 +119,14 @@ export class LayerMetrics implements LazyLayerObserver {
 
 export class DaemonMetrics {
   readonly registry = new Registry();
+  private readonly fullPulls: Counter<'reason'>;
 
   constructor(private readonly sources: DaemonMetricsSources) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'dedup_' });
+    this.fullPulls = new Counter({ name: 'dedup_full_pulls_total', help: 'Layers a lazy pull asked for that were left to containerd to download in full, by reason',
+      labelNames: ['reason'], registers });
+    for (const reason of sources.fullPullReasons) this.fullPulls.inc({ reason }, 0);
     const ksmGauges: [string, string, (k: KsmStatus) => number][] = [
       ['dedup_ksm_run', 'KSM scanner state (0 stopped, 1 running, 2 unmerging)', (k) => k.run],
       ['dedup_ksm_pages_shared', 'KSM pages shared', (k) => k.pages_shared],
@@ -131,6 +137,10 @@ export class DaemonMetrics {
       ['dedup_ksm_memory_saved_bytes', 'Memory KSM saves (pages_sharing x page size)', (k) => k.memory_saved_bytes],
     ];
     gaugesFrom(registers, ksmGauges, sources.ksm);
+  }
+
+  fullPull(reason: string): void {
+    this.fullPulls.inc({ reason });
   }
 
   async text(): Promise<string> {

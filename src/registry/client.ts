@@ -76,6 +76,12 @@ export class RegistryClient {
     return e;
   }
 
+  /** A loopback registry that does not speak https: plain HTTP from now on (containerd's rule). */
+  private dropGuess(host: string, guess: RegistryEndpoint): void {
+    const known = this.endpoints.get(host);
+    if (known) this.endpoints.set(host, known.then((eps) => eps.filter((e) => e !== guess)));
+  }
+
   /** Sends a request with auth and retries; the caller consumes or dumps the body. */
   private async send(ref: ImageReference, spec: RequestSpec): Promise<Dispatcher.ResponseData> {
     const endpoints = (await this.endpointsFor(ref.host)).filter((e) => e.capabilities.has(spec.capability));
@@ -88,6 +94,7 @@ export class RegistryClient {
         lastError = err;
         // Only an unreachable endpoint moves us on to the next; an answer is final.
         if (!(err instanceof RegistryError) || err.status !== undefined) throw err;
+        if (ep.guess) this.dropGuess(ref.host, ep);
       }
     }
     throw lastError;

@@ -4,6 +4,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
+import { isLoopback } from '../config/config.js';
 import { InvalidConfigError } from '../errors.js';
 
 export interface RegistryEndpoint {
@@ -12,6 +13,11 @@ export interface RegistryEndpoint {
   /** Path prefix before /v2 (hosts.toml lets a mirror live under a path). */
   pathPrefix: string;
   capabilities: Set<'pull' | 'resolve' | 'push'>;
+  /**
+   * A guess to drop once it fails to connect (a loopback registry tried over https first): the
+   * next endpoint, the same host over plain HTTP, is then used for good.
+   */
+  guess?: boolean;
 }
 
 const ALL = new Set<'pull' | 'resolve' | 'push'>(['pull', 'resolve', 'push']);
@@ -28,14 +34,23 @@ function endpoint(url: string, caps: Set<'pull' | 'resolve' | 'push'>, file: str
   return { origin: u.origin, pathPrefix: prefix, capabilities: caps };
 }
 
+/** The host name of "HOST[:PORT]" or "[V6]:PORT". */
+function hostName(host: string): string {
+  return host.startsWith('[') ? host.slice(1, host.indexOf(']')) : host.replace(/:\d+$/, '');
+}
+
 /**
  * The endpoints for `host`, in the order to try them: hosts.toml's [host."…"] entries, then its
  * `server` (or the host itself). Without a hosts.toml: the host itself, over https unless
- * plainHttp says otherwise.
+ * plainHttp says otherwise; a loopback host (localhost, 127.0.0.0/8, ::1) as containerd and
+ * stargz-snapshotter treat it: https, and plain HTTP when https does not connect.
  */
 export async function resolveEndpoints(host: string, apiHost: string, opts: { hostsDir?: string; plainHttp: boolean }): Promise<RegistryEndpoint[]> {
-  const fallback = endpoint(`${opts.plainHttp ? 'http' : 'https'}://${apiHost}`, ALL, 'registry');
-  if (!opts.hostsDir) return [fallback];
+  const plain = endpoint(`http://${apiHost}`, ALL, 'registry');
+  const fallback = opts.plainHttp ? [plain]
+    : isLoopback(hostName(apiHost)) ? [{ ...endpoint(`https://${apiHost}`, ALL, 'registry'), guess: true }, plain]
+    : [endpoint(`https://${apiHost}`, ALL, 'registry')];
+  if (!opts.hostsDir) return fallback;
   const file = join(opts.hostsDir, host.replace(':', '_'), 'hosts.toml');
   const alt = join(opts.hostsDir, host, 'hosts.toml');
   let text: string | undefined;
@@ -47,7 +62,7 @@ export async function resolveEndpoints(host: string, apiHost: string, opts: { ho
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
   }
-  if (text === undefined) return [fallback];
+  if (text === undefined) return fallback;
   let doc: Record<string, unknown>;
   try {
     doc = parseToml(text) as Record<string, unknown>;
@@ -61,6 +76,6 @@ export async function resolveEndpoints(host: string, apiHost: string, opts: { ho
     out.push(endpoint(url, caps, alt));
   }
   if (typeof doc.server === 'string') out.push(endpoint(doc.server, ALL, alt));
-  else out.push(fallback);
+  else out.push(...fallback);
   return out;
 }

@@ -58,7 +58,16 @@ export interface SnapshotterOptions {
   log: { info(o: object, m: string): void; warn(o: object, m: string): void };
   /** Records what containerd had done to the node (the audit log). */
   audit?: (action: string, target: string, details: Record<string, unknown>) => void;
+  /** A layer the labels asked to mount lazily is left to containerd to download and unpack. */
+  fullPull?: (reason: FullPullReason) => void;
 }
+
+/**
+ * Why a layer is pulled in full: not eStargz (expected for ordinary images), not in the image's
+ * manifest, the registry could not be read, or the layer server could not mount it.
+ */
+export type FullPullReason = 'not_estargz' | 'not_in_manifest' | 'registry' | 'mount_failed';
+export const FULL_PULL_REASONS: FullPullReason[] = ['not_estargz', 'not_in_manifest', 'registry', 'mount_failed'];
 
 export class Snapshotter {
   readonly metadata: SnapshotMetadata;
@@ -230,15 +239,11 @@ export class Snapshotter {
           .then((m) => ({ manifestDigest: m.digest, manifest: parseJson(manifestSchema, m.bytes, `manifest ${manifestDigest} of ${imageRef}`) }))
         : await image.resolve(this.opts.platform);
       const desc = resolved.manifest.layers.find((l) => l.digest === digest);
-      if (!desc) {
-        this.opts.log.warn({ image: imageRef, layer: digest }, 'layer not in the image manifest; containerd unpacks it');
-        return false;
-      }
+      if (!desc) return this.fullPull('not_in_manifest', imageRef, digest, 'layer not in the image manifest');
       ref = { image: imageRef, manifestDigest: resolved.manifestDigest, layer: { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, annotations: desc.annotations } };
     } catch (err) {
       if (!isDedupError(err)) throw err;
-      this.opts.log.info({ image: imageRef, layer: digest, err: err.message }, 'not mounted lazily; containerd unpacks it');
-      return false;
+      return this.fullPull('registry', imageRef, digest, `${err.message} [${err.code}]`);
     }
     // AlreadyExists here is the right answer too: containerd then uses the existing snapshot.
     const id = this.metadata.create('committed', target, parent, { ...labels, [LABEL.remote]: 'remote snapshot' }, ref);
@@ -247,15 +252,23 @@ export class Snapshotter {
     } catch (err) {
       this.metadata.remove(target);
       await rm(this.dir(id), { recursive: true, force: true });
-      // A layer that is not eStargz is the common case, not a failure.
       const notEstargz = err instanceof FusedError && err.remoteCode === 'ERR_MALFORMED_ESTARGZ';
-      this.opts.log[notEstargz ? 'info' : 'warn']({ image: imageRef, layer: digest, err: (err as Error).message },
-        notEstargz ? 'not mounted lazily; containerd unpacks it' : 'lazy mount failed; containerd unpacks the layer');
-      return false;
+      return this.fullPull(notEstargz ? 'not_estargz' : 'mount_failed', imageRef, digest, (err as Error).message);
     }
     this.opts.log.info({ snapshot: target, image: imageRef, layer: digest }, 'remote snapshot mounted lazily');
     this.opts.audit?.('image.pull', imageRef, { snapshot: target, layer: digest, lazy: true });
     return true;
+  }
+
+  /**
+   * Leaves the layer to containerd (a full download), never silently: logged with the reason
+   * (a warning unless the layer simply is not eStargz), counted, and audited.
+   */
+  private fullPull(reason: FullPullReason, image: string, layer: string, detail: string): false {
+    this.opts.log[reason === 'not_estargz' ? 'info' : 'warn']({ image, layer, reason, err: detail }, 'not mounted lazily; containerd downloads and unpacks the layer');
+    this.opts.fullPull?.(reason);
+    this.opts.audit?.('image.pull', image, { layer, lazy: false, reason, detail });
+    return false;
   }
 
   async mounts(key: string): Promise<Mount[]> {

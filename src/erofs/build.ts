@@ -109,6 +109,7 @@ function validateOptions(entries: readonly ErofsEntry[], o: ErofsBuildOptions): 
   if (!Number.isInteger(chunkBits) || chunkBits < BLOCK_BITS || chunkBits - BLOCK_BITS > 31) {
     fail(`chunk size ${chunkSize} is not a power of two from ${BLOCK_SIZE} to ${BLOCK_SIZE} << 31`);
   }
+  if (o.devices !== undefined && !Array.isArray(o.devices)) fail('devices is not an array');
   const devices = (o.devices ?? []).map((d, i) => {
     const tag = typeof d?.tag === 'string' ? Buffer.from(d.tag, 'utf8') : d?.tag instanceof Uint8Array ? Buffer.from(d.tag) : fail(`device ${i} has no tag`);
     if (tag.length === 0 || tag.length > 64) fail(`device ${i} tag is ${tag.length} bytes, not 1 to 64`);
@@ -119,12 +120,14 @@ function validateOptions(entries: readonly ErofsEntry[], o: ErofsBuildOptions): 
   if (devices.length > 16_000) fail(`${devices.length} devices are more than the 16000 supported`);
   let buildTime = commonMtime(entries);
   if (o.buildTime !== undefined) {
+    if (typeof o.buildTime !== 'object' || o.buildTime === null) fail('build time is not { seconds, nanoseconds }');
     const { seconds, nanoseconds = 0 } = o.buildTime;
     if (!Number.isSafeInteger(seconds)) fail(`build time ${String(seconds)} is not an integer number of seconds`);
     if (!Number.isInteger(nanoseconds) || nanoseconds < 0 || nanoseconds > 999_999_999) fail(`build time nanoseconds ${String(nanoseconds)} is out of range`);
     buildTime = { seconds, nsec: nanoseconds };
   }
   if (o.uuid !== undefined && (!(o.uuid instanceof Uint8Array) || o.uuid.length !== 16)) fail('uuid is not 16 bytes');
+  if (o.volumeName !== undefined && typeof o.volumeName !== 'string') fail('volume name is not a string');
   const volumeName = Buffer.from(o.volumeName ?? '', 'utf8');
   if (volumeName.length > 16) fail(`volume name "${o.volumeName}" is longer than 16 bytes`);
   return { devices, chunkSize, buildTime, uuid: o.uuid && Buffer.from(o.uuid), volumeName, checksum: o.checksum ?? true };

@@ -139,7 +139,8 @@ function parseExtents(path: string, extents: NonNullable<ErofsEntry['extents']>,
   let size = 0;
   extents.forEach((e: ErofsExtent | ErofsHole, i) => {
     const where = `extent ${i}`;
-    const length = uint(path, `${where} length`, e?.length, Number.MAX_SAFE_INTEGER, -1);
+    if (typeof e !== 'object' || e === null) throw new InvalidErofsTreeError(path, `${where} is not an object`);
+    const length = uint(path, `${where} length`, e.length, Number.MAX_SAFE_INTEGER, -1);
     if (length <= 0) throw new InvalidErofsTreeError(path, `${where} is empty`);
     if (i < extents.length - 1 && length % t.chunkSize !== 0) {
       throw new InvalidErofsTreeError(path, `${where} is ${length} bytes, not a multiple of the chunk size ${t.chunkSize} (only the last extent may end inside a chunk)`);
@@ -243,7 +244,7 @@ export function buildTree(entries: readonly ErofsEntry[], t: TreeLimits): TreeIn
     if (typeof e !== 'object' || e === null) throw new InvalidErofsTreeError('options', 'an entry is not an object');
     const parts = splitEntryPath(e.path);
     const path = parts.join('/');
-    if (!(e.type in FORMATS) && e.type !== 'hardlink') throw new InvalidErofsTreeError(path, `type "${String(e.type)}" is not one of dir, reg, symlink, hardlink, char, block, fifo`);
+    if (!Object.hasOwn(FORMATS, e.type) && e.type !== 'hardlink') throw new InvalidErofsTreeError(path, `type "${String(e.type)}" is not one of dir, reg, symlink, hardlink, char, block, fifo`);
     if (e.type === 'hardlink') {
       if (typeof e.linkTarget !== 'string') throw new InvalidErofsTreeError(path, 'hard link has no target');
       if (path === '') throw new InvalidErofsTreeError(path, 'the root cannot be a hard link');

@@ -14,6 +14,7 @@ import type { ErofsEntry, ErofsExtent, ErofsHole } from '../src/erofs/tree.js';
 import {
   assertInodes, erofsSkipReason, erofsWorkdir, expectedInodes, fsckErofs, walkInodes, withErofsMount, type BlobFile, type SeenInode,
 } from './fixtures/erofs.js';
+import { rng } from './fixtures/rng.js';
 
 const MOUNTS = Number(process.env.EROFS_FUZZ_ITERATIONS ?? 16);
 const MUTATIONS = MOUNTS * 100;
@@ -22,17 +23,6 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const BLOB_SIZE = 8 * MiB;
 const T = { seconds: 1_650_000_000, nanoseconds: 250 };
-
-/** xorshift32: small, seeded. */
-function rng(seed: number): () => number {
-  let x = seed || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
 
 class Gen {
   constructor(readonly rand: () => number) {}

@@ -323,6 +323,35 @@ describe('EROFS images mounted by the kernel', { skip }, () => {
     });
   });
 
+  it('points chunks into 30 devices, with a device table that runs past block 0', async () => {
+    const many: BlobFile[] = [];
+    for (let i = 0; i < 30; i++) {
+      const path = join(work.dir, `many-${i}`);
+      const bytes = randomBytes(3 * BLOCK_SIZE);
+      await writeFile(path, bytes);
+      many.push({ path, bytes });
+    }
+    const entries: ErofsEntry[] = many.map((_, i) => ({
+      path: `f${i}`, type: 'reg', mtime: T.seconds, extents: [{ device: i, offset: (i % 3) * BLOCK_SIZE, length: BLOCK_SIZE }, { device: 29 - i, offset: 0, length: 100 }],
+    }));
+    const { image, rootNid } = buildErofs(entries, { buildTime: T, devices: many.map((b, i) => ({ tag: `many-${i}`, size: b.bytes.length })), chunkSize: BLOCK_SIZE });
+    assert.ok(rootNid * 32 > BLOCK_SIZE, 'the 30 slots end in block 1, the root after them');
+    await fsckErofs(work.dir, image, many);
+    await withErofsMount(work.dir, image, many, async (mnt) => {
+      await assertInodes(mnt, await walkInodes(mnt), expectedInodes(entries, T, many));
+    });
+  });
+
+  it('keeps an inode\'s shared xattrs beyond the 255 it can list inline', async () => {
+    const xattrs = Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`trusted.common-${i}`, `value ${i}`]));
+    const entries: ErofsEntry[] = ['a', 'b', 'c'].map((p) => ({ path: p, type: 'reg', data: Buffer.from(p), mtime: T.seconds, xattrs }));
+    const { image } = buildErofs(entries, { buildTime: T });
+    await fsckErofs(work.dir, image, []);
+    await withErofsMount(work.dir, image, [], async (mnt) => {
+      await assertInodes(mnt, await walkInodes(mnt), expectedInodes(entries, T, []));
+    });
+  });
+
   it('stacks under overlayfs: its whiteout hides a lower file, its opaque directory hides a lower directory', async () => {
     const lower = join(work.dir, 'lower');
     await mkdir(join(lower, 'var/opaque'), { recursive: true });

@@ -206,6 +206,8 @@ describe('EROFS builder input', () => {
     ['an unaligned extent', [{ path: 'f', type: 'reg', extents: [{ device: 0, offset: 100, length: 10 }] }], /offset 100 is not aligned to 4096/, dev],
     ['a chunk size mismatch', [{ path: 'f', type: 'reg', extents: [{ device: 0, offset: 0, length: 4096 }, { device: 0, offset: 8192, length: 10 }] }], /extent 0 is 4096 bytes, not a multiple of the chunk size 8192/, dev],
     ['an extent beyond its device', [{ path: 'f', type: 'reg', extents: [{ device: 0, offset: 63 * 4096, length: 8192 }] }], /ends beyond device 0/, dev],
+    // The kernel reads a chunk to the end of its last block, and fails (EIO) where the blob ends sooner.
+    ['an extent whose last block the device does not hold whole', [{ path: 'f', type: 'reg', extents: [{ device: 0, offset: 0, length: 100 }] }], /\[0, 4096\) ends beyond device 0 \(4000 bytes\)/, { devices: [{ tag: 'b0', size: 4000 }] }],
     ['an unknown device', [{ path: 'f', type: 'reg', extents: [{ device: 1, offset: 0, length: 1 }] }], /extent 0 device 1 is not an integer in \[0, 0\]/, dev],
     ['an empty extent', [{ path: 'f', type: 'reg', extents: [{ hole: true, length: 0 }] }], /extent 0 is empty/, dev],
     ['data and extents', [{ path: 'f', type: 'reg', data: Buffer.from('x'), extents: [] }], /both data and extents/],

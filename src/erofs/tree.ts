@@ -155,8 +155,10 @@ function parseExtents(path: string, extents: NonNullable<ErofsEntry['extents']>,
       const offset = uint(path, `${where} offset`, ext.offset, Number.MAX_SAFE_INTEGER, -1);
       if (offset < 0) throw new InvalidErofsTreeError(path, `${where} has no offset`);
       if (offset % BLOCK_SIZE !== 0) throw new InvalidErofsTreeError(path, `${where} offset ${offset} is not aligned to ${BLOCK_SIZE} bytes`);
-      if (offset + length > t.deviceSizes[device]!) {
-        throw new InvalidErofsTreeError(path, `${where} [${offset}, ${offset + length}) ends beyond device ${device} (${t.deviceSizes[device]} bytes)`);
+      // The kernel reads a chunk to the end of its last block and fails the read (EIO) where the blob is shorter.
+      const end = offset + Math.ceil(length / BLOCK_SIZE) * BLOCK_SIZE;
+      if (end > t.deviceSizes[device]!) {
+        throw new InvalidErofsTreeError(path, `${where} [${offset}, ${end}) ends beyond device ${device} (${t.deviceSizes[device]} bytes): a blob must hold each extent's last block whole`);
       }
       if ((offset + (n - 1) * t.chunkSize) / BLOCK_SIZE > MAX_BLOCK) throw new InvalidErofsTreeError(path, `${where} lies beyond the 32-bit block addresses`);
       for (let k = 0; k < n; k++) chunks.push({ deviceId: device + 1, blkaddr: (offset + k * t.chunkSize) / BLOCK_SIZE });

@@ -64,9 +64,13 @@ interface Placement {
   extended: boolean;
   layout: number;
   ibody: Buffer;
-  /** Bytes after the inode and its xattrs: the inline tail, or the chunk indexes after padding to 8. */
-  tail: Buffer;
+  /** After the inode and its xattrs: the inline tail, or the chunk indexes (from an 8-aligned offset). */
   tailOffset: number;
+  tailSize: number;
+  /** Those bytes, except a directory's (its dirents need every nid first). */
+  tail: Buffer | undefined;
+  /** Regular files and symlinks kept in the image: their bytes. */
+  data: Buffer | undefined;
   /** Whole blocks in the data area (flat layouts). */
   dataBlocks: number;
   startblk: number;
@@ -168,20 +172,22 @@ function plan(node: TreeInode, ino: number, ibody: Buffer, dirents: Dirent<TreeI
     node.mtime !== o.buildTime.seconds || node.mtimeNsec !== o.buildTime.nsec;
   const head = (extended ? EXTENDED_INODE_SIZE : COMPACT_INODE_SIZE) + ibody.length;
   const p: Placement = {
-    node, ino, nid: 0, extended, layout: LAYOUT_FLAT_PLAIN, ibody, tail: Buffer.alloc(0), tailOffset: head,
-    dataBlocks: 0, startblk: NULL_ADDR, dirBlocks,
+    node, ino, nid: 0, extended, layout: LAYOUT_FLAT_PLAIN, ibody, tailOffset: head, tailSize: 0, tail: undefined,
+    data: node.content.kind === 'inline' ? node.content.data : undefined, dataBlocks: 0, startblk: NULL_ADDR, dirBlocks,
   };
   const c = node.content;
   if (c.kind === 'chunks') {
     p.layout = LAYOUT_CHUNK_BASED;
     p.tailOffset = (head + CHUNK_INDEX_SIZE - 1) & ~(CHUNK_INDEX_SIZE - 1);
     p.tail = Buffer.concat(c.chunks.map((ch) => (ch ? encodeChunkIndex(ch.deviceId, ch.blkaddr) : encodeChunkIndex(0, NULL_ADDR))));
+    p.tailSize = p.tail.length;
   } else if (node.size > 0) {
     const tailSize = node.size % BLOCK_SIZE;
     if (tailSize > 0 && head + tailSize <= BLOCK_SIZE) {
       p.layout = LAYOUT_FLAT_INLINE;
       p.dataBlocks = Math.floor(node.size / BLOCK_SIZE);
-      p.tail = dirBlocks ? Buffer.alloc(tailSize) : (c as { data: Buffer }).data.subarray(node.size - tailSize);
+      p.tailSize = tailSize;
+      p.tail = p.data?.subarray(node.size - tailSize);
     } else {
       p.dataBlocks = Math.ceil(node.size / BLOCK_SIZE);
     }
@@ -216,7 +222,7 @@ export function buildErofs(entries: readonly ErofsEntry[], options: ErofsBuildOp
   const nidOf = new Map<TreeInode, number>();
   for (const p of placements) {
     pos = Math.ceil(pos / INODE_SLOT_SIZE) * INODE_SLOT_SIZE;
-    const size = p.tailOffset + p.tail.length;
+    const size = p.tailOffset + p.tailSize;
     if (pos % BLOCK_SIZE !== 0 && (pos % BLOCK_SIZE) + size > BLOCK_SIZE) pos = Math.ceil(pos / BLOCK_SIZE) * BLOCK_SIZE;
     p.nid = pos / INODE_SLOT_SIZE;
     nidOf.set(p.node, p.nid);
@@ -252,8 +258,8 @@ export function buildErofs(entries: readonly ErofsEntry[], options: ErofsBuildOp
         bytes.copy(image, k < p.dataBlocks ? (p.startblk + k) * BLOCK_SIZE : at + p.tailOffset);
       });
     } else {
-      p.tail.copy(image, at + p.tailOffset);
-      if (p.dataBlocks > 0) (n.content as { data: Buffer }).data.copy(image, p.startblk * BLOCK_SIZE, 0, Math.min(n.size, p.dataBlocks * BLOCK_SIZE));
+      p.tail?.copy(image, at + p.tailOffset);
+      if (p.dataBlocks > 0) p.data!.copy(image, p.startblk * BLOCK_SIZE, 0, Math.min(n.size, p.dataBlocks * BLOCK_SIZE));
     }
   }
 

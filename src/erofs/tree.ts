@@ -88,8 +88,6 @@ export interface TreeLimits {
 const FORMATS: Record<Exclude<ErofsEntryType, 'hardlink'>, number> = {
   dir: S_IFDIR, reg: S_IFREG, symlink: S_IFLNK, char: S_IFCHR, block: S_IFBLK, fifo: S_IFIFO,
 };
-/** Block addresses are 32 bits, and the all-ones address means a hole. */
-const MAX_BLOCK = 0xfffffffe;
 
 /** "a//b/./c/" -> ["a", "b", "c"]; refuses ".." (it would escape the root). */
 export function splitEntryPath(path: string): string[] {
@@ -105,18 +103,21 @@ export function splitEntryPath(path: string): string[] {
   return parts;
 }
 
-function uint(path: string, field: string, v: unknown, max: number, dflt: number): number {
-  if (v === undefined) return dflt;
+/** A whole number in [0, max]; `dflt` when absent, or absent is refused when there is no default. */
+function uint(path: string, field: string, v: unknown, max: number, dflt?: number): number {
+  if (v === undefined && dflt !== undefined) return dflt;
+  if (v === undefined) throw new InvalidErofsTreeError(path, `${field} is missing`);
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v > max) {
     throw new InvalidErofsTreeError(path, `${field} ${String(v)} is not an integer in [0, ${max}]`);
   }
   return v;
 }
 
-function newDir(path: string, parent: TreeInode | undefined, t: TreeLimits): TreeInode {
+/** An inode with the defaults of an implied directory; an entry's fields replace them. */
+function newInode(path: string, parent: TreeInode | undefined, dir: boolean, t: TreeLimits): TreeInode {
   return {
     path, mode: S_IFDIR | 0o755, uid: 0, gid: 0, mtime: t.defaultMtime.seconds, mtimeNsec: t.defaultMtime.nsec, size: 0,
-    content: { kind: 'none' }, children: new Map(), parent, rdev: { major: 0, minor: 0 }, xattrs: [], nlink: 0,
+    content: { kind: 'none' }, children: dir ? new Map() : undefined, parent, rdev: { major: 0, minor: 0 }, xattrs: [], nlink: 0,
   };
 }
 
@@ -140,8 +141,8 @@ function parseExtents(path: string, extents: NonNullable<ErofsEntry['extents']>,
   extents.forEach((e: ErofsExtent | ErofsHole, i) => {
     const where = `extent ${i}`;
     if (typeof e !== 'object' || e === null) throw new InvalidErofsTreeError(path, `${where} is not an object`);
-    const length = uint(path, `${where} length`, e.length, Number.MAX_SAFE_INTEGER, -1);
-    if (length <= 0) throw new InvalidErofsTreeError(path, `${where} is empty`);
+    const length = uint(path, `${where} length`, e.length, Number.MAX_SAFE_INTEGER);
+    if (length === 0) throw new InvalidErofsTreeError(path, `${where} is empty`);
     if (i < extents.length - 1 && length % t.chunkSize !== 0) {
       throw new InvalidErofsTreeError(path, `${where} is ${length} bytes, not a multiple of the chunk size ${t.chunkSize} (only the last extent may end inside a chunk)`);
     }
@@ -150,17 +151,15 @@ function parseExtents(path: string, extents: NonNullable<ErofsEntry['extents']>,
       for (let k = 0; k < n; k++) chunks.push(null);
     } else {
       const ext = e as ErofsExtent;
-      const device = uint(path, `${where} device`, ext.device, t.deviceSizes.length - 1, -1);
-      if (device < 0) throw new InvalidErofsTreeError(path, `${where} names no device (the build has ${t.deviceSizes.length})`);
-      const offset = uint(path, `${where} offset`, ext.offset, Number.MAX_SAFE_INTEGER, -1);
-      if (offset < 0) throw new InvalidErofsTreeError(path, `${where} has no offset`);
+      if (t.deviceSizes.length === 0) throw new InvalidErofsTreeError(path, `${where} names a device, and the build has none`);
+      const device = uint(path, `${where} device`, ext.device, t.deviceSizes.length - 1);
+      const offset = uint(path, `${where} offset`, ext.offset, Number.MAX_SAFE_INTEGER);
       if (offset % BLOCK_SIZE !== 0) throw new InvalidErofsTreeError(path, `${where} offset ${offset} is not aligned to ${BLOCK_SIZE} bytes`);
       // The kernel reads a chunk to the end of its last block and fails the read (EIO) where the blob is shorter.
       const end = offset + Math.ceil(length / BLOCK_SIZE) * BLOCK_SIZE;
       if (end > t.deviceSizes[device]!) {
         throw new InvalidErofsTreeError(path, `${where} [${offset}, ${end}) ends beyond device ${device} (${t.deviceSizes[device]} bytes): a blob must hold each extent's last block whole`);
       }
-      if ((offset + (n - 1) * t.chunkSize) / BLOCK_SIZE > MAX_BLOCK) throw new InvalidErofsTreeError(path, `${where} lies beyond the 32-bit block addresses`);
       for (let k = 0; k < n; k++) chunks.push({ deviceId: device + 1, blkaddr: (offset + k * t.chunkSize) / BLOCK_SIZE });
     }
     size += length;
@@ -219,7 +218,7 @@ function fillInode(node: TreeInode, e: ErofsEntry, path: string, t: TreeLimits):
  */
 export function buildTree(entries: readonly ErofsEntry[], t: TreeLimits): TreeInode {
   if (!Array.isArray(entries)) throw new InvalidErofsTreeError('options', 'entries is not an array');
-  const root = newDir('', undefined, t);
+  const root = newInode('', undefined, true, t);
   const byPath = new Map<string, TreeInode>([['', root]]);
   /** Directories that an entry of their own described (a second one is a duplicate). */
   const described = new Set<TreeInode>();
@@ -231,7 +230,7 @@ export function buildTree(entries: readonly ErofsEntry[], t: TreeLimits): TreeIn
       const name = Buffer.from(parts[i]!, 'utf8').toString('latin1');
       let next = dir.children!.get(name);
       if (!next) {
-        next = newDir(parts.slice(0, i + 1).join('/'), dir, t);
+        next = newInode(parts.slice(0, i + 1).join('/'), dir, true, t);
         dir.children!.set(name, next);
         byPath.set(next.path, next);
       } else if (!next.children) {
@@ -263,8 +262,7 @@ export function buildTree(entries: readonly ErofsEntry[], t: TreeLimits): TreeIn
       continue;
     }
     const parent = parentFor(parts, path);
-    const node = newDir(path, parent, t);
-    node.children = e.type === 'dir' ? new Map() : undefined;
+    const node = newInode(path, parent, e.type === 'dir', t);
     fillInode(node, e, path, t);
     if (e.type === 'dir') described.add(node);
     parent.children!.set(Buffer.from(parts[parts.length - 1]!, 'utf8').toString('latin1'), node);

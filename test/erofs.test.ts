@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { InvalidErofsTreeError } from '../src/errors.js';
 import { buildErofs, type ErofsBuildOptions } from '../src/erofs/build.js';
-import { BLOCK_SIZE, crc32c, SUPER_MAGIC, SUPER_OFFSET } from '../src/erofs/format.js';
+import {
+  BLOCK_SIZE, crc32c, encodeChunkIndex, encodeDev, encodeDeviceSlot, encodeInode, encodeSuperBlock, SUPER_MAGIC, SUPER_OFFSET,
+} from '../src/erofs/format.js';
 import type { ErofsEntry } from '../src/erofs/tree.js';
 import { mountOverlay, unmount } from '../src/mount/system-mounts.js';
 import {
@@ -68,6 +70,22 @@ describe('EROFS format', () => {
   it('computes crc32c as the kernel does (seeded, not inverted)', () => {
     // The standard check value of CRC-32C("123456789") is 0xe3069283, after a final inversion.
     assert.equal((~crc32c(0xffffffff, Buffer.from('123456789')) >>> 0), 0xe3069283);
+  });
+
+  it('encodes each structure at its erofs_fs.h size', () => {
+    const core = { extended: false, layout: 0, xattrIcount: 0, mode: 0o100644, nlink: 1, size: 1, u: 0, uIsChunkFormat: false, ino: 1, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0 };
+    assert.equal(encodeInode(core).length, 32);
+    assert.equal(encodeInode({ ...core, extended: true }).length, 64);
+    assert.equal(encodeChunkIndex(1, 2).length, 8);
+    assert.equal(encodeDeviceSlot(Buffer.from('t'), 1).length, 128);
+    assert.equal(encodeSuperBlock({
+      featureCompat: 0, featureIncompat: 0, rootNid: 0, inodes: 0, buildTime: 0, buildTimeNsec: 0, blocks: 0, metaBlkaddr: 0,
+      xattrBlkaddr: 0, uuid: Buffer.alloc(16), volumeName: Buffer.alloc(0), extraDevices: 0, devtSlotOff: 0,
+    }).length, 128);
+    // The kernel's new_encode_dev: minor's low byte, 12 bits of major, then minor's high bits.
+    assert.equal(encodeDev(8, 1), 0x801);
+    assert.equal(encodeDev(0xfff, 0xfffff), 0xffffffff);
+    assert.equal(encodeDev(1, 0x100), 0x100100);
   });
 
   it('writes the superblock fields at their offsets, with a checksum over the rest of block 0', () => {

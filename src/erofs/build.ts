@@ -27,7 +27,7 @@ export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
 export interface ErofsDevice {
   /** Stored in the device table (at most 64 bytes): a name for the blob, e.g. its digest. */
   tag: string | Uint8Array;
-  /** The blob's size in bytes; every extent must lie within it. Recorded in blocks, rounded up. */
+  /** The blob's size in bytes: each extent's last 4 KiB block must lie within it. Recorded in blocks. */
   size: number;
 }
 

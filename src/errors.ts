@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'ERR_TOC_DIGEST_MISMATCH'
   | 'ERR_DIGEST_MISMATCH'
   | 'ERR_CHUNK_DIGEST_MISMATCH'
+  | 'ERR_INVALID_EROFS_TREE'
   | 'ERR_STORE'
   | 'ERR_MOUNT'
   | 'ERR_MALFORMED_TRACE'
@@ -132,6 +133,15 @@ export class ChunkDigestMismatchError extends DedupError {
   constructor(chunk: string, actual: string, where: string) {
     super('ERR_CHUNK_DIGEST_MISMATCH', `chunk ${chunk} (${where}) has digest ${actual}; refusing to store it`);
     this.chunk = chunk;
+  }
+}
+
+/** An entry given to the EROFS builder cannot be written: `entry` is its path ("" for the root, "options" for the build options). */
+export class InvalidErofsTreeError extends DedupError {
+  readonly entry: string;
+  constructor(entry: string, why: string) {
+    super('ERR_INVALID_EROFS_TREE', `EROFS ${entry === 'options' ? 'build options' : `entry "${entry}"`}: ${why}`);
+    this.entry = entry;
   }
 }
 

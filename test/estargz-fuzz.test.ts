@@ -12,19 +12,9 @@ import { extractTocJson } from '../src/estargz/layer.js';
 import { encodeTarHeader, TAR_END } from '../src/estargz/tar.js';
 import { readTar, TarFormatError } from '../src/estargz/tar-reader.js';
 import { encodeToc, parseToc } from '../src/estargz/toc.js';
+import { rng } from './fixtures/rng.js';
 
 const ITERATIONS = Number(process.env.FUZZ_ITERATIONS ?? 2000);
-
-/** xorshift32: small, seeded, good enough to pick mutations. */
-function rng(seed: number): () => number {
-  let x = seed || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
 
 function mutate(input: Buffer, rand: () => number): Buffer {
   const b = Buffer.from(input);

@@ -22,6 +22,10 @@ export interface Native {
   getMemoryMerge(): boolean | SysError;
   pageSize(): number;
   mount(source: string, target: string, fstype: string, flags: number, data: string): true | SysError;
+  /** A file-backed EROFS image with its blob devices, read-only, through fsopen/fsconfig/fsmount/move_mount. */
+  mountErofs(image: string, target: string, devices: string[]): true | SysError;
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE): frees the blocks of [offset, offset + length). */
+  punchHole(fd: number, offset: number, length: number): true | SysError;
   DeviceReader: new (fd: number, bufferSize: number, onMessage: (request: Buffer | null, errno: number) => void) => DeviceReader;
 }
 

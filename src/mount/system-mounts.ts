@@ -1,9 +1,12 @@
 // Kernel mounts done through mount(8)/umount(8)/fusermount, always asynchronously: the process
 // that calls them also serves the FUSE layers they touch, and a synchronous call would deadlock.
+// The one exception is an EROFS image over blob files (mountErofs): the kernel reads only those
+// files, never a FUSE mount of ours, and mount(8) cannot do it (it wants block devices).
 
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { MountError } from '../errors.js';
+import { isSysError, native } from '../native.js';
 
 function exec(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve) => {
@@ -19,6 +22,16 @@ export async function mountOverlay(dir: string, lowers: string[], upper?: { uppe
   if (upper) opts.push(`upperdir=${upper.upper}`, `workdir=${upper.work}`);
   const r = await exec('mount', ['-t', 'overlay', 'overlay', '-o', opts.join(','), dir]);
   if (r.code !== 0) throw new MountError(`cannot mount overlay at ${dir}: ${r.stderr}`);
+}
+
+/**
+ * Mounts the file-backed EROFS `image` read-only at `dir`, with `devices` (the blob files its
+ * chunk indexes point into, in device-table order) each passed on its own (fsconfig), so their
+ * number is not bounded by mount(2)'s one page of options.
+ */
+export function mountErofs(image: string, dir: string, devices: readonly string[]): void {
+  const r = native().mountErofs(image, dir, [...devices]);
+  if (isSysError(r)) throw new MountError(`cannot mount EROFS image ${image} at ${dir}: ${r.call}: ${r.message}`);
 }
 
 /** Unmounts `dir`; a busy mount is detached lazily rather than left behind. */

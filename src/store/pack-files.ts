@@ -1,0 +1,175 @@
+// Pack files: where the store keeps chunk bytes so the kernel can address them. Each chunk sits at
+// a 4 KiB-aligned offset of an append-only pack file (packs/<name>.pack) and every pack ends on a
+// 4 KiB boundary, so an EROFS image can point a chunk index at the chunk's first block with the
+// pack as one of its devices. Nothing is ever moved: a dead chunk's blocks are freed by punching a
+// hole, so images mounted over a pack keep reading the live chunks around it.
+//
+// One writer per pack: a process appends only to packs it created, named after its pid and start
+// time, so a pack whose writer is gone is known to be complete (gc may punch what no chunk row
+// points at in it: the bytes of a writer that died before it recorded them, or of a chunk another
+// process stored first).
+
+import { readFileSync } from 'node:fs';
+import { mkdir, open, readdir, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { StoreError } from '../errors.js';
+import { isSysError, native } from '../native.js';
+
+export const PACK_ALIGN = 4096;
+/** A pack this large is closed and the next chunk starts a new one. */
+export const PACK_MAX_BYTES = 4 * 1024 ** 3;
+const PACK_NAME = /^(\d+)-(\d+)-(\d+)\.pack$/;
+
+export function alignUp(n: number): number {
+  return Math.ceil(n / PACK_ALIGN) * PACK_ALIGN;
+}
+
+/** Where a chunk's bytes are. */
+export interface PackLocation {
+  pack: string;
+  offset: number;
+}
+
+/** The start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22), or undefined when it is gone. */
+function startTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether the process that wrote pack `name` still runs (and so may still append to it). */
+export function packWriterAlive(name: string): boolean {
+  const m = PACK_NAME.exec(name);
+  return m !== null && startTime(Number(m[1])) === m[2];
+}
+
+export function packsDir(root: string): string {
+  return join(root, 'packs');
+}
+
+export async function listPacks(root: string): Promise<string[]> {
+  return (await readdir(packsDir(root)).catch(() => [] as string[])).filter((n) => PACK_NAME.test(n)).sort();
+}
+
+/** This process's appends: one pack at a time, appends serialised, the file always ending aligned. */
+export class PackWriter {
+  private current: { name: string; fh: FileHandle; end: number } | undefined;
+  private readonly id = `${process.pid}-${startTime(process.pid) ?? '0'}`;
+  private seq = 0;
+  private tail: Promise<unknown> = Promise.resolve();
+  /** Packs written to since the last sync. */
+  private readonly dirty = new Map<string, FileHandle>();
+  private readonly closing: Promise<void>[] = [];
+
+  constructor(private readonly root: string) {}
+
+  /** Appends `data` at the next aligned offset; resolves once it is written (not yet synced). */
+  append(data: Uint8Array): Promise<PackLocation> {
+    const done = this.tail.then(() => this.write(data));
+    this.tail = done.catch(() => undefined);
+    return done;
+  }
+
+  private async write(data: Uint8Array): Promise<PackLocation> {
+    const pack = await this.pack(data.length);
+    const offset = pack.end;
+    try {
+      await pack.fh.write(data, 0, data.length, offset);
+      const end = alignUp(offset + data.length);
+      // The kernel reads a chunk's last block whole: the file must reach its end (sparse).
+      if (end > offset + data.length) await pack.fh.truncate(end);
+      pack.end = end;
+    } catch (err) {
+      throw new StoreError(`cannot write ${data.length} bytes to pack ${pack.name}: ${(err as Error).message}`, { cause: err });
+    }
+    this.dirty.set(pack.name, pack.fh);
+    return { pack: pack.name, offset };
+  }
+
+  private async pack(bytes: number): Promise<{ name: string; fh: FileHandle; end: number }> {
+    if (this.current && this.current.end + bytes <= PACK_MAX_BYTES) return this.current;
+    if (this.current) this.closing.push(this.retire(this.current.fh));
+    await mkdir(packsDir(this.root), { recursive: true });
+    const name = `${this.id}-${this.seq++}.pack`;
+    try {
+      this.current = { name, fh: await open(join(packsDir(this.root), name), 'wx'), end: 0 };
+    } catch (err) {
+      throw new StoreError(`cannot create pack ${join(packsDir(this.root), name)}: ${(err as Error).message}`, { cause: err });
+    }
+    return this.current;
+  }
+
+  /** A full pack: closed once synced (an EROFS image may be about to point at it). */
+  private async retire(fh: FileHandle): Promise<void> {
+    await this.sync();
+    await fh.close();
+  }
+
+  /** Flushes every pack written to since the last call: what an EROFS image points at must be on disk. */
+  async sync(): Promise<void> {
+    await this.tail;
+    const dirty = [...this.dirty.values()];
+    this.dirty.clear();
+    await Promise.all(dirty.map((fh) => fh.datasync()));
+  }
+
+  async close(): Promise<void> {
+    await this.sync();
+    await Promise.all(this.closing);
+    await this.current?.fh.close();
+    this.current = undefined;
+  }
+}
+
+/** Reads chunk bytes from packs, keeping a few descriptors open. */
+export class PackReader {
+  private readonly open = new Map<string, Promise<FileHandle>>();
+
+  constructor(private readonly root: string, private readonly maxOpen = 64) {}
+
+  private handle(pack: string): Promise<FileHandle> {
+    let fh = this.open.get(pack);
+    if (fh) {
+      this.open.delete(pack); // most recently used last
+      this.open.set(pack, fh);
+      return fh;
+    }
+    fh = open(join(packsDir(this.root), pack), 'r');
+    fh.catch(() => this.open.delete(pack));
+    this.open.set(pack, fh);
+    if (this.open.size > this.maxOpen) {
+      const [oldest, h] = this.open.entries().next().value as [string, Promise<FileHandle>];
+      this.open.delete(oldest);
+      void h.then((f) => f.close(), () => undefined);
+    }
+    return fh;
+  }
+
+  /** `size` bytes at `offset` of `pack` into an unpooled buffer (a worker may take it); short if the pack is. */
+  async read(at: PackLocation, size: number): Promise<Uint8Array<ArrayBuffer>> {
+    const fh = await this.handle(at.pack);
+    const buf = Buffer.allocUnsafeSlow(size);
+    const { bytesRead } = await fh.read(buf, 0, size, at.offset);
+    return bytesRead === size ? buf : buf.subarray(0, bytesRead);
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.open.values()];
+    this.open.clear();
+    await Promise.all(all.map((p) => p.then((f) => f.close(), () => undefined)));
+  }
+}
+
+/** Frees the blocks of `[offset, offset + size)` of a pack (rounded to whole blocks); the file keeps its size. */
+export async function punchChunk(root: string, at: PackLocation, size: number): Promise<void> {
+  const fh = await open(join(packsDir(root), at.pack), 'r+');
+  try {
+    const r = native().punchHole(fh.fd, at.offset, alignUp(size));
+    if (isSysError(r)) throw new StoreError(`cannot free ${size} bytes at ${at.offset} of pack ${at.pack}: ${r.call}: ${r.message}`);
+  } finally {
+    await fh.close();
+  }
+}

@@ -120,7 +120,7 @@ const program = withCommonFlags(new Command('dedup-fused'))
     const how = await left;
     if (how === 'stop') await control.close();
     await pool.close();
-    store.close();
+    await store.close();
     await client.close();
     log.info({ how }, 'stopped');
     // Exit even if some handle lingers: a layer server left behind after a hand-over would be a

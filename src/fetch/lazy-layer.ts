@@ -1,5 +1,6 @@
 // The seeds' LazyLoader for one layer: turns "bytes [a, b) of file F" into chunk reads. A chunk
-// comes from the in-memory cache, else from the chunk store, else from the registry: one Range
+// comes from the in-memory cache, else from the chunk store (read and verified off the event loop:
+// which chunks it has is known in memory), else from the registry: one Range
 // request for a run of neighbouring missing chunks (bounded), inflated and verified in the codec
 // workers, stored, then served. Concurrent readers of a chunk share one fetch; on-demand reads
 // are queued ahead of prefetch; a bounded number of requests is in flight. A chunk that cannot be
@@ -119,6 +120,12 @@ export class LazyLayer {
   private scheduled = false;
   /** Chunks read at least once (the access trace records the first read). */
   private readonly accessed = new Set<TocChunk>();
+  /**
+   * Digests of the layer's chunks the store holds: asked of the index once, then kept by this
+   * layer's own stores and misses, so a read runs no SQL. A chunk another process stores
+   * meanwhile is fetched again, which costs bytes, never correctness.
+   */
+  private readonly stored: Set<string>;
   /** The whole compressed layer while it comes in and then while it is held (holdWholeBlob). */
   private whole: WholeBlob | undefined;
   private wholeBlobTimer: NodeJS.Timeout | undefined;
@@ -137,6 +144,9 @@ export class LazyLayer {
     for (const node of new Set(toc.nodes.values())) {
       if (node.type === 'reg') node.chunks.forEach((c, index) => this.byOffset.set(c.offset, { file: node, index }));
     }
+    const digests = [...this.byOffset.values()].map((r) => r.file.chunks[r.index]!.chunkDigest ?? '').filter((d) => d);
+    const missing = store.missing(digests);
+    this.stored = new Set(digests.filter((d) => !missing.has(d)));
   }
 
   /** Bytes [offset, offset + length) of a regular file, clipped to its size. */
@@ -206,20 +216,21 @@ export class LazyLayer {
 
   /** Neither in memory, nor being fetched, nor in the store: the chunk must come from the registry. */
   private missing(digest: string): boolean {
-    return !this.inflight.has(digest) && !this.cache.has(digest) && !this.store.has(digest);
+    return !this.inflight.has(digest) && !this.cache.has(digest) && !this.stored.has(digest);
   }
 
   private async load(file: TocNode, index: number, priority: Priority): Promise<Buffer> {
-    const digest = file.chunks[index]!.chunkDigest!;
+    const c = file.chunks[index]!;
+    const digest = c.chunkDigest!;
     let stored: Buffer | undefined;
-    // The index says what is stored (a file it lags behind is only fetched again): a chunk it
-    // lacks costs no file lookup on the way to the registry.
-    if (this.store.has(digest)) {
+    // A chunk the store lacks costs no file lookup on the way to the registry.
+    if (this.stored.has(digest)) {
       try {
-        stored = await this.store.get(digest);
+        stored = await this.store.get(digest, c.chunkSize, this.pool);
       } catch (err) {
         if (!(err instanceof ChunkDigestMismatchError)) throw err; // a rotten file was dropped: fetch it again
       }
+      if (!stored) this.stored.delete(digest);
     }
     if (stored) {
       this.stats.fromStore++;
@@ -247,12 +258,10 @@ export class LazyLayer {
 
   /** Compressed bytes of the chunks the store lacks. */
   missingBytes(): number {
-    const refs = [...this.byOffset.values()];
-    const missing = this.store.missing(refs.map((r) => r.file.chunks[r.index]!.chunkDigest ?? ''));
     let n = 0;
-    for (const r of refs) {
+    for (const r of this.byOffset.values()) {
       const c = r.file.chunks[r.index]!;
-      if (missing.has(c.chunkDigest ?? '')) n += c.compressedEnd - c.offset;
+      if (!this.stored.has(c.chunkDigest ?? '')) n += c.compressedEnd - c.offset;
     }
     return n;
   }
@@ -480,7 +489,7 @@ export class LazyLayer {
         // Prefetch is done when its chunks are stored.
         const reader = g.priority !== PRIORITY.prefetch;
         if (reader) g.resolve(data);
-        await this.store.putVerified(c.chunkDigest!, data).catch((err: unknown) => {
+        await this.store.putVerified(c.chunkDigest!, data).then(() => this.stored.add(c.chunkDigest!), (err: unknown) => {
           this.stats.storeErrors++;
           this.hooks.storeFailed?.(c.chunkDigest!, err);
         });

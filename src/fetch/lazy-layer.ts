@@ -13,6 +13,7 @@ import type { Descriptor } from '../image/oci.js';
 import type { ImageSource } from '../image/source.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import type { ChunkCache } from './chunk-cache.js';
+import type { BlobBytes } from './remote-layer.js';
 
 export type Priority = 0 | 1 | 2;
 /** On-demand reads first, then read-ahead, then prefetch. */
@@ -26,8 +27,7 @@ export interface LazyLayerOptions {
   /**
    * What the link carries in one round trip (20 ms at 100 MiB/s: 2 MiB), below which bytes cost
    * less than a request: prefetch steps over gaps up to this size to reach the next chunk it
-   * wants in the same request (the gap is dropped), and a reader waits for a whole-layer download
-   * whose bytes are due within it rather than sending a request of its own.
+   * wants in the same request (the gap is dropped).
    */
   roundTripBytes: number;
   /** Range requests in flight for this layer for readers (and read-ahead). */
@@ -85,10 +85,15 @@ export interface ChunkRef {
   index: number;
 }
 
-/** A layer downloaded whole: bytes [0, arrived) are in; readers wait for their end offset. */
+/**
+ * A layer downloaded whole (up to the bytes its tail read brought): bytes [0, arrived) are in;
+ * readers wait for their end offset.
+ */
 interface WholeBlob {
   blob: Buffer;
   arrived: number;
+  /** The download broke off: what arrived still serves, the rest is fetched as usual. */
+  failed: boolean;
   /** Settle true once bytes up to `end` are in, false if the download failed first. */
   waiters: { end: number; settle(arrived: boolean): void }[];
 }
@@ -134,6 +139,8 @@ export class LazyLayer {
     readonly source: ImageSource,
     readonly desc: Descriptor,
     readonly toc: Toc,
+    /** The chunks' bytes the layer's tail read brought (RemoteLayer.tail): served from memory, never fetched. */
+    private readonly tail: BlobBytes,
     private readonly store: ChunkStore,
     private readonly pool: CodecPool,
     private readonly cache: ChunkCache,
@@ -267,18 +274,20 @@ export class LazyLayer {
   }
 
   /**
-   * Downloads the whole compressed layer in one request and serves chunks from it, as it comes
-   * in and then for `holdMs`: a reader then waits for no round trip of its own, and only what is
-   * read is inflated and stored (doing all of a layer's chunks at once competes with start-up for
-   * the CPU). Every chunk is still verified against its own digest. False if the download failed
-   * (readers fetch as usual) or the layer was closed meanwhile.
+   * Downloads the whole compressed layer in one request (but the tail, which opening it brought)
+   * and serves chunks from it, as it comes in and then for `holdMs`: a reader then waits for no
+   * round trip of its own, and only what is read is inflated and stored (doing all of a layer's
+   * chunks at once competes with start-up for the CPU). A reader whose bytes are still to come
+   * waits for them rather than fetching them too: no byte comes twice. Every chunk is still
+   * verified against its own digest. False if the download failed (what arrived still serves,
+   * readers fetch the rest as usual) or the layer was closed meanwhile.
    */
   async holdWholeBlob(holdMs: number): Promise<boolean> {
     const began = performance.now();
-    const whole: WholeBlob = { blob: Buffer.allocUnsafe(this.desc.size), arrived: 0, waiters: [] };
+    const whole: WholeBlob = { blob: Buffer.allocUnsafe(this.tail.start), arrived: 0, failed: false, waiters: [] };
     this.whole = whole;
     try {
-      for await (const piece of this.source.blobStream(this.desc)) {
+      if (whole.blob.length > 0) for await (const piece of this.source.blobStream(this.desc, { start: 0, end: whole.blob.length })) {
         const b = piece as Buffer;
         if (whole.arrived + b.length > whole.blob.length) throw new MalformedEstargzError(`layer ${this.desc.digest}`, `blob is longer than its ${this.desc.size} bytes`);
         b.copy(whole.blob, whole.arrived);
@@ -287,16 +296,17 @@ export class LazyLayer {
         if (this.closed) throw new MountError(`layer ${this.desc.digest} is being unmounted`);
       }
     } catch {
-      if (this.whole === whole) this.whole = undefined;
+      whole.failed = true;
       this.wake(whole, false);
       if (!this.closed) {
         this.stats.errors++;
         this.hooks.observer?.fetchFailed();
       }
       return false;
+    } finally {
+      if (!this.closed) this.wholeBlobTimer = setTimeout(() => (this.whole = undefined), holdMs).unref();
     }
-    this.countRequest(whole.arrived, 0, 0, began);
-    this.wholeBlobTimer = setTimeout(() => (this.whole = undefined), holdMs).unref();
+    if (whole.blob.length > 0) this.countRequest(whole.arrived, 0, 0, began);
     return true;
   }
 
@@ -309,14 +319,14 @@ export class LazyLayer {
 
   /**
    * Bytes [start, end) of the layer being downloaded whole: at once if they are in, after a wait
-   * if they are due within what the link carries in a round trip (roundTripBytes), else
-   * undefined (fetching them costs less than waiting). `waited` says whether a reader waited.
+   * if they are still to come (fetching them too would bring them twice), else undefined: the
+   * download failed before them, or there is none. `waited` says whether a reader waited.
    */
   private async fromWhole(start: number, end: number): Promise<{ bytes: Buffer; waited: boolean } | undefined> {
     const whole = this.whole;
     if (!whole) return undefined;
     if (whole.arrived >= end) return { bytes: whole.blob.subarray(start, end), waited: false };
-    if (end - whole.arrived > this.opts.roundTripBytes) return undefined;
+    if (whole.failed) return undefined;
     const ok = await new Promise<boolean>((settle) => whole.waiters.push({ end, settle }));
     return ok ? { bytes: whole.blob.subarray(start, end), waited: true } : undefined;
   }
@@ -420,7 +430,7 @@ export class LazyLayer {
     }
     // A layer coming in whole costs no round trip to read later: inflating (or fetching) its
     // neighbours now would only take the CPU and the link from start-up.
-    if (first.priority === PRIORITY.demand && first.file.chunks.length === 1 && !this.whole) this.extendAcrossFiles(group, first.chunk.offset);
+    if (first.priority === PRIORITY.demand && first.file.chunks.length === 1 && (!this.whole || this.whole.failed)) this.extendAcrossFiles(group, first.chunk.offset);
     return group;
   }
 
@@ -456,8 +466,10 @@ export class LazyLayer {
   private async fetchGroup(group: Pending[]): Promise<void> {
     const start = group[0]!.chunk.offset;
     const end = group.at(-1)!.chunk.compressedEnd;
+    // The bytes from the tail on are in memory: only those before it are to be read or fetched.
+    const before = Math.min(end, Math.max(start, this.tail.start));
     const observer = this.hooks.observer;
-    const held = await this.fromWhole(start, end);
+    const held = before > start ? await this.fromWhole(start, before) : { bytes: Buffer.alloc(0), waited: false };
     let bytes: Buffer;
     if (held) {
       bytes = held.bytes;
@@ -465,7 +477,7 @@ export class LazyLayer {
     } else {
       const began = performance.now();
       try {
-        bytes = await this.source.readBlobRange(this.desc, start, end);
+        bytes = await this.source.readBlobRange(this.desc, start, before);
       } catch (err) {
         this.stats.errors++;
         observer?.fetchFailed();
@@ -476,6 +488,7 @@ export class LazyLayer {
       this.countRequest(bytes.length, demand, group.length - demand, began);
       for (let i = 0; i < group.length; i++) observer?.chunkServed('registry');
     }
+    if (end > before) bytes = Buffer.concat([bytes, this.tail.bytes.subarray(before - this.tail.start, end - this.tail.start)]);
     await Promise.all(group.map(async (g) => {
       const c = g.chunk;
       try {

@@ -60,7 +60,7 @@ export class LayerMount {
     ctx.store.addLayer({ digest: remote.desc.digest, tocDigest: remote.tocDigest, compressedSize: remote.desc.size, uncompressedSize: remote.toc.contentBytes,
       chunks: remote.chunks().map((c) => ({ digest: c.digest, size: c.chunkSize })) });
     const trace = new AccessTrace(image.name, image.manifestDigest, remote.desc.digest);
-    const lazy = new LazyLayer(remote.source, remote.desc, remote.toc, ctx.store, ctx.pool, ctx.cache, { ...DEFAULT_LAZY, ...ctx.lazy },
+    const lazy = new LazyLayer(remote.source, remote.desc, remote.toc, remote.tail, ctx.store, ctx.pool, ctx.cache, { ...DEFAULT_LAZY, ...ctx.lazy },
       {
         firstAccess: (file, chunk) => trace.record(file, chunk),
         observer: ctx.observer,

@@ -15,23 +15,15 @@ import { join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { writeFileAtomic } from '../atomic-file.js';
 import { ChunkDigestMismatchError, InvalidArgumentError, NotFoundError, StoreError } from '../errors.js';
-import { openIndexDb, presentAmong, type StoreStats } from './index-db.js';
+import { openIndexDb, presentAmong, type LayerRecord, type StoreStats } from './index-db.js';
 import { IndexWriter } from './index-writer.js';
 
-export type { StoreStats } from './index-db.js';
+export type { LayerRecord, StoreStats } from './index-db.js';
 
 const DIGEST_RE = /^sha256:([0-9a-f]{64})$/;
 /** A temp file older than this belongs to a writer that died. */
 const STALE_TEMP_MS = 10 * 60 * 1000;
 
-export interface LayerRecord {
-  digest: string;
-  tocDigest: string;
-  compressedSize: number;
-  uncompressedSize: number;
-  /** Every chunk of the layer in TOC order (repeats included). */
-  chunks: { digest: string; size: number }[];
-}
 
 export interface GcReport {
   layersRemoved: number;
@@ -178,28 +170,17 @@ export class ChunkStore {
     return !exists;
   }
 
-  hasLayer(digest: string): boolean {
-    return this.db.prepare('SELECT 1 FROM layers WHERE digest = ?').get(digest) !== undefined;
-  }
-
-  /** Records a layer and references its chunks; a layer recorded before is left as it is. */
-  addLayer(layer: LayerRecord): boolean {
-    const now = Date.now();
-    return this.db.transaction(() => {
-      if (this.hasLayer(layer.digest)) return false;
-      this.db.prepare('INSERT INTO layers (digest, toc_digest, compressed_size, uncompressed_size, chunk_count, created_at) VALUES (?, ?, ?, ?, ?, ?)')
-        .run(layer.digest, layer.tocDigest, layer.compressedSize, layer.uncompressedSize, layer.chunks.length, now);
-      const ref = this.db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at) VALUES (?, ?, 1, 0, ?)
-        ON CONFLICT(digest) DO UPDATE SET ref_count = ref_count + 1 RETURNING size`);
-      const link = this.db.prepare('INSERT INTO layer_chunks (layer_digest, seq, chunk_digest) VALUES (?, ?, ?)');
-      for (const [seq, c] of layer.chunks.entries()) {
-        hexOf(c.digest);
-        const row = ref.get(c.digest, c.size, now) as { size: number };
-        if (row.size !== c.size) throw new StoreError(`chunk ${c.digest} is ${c.size} bytes in layer ${layer.digest} but ${row.size} bytes in the store`);
-        link.run(layer.digest, seq, c.digest);
-      }
-      return true;
-    }).immediate();
+  /**
+   * Records a layer and references its chunks; a layer recorded before is left as it is. On the
+   * index writer's thread: a mount waits for the write lock without holding up the reads of others.
+   */
+  async addLayer(layer: LayerRecord): Promise<boolean> {
+    for (const c of layer.chunks) hexOf(c.digest);
+    try {
+      return await this.index.addLayer(layer);
+    } catch (err) {
+      throw new StoreError(`cannot record layer ${layer.digest}: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   /** Records (or re-points) an image name at its layers; the layers must be recorded. */

@@ -2,6 +2,7 @@
 // one root at once). Schema migrations are numbered by PRAGMA user_version.
 
 import type Database from 'better-sqlite3';
+import { StoreError } from '../errors.js';
 import { openSqlite } from '../sqlite.js';
 
 const MIGRATIONS: string[] = [
@@ -116,4 +117,31 @@ export function storeStats(db: Database.Database): StoreStats {
       COALESCE(SUM(CASE WHEN ref_count > 1 AND present = 1 THEN size ELSE 0 END), 0) AS sharedBytes
     FROM chunks`).get() as Omit<StoreStats, 'dedupRatio' | 'savedBytes'>;
   return { ...s, dedupRatio: s.storedBytes > 0 ? s.logicalBytes / s.storedBytes : 1, savedBytes: s.logicalBytes - s.storedBytes };
+}
+
+export interface LayerRecord {
+  digest: string;
+  tocDigest: string;
+  compressedSize: number;
+  uncompressedSize: number;
+  /** Every chunk of the layer in TOC order (repeats included). */
+  chunks: { digest: string; size: number }[];
+}
+
+/** Records a layer and references its chunks in one transaction; false when it was recorded before. */
+export function recordLayer(db: Database.Database, layer: LayerRecord, now: number): boolean {
+  return db.transaction(() => {
+    if (db.prepare('SELECT 1 FROM layers WHERE digest = ?').get(layer.digest) !== undefined) return false;
+    db.prepare('INSERT INTO layers (digest, toc_digest, compressed_size, uncompressed_size, chunk_count, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(layer.digest, layer.tocDigest, layer.compressedSize, layer.uncompressedSize, layer.chunks.length, now);
+    const ref = db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at) VALUES (?, ?, 1, 0, ?)
+      ON CONFLICT(digest) DO UPDATE SET ref_count = ref_count + 1 RETURNING size`);
+    const link = db.prepare('INSERT INTO layer_chunks (layer_digest, seq, chunk_digest) VALUES (?, ?, ?)');
+    for (const [seq, c] of layer.chunks.entries()) {
+      const row = ref.get(c.digest, c.size, now) as { size: number };
+      if (row.size !== c.size) throw new StoreError(`chunk ${c.digest} is ${c.size} bytes in layer ${layer.digest} but ${row.size} bytes in the store`);
+      link.run(layer.digest, seq, c.digest);
+    }
+    return true;
+  }).immediate();
 }

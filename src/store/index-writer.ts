@@ -3,7 +3,7 @@
 // (workers/index-worker.ts) with its own connection, one batch at a time; what comes in while one
 // is committed goes in the next. A process that waits for the write lock (a gc or an ingest in
 // another process holds it) thus keeps serving, and its changes are committed once the lock is
-// free. The store's scan for its figures runs there too. Until committed, the index lags the
+// free. A layer's record (at mount) and the store's scan for its figures run there too. Until committed, the index lags the
 // files, which it may do anyway (docs/on-disk.md): other processes then see a stored chunk as
 // missing and fetch it again, never the reverse.
 
@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { StoreError } from '../errors.js';
 import type { RecordTask } from '../../workers/index-worker.js';
-import type { StoreStats } from './index-db.js';
+import type { LayerRecord, StoreStats } from './index-db.js';
 
 const WORKER = fileURLToPath(new URL('../../workers/index-worker.js', import.meta.url));
 /** A batch that failed (the busy timeout ran out, the disk is full) is tried again after this. */
@@ -89,6 +89,10 @@ export class IndexWriter {
         throw new StoreError(`cannot record chunks in ${this.path}: ${(this.failure as Error).message}`, { cause: this.failure });
       }
     }
+  }
+
+  addLayer(layer: LayerRecord): Promise<boolean> {
+    return this.pool.run({ path: this.path, layer, now: Date.now() }, { name: 'addLayer' }) as Promise<boolean>;
   }
 
   stats(): Promise<StoreStats> {

@@ -44,7 +44,6 @@ export interface ChunkVerifier {
 }
 
 export class ChunkStore {
-  private readonly present: Database.Statement;
   /** Started on the first change or figures asked for: a command that only reads needs no thread. */
   private writer: IndexWriter | undefined;
   /** Shard directories known to exist (gc never removes them): one mkdir per shard, not per chunk. */
@@ -53,9 +52,7 @@ export class ChunkStore {
   private readonly tmpPrefix = `${process.pid}.${randomBytes(3).toString('hex')}.`;
   private tmpSeq = 0;
 
-  private constructor(readonly root: string, private readonly db: Database.Database) {
-    this.present = db.prepare('SELECT present FROM chunks WHERE digest = ?').pluck();
-  }
+  private constructor(readonly root: string, private readonly db: Database.Database) {}
 
   private get index(): IndexWriter {
     return (this.writer ??= new IndexWriter(join(this.root, 'index.db')));
@@ -100,11 +97,6 @@ export class ChunkStore {
     const out = new Set<string>();
     for (const d of all) if (!(this.writer?.pending(d) ?? present.has(d))) out.add(d);
     return out;
-  }
-
-  /** Whether the index says the chunk's bytes are stored (with this process's changes not committed yet). */
-  has(digest: string): boolean {
-    return this.writer?.pending(digest) ?? this.present.get(digest) === 1;
   }
 
   /**

@@ -120,7 +120,8 @@ const program = withCommonFlags(new Command('dedup-fused'))
     const how = await left;
     if (how === 'stop') await control.close();
     await pool.close();
-    await store.close();
+    // Chunks whose presence could not be recorded are only fetched again by the next user.
+    await store.close().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'index changes not recorded'));
     await client.close();
     log.info({ how }, 'stopped');
     // Exit even if some handle lingers: a layer server left behind after a hand-over would be a

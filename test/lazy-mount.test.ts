@@ -268,6 +268,25 @@ describe('lazy root filesystem', () => {
     mounted.splice(mounted.indexOf(dir), 1);
   });
 
+  it('drops a chunk file that rotted in the store and fetches the chunk again: readers get the right bytes', async () => {
+    const rotRoot = join(tmp, 'root-rot');
+    const config = join(tmp, 'no-small-layer-fetch-rot.json');
+    await writeFile(config, '{"prefetch": {"small_layer_bytes": 0}}');
+    // One chunk each: data/text (83 KB, checked in a worker when read back) and data/small (3 bytes, checked on the thread).
+    const files = ['data/text', 'data/small'].map((p) => ({ path: p, content: layers.base.find((s) => s.name === p)!.content! }));
+    const chunkFile = (b: Buffer): string => join(rotRoot, 'chunks', 'sha256', hex(b).slice(0, 2), hex(b));
+    for (const [i, rot] of [false, true].entries()) {
+      if (rot) for (const f of files) await writeFile(chunkFile(f.content), Buffer.concat([Buffer.from('rotten'), f.content.subarray(6)]));
+      const dir = join(tmp, `mnt-rot-${i}`);
+      await mount(image, dir, ['--root', rotRoot, '--config', config]);
+      for (const f of files) assert.equal(hex(await readFile(join(dir, f.path))), hex(f.content), f.path);
+      assert.equal((await dedupctl(['umount', '--root', rotRoot, dir])).code, 0);
+      mounted.splice(mounted.indexOf(dir), 1);
+    }
+    // Fetched again (here from the layer's tail, read with its TOC at mount) and stored again.
+    for (const f of files) assert.equal(hex(await readFile(chunkFile(f.content))), hex(f.content), `${f.path}: stored again, whole`);
+  });
+
   it('is writable over an upper directory', async () => {
     const dir = join(tmp, 'mnt-rw');
     const upper = join(tmp, 'upper');

@@ -4,7 +4,7 @@
 // row never holds up its event loop.
 
 import type Database from 'better-sqlite3';
-import { openIndexDb, recordPresence, storeStats, type PresenceChanges, type StoreStats } from '../src/store/index-db.js';
+import { openIndexDb, recordLayer, recordPresence, storeStats, type LayerRecord, type PresenceChanges, type StoreStats } from '../src/store/index-db.js';
 
 /** This thread's connections, by index.db path; better-sqlite3 closes them when the thread ends. */
 const connections = new Map<string, Database.Database>();
@@ -30,4 +30,8 @@ export function record(task: RecordTask): void {
 
 export function stats(task: { path: string }): StoreStats {
   return storeStats(connection(task.path));
+}
+
+export function addLayer(task: { path: string; layer: LayerRecord; now: number }): boolean {
+  return recordLayer(connection(task.path), task.layer, task.now);
 }

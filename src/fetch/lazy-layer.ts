@@ -289,7 +289,7 @@ export class LazyLayer {
     try {
       if (whole.blob.length > 0) for await (const piece of this.source.blobStream(this.desc, { start: 0, end: whole.blob.length })) {
         const b = piece as Buffer;
-        if (whole.arrived + b.length > whole.blob.length) throw new MalformedEstargzError(`layer ${this.desc.digest}`, `blob is longer than its ${this.desc.size} bytes`);
+        if (whole.arrived + b.length > whole.blob.length) throw new MalformedEstargzError(`layer ${this.desc.digest}`, `more than the ${whole.blob.length} bytes asked for came`);
         b.copy(whole.blob, whole.arrived);
         whole.arrived += b.length;
         this.wake(whole, true);

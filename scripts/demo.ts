@@ -96,7 +96,7 @@ async function main(): Promise<void> {
       const r = await ingestImage(new RegistryImage(client, `${proxy.host}/demo/${name}:estargz`), store, pool, { platform: AMD64 });
       say(`   demo/${name}: ${r.chunks} chunks, ${r.fetched} fetched, ${r.alreadyStored} already in the store; ${formatBytes(proxy.stats.blobBytes)} crossed the wire`);
     }
-    const st = store.stats();
+    const st = await store.stats();
     say('\n== dedupctl stats');
     say(`   images ${st.images}, layers ${st.layers}, chunks ${st.chunks}`);
     say(`   logical ${formatBytes(st.logicalBytes)}, stored ${formatBytes(st.storedBytes)}: dedup ratio ${st.dedupRatio.toFixed(2)}x, saved ${formatBytes(st.savedBytes)}`);
@@ -145,7 +145,7 @@ async function main(): Promise<void> {
     say(`   a new container after both: ${again.stdout.trim()}`);
   } finally {
     if (mountedAt) await dedupctl(['umount', '--root', join(tmp, 'root'), mountedAt]);
-    store?.close();
+    await store?.close();
     await pool.close();
     await client.close();
     await containerd?.stop();

@@ -2,8 +2,11 @@
 // behind a byte-counting, fault-injecting proxy.
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { once } from 'node:events';
+import { open, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -12,7 +15,7 @@ import { isAlive, readRecords } from '../src/mount/mount-records.js';
 import { dedupctl, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';
 import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
-import { run } from './fixtures/process.js';
+import { run, waitFor } from './fixtures/process.js';
 import { startProxy, type Fault, type TestProxy } from './fixtures/proxy.js';
 import { forgeChunkDigest } from './fixtures/tamper.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -20,6 +23,46 @@ import { canonicalLinks, expectedTree, walkTree } from './fixtures/tree.js';
 
 const MiB = 1024 * 1024;
 const hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** Bytes [offset, offset + length) of a file. */
+async function readRange(path: string, offset: number, length: number): Promise<Buffer> {
+  const fh = await open(path, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    const { bytesRead } = await fh.read(buf, 0, length, offset);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Another process holding index.db's write lock (BEGIN IMMEDIATE, as a gc or an ingest does) for
+ * `holdMs`: resolves once it holds it; `released` settles when it has let go.
+ */
+async function holdWriteLock(indexDb: string, holdMs: number): Promise<{ pid: number; released: Promise<void> }> {
+  const script = `const Database = require(process.argv[1]); const db = new Database(process.argv[2]);
+    db.exec('BEGIN IMMEDIATE'); process.stdout.write('locked\\n');
+    setTimeout(() => { db.exec('COMMIT'); db.close(); process.stdout.write('released\\n'); }, Number(process.argv[3]));`;
+  const child = spawn(process.execPath, ['-e', script, createRequire(import.meta.url).resolve('better-sqlite3'), indexDb, String(holdMs)],
+    { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  const seen = (line: string): Promise<void> => new Promise((resolve, reject) => {
+    const check = (): void => {
+      if (out.includes(line + '\n')) resolve();
+    };
+    child.stdout.on('data', (b: Buffer) => {
+      out += b.toString();
+      check();
+    });
+    child.once('exit', (code) => (out.includes(line + '\n') ? resolve() : reject(new Error(`lock holder exited ${code} before "${line}"`))));
+  });
+  const locked = seen('locked');
+  const released = seen('released');
+  released.catch(() => undefined);
+  await locked;
+  return { pid: child.pid!, released: released.then(async () => void (child.exitCode === null && (await once(child, 'exit')))) };
+}
 
 describe('lazy root filesystem', () => {
   let tmp: string;
@@ -191,6 +234,65 @@ describe('lazy root filesystem', () => {
     assert.equal(withBig.version, 1);
     assert.ok(withBig.accesses.filter((a) => a.path === 'data/big').length >= 50, 'every chunk of data/big');
     assert.ok(withBig.accesses.every((a) => /^sha256:[0-9a-f]{64}$/.test(a.chunkDigest) && a.ms >= 0 && a.length > 0));
+  });
+
+  it('keeps serving reads, from the store and from the registry, while another process holds the index\'s write lock', async () => {
+    const lockedRoot = join(tmp, 'root-locked');
+    const config = join(tmp, 'no-small-layer-fetch-locked.json');
+    await writeFile(config, '{"prefetch": {"small_layer_bytes": 0}}');
+    const spec = (p: string): Buffer => [...layers.upper, ...layers.base].find((s) => s.name === p)!.content!;
+    const big = spec('data/big');
+    // A first mount stores data/text and data/big's first 16 MiB (4 MiB chunks: verified in the workers when read back).
+    const first = join(tmp, 'mnt-lock-first');
+    await mount(image, first, ['--root', lockedRoot, '--config', config]);
+    await readFile(join(first, 'data/text'));
+    await readRange(join(first, 'data/big'), 0, 16 * MiB);
+    assert.equal((await dedupctl(['umount', '--root', lockedRoot, first])).code, 0);
+    mounted.splice(mounted.indexOf(first), 1);
+    const before = await dedupctlJson<{ chunks: number }>(['stats', '--root', lockedRoot]);
+
+    const dir = join(tmp, 'mnt-lock');
+    await mount(image, dir, ['--root', lockedRoot, '--config', config]);
+    const lock = await holdWriteLock(join(lockedRoot, 'index.db'), 5000);
+    try {
+      let releasedFirst = false;
+      void lock.released.then(() => (releasedFirst = true));
+      // Stored chunks, and chunks that come from the registry and are stored while the lock is held.
+      const [text, stored, fetched, upper] = await Promise.all([readFile(join(dir, 'data/text')), readRange(join(dir, 'data/big'), 0, 16 * MiB),
+        readRange(join(dir, 'data/big'), 32 * MiB, 8 * MiB), readFile(join(dir, 'data/upper-only'))]);
+      assert.equal(releasedFirst, false, 'the reads were served while the other process held the write lock');
+      assert.equal(hex(text), hex(spec('data/text')));
+      assert.equal(hex(stored), hex(big.subarray(0, 16 * MiB)));
+      assert.equal(hex(fetched), hex(big.subarray(32 * MiB, 40 * MiB)));
+      assert.equal(hex(upper), hex(spec('data/upper-only')));
+      await lock.released;
+      // The chunks fetched meanwhile reach the index once the lock is free.
+      await waitFor('the index to record the fetched chunks', async () => (await dedupctlJson<{ chunks: number }>(['stats', '--root', lockedRoot])).chunks >= before.chunks + 3);
+    } finally {
+      if (isAlive(lock.pid)) process.kill(lock.pid, 'SIGKILL');
+      await lock.released.catch(() => undefined);
+    }
+    assert.equal((await dedupctl(['umount', '--root', lockedRoot, dir])).code, 0);
+    mounted.splice(mounted.indexOf(dir), 1);
+  });
+
+  it('drops a chunk file that rotted in the store and fetches the chunk again: readers get the right bytes', async () => {
+    const rotRoot = join(tmp, 'root-rot');
+    const config = join(tmp, 'no-small-layer-fetch-rot.json');
+    await writeFile(config, '{"prefetch": {"small_layer_bytes": 0}}');
+    // One chunk each: data/text (83 KB, checked in a worker when read back) and data/small (3 bytes, checked on the thread).
+    const files = ['data/text', 'data/small'].map((p) => ({ path: p, content: layers.base.find((s) => s.name === p)!.content! }));
+    const chunkFile = (b: Buffer): string => join(rotRoot, 'chunks', 'sha256', hex(b).slice(0, 2), hex(b));
+    for (const [i, rot] of [false, true].entries()) {
+      if (rot) for (const f of files) await writeFile(chunkFile(f.content), Buffer.concat([Buffer.from('rotten'), f.content.subarray(6)]));
+      const dir = join(tmp, `mnt-rot-${i}`);
+      await mount(image, dir, ['--root', rotRoot, '--config', config]);
+      for (const f of files) assert.equal(hex(await readFile(join(dir, f.path))), hex(f.content), f.path);
+      assert.equal((await dedupctl(['umount', '--root', rotRoot, dir])).code, 0);
+      mounted.splice(mounted.indexOf(dir), 1);
+    }
+    // Fetched again (here from the layer's tail, read with its TOC at mount) and stored again.
+    for (const f of files) assert.equal(hex(await readFile(chunkFile(f.content))), hex(f.content), `${f.path}: stored again, whole`);
   });
 
   it('is writable over an upper directory', async () => {

@@ -169,7 +169,7 @@ describe('chunk store', () => {
       await assert.rejects(store.put(forged, Buffer.from('x')), ChunkDigestMismatchError);
     } finally {
       await pool.close();
-      store.close();
+      await store.close();
     }
     const cli = await dedupctl(['store', 'ingest', '--root', tamperedRoot, `oci:${layout}:t`]);
     assert.equal(cli.code, 1);

@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { binary, dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, unmountUnder } from './fixtures/containerd.js';
 import { pushOci, tarOf, writeOciImage } from './fixtures/images.js';
-import { startProxy, type TestProxy } from './fixtures/proxy.js';
+import { bytesSentTwice, startProxy, type TestProxy } from './fixtures/proxy.js';
 import { pythonImageEntries } from './fixtures/python-image.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { startSnapshotter } from './fixtures/snapshotter.js';
@@ -20,6 +20,8 @@ describe('interpreter workload', () => {
   let registry: TestRegistry | undefined;
   let proxy: TestProxy | undefined;
   let ref: string;
+  /** The image's one layer. */
+  let layer: { digest: string; size: number };
   let runs = 0;
 
   /**
@@ -59,6 +61,10 @@ describe('interpreter workload', () => {
     await pushOci(join(tmp, 'src'), 'py', `${registry.host}/src/python:3.11`);
     await dedupctlJson(['convert', '--plain-http', '--chunk-size', '1M', `${registry.host}/src/python:3.11`, `${registry.host}/lazy/python:3.11`]);
     ref = `${proxy.host}/lazy/python:3.11`;
+    const manifest = await (await fetch(`http://${registry.host}/v2/lazy/python/manifests/3.11`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } })).json() as
+      { layers: { digest: string; size: number }[] };
+    assert.equal(manifest.layers.length, 1);
+    layer = manifest.layers[0]!;
   });
 
   after(async () => {
@@ -68,8 +74,13 @@ describe('interpreter workload', () => {
     await rm(tmp, { recursive: true, force: true });
   });
 
-  it('without a trace, the interpreter\'s layer comes in one request, as in a full pull, and start-up reads it as it arrives', async () => {
+  it('without a trace, the interpreter\'s layer comes in one request, as in a full pull, and start-up reads it as it arrives; no byte comes twice', async () => {
+    proxy!.reset();
     const r = await start(join(tmp, 'root-whole'), join(tmp, 'traces-whole'), true);
+    const ranges = proxy!.stats.blobRanges.filter((x) => x.digest === layer.digest);
+    assert.equal(bytesSentTwice(ranges, layer.digest), 0, 'footer, TOC, the download and start-up\'s reads never asked for the same bytes');
+    const sent = ranges.reduce((n, x) => n + x.end - x.start, 0);
+    assert.ok(sent <= layer.size, `${sent} bytes of the ${layer.size}-byte layer sent`);
     assert.match(r.output, /^ready \{"modules": 14\}/);
     assert.ok(r.held, 'the layer was downloaded whole');
     // The download counts once complete; a start that outran it still sent no request of its own.

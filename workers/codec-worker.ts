@@ -1,5 +1,5 @@
-// Worker side of the codec pool: the CPU-heavy steps (gzip a member, inflate and verify a chunk)
-// run here so the main thread keeps serving I/O. The pool side is src/codec/codec-pool.ts.
+// Worker side of the codec pool: the CPU-heavy steps (gzip a member, inflate and verify a chunk,
+// verify a chunk read from the store) run here so the main thread keeps serving I/O. The pool side is src/codec/codec-pool.ts.
 
 import { createHash } from 'node:crypto';
 import { gunzipSync, gzipSync } from 'node:zlib';
@@ -49,4 +49,20 @@ export function inflateChunk(task: InflateTask): Buffer | string {
 export function inflate(task: InflateTask): Uint8Array | string {
   const r = inflateChunk(task);
   return typeof r === 'string' ? r : (move(r) as Uint8Array);
+}
+
+export interface VerifyTask {
+  data: Uint8Array;
+  expected: string;
+}
+
+/** Checks bytes against their digest: undefined when they match, else the digest they have. Pure, like inflateChunk. */
+export function checkDigest(task: VerifyTask): string | undefined {
+  const actual = 'sha256:' + createHash('sha256').update(task.data).digest('hex');
+  return actual === task.expected ? undefined : actual;
+}
+
+/** The worker task: the bytes moved back when they match, else the digest they have. */
+export function verify(task: VerifyTask): Uint8Array | string {
+  return checkDigest(task) ?? (move(task.data) as Uint8Array);
 }

@@ -70,7 +70,7 @@ async function serveMount(ref: string, dir: string, flags: MountFlags): Promise<
   } finally {
     if (mount) await mount.unmount().catch((e: unknown) => log.error({ err: (e as Error).message }, 'unmount failed'));
     await pool.close();
-    store.close();
+    await store.close();
     await client.close();
   }
 }
@@ -181,7 +181,7 @@ export function mountCommands(): Command[] {
         }
         if (mounts.length === 0) process.stdout.write('no mounts\n');
       } finally {
-        store.close();
+        await store.close();
       }
     });
   return [mount, umount, status];

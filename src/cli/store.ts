@@ -16,7 +16,7 @@ async function withStore<T>(flags: CommonFlags, fn: (store: ChunkStore, config: 
   try {
     return await fn(store, config);
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -70,7 +70,7 @@ export function statsCommand(): Command {
   return withCommonFlags(new Command('stats'))
     .description('chunks, stored and logical bytes, dedup ratio')
     .action((flags: CommonFlags) => withStore(flags, async (s) => {
-      const st = s.stats();
+      const st = await s.stats();
       if (flags.json) return printJson(st);
       const lines = [
         ['images', String(st.images)],

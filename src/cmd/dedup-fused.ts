@@ -148,7 +148,8 @@ const program = withCommonFlags(new Command('dedup-fused'))
     clearInterval(idleCheck);
     if (how !== 'handed-over') await control.close();
     await pool.close();
-    store.close();
+    // Chunks whose presence could not be recorded are only fetched again by the next user.
+    await store.close().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'index changes not recorded'));
     audit.close();
     await client.close();
     log.info({ how }, 'stopped');

@@ -70,8 +70,8 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     const config = live.get();
     if (flags.check) {
       const store = await ChunkStore.open(config.root);
-      const stats = store.stats();
-      store.close();
+      const stats = await store.stats();
+      await store.close();
       const summary = { root: config.root, socket: flags.socket, api: config.api.enabled ? config.api.addr : null, images: stats.images, chunks: stats.chunks };
       process.stdout.write(flags.json ? JSON.stringify(summary) + '\n' : `config ok: root ${config.root}, ${stats.images} images, ${stats.chunks} chunks\n`);
       return;

@@ -81,7 +81,7 @@ const program = withCommonFlags(new Command('dedupd'))
       if (flags.json) process.stdout.write(JSON.stringify({ images: refs.length, failed }) + '\n');
     } finally {
       await pool.close();
-      store.close();
+      await store.close();
       await client.close();
     }
   });

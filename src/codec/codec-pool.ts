@@ -1,11 +1,11 @@
 // Pool side of the codec workers (piscina): gzip members for the converter, inflate and verify
-// chunks for the fetcher. One pool per process, sized to the machine.
+// chunks for the fetcher, verify chunks read from the store. One pool per process, sized to the machine.
 
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { ChunkDigestMismatchError, MalformedEstargzError } from '../errors.js';
-import { inflateChunk, type GzipTask, type InflateTask } from '../../workers/codec-worker.js';
+import { checkDigest, inflateChunk, type GzipTask, type InflateTask, type VerifyTask } from '../../workers/codec-worker.js';
 
 const WORKER = fileURLToPath(new URL('../../workers/codec-worker.js', import.meta.url));
 
@@ -61,6 +61,17 @@ export class CodecPool {
       if (out.startsWith('digest: ')) throw new ChunkDigestMismatchError(expected ?? '?', out.slice('digest: '.length), where);
       throw new MalformedEstargzError(where, out);
     }
+    return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+  }
+
+  /**
+   * `data` if it hashes to `expected`, else a ChunkDigestMismatchError naming `where`. The pool
+   * owns `data` from the call on: it is moved to a worker and back, not copied.
+   */
+  async verify(data: Uint8Array<ArrayBuffer>, expected: string, where: string): Promise<Buffer> {
+    const out = data.byteLength <= INLINE_MAX ? checkDigest({ data, expected }) ?? data
+      : (await this.pool.run({ data, expected } satisfies VerifyTask, { name: 'verify', transferList: [data.buffer] })) as Uint8Array | string;
+    if (typeof out === 'string') throw new ChunkDigestMismatchError(expected, out, where);
     return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
   }
 

@@ -86,5 +86,6 @@ export async function fetchChunks(source: ImageSource, desc: Descriptor, chunks:
     failure ??= err;
   })));
   if (failure !== undefined) throw failure;
+  await store.flush(); // done means other processes (a layer server mounting next) see the chunks as stored
   return report;
 }

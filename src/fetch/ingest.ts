@@ -44,7 +44,7 @@ export async function ingestImage(src: ImageSource, store: ChunkStore, pool: Cod
   const total = image.manifest.layers.reduce((n, l) => n + l.size, 0);
   let done = 0;
   for (const layer of layers) {
-    store.addLayer({
+    await store.addLayer({
       digest: layer.desc.digest, tocDigest: layer.tocDigest, compressedSize: layer.desc.size, uncompressedSize: layer.toc.contentBytes,
       chunks: layer.chunks().map((c) => ({ digest: c.digest, size: c.chunkSize })),
     });

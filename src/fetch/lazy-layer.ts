@@ -1,5 +1,6 @@
 // The seeds' LazyLoader for one layer: turns "bytes [a, b) of file F" into chunk reads. A chunk
-// comes from the in-memory cache, else from the chunk store, else from the registry: one Range
+// comes from the in-memory cache, else from the chunk store (read and verified off the event loop:
+// which chunks it has is known in memory), else from the registry: one Range
 // request for a run of neighbouring missing chunks (bounded), inflated and verified in the codec
 // workers, stored, then served. Concurrent readers of a chunk share one fetch; on-demand reads
 // are queued ahead of prefetch; a bounded number of requests is in flight. A chunk that cannot be
@@ -12,6 +13,7 @@ import type { Descriptor } from '../image/oci.js';
 import type { ImageSource } from '../image/source.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import type { ChunkCache } from './chunk-cache.js';
+import type { BlobBytes } from './remote-layer.js';
 
 export type Priority = 0 | 1 | 2;
 /** On-demand reads first, then read-ahead, then prefetch. */
@@ -25,8 +27,7 @@ export interface LazyLayerOptions {
   /**
    * What the link carries in one round trip (20 ms at 100 MiB/s: 2 MiB), below which bytes cost
    * less than a request: prefetch steps over gaps up to this size to reach the next chunk it
-   * wants in the same request (the gap is dropped), and a reader waits for a whole-layer download
-   * whose bytes are due within it rather than sending a request of its own.
+   * wants in the same request (the gap is dropped).
    */
   roundTripBytes: number;
   /** Range requests in flight for this layer for readers (and read-ahead). */
@@ -84,10 +85,15 @@ export interface ChunkRef {
   index: number;
 }
 
-/** A layer downloaded whole: bytes [0, arrived) are in; readers wait for their end offset. */
+/**
+ * A layer downloaded whole (up to the bytes its tail read brought): bytes [0, arrived) are in;
+ * readers wait for their end offset.
+ */
 interface WholeBlob {
   blob: Buffer;
   arrived: number;
+  /** The download broke off: what arrived still serves, the rest is fetched as usual. */
+  failed: boolean;
   /** Settle true once bytes up to `end` are in, false if the download failed first. */
   waiters: { end: number; settle(arrived: boolean): void }[];
 }
@@ -119,6 +125,12 @@ export class LazyLayer {
   private scheduled = false;
   /** Chunks read at least once (the access trace records the first read). */
   private readonly accessed = new Set<TocChunk>();
+  /**
+   * Digests of the layer's chunks the store holds: asked of the index once, then kept by this
+   * layer's own stores and misses, so a read runs no SQL. A chunk another process stores
+   * meanwhile is fetched again, which costs bytes, never correctness.
+   */
+  private readonly stored: Set<string>;
   /** The whole compressed layer while it comes in and then while it is held (holdWholeBlob). */
   private whole: WholeBlob | undefined;
   private wholeBlobTimer: NodeJS.Timeout | undefined;
@@ -127,6 +139,8 @@ export class LazyLayer {
     readonly source: ImageSource,
     readonly desc: Descriptor,
     readonly toc: Toc,
+    /** The chunks' bytes the layer's tail read brought (RemoteLayer.tail): served from memory, never fetched. */
+    private readonly tail: BlobBytes,
     private readonly store: ChunkStore,
     private readonly pool: CodecPool,
     private readonly cache: ChunkCache,
@@ -137,6 +151,9 @@ export class LazyLayer {
     for (const node of new Set(toc.nodes.values())) {
       if (node.type === 'reg') node.chunks.forEach((c, index) => this.byOffset.set(c.offset, { file: node, index }));
     }
+    const digests = [...this.byOffset.values()].map((r) => r.file.chunks[r.index]!.chunkDigest ?? '').filter((d) => d);
+    const missing = store.missing(digests);
+    this.stored = new Set(digests.filter((d) => !missing.has(d)));
   }
 
   /** Bytes [offset, offset + length) of a regular file, clipped to its size. */
@@ -206,20 +223,21 @@ export class LazyLayer {
 
   /** Neither in memory, nor being fetched, nor in the store: the chunk must come from the registry. */
   private missing(digest: string): boolean {
-    return !this.inflight.has(digest) && !this.cache.has(digest) && !this.store.has(digest);
+    return !this.inflight.has(digest) && !this.cache.has(digest) && !this.stored.has(digest);
   }
 
   private async load(file: TocNode, index: number, priority: Priority): Promise<Buffer> {
-    const digest = file.chunks[index]!.chunkDigest!;
+    const c = file.chunks[index]!;
+    const digest = c.chunkDigest!;
     let stored: Buffer | undefined;
-    // The index says what is stored (a file it lags behind is only fetched again): a chunk it
-    // lacks costs no file lookup on the way to the registry.
-    if (this.store.has(digest)) {
+    // A chunk the store lacks costs no file lookup on the way to the registry.
+    if (this.stored.has(digest)) {
       try {
-        stored = await this.store.get(digest);
+        stored = await this.store.get(digest, c.chunkSize, this.pool);
       } catch (err) {
         if (!(err instanceof ChunkDigestMismatchError)) throw err; // a rotten file was dropped: fetch it again
       }
+      if (!stored) this.stored.delete(digest);
     }
     if (stored) {
       this.stats.fromStore++;
@@ -247,47 +265,48 @@ export class LazyLayer {
 
   /** Compressed bytes of the chunks the store lacks. */
   missingBytes(): number {
-    const refs = [...this.byOffset.values()];
-    const missing = this.store.missing(refs.map((r) => r.file.chunks[r.index]!.chunkDigest ?? ''));
     let n = 0;
-    for (const r of refs) {
+    for (const r of this.byOffset.values()) {
       const c = r.file.chunks[r.index]!;
-      if (missing.has(c.chunkDigest ?? '')) n += c.compressedEnd - c.offset;
+      if (!this.stored.has(c.chunkDigest ?? '')) n += c.compressedEnd - c.offset;
     }
     return n;
   }
 
   /**
-   * Downloads the whole compressed layer in one request and serves chunks from it, as it comes
-   * in and then for `holdMs`: a reader then waits for no round trip of its own, and only what is
-   * read is inflated and stored (doing all of a layer's chunks at once competes with start-up for
-   * the CPU). Every chunk is still verified against its own digest. False if the download failed
-   * (readers fetch as usual) or the layer was closed meanwhile.
+   * Downloads the whole compressed layer in one request (but the tail, which opening it brought)
+   * and serves chunks from it, as it comes in and then for `holdMs`: a reader then waits for no
+   * round trip of its own, and only what is read is inflated and stored (doing all of a layer's
+   * chunks at once competes with start-up for the CPU). A reader whose bytes are still to come
+   * waits for them rather than fetching them too: no byte comes twice. Every chunk is still
+   * verified against its own digest. False if the download failed (what arrived still serves,
+   * readers fetch the rest as usual) or the layer was closed meanwhile.
    */
   async holdWholeBlob(holdMs: number): Promise<boolean> {
     const began = performance.now();
-    const whole: WholeBlob = { blob: Buffer.allocUnsafe(this.desc.size), arrived: 0, waiters: [] };
+    const whole: WholeBlob = { blob: Buffer.allocUnsafe(this.tail.start), arrived: 0, failed: false, waiters: [] };
     this.whole = whole;
     try {
-      for await (const piece of this.source.blobStream(this.desc)) {
+      if (whole.blob.length > 0) for await (const piece of this.source.blobStream(this.desc, { start: 0, end: whole.blob.length })) {
         const b = piece as Buffer;
-        if (whole.arrived + b.length > whole.blob.length) throw new MalformedEstargzError(`layer ${this.desc.digest}`, `blob is longer than its ${this.desc.size} bytes`);
+        if (whole.arrived + b.length > whole.blob.length) throw new MalformedEstargzError(`layer ${this.desc.digest}`, `more than the ${whole.blob.length} bytes asked for came`);
         b.copy(whole.blob, whole.arrived);
         whole.arrived += b.length;
         this.wake(whole, true);
         if (this.closed) throw new MountError(`layer ${this.desc.digest} is being unmounted`);
       }
     } catch {
-      if (this.whole === whole) this.whole = undefined;
+      whole.failed = true;
       this.wake(whole, false);
       if (!this.closed) {
         this.stats.errors++;
         this.hooks.observer?.fetchFailed();
       }
       return false;
+    } finally {
+      if (!this.closed) this.wholeBlobTimer = setTimeout(() => (this.whole = undefined), holdMs).unref();
     }
-    this.countRequest(whole.arrived, 0, 0, began);
-    this.wholeBlobTimer = setTimeout(() => (this.whole = undefined), holdMs).unref();
+    if (whole.blob.length > 0) this.countRequest(whole.arrived, 0, 0, began);
     return true;
   }
 
@@ -300,14 +319,14 @@ export class LazyLayer {
 
   /**
    * Bytes [start, end) of the layer being downloaded whole: at once if they are in, after a wait
-   * if they are due within what the link carries in a round trip (roundTripBytes), else
-   * undefined (fetching them costs less than waiting). `waited` says whether a reader waited.
+   * if they are still to come (fetching them too would bring them twice), else undefined: the
+   * download failed before them, or there is none. `waited` says whether a reader waited.
    */
   private async fromWhole(start: number, end: number): Promise<{ bytes: Buffer; waited: boolean } | undefined> {
     const whole = this.whole;
     if (!whole) return undefined;
     if (whole.arrived >= end) return { bytes: whole.blob.subarray(start, end), waited: false };
-    if (end - whole.arrived > this.opts.roundTripBytes) return undefined;
+    if (whole.failed) return undefined;
     const ok = await new Promise<boolean>((settle) => whole.waiters.push({ end, settle }));
     return ok ? { bytes: whole.blob.subarray(start, end), waited: true } : undefined;
   }
@@ -411,7 +430,7 @@ export class LazyLayer {
     }
     // A layer coming in whole costs no round trip to read later: inflating (or fetching) its
     // neighbours now would only take the CPU and the link from start-up.
-    if (first.priority === PRIORITY.demand && first.file.chunks.length === 1 && !this.whole) this.extendAcrossFiles(group, first.chunk.offset);
+    if (first.priority === PRIORITY.demand && first.file.chunks.length === 1 && (!this.whole || this.whole.failed)) this.extendAcrossFiles(group, first.chunk.offset);
     return group;
   }
 
@@ -447,8 +466,10 @@ export class LazyLayer {
   private async fetchGroup(group: Pending[]): Promise<void> {
     const start = group[0]!.chunk.offset;
     const end = group.at(-1)!.chunk.compressedEnd;
+    // The bytes from the tail on are in memory: only those before it are to be read or fetched.
+    const before = Math.min(end, Math.max(start, this.tail.start));
     const observer = this.hooks.observer;
-    const held = await this.fromWhole(start, end);
+    const held = before > start ? await this.fromWhole(start, before) : { bytes: Buffer.alloc(0), waited: false };
     let bytes: Buffer;
     if (held) {
       bytes = held.bytes;
@@ -456,7 +477,7 @@ export class LazyLayer {
     } else {
       const began = performance.now();
       try {
-        bytes = await this.source.readBlobRange(this.desc, start, end);
+        bytes = await this.source.readBlobRange(this.desc, start, before);
       } catch (err) {
         this.stats.errors++;
         observer?.fetchFailed();
@@ -467,6 +488,7 @@ export class LazyLayer {
       this.countRequest(bytes.length, demand, group.length - demand, began);
       for (let i = 0; i < group.length; i++) observer?.chunkServed('registry');
     }
+    if (end > before) bytes = Buffer.concat([bytes, this.tail.bytes.subarray(before - this.tail.start, end - this.tail.start)]);
     await Promise.all(group.map(async (g) => {
       const c = g.chunk;
       try {
@@ -480,7 +502,7 @@ export class LazyLayer {
         // Prefetch is done when its chunks are stored.
         const reader = g.priority !== PRIORITY.prefetch;
         if (reader) g.resolve(data);
-        await this.store.putVerified(c.chunkDigest!, data).catch((err: unknown) => {
+        await this.store.putVerified(c.chunkDigest!, data).then(() => this.stored.add(c.chunkDigest!), (err: unknown) => {
           this.stats.storeErrors++;
           this.hooks.storeFailed?.(c.chunkDigest!, err);
         });

@@ -1,6 +1,7 @@
 // Opens an eStargz layer where it lies (registry or OCI layout) without downloading it: reads the
-// blob's tail for the footer (and, when it fits, the TOC in the same request), checks the TOC
-// digest against the layer's annotation, and lists the layer's chunks.
+// blob's tail for the footer (and, when it fits, the TOC in the same request; else the rest of the
+// TOC, not the tail again), checks the TOC digest against the layer's annotation, and lists the
+// layer's chunks. The tail's bytes before the TOC are kept: no byte is fetched twice.
 
 import { MalformedEstargzError, TocDigestMismatchError } from '../errors.js';
 import { FOOTER_SIZE, parseFooter } from '../estargz/footer.js';
@@ -19,8 +20,18 @@ export interface LayerChunk extends TocChunk {
   path: string;
 }
 
+/** Bytes [start, start + bytes.length) of a blob, in memory. */
+export interface BlobBytes {
+  start: number;
+  bytes: Buffer;
+}
+
 export class RemoteLayer {
-  private constructor(readonly source: ImageSource, readonly desc: Descriptor, readonly toc: Toc, readonly tocDigest: string) {}
+  /**
+   * @param tail the blob's bytes from where the tail read began to the TOC: the last chunks'
+   *   members when the TOC is small (else none), so a reader of them sends no request.
+   */
+  private constructor(readonly source: ImageSource, readonly desc: Descriptor, readonly toc: Toc, readonly tocDigest: string, readonly tail: BlobBytes) {}
 
   static async open(source: ImageSource, desc: Descriptor): Promise<RemoteLayer> {
     const where = `layer ${desc.digest}`;
@@ -31,7 +42,7 @@ export class RemoteLayer {
     const tocEnd = desc.size - footer.size;
     const tocMember = footer.tocOffset >= tailStart
       ? tail.subarray(footer.tocOffset - tailStart, tocEnd - tailStart)
-      : await source.readBlobRange(desc, footer.tocOffset, tocEnd);
+      : Buffer.concat([await source.readBlobRange(desc, footer.tocOffset, tailStart), tail.subarray(0, tocEnd - tailStart)]);
     let parsed;
     try {
       parsed = readToc(tocMember, footer.tocOffset);
@@ -41,7 +52,8 @@ export class RemoteLayer {
     }
     const expected = desc.annotations?.[TOC_DIGEST_ANNOTATION];
     if (expected && expected !== parsed.digest) throw new TocDigestMismatchError(desc.digest, expected, parsed.digest);
-    return new RemoteLayer(source, desc, parsed.toc, parsed.digest);
+    const before = Math.min(footer.tocOffset, tailStart);
+    return new RemoteLayer(source, desc, parsed.toc, parsed.digest, { start: before, bytes: tail.subarray(0, footer.tocOffset - before) });
   }
 
   /** Every chunk of every regular file, in blob order; hard links are listed once. */

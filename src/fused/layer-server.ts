@@ -90,8 +90,8 @@ export class LayerServer {
       }
       return Promise.resolve(false);
     }
-    const done = this.open(request).then((remote) => {
-      const mount = LayerMount.mount(remote, request.mountpoint, { name: request.image, manifestDigest: request.manifestDigest }, this.withBackground(request));
+    const done = this.open(request).then(async (remote) => {
+      const mount = await LayerMount.mount(remote, request.mountpoint, { name: request.image, manifestDigest: request.manifestDigest }, this.withBackground(request));
       this.track({ request, mount, mountedAt: new Date().toISOString() });
       this.ctx.log?.info({ mountpoint: request.mountpoint, image: request.image, layer: request.layer.digest }, 'layer mounted');
       return true;
@@ -206,11 +206,13 @@ export class LayerServer {
 
   /**
    * Serves mounts a predecessor handed over; their descriptors are at the given fd numbers in this
-   * process. Every layer is opened (the registry round trips, all at once) before any connection
-   * is read: a successor that fails must not have taken requests it will never answer.
+   * process. Every layer is opened (the registry round trips, all at once) and recorded in the
+   * store before any connection is read: a successor that fails must not have taken requests it
+   * will never answer.
    */
   async adopt(mounts: HandedMount[]): Promise<void> {
     const remotes = await Promise.all(mounts.map((h) => this.open(h.request)));
+    await Promise.all(remotes.map((r) => LayerMount.record(r, this.ctx.store)));
     mounts.forEach((h, i) => {
       const mount = LayerMount.adopt(remotes[i]!, h.request.mountpoint, { name: h.request.image, manifestDigest: h.request.manifestDigest },
         this.withBackground(h.request), h.connection);

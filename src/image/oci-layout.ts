@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { copyFile, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable, Transform } from 'node:stream';
+import { PassThrough, Readable, Transform } from 'node:stream';
 import { writeFileAtomic } from '../atomic-file.js';
 import { DigestMismatchError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import {
@@ -88,11 +88,11 @@ export class OciLayout implements ImageSource, ImageTarget {
     };
   }
 
-  blobStream(desc: Descriptor): Readable {
+  blobStream(desc: Descriptor, range?: { start: number; end: number }): Readable {
     const path = this.blobPath(desc.digest);
     const hash = createHash('sha256');
     const dir = this.dir;
-    const verify = new Transform({
+    const verify = range ? new PassThrough() : new Transform({
       transform(chunk: Buffer, _enc, cb) {
         hash.update(chunk);
         cb(null, chunk);
@@ -102,7 +102,7 @@ export class OciLayout implements ImageSource, ImageTarget {
         cb(actual === desc.digest ? null : new DigestMismatchError(`blob in ${dir}`, desc.digest, actual));
       },
     });
-    const src = createReadStream(path);
+    const src = createReadStream(path, range && { start: range.start, end: range.end - 1 });
     src.on('error', (err) => verify.destroy((err as NodeJS.ErrnoException).code === 'ENOENT' ? new NotFoundError(`blob ${desc.digest} in ${dir}`) : err));
     return src.pipe(verify);
   }

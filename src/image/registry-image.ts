@@ -50,8 +50,8 @@ export class RegistryImage implements ImageSource, ImageTarget {
     };
   }
 
-  blobStream(desc: Descriptor): Readable {
-    return this.client.blobStream(this.ref, desc.digest);
+  blobStream(desc: Descriptor, range?: { start: number; end: number }): Readable {
+    return this.client.blobStream(this.ref, desc.digest, range);
   }
 
   readBlobRange(desc: Descriptor, start: number, end: number): Promise<Buffer> {

@@ -15,8 +15,11 @@ export interface ImageSource {
   /** Set for registry sources: lets a push to the same registry mount blobs instead of copying. */
   readonly location: RegistryLocation | undefined;
   resolve(platform: Platform): Promise<ResolvedImage>;
-  /** The whole blob, verified against its digest by the end of the stream. */
-  blobStream(desc: Descriptor): Readable;
+  /**
+   * The whole blob, verified against its digest by the end of the stream; with `range`, bytes
+   * [start, end) of it, which the consumer verifies (chunk digests) as it cannot be checked whole.
+   */
+  blobStream(desc: Descriptor, range?: { start: number; end: number }): Readable;
   /** Bytes [start, end) of a blob. */
   readBlobRange(desc: Descriptor, start: number, end: number): Promise<Buffer>;
 }

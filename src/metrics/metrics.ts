@@ -10,7 +10,8 @@ import type { StoreStats } from '../store/chunk-store.js';
 import type { KsmStatus } from '../ksm/ksm.js';
 
 export interface LayerMetricsSources {
-  store(): StoreStats;
+  /** The store's figures (a scan of the index, off the event loop). */
+  store(): Promise<StoreStats>;
   /** Lazily mounted layers, and chunks queued for prefetch across them. */
   mounts(): { layers: number; prefetchQueued: number };
 }
@@ -82,7 +83,7 @@ export class LayerMetrics implements LazyLayerObserver {
       ['dedup_store_images', 'Images recorded in the store', (s) => s.images],
       ['dedup_store_layers', 'Layers recorded in the store', (s) => s.layers],
     ];
-    gaugesFrom(registers, storeGauges, async () => sources.store());
+    gaugesFrom(registers, storeGauges, () => sources.store());
     new Gauge({ name: 'dedup_mounts', help: 'Lazily mounted layers', registers, collect() { this.set(sources.mounts().layers); } });
     new Gauge({ name: 'dedup_prefetch_queue', help: 'Chunks queued for prefetch', registers, collect() { this.set(sources.mounts().prefetchQueued); } });
 

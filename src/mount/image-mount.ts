@@ -52,7 +52,7 @@ export class ImageMount {
       for (const [i, remote] of remotes.entries()) {
         const mountpoint = record.layers[i]!.mountpoint;
         await mkdir(mountpoint, { recursive: true });
-        m.layers.push(LayerMount.mount(remote, mountpoint, image, opts));
+        m.layers.push(await LayerMount.mount(remote, mountpoint, image, opts));
       }
       opts.store.addImage(image.name, image.manifestDigest, remotes.map((r) => r.desc.digest));
       await m.mountOverlay();

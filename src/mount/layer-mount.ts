@@ -45,22 +45,33 @@ export class LayerMount {
   private constructor(readonly remote: RemoteLayer, readonly lazy: LazyLayer, readonly fs: LayerFs, readonly trace: AccessTrace,
     readonly mountpoint: string, private readonly ctx: LayerMountContext) {}
 
+  /**
+   * Records the layer in the chunk store (its chunks referenced), on the store's index thread: a
+   * mount that waits for the write lock holds up no other mount's reads.
+   */
+  static async record(remote: RemoteLayer, store: ChunkStore): Promise<void> {
+    await store.addLayer({ digest: remote.desc.digest, tocDigest: remote.tocDigest, compressedSize: remote.desc.size, uncompressedSize: remote.toc.contentBytes,
+      chunks: remote.chunks().map((c) => ({ digest: c.digest, size: c.chunkSize })) });
+  }
+
   /** Records the layer in the chunk store and mounts it at `mountpoint`. */
-  static mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext): LayerMount {
+  static async mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext): Promise<LayerMount> {
+    await LayerMount.record(remote, ctx.store);
     return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.mount(mountpoint, remote.desc.digest.slice(7, 19)));
   }
 
-  /** Serves a mount another process made, over its FUSE connection (a hand-over); prefetch picks up where it was. */
+  /**
+   * Serves a mount another process made, over its FUSE connection (a hand-over); prefetch picks up
+   * where it was. The caller has recorded the layer (record) before reading any connection.
+   */
   static adopt(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext, conn: FuseConnection): LayerMount {
     return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.adopt(mountpoint, conn));
   }
 
   private static serve(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext,
     attach: (fs: LayerFs) => void): LayerMount {
-    ctx.store.addLayer({ digest: remote.desc.digest, tocDigest: remote.tocDigest, compressedSize: remote.desc.size, uncompressedSize: remote.toc.contentBytes,
-      chunks: remote.chunks().map((c) => ({ digest: c.digest, size: c.chunkSize })) });
     const trace = new AccessTrace(image.name, image.manifestDigest, remote.desc.digest);
-    const lazy = new LazyLayer(remote.source, remote.desc, remote.toc, ctx.store, ctx.pool, ctx.cache, { ...DEFAULT_LAZY, ...ctx.lazy },
+    const lazy = new LazyLayer(remote.source, remote.desc, remote.toc, remote.tail, ctx.store, ctx.pool, ctx.cache, { ...DEFAULT_LAZY, ...ctx.lazy },
       {
         firstAccess: (file, chunk) => trace.record(file, chunk),
         observer: ctx.observer,

@@ -5,48 +5,25 @@
 // Invariants: a chunk file holds exactly the bytes its name hashes to (verified before the
 // rename that publishes it, and on every read; not fsynced: a file a crash left short or empty
 // fails that check and is fetched again, and thousands of small chunks per layer would otherwise
-// cost a disk flush each); the index may lag the files after a crash or a concurrent gc, so a
-// missing file means "not present", never an error.
+// cost a disk flush each); the index may lag the files after a crash, a concurrent gc, or while
+// the presence changes wait in the index writer's queue, so a missing file means "not present",
+// never an error. Nothing on the path of a read runs SQL or hashes on the calling thread.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { writeFileAtomic } from '../atomic-file.js';
 import { ChunkDigestMismatchError, InvalidArgumentError, NotFoundError, StoreError } from '../errors.js';
-import { openIndexDb } from './index-db.js';
+import { openIndexDb, presentAmong, type LayerRecord, type StoreStats } from './index-db.js';
+import { IndexWriter } from './index-writer.js';
+
+export type { LayerRecord, StoreStats } from './index-db.js';
 
 const DIGEST_RE = /^sha256:([0-9a-f]{64})$/;
 /** A temp file older than this belongs to a writer that died. */
 const STALE_TEMP_MS = 10 * 60 * 1000;
 
-export interface LayerRecord {
-  digest: string;
-  tocDigest: string;
-  compressedSize: number;
-  uncompressedSize: number;
-  /** Every chunk of the layer in TOC order (repeats included). */
-  chunks: { digest: string; size: number }[];
-}
-
-export interface StoreStats {
-  images: number;
-  layers: number;
-  /** Chunks whose bytes are stored. */
-  chunks: number;
-  /** Chunks referenced by some layer but not fetched yet. */
-  chunksMissing: number;
-  /** Bytes of stored chunks: what the store holds on disk (before filesystem overhead). */
-  storedBytes: number;
-  /** Bytes the stored chunks stand for, counted once per layer reference: the size without dedup. */
-  logicalBytes: number;
-  /** logicalBytes / storedBytes (1 when nothing is stored). */
-  dedupRatio: number;
-  savedBytes: number;
-  /** The seed's figure: chunks with ref_count > 1, and their total size. */
-  sharedChunks: number;
-  sharedBytes: number;
-}
 
 export interface GcReport {
   layersRemoved: number;
@@ -61,22 +38,24 @@ function hexOf(digest: string): string {
   return m[1]!;
 }
 
+/** Checks a chunk's bytes against its digest, off the calling thread (the codec workers); owns `data` from then on. */
+export interface ChunkVerifier {
+  verify(data: Uint8Array<ArrayBuffer>, expected: string, where: string): Promise<Buffer>;
+}
+
 export class ChunkStore {
-  /** The statements the read path runs for every chunk, prepared once. */
-  private readonly sql: { present: Database.Statement; markAbsent: Database.Statement; markStored: Database.Statement };
+  /** Started on the first change or figures asked for: a command that only reads needs no thread. */
+  private writer: IndexWriter | undefined;
   /** Shard directories known to exist (gc never removes them): one mkdir per shard, not per chunk. */
   private readonly dirs = new Set<string>();
   /** Temp file names: unique across processes and stores without a random draw per chunk. */
   private readonly tmpPrefix = `${process.pid}.${randomBytes(3).toString('hex')}.`;
   private tmpSeq = 0;
 
-  private constructor(readonly root: string, private readonly db: Database.Database) {
-    this.sql = {
-      present: db.prepare('SELECT present FROM chunks WHERE digest = ?').pluck(),
-      markAbsent: db.prepare('UPDATE chunks SET present = 0 WHERE digest = ?'),
-      markStored: db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at, stored_at) VALUES (?, ?, 0, 1, ?, ?)
-        ON CONFLICT(digest) DO UPDATE SET present = 1, stored_at = COALESCE(stored_at, excluded.stored_at)`),
-    };
+  private constructor(readonly root: string, private readonly db: Database.Database) {}
+
+  private get index(): IndexWriter {
+    return (this.writer ??= new IndexWriter(join(this.root, 'index.db')));
   }
 
   static async open(root: string): Promise<ChunkStore> {
@@ -89,8 +68,18 @@ export class ChunkStore {
     }
   }
 
-  close(): void {
-    this.db.close();
+  /** Commits the presence changes still queued, then closes the index. */
+  async close(): Promise<void> {
+    try {
+      await this.writer?.close();
+    } finally {
+      this.db.close();
+    }
+  }
+
+  /** Resolves once the presence changes made so far are in the index (other processes see them). */
+  async flush(): Promise<void> {
+    await this.writer?.flush();
   }
 
   chunkPath(digest: string): string {
@@ -98,37 +87,50 @@ export class ChunkStore {
     return join(this.root, 'chunks', 'sha256', hex.slice(0, 2), hex);
   }
 
-  /** The digests among `digests` whose bytes the index says are not stored. */
+  /**
+   * The digests among `digests` whose bytes the index says are not stored (with this process's
+   * changes not committed yet): one query for them all.
+   */
   missing(digests: Iterable<string>): Set<string> {
+    const all = [...new Set(digests)];
+    const present = presentAmong(this.db, all);
     const out = new Set<string>();
-    for (const d of digests) if (!this.has(d)) out.add(d);
+    for (const d of all) if (!(this.writer?.pending(d) ?? present.has(d))) out.add(d);
     return out;
   }
 
-  /** Whether the index says the chunk's bytes are stored. */
-  has(digest: string): boolean {
-    return this.sql.present.get(digest) === 1;
-  }
-
-  /** The chunk's bytes, verified, or undefined when it is not stored. */
-  async get(digest: string): Promise<Buffer | undefined> {
+  /**
+   * The chunk's bytes, verified by `verifier`, or undefined when it is not stored. One read of
+   * the `size` bytes the chunk has (a file a crash left short fails the check).
+   */
+  async get(digest: string, size: number, verifier: ChunkVerifier): Promise<Buffer | undefined> {
     const path = this.chunkPath(digest);
-    let data: Buffer;
+    let data: Uint8Array<ArrayBuffer>;
     try {
-      data = await readFile(path);
+      const fh = await open(path, 'r');
+      try {
+        // Unpooled: the buffer is the worker's to take (transferred, not copied).
+        const buf = Buffer.allocUnsafeSlow(size);
+        const { bytesRead } = await fh.read(buf, 0, size, 0);
+        data = bytesRead === size ? buf : buf.subarray(0, bytesRead);
+      } finally {
+        await fh.close();
+      }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      this.sql.markAbsent.run(digest);
+      this.index.absent(digest);
       return undefined;
     }
-    const actual = 'sha256:' + createHash('sha256').update(data).digest('hex');
-    if (actual !== digest) {
-      // Bit rot or tampering: drop the file so the next read fetches it again.
-      await unlink(path).catch(() => undefined);
-      this.sql.markAbsent.run(digest);
-      throw new ChunkDigestMismatchError(digest, actual, `stored file ${path}`);
+    try {
+      return await verifier.verify(data, digest, `stored file ${path}`);
+    } catch (err) {
+      if (err instanceof ChunkDigestMismatchError) {
+        // Bit rot, tampering or a short file: drop it so the next read fetches it again.
+        await unlink(path).catch(() => undefined);
+        this.index.absent(digest);
+      }
+      throw err;
     }
-    return data;
   }
 
   /** Verifies and stores a chunk; returns false when it was stored already. */
@@ -156,33 +158,21 @@ export class ChunkStore {
         throw new StoreError(`cannot store chunk ${digest}: ${(err as Error).message}`, { cause: err });
       }
     }
-    const now = Date.now();
-    this.sql.markStored.run(digest, data.length, now, now);
+    this.index.stored(digest, data.length);
     return !exists;
   }
 
-  hasLayer(digest: string): boolean {
-    return this.db.prepare('SELECT 1 FROM layers WHERE digest = ?').get(digest) !== undefined;
-  }
-
-  /** Records a layer and references its chunks; a layer recorded before is left as it is. */
-  addLayer(layer: LayerRecord): boolean {
-    const now = Date.now();
-    return this.db.transaction(() => {
-      if (this.hasLayer(layer.digest)) return false;
-      this.db.prepare('INSERT INTO layers (digest, toc_digest, compressed_size, uncompressed_size, chunk_count, created_at) VALUES (?, ?, ?, ?, ?, ?)')
-        .run(layer.digest, layer.tocDigest, layer.compressedSize, layer.uncompressedSize, layer.chunks.length, now);
-      const ref = this.db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at) VALUES (?, ?, 1, 0, ?)
-        ON CONFLICT(digest) DO UPDATE SET ref_count = ref_count + 1 RETURNING size`);
-      const link = this.db.prepare('INSERT INTO layer_chunks (layer_digest, seq, chunk_digest) VALUES (?, ?, ?)');
-      for (const [seq, c] of layer.chunks.entries()) {
-        hexOf(c.digest);
-        const row = ref.get(c.digest, c.size, now) as { size: number };
-        if (row.size !== c.size) throw new StoreError(`chunk ${c.digest} is ${c.size} bytes in layer ${layer.digest} but ${row.size} bytes in the store`);
-        link.run(layer.digest, seq, c.digest);
-      }
-      return true;
-    }).immediate();
+  /**
+   * Records a layer and references its chunks; a layer recorded before is left as it is. On the
+   * index writer's thread: a mount waits for the write lock without holding up the reads of others.
+   */
+  async addLayer(layer: LayerRecord): Promise<boolean> {
+    for (const c of layer.chunks) hexOf(c.digest);
+    try {
+      return await this.index.addLayer(layer);
+    } catch (err) {
+      throw new StoreError(`cannot record layer ${layer.digest}: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   /** Records (or re-points) an image name at its layers; the layers must be recorded. */
@@ -213,20 +203,9 @@ export class ChunkStore {
       WHERE lc.layer_digest = ?`).get(digest) as never;
   }
 
-  stats(): StoreStats {
-    const s = this.db.prepare(`SELECT
-        (SELECT COUNT(*) FROM images) AS images,
-        (SELECT COUNT(*) FROM layers) AS layers,
-        COALESCE(SUM(present), 0) AS chunks,
-        COALESCE(SUM(CASE WHEN present = 0 AND ref_count > 0 THEN 1 ELSE 0 END), 0) AS chunksMissing,
-        COALESCE(SUM(size * present), 0) AS storedBytes,
-        COALESCE(SUM(size * ref_count * present), 0) AS logicalBytes,
-        COALESCE(SUM(CASE WHEN ref_count > 1 AND present = 1 THEN 1 ELSE 0 END), 0) AS sharedChunks,
-        COALESCE(SUM(CASE WHEN ref_count > 1 AND present = 1 THEN size ELSE 0 END), 0) AS sharedBytes
-      FROM chunks`).get() as Omit<StoreStats, 'dedupRatio' | 'savedBytes'>;
-    return {
-      ...s, dedupRatio: s.storedBytes > 0 ? s.logicalBytes / s.storedBytes : 1, savedBytes: s.logicalBytes - s.storedBytes,
-    };
+  /** The store's figures, from a scan of the index on the index writer's thread. */
+  stats(): Promise<StoreStats> {
+    return this.index.stats();
   }
 
   /**

@@ -2,6 +2,7 @@
 // one root at once). Schema migrations are numbered by PRAGMA user_version.
 
 import type Database from 'better-sqlite3';
+import { StoreError } from '../errors.js';
 import { openSqlite } from '../sqlite.js';
 
 const MIGRATIONS: string[] = [
@@ -47,4 +48,100 @@ const MIGRATIONS: string[] = [
 
 export function openIndexDb(path: string, readonly = false): Database.Database {
   return openSqlite(path, MIGRATIONS, readonly);
+}
+
+/**
+ * Presence changes to record: a digest with its size once its file is stored, with null once its
+ * file was found missing or rotten. The last change of a digest wins.
+ */
+export type PresenceChanges = [digest: string, size: number | null][];
+
+/** The statements of a connection that records presence, prepared once per connection. */
+const presenceStatements = new WeakMap<Database.Database, { stored: Database.Statement; absent: Database.Statement }>();
+
+/** Records presence changes in one transaction. */
+export function recordPresence(db: Database.Database, changes: PresenceChanges, now: number): void {
+  let sql = presenceStatements.get(db);
+  if (!sql) {
+    sql = {
+      stored: db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at, stored_at) VALUES (?, ?, 0, 1, ?, ?)
+        ON CONFLICT(digest) DO UPDATE SET present = 1, stored_at = COALESCE(stored_at, excluded.stored_at)`),
+      absent: db.prepare('UPDATE chunks SET present = 0 WHERE digest = ?'),
+    };
+    presenceStatements.set(db, sql);
+  }
+  const { stored, absent } = sql;
+  db.transaction(() => {
+    for (const [digest, size] of changes) {
+      if (size === null) absent.run(digest);
+      else stored.run(digest, size, now, now);
+    }
+  }).immediate();
+}
+
+/** The digests among `digests` whose bytes the index says are stored: one query, however many. */
+export function presentAmong(db: Database.Database, digests: string[]): Set<string> {
+  const rows = db.prepare('SELECT c.digest FROM json_each(?) j JOIN chunks c ON c.digest = j.value WHERE c.present = 1').pluck().all(JSON.stringify(digests));
+  return new Set(rows as string[]);
+}
+
+export interface StoreStats {
+  images: number;
+  layers: number;
+  /** Chunks whose bytes are stored. */
+  chunks: number;
+  /** Chunks referenced by some layer but not fetched yet. */
+  chunksMissing: number;
+  /** Bytes of stored chunks: what the store holds on disk (before filesystem overhead). */
+  storedBytes: number;
+  /** Bytes the stored chunks stand for, counted once per layer reference: the size without dedup. */
+  logicalBytes: number;
+  /** logicalBytes / storedBytes (1 when nothing is stored). */
+  dedupRatio: number;
+  savedBytes: number;
+  /** The seed's figure: chunks with ref_count > 1, and their total size. */
+  sharedChunks: number;
+  sharedBytes: number;
+}
+
+/** The store's figures: a scan of every chunk row (the index worker runs it, off the main thread). */
+export function storeStats(db: Database.Database): StoreStats {
+  const s = db.prepare(`SELECT
+      (SELECT COUNT(*) FROM images) AS images,
+      (SELECT COUNT(*) FROM layers) AS layers,
+      COALESCE(SUM(present), 0) AS chunks,
+      COALESCE(SUM(CASE WHEN present = 0 AND ref_count > 0 THEN 1 ELSE 0 END), 0) AS chunksMissing,
+      COALESCE(SUM(size * present), 0) AS storedBytes,
+      COALESCE(SUM(size * ref_count * present), 0) AS logicalBytes,
+      COALESCE(SUM(CASE WHEN ref_count > 1 AND present = 1 THEN 1 ELSE 0 END), 0) AS sharedChunks,
+      COALESCE(SUM(CASE WHEN ref_count > 1 AND present = 1 THEN size ELSE 0 END), 0) AS sharedBytes
+    FROM chunks`).get() as Omit<StoreStats, 'dedupRatio' | 'savedBytes'>;
+  return { ...s, dedupRatio: s.storedBytes > 0 ? s.logicalBytes / s.storedBytes : 1, savedBytes: s.logicalBytes - s.storedBytes };
+}
+
+export interface LayerRecord {
+  digest: string;
+  tocDigest: string;
+  compressedSize: number;
+  uncompressedSize: number;
+  /** Every chunk of the layer in TOC order (repeats included). */
+  chunks: { digest: string; size: number }[];
+}
+
+/** Records a layer and references its chunks in one transaction; false when it was recorded before. */
+export function recordLayer(db: Database.Database, layer: LayerRecord, now: number): boolean {
+  return db.transaction(() => {
+    if (db.prepare('SELECT 1 FROM layers WHERE digest = ?').get(layer.digest) !== undefined) return false;
+    db.prepare('INSERT INTO layers (digest, toc_digest, compressed_size, uncompressed_size, chunk_count, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(layer.digest, layer.tocDigest, layer.compressedSize, layer.uncompressedSize, layer.chunks.length, now);
+    const ref = db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at) VALUES (?, ?, 1, 0, ?)
+      ON CONFLICT(digest) DO UPDATE SET ref_count = ref_count + 1 RETURNING size`);
+    const link = db.prepare('INSERT INTO layer_chunks (layer_digest, seq, chunk_digest) VALUES (?, ?, ?)');
+    for (const [seq, c] of layer.chunks.entries()) {
+      const row = ref.get(c.digest, c.size, now) as { size: number };
+      if (row.size !== c.size) throw new StoreError(`chunk ${c.digest} is ${c.size} bytes in layer ${layer.digest} but ${row.size} bytes in the store`);
+      link.run(layer.digest, seq, c.digest);
+    }
+    return true;
+  }).immediate();
 }

@@ -1,0 +1,111 @@
+// The index work of a chunk store that serves reads, off its event loop: presence changes are
+// queued, merged (the last change of a digest wins) and committed in batches by a worker thread
+// (workers/index-worker.ts) with its own connection, one batch at a time; what comes in while one
+// is committed goes in the next. A process that waits for the write lock (a gc or an ingest in
+// another process holds it) thus keeps serving, and its changes are committed once the lock is
+// free. A layer's record (at mount) and the store's scan for its figures run there too. Until committed, the index lags the
+// files, which it may do anyway (docs/on-disk.md): other processes then see a stored chunk as
+// missing and fetch it again, never the reverse.
+
+import { fileURLToPath } from 'node:url';
+import { Piscina } from 'piscina';
+import { StoreError } from '../errors.js';
+import type { RecordTask } from '../../workers/index-worker.js';
+import type { LayerRecord, StoreStats } from './index-db.js';
+
+const WORKER = fileURLToPath(new URL('../../workers/index-worker.js', import.meta.url));
+/** A batch that failed (the busy timeout ran out, the disk is full) is tried again after this. */
+const RETRY_MS = 1000;
+
+export class IndexWriter {
+  /** Two threads: a scan for the figures need not wait behind a batch waiting for the lock. */
+  private readonly pool = new Piscina({ filename: WORKER, minThreads: 1, maxThreads: 2, idleTimeout: 60_000 });
+  /** Changes not sent yet: digest -> size once stored, null once found missing. */
+  private queued = new Map<string, number | null>();
+  /** The batch being committed. */
+  private committing: Map<string, number | null> | undefined;
+  private committed: Promise<void> | undefined;
+  private scheduled = false;
+  private retry: NodeJS.Timeout | undefined;
+  private failure: unknown;
+
+  constructor(readonly path: string) {}
+
+  stored(digest: string, size: number): void {
+    this.queue(digest, size);
+  }
+
+  absent(digest: string): void {
+    this.queue(digest, null);
+  }
+
+  /** What a change not committed yet says: true stored, false missing, undefined none pending. */
+  pending(digest: string): boolean | undefined {
+    const size = this.queued.has(digest) ? this.queued.get(digest) : this.committing?.get(digest);
+    return size === undefined ? undefined : size !== null;
+  }
+
+  private queue(digest: string, size: number | null): void {
+    this.queued.set(digest, size);
+    if (this.scheduled) return;
+    // Wait one turn: the changes of one turn (a Range request's chunks) go in one batch.
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.commit();
+    });
+  }
+
+  /** Sends the queued changes unless a batch is being committed (it sends them when it is done). */
+  private commit(): void {
+    if (this.committing || this.retry || this.queued.size === 0) return;
+    const batch = this.queued;
+    this.queued = new Map();
+    this.committing = batch;
+    const task: RecordTask = { path: this.path, changes: [...batch], now: Date.now() };
+    this.committed = (this.pool.run(task, { name: 'record' }) as Promise<void>).then(() => {
+      this.failure = undefined;
+    }, (err: unknown) => {
+      this.failure = err;
+      for (const [digest, size] of batch) if (!this.queued.has(digest)) this.queued.set(digest, size); // newer changes win
+      this.retry = setTimeout(() => {
+        this.retry = undefined;
+        this.commit();
+      }, RETRY_MS).unref();
+    }).finally(() => {
+      this.committing = undefined;
+      this.commit();
+    });
+  }
+
+  /** Resolves once every change made so far is committed; rejects when a batch of them failed. */
+  async flush(): Promise<void> {
+    while (this.committing || this.queued.size > 0) {
+      clearTimeout(this.retry);
+      this.retry = undefined;
+      this.commit();
+      await this.committed;
+      if (this.failure !== undefined) {
+        throw new StoreError(`cannot record chunks in ${this.path}: ${(this.failure as Error).message}`, { cause: this.failure });
+      }
+    }
+  }
+
+  addLayer(layer: LayerRecord): Promise<boolean> {
+    return this.pool.run({ path: this.path, layer, now: Date.now() }, { name: 'addLayer' }) as Promise<boolean>;
+  }
+
+  stats(): Promise<StoreStats> {
+    return this.pool.run({ path: this.path }, { name: 'stats' }) as Promise<StoreStats>;
+  }
+
+  /** Commits what is queued, then ends the threads (and their connections). */
+  async close(): Promise<void> {
+    try {
+      await this.flush();
+    } finally {
+      clearTimeout(this.retry);
+      await this.pool.destroy();
+    }
+  }
+}

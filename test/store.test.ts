@@ -3,18 +3,20 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
 import { CodecPool } from '../src/codec/codec-pool.js';
 import { ChunkDigestMismatchError } from '../src/errors.js';
 import { parseFooter } from '../src/estargz/footer.js';
 import { ingestImage } from '../src/fetch/ingest.js';
 import { OciLayout } from '../src/image/oci-layout.js';
 import { ChunkStore, type StoreStats } from '../src/store/chunk-store.js';
+import { alignUp } from '../src/store/pack-files.js';
 import { dedupctl, dedupctlJson } from './fixtures/cli.js';
-import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { busyboxEntries, pushOci, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { forgeChunkDigest } from './fixtures/tamper.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -22,10 +24,17 @@ import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 const AMD64 = { os: 'linux', architecture: 'amd64' };
 const MiB = 1024 * 1024;
 
-async function storeFiles(root: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const d of await readdir(join(root, 'chunks', 'sha256')).catch(() => [])) out.push(...(await readdir(join(root, 'chunks', 'sha256', d))));
-  return out;
+/** The index's stored chunks that have a place in a pack, the blocks those places take, and the blocks the packs take on disk. */
+async function packed(root: string): Promise<{ chunks: number; liveBytes: number; diskBytes: number }> {
+  const db = new Database(join(root, 'index.db'), { readonly: true });
+  try {
+    const rows = db.prepare('SELECT size FROM chunks WHERE present = 1 AND pack IS NOT NULL').all() as { size: number }[];
+    let diskBytes = 0;
+    for (const p of await readdir(join(root, 'chunks', 'packs')).catch(() => [] as string[])) diskBytes += (await stat(join(root, 'chunks', 'packs', p))).blocks * 512;
+    return { chunks: rows.length, liveBytes: rows.reduce((n, r) => n + alignUp(r.size), 0), diskBytes };
+  } finally {
+    db.close();
+  }
 }
 
 describe('chunk store', () => {
@@ -100,10 +109,45 @@ describe('chunk store', () => {
     const after = await dedupctlJson<StoreStats>(['stats', '--root', root]);
     assert.equal(after.storedBytes, before.storedBytes - gc.bytesFreed);
     assert.equal(after.sharedChunks, 0, 'the shared file is now used by b alone');
-    assert.equal((await storeFiles(root)).length, after.chunks, 'files and index agree');
+    const p = await packed(root);
+    assert.equal(p.chunks, after.chunks, 'every stored chunk has its place in a pack');
+    assert.equal(p.diskBytes, p.liveBytes, 'the packs hold on disk exactly the live chunks\' blocks (the rest punched out)');
     const missing = await dedupctl(['store', 'rm', '--root', root, 'no/such:image']);
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /image "no\/such:image" in the store not found/);
+  });
+
+  it('a root of the first layout (one file per chunk) keeps working: its chunks are read, new ones go to packs', async () => {
+    const oldRoot = join(tmp, 'root-first-layout');
+    const data = randomBytes(5000);
+    const digest = sha256(data);
+    const hex = digest.slice(7);
+    await mkdir(join(oldRoot, 'chunks', 'sha256', hex.slice(0, 2)), { recursive: true });
+    await writeFile(join(oldRoot, 'chunks', 'sha256', hex.slice(0, 2), hex), data);
+    const db = new Database(join(oldRoot, 'index.db'));
+    db.exec(`CREATE TABLE chunks (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, ref_count INTEGER NOT NULL DEFAULT 0, present INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL, stored_at INTEGER);
+      CREATE TABLE layers (digest TEXT PRIMARY KEY, toc_digest TEXT NOT NULL, compressed_size INTEGER NOT NULL, uncompressed_size INTEGER NOT NULL, chunk_count INTEGER NOT NULL, created_at INTEGER NOT NULL);
+      CREATE TABLE layer_chunks (layer_digest TEXT NOT NULL, seq INTEGER NOT NULL, chunk_digest TEXT NOT NULL, PRIMARY KEY (layer_digest, seq));
+      CREATE TABLE images (ref TEXT PRIMARY KEY, manifest_digest TEXT NOT NULL, created_at INTEGER NOT NULL);
+      CREATE TABLE image_layers (ref TEXT NOT NULL, idx INTEGER NOT NULL, layer_digest TEXT NOT NULL, PRIMARY KEY (ref, idx));
+      PRAGMA user_version = 1;`);
+    db.prepare('INSERT INTO chunks (digest, size, ref_count, present, created_at) VALUES (?, ?, 0, 1, 0)').run(digest, data.length);
+    db.close();
+    const store = await ChunkStore.open(oldRoot);
+    const pool = new CodecPool(1);
+    try {
+      assert.equal(store.missing([digest]).size, 0);
+      assert.deepEqual(await store.get(digest, data.length, pool), data, 'read from its file');
+      const fresh = randomBytes(6000);
+      assert.equal(await store.put(sha256(fresh), fresh), true);
+      assert.deepEqual(await store.get(sha256(fresh), fresh.length, pool), fresh, 'read from a pack');
+      await store.flush();
+      assert.equal((await readdir(join(oldRoot, 'chunks', 'packs'))).length, 1);
+    } finally {
+      await pool.close();
+      await store.close();
+    }
   });
 
   it('two processes ingesting into one root at once both succeed', async () => {
@@ -117,7 +161,7 @@ describe('chunk store', () => {
     const st = await dedupctlJson<StoreStats>(['stats', '--root', shared2]);
     assert.equal(st.images, 2);
     assert.equal(st.chunksMissing, 0);
-    assert.equal((await storeFiles(shared2)).length, st.chunks);
+    assert.equal((await packed(shared2)).chunks, st.chunks);
   });
 
   it('ingests through a registry that fails requests and resets connections', async () => {
@@ -164,7 +208,6 @@ describe('chunk store', () => {
       await assert.rejects(ingestImage(img, store, pool, { platform: AMD64 }),
         (err: unknown) => err instanceof ChunkDigestMismatchError && err.chunk === forged && err.message.includes('"app/a"'));
       assert.equal(store.missing([forged]).has(forged), true, 'nothing stored under the forged digest');
-      assert.equal((await storeFiles(tamperedRoot)).includes(forged.slice(7)), false);
       assert.deepEqual(await readdir(join(tamperedRoot, 'chunks', 'tmp')), [], 'no temp files left');
       await assert.rejects(store.put(forged, Buffer.from('x')), ChunkDigestMismatchError);
     } finally {
@@ -203,7 +246,7 @@ describe('chunk store', () => {
 
     const st = await dedupctlJson<StoreStats>(['stats', '--root', badRoot]);
     assert.deepEqual([st.images, st.layers, st.chunks], [0, 0, 0], 'nothing half-recorded');
-    assert.deepEqual(await storeFiles(badRoot), []);
+    assert.equal((await packed(badRoot)).diskBytes, 0, 'no chunk bytes left');
     for (const r of [r2, r3]) assert.match(r.stderr, /\[ERR_MALFORMED_ESTARGZ\]$/m, 'a typed error code');
   });
 });

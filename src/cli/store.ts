@@ -91,6 +91,6 @@ export function gcCommand(): Command {
     .action((flags: CommonFlags) => withStore(flags, async (s, config) => {
       const r = await audited(config, 'store.gc', config.root, {}, () => s.gc());
       if (flags.json) return printJson(r);
-      process.stdout.write(`removed ${r.layersRemoved} layers, ${r.chunksRemoved} chunks (${formatBytes(r.bytesFreed)}), ${r.tempFilesRemoved} stale temp files\n`);
+      process.stdout.write(`removed ${r.layersRemoved} layers, ${r.chunksRemoved} chunks (${formatBytes(r.bytesFreed)}; packs gave back ${formatBytes(r.packBytesFreed)} of disk), ${r.tempFilesRemoved} stale temp files\n`);
     }));
 }

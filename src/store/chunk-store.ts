@@ -1,21 +1,24 @@
 // The content-addressed chunk store (the seeds' DedupStore): each distinct chunk, keyed by the
-// sha256 of its uncompressed bytes, is stored once under chunks/sha256/<2 hex>/<hex>, however
-// many layers and images use it. index.db records chunks, layers, images and their references.
+// sha256 of its uncompressed bytes, is stored once, however many layers and images use it, at a
+// 4 KiB-aligned offset of a pack file (chunks/packs/, pack-files.ts) where an EROFS image can point
+// at it; chunk files of the first layout (chunks/sha256/<2 hex>/<hex>) are still read. index.db
+// records chunks (and where they are), layers, images and their references.
 //
-// Invariants: a chunk file holds exactly the bytes its name hashes to (verified before the
-// rename that publishes it, and on every read; not fsynced: a file a crash left short or empty
-// fails that check and is fetched again, and thousands of small chunks per layer would otherwise
-// cost a disk flush each); the index may lag the files after a crash, a concurrent gc, or while
-// the presence changes wait in the index writer's queue, so a missing file means "not present",
-// never an error. Nothing on the path of a read runs SQL or hashes on the calling thread.
+// Invariants: a chunk is verified before it is stored and on every read through here; pack
+// writes are not synced for the lazy path (a chunk a crash tore fails that check and is fetched
+// again), but are before an EROFS image, which the kernel reads unchecked, points at them (the
+// image's layer records the places it uses, and gc never frees those). The index may lag the
+// packs after a crash, a concurrent gc, or while the presence changes wait in the index writer's
+// queue, so a chunk not found means "not present", never an error. Nothing on the path of a read
+// runs SQL (past the layer's one query at mount) or hashes on the calling thread.
 
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { mkdir, open, readdir, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Database from 'better-sqlite3';
-import { writeFileAtomic } from '../atomic-file.js';
 import { ChunkDigestMismatchError, InvalidArgumentError, NotFoundError, StoreError } from '../errors.js';
-import { openIndexDb, presentAmong, type LayerRecord, type StoreStats } from './index-db.js';
+import { openIndexDb, placesAmong, type ChunkPlace, type LayerRecord, type StoreStats } from './index-db.js';
+import { listPacks, PackReader, PackWriter, packsDir, packWriterAlive, punchGaps, type PackLocation } from './pack-files.js';
 import { IndexWriter } from './index-writer.js';
 
 export type { LayerRecord, StoreStats } from './index-db.js';
@@ -28,7 +31,10 @@ const STALE_TEMP_MS = 10 * 60 * 1000;
 export interface GcReport {
   layersRemoved: number;
   chunksRemoved: number;
+  /** The removed chunks' bytes (those that were stored). */
   bytesFreed: number;
+  /** Disk blocks given back by the packs (the removed chunks', and what nothing pointed at), in bytes. */
+  packBytesFreed: number;
   tempFilesRemoved: number;
 }
 
@@ -46,13 +52,18 @@ export interface ChunkVerifier {
 export class ChunkStore {
   /** Started on the first change or figures asked for: a command that only reads needs no thread. */
   private writer: IndexWriter | undefined;
-  /** Shard directories known to exist (gc never removes them): one mkdir per shard, not per chunk. */
-  private readonly dirs = new Set<string>();
-  /** Temp file names: unique across processes and stores without a random draw per chunk. */
-  private readonly tmpPrefix = `${process.pid}.${randomBytes(3).toString('hex')}.`;
-  private tmpSeq = 0;
+  /** Where the stored chunks this process has met are: from the index's answers and its own writes. */
+  private readonly places = new Map<string, ChunkPlace>();
+  private writerOfPacks: PackWriter | undefined;
+  private readonly packs: PackReader;
 
-  private constructor(readonly root: string, private readonly db: Database.Database) {}
+  private constructor(readonly root: string, private readonly db: Database.Database) {
+    this.packs = new PackReader(root);
+  }
+
+  private get packWriter(): PackWriter {
+    return (this.writerOfPacks ??= new PackWriter(this.root));
+  }
 
   private get index(): IndexWriter {
     return (this.writer ??= new IndexWriter(join(this.root, 'index.db')));
@@ -71,6 +82,8 @@ export class ChunkStore {
   /** Commits the presence changes still queued, then closes the index. */
   async close(): Promise<void> {
     try {
+      await this.writerOfPacks?.close();
+      await this.packs.close();
       await this.writer?.close();
     } finally {
       this.db.close();
@@ -93,44 +106,61 @@ export class ChunkStore {
    */
   missing(digests: Iterable<string>): Set<string> {
     const all = [...new Set(digests)];
-    const present = presentAmong(this.db, all);
+    const present = placesAmong(this.db, all);
+    for (const [d, place] of present) if (!this.places.has(d)) this.places.set(d, place);
     const out = new Set<string>();
     for (const d of all) if (!(this.writer?.pending(d) ?? present.has(d))) out.add(d);
     return out;
   }
 
+  /** Where a stored chunk is, as far as this process knows or the index says; undefined: not stored. */
+  private placeOf(digest: string): ChunkPlace | undefined {
+    if (!this.places.has(digest)) this.missing([digest]); // callers that asked missing() first never query here
+    return this.places.get(digest);
+  }
+
   /**
    * The chunk's bytes, verified by `verifier`, or undefined when it is not stored. One read of
-   * the `size` bytes the chunk has (a file a crash left short fails the check).
+   * the `size` bytes the chunk has (a pack or file a crash left short fails the check).
    */
   async get(digest: string, size: number, verifier: ChunkVerifier): Promise<Buffer | undefined> {
-    const path = this.chunkPath(digest);
+    const place = this.placeOf(digest);
+    const where = place ? `pack ${place.pack} at ${place.offset}` : `stored file ${this.chunkPath(digest)}`;
     let data: Uint8Array<ArrayBuffer>;
     try {
-      const fh = await open(path, 'r');
-      try {
-        // Unpooled: the buffer is the worker's to take (transferred, not copied).
-        const buf = Buffer.allocUnsafeSlow(size);
-        const { bytesRead } = await fh.read(buf, 0, size, 0);
-        data = bytesRead === size ? buf : buf.subarray(0, bytesRead);
-      } finally {
-        await fh.close();
-      }
+      data = place ? await this.packs.read(place, size) : await this.readChunkFile(digest, size);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      this.index.absent(digest);
+      this.forget(digest);
       return undefined;
     }
     try {
-      return await verifier.verify(data, digest, `stored file ${path}`);
+      return await verifier.verify(data, digest, where);
     } catch (err) {
       if (err instanceof ChunkDigestMismatchError) {
-        // Bit rot, tampering or a short file: drop it so the next read fetches it again.
-        await unlink(path).catch(() => undefined);
-        this.index.absent(digest);
+        // Bit rot, tampering or a short write: drop it so the next read fetches it again.
+        if (!place) await unlink(this.chunkPath(digest)).catch(() => undefined);
+        this.forget(digest);
       }
       throw err;
     }
+  }
+
+  /** A chunk file of the first layout (chunks/sha256/...), read whole into an unpooled buffer (a worker may take it). */
+  private async readChunkFile(digest: string, size: number): Promise<Uint8Array<ArrayBuffer>> {
+    const fh = await open(this.chunkPath(digest), 'r');
+    try {
+      const buf = Buffer.allocUnsafeSlow(size);
+      const { bytesRead } = await fh.read(buf, 0, size, 0);
+      return bytesRead === size ? buf : buf.subarray(0, bytesRead);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private forget(digest: string): void {
+    this.places.delete(digest);
+    this.index.absent(digest);
   }
 
   /** Verifies and stores a chunk; returns false when it was stored already. */
@@ -140,26 +170,46 @@ export class ChunkStore {
     return this.putVerified(digest, data);
   }
 
-  /** Stores a chunk the caller has verified against `digest` (the codec workers do). */
+  /**
+   * Stores a chunk the caller has verified against `digest` (the codec workers do), appended to
+   * this process's pack; false when this process knows it stored already. Not synced: a read
+   * verifies it, and a crash that tore it only means fetching it again.
+   */
   async putVerified(digest: string, data: Uint8Array): Promise<boolean> {
-    const path = this.chunkPath(digest);
-    const exists = await stat(path).then((s) => s.size === data.length, () => false);
-    if (!exists) {
-      const dir = join(path, '..');
-      if (!this.dirs.has(dir)) {
-        await mkdir(dir, { recursive: true });
-        this.dirs.add(dir);
-      }
-      const tmp = join(this.root, 'chunks', 'tmp', `${hexOf(digest)}.${this.tmpPrefix}${this.tmpSeq++}`);
-      try {
-        await writeFileAtomic(path, data, tmp, { sync: false });
-      } catch (err) {
-        this.dirs.delete(dir); // removed behind our back? the next write makes it again
-        throw new StoreError(`cannot store chunk ${digest}: ${(err as Error).message}`, { cause: err });
-      }
+    if (this.places.has(digest)) return false;
+    await this.append(digest, data);
+    return true;
+  }
+
+  private async append(digest: string, data: Uint8Array): Promise<PackLocation> {
+    hexOf(digest);
+    const at = await this.packWriter.append(data);
+    if (!this.places.has(digest)) this.places.set(digest, at);
+    this.index.stored(digest, { size: data.length, at });
+    return at;
+  }
+
+  /**
+   * A place in a pack that holds `data` (which hashes to `digest`) for an EROFS image to point at:
+   * a stored copy if it reads back right (the kernel will not check it), else a new one. The
+   * caller records the places in its layer (which keeps them allocated) after syncPacks().
+   */
+  async placeForImage(digest: string, data: Uint8Array): Promise<PackLocation> {
+    const place = this.placeOf(digest);
+    if (place) {
+      const stored = await this.packs.read(place, data.length).catch(() => undefined);
+      if (stored && Buffer.compare(stored, data) === 0) return place;
     }
-    this.index.stored(digest, data.length);
-    return !exists;
+    return this.append(digest, data);
+  }
+
+  /** Flushes this process's pack writes to disk: before an EROFS image that points at them is published. */
+  syncPacks(): Promise<void> {
+    return this.writerOfPacks?.sync() ?? Promise.resolve();
+  }
+
+  packPath(pack: string): string {
+    return join(packsDir(this.root), pack);
   }
 
   /**
@@ -209,7 +259,8 @@ export class ChunkStore {
   }
 
   /**
-   * Removes layers no image names, chunks no layer references, and temp files of dead writers.
+   * Removes layers no image names, chunks no layer references, and temp files of dead writers;
+   * frees the blocks of packs (whose writers are gone) that no chunk and no EROFS image points at.
    * Rows go first (one transaction), files after: a concurrent writer that re-adds a chunk in
    * between loses at most a file, which get() then reports as absent.
    */
@@ -222,14 +273,15 @@ export class ChunkStore {
         unref.run(l, l);
         this.db.prepare('DELETE FROM layers WHERE digest = ?').run(l);
       }
-      const gone = this.db.prepare('DELETE FROM chunks WHERE ref_count <= 0 RETURNING digest, size, present').all() as { digest: string; size: number; present: number }[];
+      const gone = this.db.prepare('DELETE FROM chunks WHERE ref_count <= 0 RETURNING digest, size, present, pack').all() as { digest: string; size: number; present: number; pack: string | null }[];
       return { layers: dead.length, chunks: gone };
     }).immediate();
-    let bytesFreed = 0;
-    for (const c of chunks) {
+    for (const c of chunks) this.places.delete(c.digest);
+    const packBytesFreed = await this.freePackSpace();
+    const bytesFreed = chunks.reduce((n, c) => n + c.size * c.present, 0);
+    for (const c of chunks.filter((x) => x.pack === null)) {
       try {
         await unlink(this.chunkPath(c.digest));
-        bytesFreed += c.size;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       }
@@ -243,6 +295,24 @@ export class ChunkStore {
         tempFilesRemoved++;
       }
     }
-    return { layersRemoved: layers, chunksRemoved: chunks.length, bytesFreed, tempFilesRemoved };
+    return { layersRemoved: layers, chunksRemoved: chunks.length, bytesFreed, packBytesFreed, tempFilesRemoved };
+  }
+
+  /** Punches what nothing points at out of every pack whose writer is gone; a pack left with nothing is removed. */
+  private async freePackSpace(): Promise<number> {
+    const live = this.db.prepare(`SELECT pack_offset AS offset, size FROM chunks WHERE pack = ?
+      UNION ALL SELECT lc.pack_offset, c.size FROM layer_chunks lc JOIN chunks c ON c.digest = lc.chunk_digest WHERE lc.pack = ?`);
+    let freed = 0;
+    for (const pack of await listPacks(this.root)) {
+      if (packWriterAlive(pack)) continue;
+      const ranges = live.all(pack, pack) as { offset: number; size: number }[];
+      if (ranges.length === 0) {
+        freed += (await stat(this.packPath(pack))).blocks * 512;
+        await unlink(this.packPath(pack));
+      } else {
+        freed += await punchGaps(this.root, pack, ranges);
+      }
+    }
+    return freed;
   }
 }

@@ -4,6 +4,7 @@
 import type Database from 'better-sqlite3';
 import { StoreError } from '../errors.js';
 import { openSqlite } from '../sqlite.js';
+import type { PackLocation } from './pack-files.js';
 
 const MIGRATIONS: string[] = [
   `CREATE TABLE chunks (
@@ -44,17 +45,35 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (ref, idx)
    );
    CREATE INDEX image_layers_by_layer ON image_layers(layer_digest);`,
+  // Pack files (pack-files.ts): where a stored chunk's bytes are. NULL: a chunk file of the first
+  // layout (chunks/sha256/<2>/<hex>), still read. A layer built into an EROFS image records, per
+  // chunk, the place its image points at: that place stays allocated while the layer exists.
+  `ALTER TABLE chunks ADD COLUMN pack TEXT;
+   ALTER TABLE chunks ADD COLUMN pack_offset INTEGER;
+   ALTER TABLE layer_chunks ADD COLUMN pack TEXT;
+   ALTER TABLE layer_chunks ADD COLUMN pack_offset INTEGER;
+   CREATE INDEX chunks_by_pack ON chunks(pack) WHERE pack IS NOT NULL;
+   CREATE INDEX layer_chunks_by_pack ON layer_chunks(pack) WHERE pack IS NOT NULL;`,
 ];
 
 export function openIndexDb(path: string, readonly = false): Database.Database {
   return openSqlite(path, MIGRATIONS, readonly);
 }
 
+/** Where a stored chunk's bytes are: a place in a pack, or (null) its own file of the first layout. */
+export type ChunkPlace = PackLocation | null;
+
+/** A chunk stored: its size and place. */
+export interface Stored {
+  size: number;
+  at: PackLocation;
+}
+
 /**
- * Presence changes to record: a digest with its size once its file is stored, with null once its
- * file was found missing or rotten. The last change of a digest wins.
+ * Presence changes to record: a digest with where it is stored, or null once its bytes were
+ * found missing or rotten. The last change of a digest wins.
  */
-export type PresenceChanges = [digest: string, size: number | null][];
+export type PresenceChanges = [digest: string, stored: Stored | null][];
 
 /** The statements of a connection that records presence, prepared once per connection. */
 const presenceStatements = new WeakMap<Database.Database, { stored: Database.Statement; absent: Database.Statement }>();
@@ -64,25 +83,28 @@ export function recordPresence(db: Database.Database, changes: PresenceChanges, 
   let sql = presenceStatements.get(db);
   if (!sql) {
     sql = {
-      stored: db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at, stored_at) VALUES (?, ?, 0, 1, ?, ?)
-        ON CONFLICT(digest) DO UPDATE SET present = 1, stored_at = COALESCE(stored_at, excluded.stored_at)`),
-      absent: db.prepare('UPDATE chunks SET present = 0 WHERE digest = ?'),
+      // A chunk another process stored first keeps its place; ours is then garbage gc frees.
+      stored: db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at, stored_at, pack, pack_offset) VALUES (?, ?, 0, 1, ?, ?, ?, ?)
+        ON CONFLICT(digest) DO UPDATE SET present = 1, stored_at = COALESCE(stored_at, excluded.stored_at), pack = excluded.pack, pack_offset = excluded.pack_offset
+        WHERE present = 0`),
+      absent: db.prepare('UPDATE chunks SET present = 0, pack = NULL, pack_offset = NULL WHERE digest = ?'),
     };
     presenceStatements.set(db, sql);
   }
   const { stored, absent } = sql;
   db.transaction(() => {
-    for (const [digest, size] of changes) {
-      if (size === null) absent.run(digest);
-      else stored.run(digest, size, now, now);
+    for (const [digest, s] of changes) {
+      if (s === null) absent.run(digest);
+      else stored.run(digest, s.size, now, now, s.at.pack, s.at.offset);
     }
   }).immediate();
 }
 
-/** The digests among `digests` whose bytes the index says are stored: one query, however many. */
-export function presentAmong(db: Database.Database, digests: string[]): Set<string> {
-  const rows = db.prepare('SELECT c.digest FROM json_each(?) j JOIN chunks c ON c.digest = j.value WHERE c.present = 1').pluck().all(JSON.stringify(digests));
-  return new Set(rows as string[]);
+/** The digests among `digests` whose bytes the index says are stored, with their places: one query, however many. */
+export function placesAmong(db: Database.Database, digests: string[]): Map<string, ChunkPlace> {
+  const rows = db.prepare('SELECT c.digest, c.pack, c.pack_offset AS offset FROM json_each(?) j JOIN chunks c ON c.digest = j.value WHERE c.present = 1')
+    .all(JSON.stringify(digests)) as { digest: string; pack: string | null; offset: number | null }[];
+  return new Map(rows.map((r) => [r.digest, r.pack === null ? null : { pack: r.pack, offset: r.offset! }]));
 }
 
 export interface StoreStats {
@@ -124,8 +146,11 @@ export interface LayerRecord {
   tocDigest: string;
   compressedSize: number;
   uncompressedSize: number;
-  /** Every chunk of the layer in TOC order (repeats included). */
-  chunks: { digest: string; size: number }[];
+  /**
+   * Every chunk of the layer in TOC order (repeats included). `at`: the place a kernel layer's
+   * EROFS image points at (kept allocated while the layer is recorded).
+   */
+  chunks: { digest: string; size: number; at?: PackLocation }[];
 }
 
 /** Records a layer and references its chunks in one transaction; false when it was recorded before. */
@@ -136,11 +161,11 @@ export function recordLayer(db: Database.Database, layer: LayerRecord, now: numb
       .run(layer.digest, layer.tocDigest, layer.compressedSize, layer.uncompressedSize, layer.chunks.length, now);
     const ref = db.prepare(`INSERT INTO chunks (digest, size, ref_count, present, created_at) VALUES (?, ?, 1, 0, ?)
       ON CONFLICT(digest) DO UPDATE SET ref_count = ref_count + 1 RETURNING size`);
-    const link = db.prepare('INSERT INTO layer_chunks (layer_digest, seq, chunk_digest) VALUES (?, ?, ?)');
+    const link = db.prepare('INSERT INTO layer_chunks (layer_digest, seq, chunk_digest, pack, pack_offset) VALUES (?, ?, ?, ?, ?)');
     for (const [seq, c] of layer.chunks.entries()) {
       const row = ref.get(c.digest, c.size, now) as { size: number };
       if (row.size !== c.size) throw new StoreError(`chunk ${c.digest} is ${c.size} bytes in layer ${layer.digest} but ${row.size} bytes in the store`);
-      link.run(layer.digest, seq, c.digest);
+      link.run(layer.digest, seq, c.digest, c.at?.pack ?? null, c.at?.offset ?? null);
     }
     return true;
   }).immediate();

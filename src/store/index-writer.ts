@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { StoreError } from '../errors.js';
 import type { RecordTask } from '../../workers/index-worker.js';
-import type { LayerRecord, StoreStats } from './index-db.js';
+import type { LayerRecord, Stored, StoreStats } from './index-db.js';
 
 const WORKER = fileURLToPath(new URL('../../workers/index-worker.js', import.meta.url));
 /** A batch that failed (the busy timeout ran out, the disk is full) is tried again after this. */
@@ -20,10 +20,10 @@ const RETRY_MS = 1000;
 export class IndexWriter {
   /** Two threads: a scan for the figures need not wait behind a batch waiting for the lock. */
   private readonly pool = new Piscina({ filename: WORKER, minThreads: 1, maxThreads: 2, idleTimeout: 60_000 });
-  /** Changes not sent yet: digest -> size once stored, null once found missing. */
-  private queued = new Map<string, number | null>();
+  /** Changes not sent yet: digest -> where once stored, null once found missing. */
+  private queued = new Map<string, Stored | null>();
   /** The batch being committed. */
-  private committing: Map<string, number | null> | undefined;
+  private committing: Map<string, Stored | null> | undefined;
   private committed: Promise<void> | undefined;
   private scheduled = false;
   private retry: NodeJS.Timeout | undefined;
@@ -31,8 +31,8 @@ export class IndexWriter {
 
   constructor(readonly path: string) {}
 
-  stored(digest: string, size: number): void {
-    this.queue(digest, size);
+  stored(digest: string, stored: Stored): void {
+    this.queue(digest, stored);
   }
 
   absent(digest: string): void {
@@ -41,12 +41,12 @@ export class IndexWriter {
 
   /** What a change not committed yet says: true stored, false missing, undefined none pending. */
   pending(digest: string): boolean | undefined {
-    const size = this.queued.has(digest) ? this.queued.get(digest) : this.committing?.get(digest);
-    return size === undefined ? undefined : size !== null;
+    const change = this.queued.has(digest) ? this.queued.get(digest) : this.committing?.get(digest);
+    return change === undefined ? undefined : change !== null;
   }
 
-  private queue(digest: string, size: number | null): void {
-    this.queued.set(digest, size);
+  private queue(digest: string, change: Stored | null): void {
+    this.queued.set(digest, change);
     if (this.scheduled) return;
     // Wait one turn: the changes of one turn (a Range request's chunks) go in one batch.
     this.scheduled = true;
@@ -67,7 +67,7 @@ export class IndexWriter {
       this.failure = undefined;
     }, (err: unknown) => {
       this.failure = err;
-      for (const [digest, size] of batch) if (!this.queued.has(digest)) this.queued.set(digest, size); // newer changes win
+      for (const [digest, change] of batch) if (!this.queued.has(digest)) this.queued.set(digest, change); // newer changes win
       this.retry = setTimeout(() => {
         this.retry = undefined;
         this.commit();

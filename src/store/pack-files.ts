@@ -1,5 +1,5 @@
 // Pack files: where the store keeps chunk bytes so the kernel can address them. Each chunk sits at
-// a 4 KiB-aligned offset of an append-only pack file (packs/<name>.pack) and every pack ends on a
+// a 4 KiB-aligned offset of an append-only pack file (chunks/packs/<name>.pack) and every pack ends on a
 // 4 KiB boundary, so an EROFS image can point a chunk index at the chunk's first block with the
 // pack as one of its devices. Nothing is ever moved: a dead chunk's blocks are freed by punching a
 // hole, so images mounted over a pack keep reading the live chunks around it.
@@ -47,7 +47,7 @@ export function packWriterAlive(name: string): boolean {
 }
 
 export function packsDir(root: string): string {
-  return join(root, 'packs');
+  return join(root, 'chunks', 'packs');
 }
 
 export async function listPacks(root: string): Promise<string[]> {
@@ -163,12 +163,27 @@ export class PackReader {
   }
 }
 
-/** Frees the blocks of `[offset, offset + size)` of a pack (rounded to whole blocks); the file keeps its size. */
-export async function punchChunk(root: string, at: PackLocation, size: number): Promise<void> {
-  const fh = await open(join(packsDir(root), at.pack), 'r+');
+/**
+ * Frees every block of a pack that no live range covers: the bytes of dead chunks, of chunks
+ * stored twice, of writes never recorded. Only for a pack whose writer is gone (nothing is being
+ * added). The file keeps its size, so no offset moves. Returns the bytes freed on disk.
+ */
+export async function punchGaps(root: string, pack: string, live: readonly { offset: number; size: number }[]): Promise<number> {
+  const fh = await open(join(packsDir(root), pack), 'r+');
   try {
-    const r = native().punchHole(fh.fd, at.offset, alignUp(size));
-    if (isSysError(r)) throw new StoreError(`cannot free ${size} bytes at ${at.offset} of pack ${at.pack}: ${r.call}: ${r.message}`);
+    const before = await fh.stat();
+    const punch = (from: number, to: number): void => {
+      if (to <= from) return;
+      const r = native().punchHole(fh.fd, from, to - from);
+      if (isSysError(r)) throw new StoreError(`cannot free bytes ${from}-${to} of pack ${pack}: ${r.call}: ${r.message}`);
+    };
+    let cursor = 0;
+    for (const r of [...live].sort((a, b) => a.offset - b.offset)) {
+      punch(cursor, r.offset);
+      cursor = Math.max(cursor, alignUp(r.offset + r.size));
+    }
+    punch(cursor, before.size);
+    return Math.max(0, (before.blocks - (await fh.stat()).blocks) * 512);
   } finally {
     await fh.close();
   }

@@ -124,6 +124,11 @@ describe('registry client', () => {
     for (let i = 0; i < 5; i++) assert.ok((await c.getBlobRange(ref, sha256(blob), i, i + 10)).equals(blob.subarray(i, i + 10)));
     assert.ok(p.stats.tokenRequests <= 3, `tokens are cached (${p.stats.tokenRequests} token requests)`);
     assert.ok(p.stats.scopes.includes('repository:blobs/one:pull,push'));
+    // Requests sent together meet the challenge together, and share one token.
+    const parallel = client({ credentials: (h) => creds.get(h) });
+    p.reset();
+    await Promise.all(Array.from({ length: 6 }, (_, i) => parallel.getBlobRange(ref, sha256(blob), i, i + 10)));
+    assert.equal(p.stats.tokenRequests, 1, `${p.stats.tokenRequests} token requests for 6 parallel reads`);
     const anonymous = client();
     await assert.rejects(anonymous.getBlob(ref, sha256(blob)), (err: unknown) => err instanceof RegistryAuthError && /refused scope "repository:blobs\/one:pull"/.test(err.message));
     const wrong = client({ credentials: () => ({ username: 'alice', password: 'nope' }) });

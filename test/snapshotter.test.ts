@@ -1,7 +1,10 @@
 // The snapshotter as containerd uses it: a real containerd with proxy_plugins.dedup, ctr and
-// ctr-remote, runc containers, against a registry behind a byte-counting proxy.
+// ctr-remote, runc containers, against a registry behind a byte-counting proxy. The lazy pull's
+// round trips are counted there too: an image is resolved once, and every layer's footer and TOC
+// is read at the first layer's Prepare, all in parallel.
 
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,15 +12,18 @@ import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
-import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { busyboxEntries, pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { waitFor } from './fixtures/process.js';
-import { startProxy, type TestProxy } from './fixtures/proxy.js';
+import { startProxy, type ProxyRequest, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { snapshotsClient } from './fixtures/snapshots-client.js';
 import { isAlive } from '../src/mount/mount-records.js';
+import { DEFAULT_RETRY } from '../src/registry/retry.js';
 import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
 
 const MiB = 1024 * 1024;
+/** Long enough that requests sent together are in flight together, whatever the scheduling. */
+const LATENCY_MS = 100;
 const LISTING = 'cd / && find bin data del deep etc opq private tmp | sort | while read f; do stat -c "%n %a %u %g %s %F %h" "$f"; done; '
   + 'find data etc opq deep -type f | sort | xargs sha256sum';
 
@@ -35,6 +41,35 @@ describe('containerd proxy snapshotter', () => {
     const r = await ctd!.ctr(['run', '--rm', '--snapshotter', snapshotter, ref, `c${process.pid}-${n++}`, '/bin/sh', '-c', script], 180_000);
     assert.equal(r.code, 0, `ctr run (${snapshotter}): ${r.stderr}`);
     return r.stdout;
+  };
+
+  /** Pushes a three-layer image (busybox at the bottom, a file of its own in each) as eStargz; returns its layers' digests. */
+  const threeLayers = async (name: string): Promise<string[]> => {
+    const layer = (i: number): FileSpec[] => [{ name: `l${i}/`, type: 'directory' }, { name: `l${i}/data`, type: 'file', content: Buffer.from(`${name} layer ${i}\n`) },
+      { name: `l${i}/noise`, type: 'file', content: randomBytes(200_000) }];
+    const tars = [await tarOf([...(await busyboxEntries()), ...layer(0)]), await tarOf(layer(1)), await tarOf(layer(2))];
+    await writeOciImage(join(tmp, name), name, tars.map((tar) => ({ tar, compression: 'gzip' as const })));
+    await pushOci(join(tmp, name), name, `${registry!.host}/src/${name}:1`);
+    const conv = await dedupctlJson<{ layers: { digest: string }[] }>(['convert', '--plain-http', `${registry!.host}/src/${name}:1`, `${registry!.host}/lazy/${name}:1`]);
+    return conv.layers.map((l) => l.digest);
+  };
+
+  /** rpull through the proxy with its latency on; returns the requests our daemons sent meanwhile. */
+  const rpull = async (name: string): Promise<ProxyRequest[]> => {
+    proxy!.reset();
+    proxy!.options.latencyMs = LATENCY_MS;
+    try {
+      const pull = await ctd!.rpull(`${proxy!.host}/lazy/${name}:1`);
+      assert.equal(pull.code, 0, pull.stderr);
+    } finally {
+      proxy!.options.latencyMs = undefined;
+    }
+    return proxy!.stats.log.filter((r) => r.userAgent.startsWith('dedup-snapshotter'));
+  };
+
+  const lazilyMounted = async (digests: string[]): Promise<string[]> => {
+    const log = await readFile(snap!.log, 'utf8');
+    return digests.filter((d) => log.includes(`"layer":"${d}","msg":"remote snapshot mounted lazily"`));
   };
 
   before(async () => {
@@ -206,5 +241,44 @@ describe('containerd proxy snapshotter', () => {
     snap!.fusedPid = Number(/"to":(\d+),"msg":"layer server changed/.exec(await readFile(snap!.log, 'utf8'))![1]);
     assert.notEqual(snap!.fusedPid, fused);
     assert.equal(await runIn('dedup', lazyRef, 'cat /etc/hostname'), 'rich-upper\n');
+  });
+
+  it('resolves the image once and reads every layer\'s footer and TOC in one range each, all at the first Prepare', async () => {
+    const digests = await threeLayers('three');
+    const ours = await rpull('three');
+    const what = ours.map((r) => `${r.method} ${r.path} ${r.range ?? ''}`).join('\n');
+    assert.equal(ours.filter((r) => r.path.includes('/manifests/')).length, 1, `one manifest request (no config, none again per layer):\n${what}`);
+    const reads = ours.filter((r) => r.path.includes('/blobs/') && r.range !== undefined);
+    assert.deepEqual(reads.map((r) => r.path.split('/blobs/')[1]).sort(), [...digests].sort(), `one range per layer (footer and TOC together):\n${what}`);
+    // In flight together: every read arrived before any was answered.
+    const lastArrived = Math.max(...reads.map((r) => r.arrived));
+    const firstEnded = Math.min(...reads.map((r) => r.ended ?? Infinity));
+    assert.ok(lastArrived < firstEnded, `the footer reads were sequential:\n${what}`);
+    assert.deepEqual(await lazilyMounted(digests), digests);
+    assert.equal(await runIn('dedup', `${proxy!.host}/lazy/three:1`, 'cat /l0/data /l1/data /l2/data'), 'three layer 0\nthree layer 1\nthree layer 2\n');
+  });
+
+  it('a layer whose early read failed is read by its own mount; the other layers are not held up', async () => {
+    const digests = await threeLayers('flaky');
+    const top = digests[2]!;
+    // Every attempt of the first read of the top layer fails (the registry client's retries
+    // included); the reads after it get through.
+    let failed = 0;
+    proxy!.options.fault = (req) => {
+      if (!req.headers.range || !req.url?.endsWith(top) || failed > DEFAULT_RETRY.retries) return 'ok';
+      failed++;
+      return '500';
+    };
+    let ours: ProxyRequest[];
+    try {
+      ours = await rpull('flaky');
+    } finally {
+      proxy!.options.fault = undefined;
+    }
+    assert.ok(failed > DEFAULT_RETRY.retries, `the early read of ${top} did not fail (${failed} faults)`);
+    assert.equal(ours.filter((r) => r.path.endsWith(top) && r.range !== undefined).length, failed + 1);
+    assert.deepEqual(await lazilyMounted(digests), digests, 'every layer mounted lazily');
+    assert.match(await readFile(snap!.fusedLog, 'utf8'), new RegExp(`"layer":"${top}".*"msg":"opening a layer ahead failed; its mount tries again"`));
+    assert.equal(await runIn('dedup', `${proxy!.host}/lazy/flaky:1`, 'cat /l2/data'), 'flaky layer 2\n');
   });
 });

@@ -2,16 +2,20 @@
 // It outlives snapshotter restarts (it is its own process, dedup-fused) and can hand every FUSE
 // connection to a successor process (handover.ts), so running containers never lose their lower
 // layers. Mount requests are idempotent: asking again for a layer already served there is a no-op,
-// which is how a restarted snapshotter re-attaches.
+// which is how a restarted snapshotter re-attaches. Layers can be opened ahead of their mounts
+// (footer and TOC read, all of an image's at once, while containerd prepares the first), so that
+// each mount after the first costs no round trip.
 
 import { z } from 'zod';
-import { AlreadyExistsError, NotFoundError, UnavailableError } from '../errors.js';
+import { AlreadyExistsError, MalformedEstargzError, NotFoundError, UnavailableError } from '../errors.js';
+import { TOC_DIGEST_ANNOTATION } from '../estargz/toc.js';
 import { RemoteLayer } from '../fetch/remote-layer.js';
 import type { FuseConnection } from '../fs/fuse-session.js';
-import { descriptorSchema } from '../image/oci.js';
+import { descriptorSchema, type Descriptor } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
 import { unmountFuse } from '../mount/system-mounts.js';
+import { PromiseCache } from '../promise-cache.js';
 import type { RegistryClient } from '../registry/client.js';
 
 export const mountRequestSchema = z.object({
@@ -24,6 +28,22 @@ export const mountRequestSchema = z.object({
 }).strict();
 
 export type MountRequest = z.infer<typeof mountRequestSchema>;
+
+/** Layers of an image that mounts will ask for soon: an image has at most 127 layers. */
+export const openAheadRequestSchema = z.object({
+  image: z.string().min(1),
+  layers: z.array(descriptorSchema).max(128),
+}).strict();
+
+export type OpenAheadRequest = z.infer<typeof openAheadRequestSchema>;
+
+/** Layers opened ahead and not mounted yet: an abandoned pull's are dropped after this long. */
+const OPENED_AHEAD = { max: 128, ttlMs: 5 * 60_000 };
+
+/** Which opened layer a mount may take: the same blob, checked against the same TOC digest. */
+function openedKey(image: string, layer: Descriptor): string {
+  return `${image} ${layer.digest} ${layer.annotations?.[TOC_DIGEST_ANNOTATION] ?? ''}`;
+}
 
 export interface MountInfo extends MountRequest {
   mountedAt: string;
@@ -50,6 +70,8 @@ export class LayerServer {
   private readonly served = new Map<string, Served>();
   /** Mounts being set up, so two requests for one mountpoint do not both mount. */
   private readonly pending = new Map<string, Promise<boolean>>();
+  /** Layers opened ahead of their mounts (openAhead), each until a mount takes it. */
+  private readonly openedAhead = new PromiseCache<RemoteLayer>(OPENED_AHEAD);
   /** Set while the mounts are being handed over: the set of mounts must not change meanwhile. */
   private frozen = false;
 
@@ -77,8 +99,38 @@ export class LayerServer {
     return done;
   }
 
-  private open(request: MountRequest): Promise<RemoteLayer> {
-    return RemoteLayer.open(new RegistryImage(this.ctx.client, request.image), request.layer);
+  /**
+   * Starts reading the footers and TOCs of layers that mounts will ask for soon, all at once (the
+   * client's connections to the registry are reused by their chunk reads later). Returns how many
+   * it started; a layer already opened or opening is not read again. A failure here fails nothing:
+   * the layer's mount opens it again.
+   */
+  openAhead(request: OpenAheadRequest): number {
+    let started = 0;
+    for (const layer of request.layers) {
+      const { promise, made } = this.openedAhead.get(openedKey(request.image, layer), () => this.openNow(request.image, layer));
+      if (!made) continue;
+      started++;
+      promise.catch((err: Error) => this.ctx.log?.info({ image: request.image, layer: layer.digest, err: err.message }, 'opening a layer ahead failed; its mount tries again'));
+    }
+    return started;
+  }
+
+  /** The layer opened ahead if it was (a failure there is tried again, unless it said the layer is not eStargz), else opened now. */
+  private async open(request: MountRequest): Promise<RemoteLayer> {
+    const ahead = this.openedAhead.take(openedKey(request.image, request.layer));
+    if (ahead) {
+      try {
+        return await ahead;
+      } catch (err) {
+        if (err instanceof MalformedEstargzError) throw err;
+      }
+    }
+    return this.openNow(request.image, request.layer);
+  }
+
+  private openNow(image: string, layer: Descriptor): Promise<RemoteLayer> {
+    return RemoteLayer.open(new RegistryImage(this.ctx.client, image), layer);
   }
 
   private withBackground(request: MountRequest): LayerMountContext {

@@ -53,6 +53,8 @@ export class RegistryClient {
   private readonly tokens = new TokenCache();
   /** Hosts that asked for Basic auth: send it up front next time. */
   private readonly basicHosts = new Set<string>();
+  /** Token requests under way by host and scope: requests sent in parallel share one. */
+  private readonly authorizing = new Map<string, Promise<void>>();
   private readonly endpoints = new Map<string, Promise<RegistryEndpoint[]>>();
   private readonly retry: RetryPolicy;
   readonly stats: TransferStats = { requests: 0, retries: 0, bytesReceived: 0 };
@@ -98,6 +100,8 @@ export class RegistryClient {
     const target = new URL(url);
     let authorized = false;
     for (let attempt = 0; ; attempt++) {
+      // A token on its way for this scope: wait for it rather than meet the challenge too.
+      await this.authorizing.get(`${ref.host} ${spec.scope}`)?.catch(() => undefined);
       const headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'dedup-snapshotter/0.1', ...spec.headers };
       const auth = this.authorizationFor(ref.host, spec.scope);
       if (auth) headers.authorization = auth;
@@ -120,7 +124,7 @@ export class RegistryClient {
       if (res.statusCode === 401 && !authorized) {
         await res.body.dump();
         const challenge = res.headers['www-authenticate'];
-        await this.authorize(ref.host, Array.isArray(challenge) ? challenge[0] : challenge, spec.scope, url);
+        await this.authorizeShared(ref.host, Array.isArray(challenge) ? challenge[0] : challenge, spec.scope, url);
         authorized = true;
         attempt--; // answering a challenge is not a retry
         continue;
@@ -141,6 +145,17 @@ export class RegistryClient {
     const creds = this.opts.credentials?.(host);
     if (creds && this.basicHosts.has(host)) return basicAuth(creds);
     return undefined;
+  }
+
+  /** Answers a challenge, or joins the answer already under way for this host and scope. */
+  private authorizeShared(host: string, header: string | undefined, scope: string, url: string): Promise<void> {
+    const key = `${host} ${scope}`;
+    let pending = this.authorizing.get(key);
+    if (!pending) {
+      pending = this.authorize(host, header, scope, url).finally(() => this.authorizing.delete(key));
+      this.authorizing.set(key, pending);
+    }
+    return pending;
   }
 
   private async authorize(host: string, header: string | undefined, scope: string, url: string): Promise<void> {

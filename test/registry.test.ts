@@ -59,7 +59,7 @@ describe('registry client', () => {
     });
   });
 
-  it('pushes blobs monolithically, in chunks and by cross-repository mount; reads them whole and by range', async () => {
+  it('pushes blobs monolithically, in chunks and by cross-repository mount; reads them whole, by range and by their end', async () => {
     const c = client();
     const ref = parseReference(`${registry!.host}/blobs/one:latest`);
     const small = randomBytes(1000);
@@ -69,6 +69,13 @@ describe('registry client', () => {
     assert.equal(await c.pushBlob(ref, sha256(large), large.length, (s, e) => large.subarray(s, e)), 'exists');
     assert.ok((await c.getBlob(ref, sha256(large))).equals(large));
     assert.ok((await c.getBlobRange(ref, sha256(large), 1000, 2_000_000)).equals(large.subarray(1000, 2_000_000)));
+    // By the end alone, the size unknown: it comes with the bytes; a blob shorter than asked comes whole.
+    const tail = await c.getBlobTail(ref, sha256(large), 65536);
+    assert.equal(tail.size, large.length);
+    assert.ok(tail.bytes.equals(large.subarray(large.length - 65536)));
+    const whole = await c.getBlobTail(ref, sha256(small), 65536);
+    assert.equal(whole.size, small.length);
+    assert.ok(whole.bytes.equals(small));
     const other = parseReference(`${registry!.host}/blobs/two:latest`);
     assert.equal(await c.pushBlob(other, sha256(large), large.length, () => Buffer.alloc(0), { mountFrom: 'blobs/one' }), 'mounted');
     assert.equal(await c.headBlob(other, sha256(large)), large.length);

@@ -1,12 +1,15 @@
 // Opens an eStargz layer where it lies (registry or OCI layout) without downloading it: reads the
 // blob's tail for the footer (and, when it fits, the TOC in the same request), checks the TOC
-// digest against the layer's annotation, and lists the layer's chunks.
+// digest against the layer's annotation, and lists the layer's chunks. A registry layer's TOC can
+// also be read knowing only the blob's digest (its size comes with its tail), to be checked
+// against the layer's descriptor once that is known.
 
 import { MalformedEstargzError, TocDigestMismatchError } from '../errors.js';
 import { FOOTER_SIZE, parseFooter } from '../estargz/footer.js';
 import { readToc } from '../estargz/layer.js';
 import { TOC_DIGEST_ANNOTATION, type Toc, type TocChunk, type TocNode } from '../estargz/toc.js';
 import type { Descriptor } from '../image/oci.js';
+import type { RegistryImage } from '../image/registry-image.js';
 import type { ImageSource } from '../image/source.js';
 
 /** How much of a blob's end to read first: most TOCs fit, saving a round trip. */
@@ -19,29 +22,34 @@ export interface LayerChunk extends TocChunk {
   path: string;
 }
 
+/** A layer's TOC as read from its blob, not yet checked against a descriptor. */
+export interface LayerToc {
+  toc: Toc;
+  tocDigest: string;
+  blobSize: number;
+}
+
 export class RemoteLayer {
   private constructor(readonly source: ImageSource, readonly desc: Descriptor, readonly toc: Toc, readonly tocDigest: string) {}
 
   static async open(source: ImageSource, desc: Descriptor): Promise<RemoteLayer> {
-    const where = `layer ${desc.digest}`;
-    if (desc.size < FOOTER_SIZE) throw new MalformedEstargzError(where, `blob is only ${desc.size} bytes`);
-    const tailStart = Math.max(0, desc.size - TAIL_READ);
-    const tail = await source.readBlobRange(desc, tailStart, desc.size);
-    const footer = parseFooter(tail, desc.size);
-    const tocEnd = desc.size - footer.size;
-    const tocMember = footer.tocOffset >= tailStart
-      ? tail.subarray(footer.tocOffset - tailStart, tocEnd - tailStart)
-      : await source.readBlobRange(desc, footer.tocOffset, tocEnd);
-    let parsed;
-    try {
-      parsed = readToc(tocMember, footer.tocOffset);
-    } catch (err) {
-      if (err instanceof MalformedEstargzError) throw new MalformedEstargzError(where, err.message.replace(/^malformed eStargz /, ''));
-      throw err;
-    }
+    if (desc.size < FOOTER_SIZE) throw new MalformedEstargzError(`layer ${desc.digest}`, `blob is only ${desc.size} bytes`);
+    const tail = await source.readBlobRange(desc, Math.max(0, desc.size - TAIL_READ), desc.size);
+    return RemoteLayer.of(source, desc, await tocFromTail(desc.digest, desc.size, tail, (start, end) => source.readBlobRange(desc, start, end)));
+  }
+
+  /** The footer and TOC of a registry blob known by its digest alone: one suffix Range request when the TOC fits in it. */
+  static async readToc(image: RegistryImage, digest: string): Promise<LayerToc> {
+    const { bytes, size } = await image.readBlobTail(digest, TAIL_READ);
+    return tocFromTail(digest, size, bytes, (start, end) => image.readBlobRange({ mediaType: '', digest, size }, start, end));
+  }
+
+  /** The layer `desc` describes, with a TOC read from its blob: the blob's size must match, and the TOC digest the annotation's. */
+  static of(source: ImageSource, desc: Descriptor, read: LayerToc): RemoteLayer {
+    if (read.blobSize !== desc.size) throw new MalformedEstargzError(`layer ${desc.digest}`, `blob is ${read.blobSize} bytes, its descriptor says ${desc.size}`);
     const expected = desc.annotations?.[TOC_DIGEST_ANNOTATION];
-    if (expected && expected !== parsed.digest) throw new TocDigestMismatchError(desc.digest, expected, parsed.digest);
-    return new RemoteLayer(source, desc, parsed.toc, parsed.digest);
+    if (expected && expected !== read.tocDigest) throw new TocDigestMismatchError(desc.digest, expected, read.tocDigest);
+    return new RemoteLayer(source, desc, read.toc, read.tocDigest);
   }
 
   /** Every chunk of every regular file, in blob order; hard links are listed once. */
@@ -59,5 +67,22 @@ export class RemoteLayer {
       }
     }
     return out.sort((a, b) => a.offset - b.offset);
+  }
+}
+
+/** Parses the footer in `tail` (the blob's last bytes) and the TOC it points at, reading what of the TOC the tail lacks. */
+async function tocFromTail(digest: string, size: number, tail: Buffer, readRange: (start: number, end: number) => Promise<Buffer>): Promise<LayerToc> {
+  const where = `layer ${digest}`;
+  if (size < FOOTER_SIZE) throw new MalformedEstargzError(where, `blob is only ${size} bytes`);
+  const tailStart = size - tail.length;
+  const footer = parseFooter(tail, size);
+  const tocEnd = size - footer.size;
+  const tocMember = footer.tocOffset >= tailStart ? tail.subarray(footer.tocOffset - tailStart, tocEnd - tailStart) : await readRange(footer.tocOffset, tocEnd);
+  try {
+    const parsed = readToc(tocMember, footer.tocOffset);
+    return { toc: parsed.toc, tocDigest: parsed.digest, blobSize: size };
+  } catch (err) {
+    if (err instanceof MalformedEstargzError) throw new MalformedEstargzError(where, err.message.replace(/^malformed eStargz /, ''));
+    throw err;
   }
 }

@@ -3,7 +3,7 @@
 //   GET    /mounts                  -> {mounts: [...]}
 //   POST   /mounts   MountRequest   -> 201 {mounted: true}, or 200 {mounted: false} when already served there
 //   DELETE /mounts   {mountpoint}   -> {unmounted: mountpoint}
-//   POST   /tocs     {image, layers} -> 202 {opening: n}: reads those layers' footers and TOCs ahead of their mounts
+//   POST   /tocs     {image, layers: [digest]} -> 202 {opening: n}: reads those layers' footers and TOCs ahead of their mounts
 //   GET    /metrics                 -> Prometheus text (fetches, store, mounts)
 //   POST   /reload                  -> re-reads the config file (prefetch settings, log level)
 //   POST   /upgrade                 -> {pid}: a new process serves every mount; this one leaves
@@ -17,8 +17,6 @@ import { VERSION } from '../version.js';
 import { mountRequestSchema, openAheadRequestSchema, type LayerServer } from './layer-server.js';
 
 const MAX_BODY = 64 * 1024;
-/** An image's layer descriptors: up to 128, annotations included. */
-const MAX_LAYERS_BODY = 1024 * 1024;
 const unmountSchema = z.object({ mountpoint: z.string().startsWith('/') }).strict();
 
 export interface ControlActions {
@@ -47,7 +45,7 @@ export class ControlApi {
         },
       },
       '/tocs': {
-        POST: async (req) => ({ status: 202, body: { opening: layers.openAhead(await readValid(req, openAheadRequestSchema, MAX_LAYERS_BODY)) } }),
+        POST: async (req) => ({ status: 202, body: { opening: layers.openAhead(await readValid(req, openAheadRequestSchema, MAX_BODY)) } }),
       },
       '/metrics': { GET: async () => ({ body: await actions.metrics(), type: 'text/plain; version=0.0.4; charset=utf-8' }) },
       '/reload': { POST: async () => ({ body: await actions.reload() }) },

@@ -2,16 +2,15 @@
 // It outlives snapshotter restarts (it is its own process, dedup-fused) and can hand every FUSE
 // connection to a successor process (handover.ts), so running containers never lose their lower
 // layers. Mount requests are idempotent: asking again for a layer already served there is a no-op,
-// which is how a restarted snapshotter re-attaches. Layers can be opened ahead of their mounts
-// (footer and TOC read, all of an image's at once, while containerd prepares the first), so that
-// each mount after the first costs no round trip.
+// which is how a restarted snapshotter re-attaches. Layers' footers and TOCs can be read ahead of
+// their mounts, by digest alone (all of an image's at once, while the snapshotter resolves the
+// manifest at the first layer's Prepare), so that no mount waits for a round trip of its own.
 
 import { z } from 'zod';
 import { AlreadyExistsError, MalformedEstargzError, NotFoundError, UnavailableError } from '../errors.js';
-import { TOC_DIGEST_ANNOTATION } from '../estargz/toc.js';
-import { RemoteLayer } from '../fetch/remote-layer.js';
+import { RemoteLayer, type LayerToc } from '../fetch/remote-layer.js';
 import type { FuseConnection } from '../fs/fuse-session.js';
-import { descriptorSchema, type Descriptor } from '../image/oci.js';
+import { descriptorSchema, digestSchema } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
 import { unmountFuse } from '../mount/system-mounts.js';
@@ -29,20 +28,20 @@ export const mountRequestSchema = z.object({
 
 export type MountRequest = z.infer<typeof mountRequestSchema>;
 
-/** Layers of an image that mounts will ask for soon: an image has at most 127 layers. */
+/** Layers of an image that mounts will ask for soon, by digest: an image has at most 127 layers. */
 export const openAheadRequestSchema = z.object({
   image: z.string().min(1),
-  layers: z.array(descriptorSchema).max(128),
+  layers: z.array(digestSchema).max(128),
 }).strict();
 
 export type OpenAheadRequest = z.infer<typeof openAheadRequestSchema>;
 
-/** Layers opened ahead and not mounted yet: an abandoned pull's are dropped after this long. */
-const OPENED_AHEAD = { max: 128, ttlMs: 5 * 60_000 };
+/** TOCs read ahead and not mounted yet: an abandoned pull's are dropped after this long. */
+const READ_AHEAD = { max: 128, ttlMs: 5 * 60_000 };
 
-/** Which opened layer a mount may take: the same blob, checked against the same TOC digest. */
-function openedKey(image: string, layer: Descriptor): string {
-  return `${image} ${layer.digest} ${layer.annotations?.[TOC_DIGEST_ANNOTATION] ?? ''}`;
+/** The blob a mount's TOC read ahead came from. */
+function readAheadKey(image: string, digest: string): string {
+  return `${image} ${digest}`;
 }
 
 export interface MountInfo extends MountRequest {
@@ -70,8 +69,8 @@ export class LayerServer {
   private readonly served = new Map<string, Served>();
   /** Mounts being set up, so two requests for one mountpoint do not both mount. */
   private readonly pending = new Map<string, Promise<boolean>>();
-  /** Layers opened ahead of their mounts (openAhead), each until a mount takes it. */
-  private readonly openedAhead = new PromiseCache<RemoteLayer>(OPENED_AHEAD);
+  /** Footers and TOCs read ahead of their mounts (openAhead), each until a mount takes it. */
+  private readonly readAhead = new PromiseCache<LayerToc>(READ_AHEAD);
   /** Set while the mounts are being handed over: the set of mounts must not change meanwhile. */
   private frozen = false;
 
@@ -100,37 +99,32 @@ export class LayerServer {
   }
 
   /**
-   * Starts reading the footers and TOCs of layers that mounts will ask for soon, all at once (the
-   * client's connections to the registry are reused by their chunk reads later). Returns how many
-   * it started; a layer already opened or opening is not read again. A failure here fails nothing:
-   * the layer's mount opens it again.
+   * Starts reading the footers and TOCs of layers that mounts will ask for soon, all at once and
+   * knowing only their digests (the client's connections are reused by chunk reads later). Returns
+   * how many it started; a layer read or being read is not read again. A failure here fails
+   * nothing: the layer's mount reads it again.
    */
   openAhead(request: OpenAheadRequest): number {
     let started = 0;
-    for (const layer of request.layers) {
-      const { promise, made } = this.openedAhead.get(openedKey(request.image, layer), () => this.openNow(request.image, layer));
+    for (const digest of request.layers) {
+      const { promise, made } = this.readAhead.get(readAheadKey(request.image, digest), () => RemoteLayer.readToc(new RegistryImage(this.ctx.client, request.image), digest));
       if (!made) continue;
       started++;
-      promise.catch((err: Error) => this.ctx.log?.info({ image: request.image, layer: layer.digest, err: err.message }, 'opening a layer ahead failed; its mount tries again'));
+      promise.catch((err: Error) => this.ctx.log?.info({ image: request.image, layer: digest, err: err.message }, 'reading a layer\'s TOC ahead failed; its mount tries again'));
     }
     return started;
   }
 
-  /** The layer opened ahead if it was (a failure there is tried again, unless it said the layer is not eStargz), else opened now. */
+  /**
+   * The layer with the TOC read ahead if there is one (checked against the descriptor now), else
+   * read now. A failed read ahead is tried again, unless it found the layer is not eStargz.
+   */
   private async open(request: MountRequest): Promise<RemoteLayer> {
-    const ahead = this.openedAhead.take(openedKey(request.image, request.layer));
-    if (ahead) {
-      try {
-        return await ahead;
-      } catch (err) {
-        if (err instanceof MalformedEstargzError) throw err;
-      }
-    }
-    return this.openNow(request.image, request.layer);
-  }
-
-  private openNow(image: string, layer: Descriptor): Promise<RemoteLayer> {
-    return RemoteLayer.open(new RegistryImage(this.ctx.client, image), layer);
+    const image = new RegistryImage(this.ctx.client, request.image);
+    const ahead = await this.readAhead.take(readAheadKey(request.image, request.layer.digest))?.catch((err: unknown) => {
+      if (err instanceof MalformedEstargzError) throw err;
+    });
+    return ahead ? RemoteLayer.of(image, request.layer, ahead) : RemoteLayer.open(image, request.layer);
   }
 
   private withBackground(request: MountRequest): LayerMountContext {

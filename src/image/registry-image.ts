@@ -65,6 +65,11 @@ export class RegistryImage implements ImageSource, ImageTarget {
     return this.client.getBlobRange(this.ref, desc.digest, start, end);
   }
 
+  /** The last `length` bytes of a blob whose size is not known yet, and its size. */
+  readBlobTail(digest: string, length: number): Promise<{ bytes: Buffer; size: number }> {
+    return this.client.getBlobTail(this.ref, digest, length);
+  }
+
   putBlob(desc: Descriptor, body: BlobBody, mountFrom?: RegistryLocation): Promise<'exists' | 'mounted' | 'uploaded'> {
     if ('bytes' in body && sha256Digest(body.bytes) !== desc.digest) {
       throw new DigestMismatchError(`blob to push to ${this.name}`, desc.digest, sha256Digest(body.bytes));

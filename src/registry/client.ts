@@ -308,9 +308,31 @@ export class RegistryClient {
   /** Bytes [start, end) of a blob with one Range request (retried whole on a broken body). */
   async getBlobRange(ref: ImageReference, digest: string, start: number, end: number): Promise<Buffer> {
     const what = `bytes ${start}-${end - 1} of blob ${digest} in ${ref.host}/${ref.repository}`;
+    const { bytes } = await this.blobRange(ref, digest, `bytes=${start}-${end - 1}`, what);
+    if (bytes.length !== end - start) throw new RegistryError(`${what}: got ${bytes.length} bytes`, 206);
+    return bytes;
+  }
+
+  /**
+   * The last `length` bytes of a blob (all of it when it is shorter) and the blob's size, from the
+   * answer's Content-Range: one suffix Range request, for when the size is not known yet.
+   */
+  async getBlobTail(ref: ImageReference, digest: string, length: number): Promise<{ bytes: Buffer; size: number }> {
+    const what = `last ${length} bytes of blob ${digest} in ${ref.host}/${ref.repository}`;
+    const { bytes, contentRange } = await this.blobRange(ref, digest, `bytes=-${length}`, what);
+    const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(contentRange ?? '');
+    const [first, last, size] = m ? [Number(m[1]), Number(m[2]), Number(m[3])] : [];
+    if (size === undefined || last! + 1 !== size || last! - first! + 1 !== bytes.length) {
+      throw new RegistryError(`${what}: Content-Range "${contentRange ?? ''}" does not give the blob's end and size for ${bytes.length} bytes`, 206);
+    }
+    return { bytes, size };
+  }
+
+  /** One Range GET of a blob, retried whole on a broken body: the bytes and the Content-Range answered. */
+  private async blobRange(ref: ImageReference, digest: string, range: string, what: string): Promise<{ bytes: Buffer; contentRange: string | undefined }> {
     for (let attempt = 0; ; attempt++) {
       const res = await this.send(ref, {
-        method: 'GET', path: `${ref.repository}/blobs/${digest}`, headers: { range: `bytes=${start}-${end - 1}` },
+        method: 'GET', path: `${ref.repository}/blobs/${digest}`, headers: { range },
         scope: RegistryClient.pull(ref), capability: 'pull',
       });
       if (res.statusCode !== 206) {
@@ -321,14 +343,12 @@ export class RegistryClient {
         return this.fail(res, what);
       }
       try {
-        const buf = Buffer.from(await res.body.arrayBuffer());
-        this.stats.bytesReceived += buf.length;
-        if (buf.length !== end - start) throw new RegistryError(`${what}: got ${buf.length} bytes`, 206);
-        return buf;
+        const bytes = Buffer.from(await res.body.arrayBuffer());
+        this.stats.bytesReceived += bytes.length;
+        const cr = res.headers['content-range'];
+        return { bytes, contentRange: Array.isArray(cr) ? cr[0] : cr };
       } catch (err) {
-        if (!isRetryableError(err) || attempt >= this.retry.retries) {
-          throw err instanceof RegistryError ? err : new RegistryError(`${what}: ${(err as Error).message}`, undefined, { cause: err });
-        }
+        if (!isRetryableError(err) || attempt >= this.retry.retries) throw new RegistryError(`${what}: ${(err as Error).message}`, undefined, { cause: err });
         this.stats.retries++;
         await sleep(retryDelay(this.retry, attempt + 1));
       }

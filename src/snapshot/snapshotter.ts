@@ -4,16 +4,17 @@
 // carrying the labels CRI, nerdctl or ctr-remote attach for an eStargz layer has the layer server
 // (dedup-fused, another process) mount that layer lazily at the snapshot's fs directory, commits
 // it under the target name and answers AlreadyExists, so containerd skips the download. An image
-// is resolved once for all its layers, and its first layer's Prepare has the layer server open the
-// layers the labels list next, in parallel. The mounts belong to the layer server: this process
-// can stop, crash or restart without touching them.
+// is resolved once for all its layers, and its first layer's Prepare has the layer server read the
+// footers and TOCs of the layers the labels list, in parallel with the manifest and each other.
+// The mounts belong to the layer server: this process can stop, crash or restart without touching
+// them.
 
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AlreadyExistsError, FailedPreconditionError, FusedError, isDedupError } from '../errors.js';
 import type { MountInfo, MountRequest, OpenAheadRequest } from '../fused/layer-server.js';
-import type { Descriptor, ImageManifest, Platform } from '../image/oci.js';
+import type { ImageManifest, Platform } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { unmountFuse } from '../mount/system-mounts.js';
 import { PromiseCache } from '../promise-cache.js';
@@ -50,7 +51,7 @@ export interface Mount {
 export interface LayerService {
   /** False when the layer was already served there. */
   mount(request: MountRequest): Promise<boolean>;
-  /** Starts opening layers (footer, TOC) that mounts will ask for soon; answers at once. */
+  /** Starts reading the footers and TOCs of layers that mounts will ask for soon; answers at once. */
   openAhead(request: OpenAheadRequest): Promise<number>;
   unmount(mountpoint: string): Promise<void>;
   list(): Promise<MountInfo[]>;
@@ -75,11 +76,6 @@ export interface SnapshotterOptions {
 const MANIFESTS = { max: 64, byDigestMs: 10 * 60_000, byTagMs: 30_000 };
 
 type ResolvedManifest = { manifestDigest: string; manifest: ImageManifest };
-
-/** What the layer server needs of a layer's descriptor. */
-function layerDescriptor(d: Descriptor): MountRequest['layer'] {
-  return { mediaType: d.mediaType, digest: d.digest, size: d.size, annotations: d.annotations };
-}
 
 export class Snapshotter {
   readonly metadata: SnapshotMetadata;
@@ -215,7 +211,7 @@ export class Snapshotter {
         this.opts.log.warn({ image: imageRef, layer: digest }, 'layer not in the image manifest; containerd unpacks it');
         return false;
       }
-      ref = { image: imageRef, manifestDigest: resolved.manifestDigest, layer: layerDescriptor(desc) };
+      ref = { image: imageRef, manifestDigest: resolved.manifestDigest, layer: { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, annotations: desc.annotations } };
     } catch (err) {
       if (!isDedupError(err)) throw err;
       this.opts.log.info({ image: imageRef, layer: digest, err: err.message }, 'not mounted lazily; containerd unpacks it');
@@ -241,8 +237,9 @@ export class Snapshotter {
 
   /**
    * The manifest of the image whose `layer` a Prepare names, resolved once for all its layers. The
-   * Prepare that resolves it (the first of the image's layers) also has the layer server open the
-   * layers the labels list next, so that their Prepares find them ready.
+   * Prepare that resolves it (the first of the image's layers) also has the layer server read the
+   * footers and TOCs of this layer and of those the labels list next, at once and in parallel with
+   * the manifest, so that its mount and their Prepares find them read.
    */
   private async manifestFor(imageRef: string, layer: string, labels: Record<string, string>): Promise<ResolvedManifest> {
     const manifestDigest = labels[LABEL.criManifestDigest];
@@ -250,24 +247,21 @@ export class Snapshotter {
     const resolve = (): { promise: Promise<ResolvedManifest>; made: boolean } => this.manifests.get(key,
       () => new RegistryImage(this.opts.client, imageRef).resolveManifest(this.opts.platform, manifestDigest), manifestDigest ? undefined : MANIFESTS.byTagMs);
     let { promise, made } = resolve();
-    let resolved = await promise;
-    if (!made && !resolved.manifest.layers.some((l) => l.digest === layer)) {
-      // The tag moved since: resolve it again.
-      this.manifests.forget(key, promise);
-      ({ promise, made } = resolve());
-      resolved = await promise;
-    }
-    if (made) this.openAhead(imageRef, layer, resolved.manifest, labels);
-    return resolved;
+    if (made) this.openAhead(imageRef, layer, labels);
+    const resolved = await promise;
+    if (made || resolved.manifest.layers.some((l) => l.digest === layer)) return resolved;
+    // The tag moved since: resolve it again.
+    this.manifests.forget(key, promise);
+    ({ promise } = resolve());
+    return promise;
   }
 
-  /** Has the layer server open the image's layers that the labels list after `layer`; failures only cost their mounts a round trip. */
-  private openAhead(image: string, layer: string, manifest: ImageManifest, labels: Record<string, string>): void {
-    const listed = new Set((labels[LABEL.criImageLayers] ?? labels[LABEL.stargzLayers] ?? '').split(','));
-    const layers = manifest.layers.filter((l) => l.digest !== layer && listed.has(l.digest)).map(layerDescriptor);
-    if (!layers.length) return;
+  /** Has the layer server read the TOCs of `layer` and of the layers the labels list; a failure only costs their mounts a round trip. */
+  private openAhead(image: string, layer: string, labels: Record<string, string>): void {
+    const listed = (labels[LABEL.criImageLayers] ?? labels[LABEL.stargzLayers] ?? '').split(',').filter(Boolean);
+    const layers = [...new Set([layer, ...listed])];
     this.opts.layers.openAhead({ image, layers }).catch((err: Error) =>
-      this.opts.log.warn({ image, layers: layers.length, err: err.message }, 'cannot have the layer server open the next layers ahead'));
+      this.opts.log.warn({ image, layers: layers.length, err: err.message }, 'cannot have the layer server read the layers\' TOCs ahead'));
   }
 
   async mounts(key: string): Promise<Mount[]> {

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { dedupctlJson } from '../test/fixtures/cli.js';
 import { startContainerd, unmountUnder } from '../test/fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from '../test/fixtures/images.js';
-import type { TestProxy } from '../test/fixtures/proxy.js';
+import type { ProxyRequest, TestProxy } from '../test/fixtures/proxy.js';
 import { startRegistry } from '../test/fixtures/registry.js';
 import { startSnapshotter } from '../test/fixtures/snapshotter.js';
 import { dropCaches, overNetworks, type Network } from './network.js';
@@ -34,12 +34,31 @@ export interface PullRunNetworkResult {
   bandwidth: number | undefined;
   /** seconds: pull start to first output; pullSeconds: the pull command alone. */
   overlayfs: { seconds: Summary; pullSeconds: Summary; bytes: Summary };
-  /** pullRequests: registry requests until the pull command returned; ourPullRequests: those our daemons sent. */
-  dedup: { seconds: Summary; pullSeconds: Summary; bytes: Summary; pullRequests: Summary; ourPullRequests: Summary; pullBytes: Summary };
+  /**
+   * pullRequests: registry requests until the pull command returned; ourPullRequests: those our
+   * daemons sent; pullRoundTrips: how many of them the pull waited for one after another.
+   */
+  dedup: { seconds: Summary; pullSeconds: Summary; bytes: Summary; pullRequests: Summary; ourPullRequests: Summary; pullRoundTrips: Summary; pullBytes: Summary };
   /** overlayfs time / ours: above 1 means we start sooner. */
   speedup: number;
   /** overlayfs bytes / ours. */
   bytesRatio: number;
+}
+
+/**
+ * The round trips a client waited for, from the proxy's log: the longest chain of requests in
+ * which each was sent after the one before it had been answered. Requests in flight together
+ * count once.
+ */
+export function roundTripsInSequence(log: ProxyRequest[]): number {
+  const sorted = [...log].sort((a, b) => a.arrived - b.arrived);
+  const depth: number[] = [];
+  sorted.forEach((r, i) => {
+    let before = 0;
+    for (let j = 0; j < i; j++) if ((sorted[j]!.ended ?? Infinity) <= r.arrived) before = Math.max(before, depth[j]!);
+    depth.push(before + 1);
+  });
+  return Math.max(0, ...depth);
 }
 
 /** Runs `ctr run` and resolves when its first output byte arrives (then waits for it to end). */
@@ -81,7 +100,7 @@ export async function pullRunScenario(tmp: string, reps: number, nets: Network[]
 
 async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, net: Network, reps: number, log: (s: string) => void): Promise<PullRunNetworkResult> {
   const o = { seconds: [] as number[], pullSeconds: [] as number[], bytes: [] as number[] };
-  const d = { seconds: [] as number[], pullSeconds: [] as number[], bytes: [] as number[], pullRequests: [] as number[], ourPullRequests: [] as number[], pullBytes: [] as number[] };
+  const d = { seconds: [] as number[], pullSeconds: [] as number[], bytes: [] as number[], pullRequests: [] as number[], ourPullRequests: [] as number[], pullRoundTrips: [] as number[], pullBytes: [] as number[] };
   for (let i = 0; i < reps; i++) {
     for (const mode of ['overlayfs', 'dedup'] as const) {
       const dir = await mkdtemp(join(tmp, `${mode}-${i}-`));
@@ -98,18 +117,20 @@ async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, net: Netw
         const pulled = Number(process.hrtime.bigint() - started) / 1e9;
         const requests = proxy.stats.log.length;
         const ours = proxy.stats.log.filter((r) => r.userAgent.startsWith('dedup-snapshotter')).length;
+        const roundTrips = roundTripsInSequence(proxy.stats.log);
         const pullBytes = proxy.stats.blobBytes;
         const t = await firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-${i}`, '/bin/cat', '/etc/motd'], started);
         if (mode === 'dedup') {
           d.pullRequests.push(requests);
           d.ourPullRequests.push(ours);
+          d.pullRoundTrips.push(roundTrips);
           d.pullBytes.push(pullBytes);
         }
         const target = mode === 'dedup' ? d : o;
         target.seconds.push(t);
         target.pullSeconds.push(pulled);
         target.bytes.push(proxy.stats.blobBytes);
-        log(`  repetition ${i + 1} ${mode}: pulled after ${pulled.toFixed(3)} s (${requests} registry requests${mode === 'dedup' ? `, ${ours} ours` : ''}), `
+        log(`  repetition ${i + 1} ${mode}: pulled after ${pulled.toFixed(3)} s (${requests} registry requests${mode === 'dedup' ? `, ${ours} ours` : ''}, ${roundTrips} in sequence), `
           + `first output after ${t.toFixed(2)} s, ${(proxy.stats.blobBytes / MiB).toFixed(1)} MiB fetched`);
       } finally {
         await ctd.stop();
@@ -126,7 +147,7 @@ async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, net: Netw
   return {
     label: net.label, latencyMs: net.proxy.latencyMs ?? 0, bandwidth: net.proxy.bandwidth,
     overlayfs: { seconds: os, pullSeconds: summarize(o.pullSeconds), bytes: ob },
-    dedup: { seconds: ds, pullSeconds: summarize(d.pullSeconds), bytes: db, pullRequests: summarize(d.pullRequests), ourPullRequests: summarize(d.ourPullRequests), pullBytes: summarize(d.pullBytes) },
+    dedup: { seconds: ds, pullSeconds: summarize(d.pullSeconds), bytes: db, pullRequests: summarize(d.pullRequests), ourPullRequests: summarize(d.ourPullRequests), pullRoundTrips: summarize(d.pullRoundTrips), pullBytes: summarize(d.pullBytes) },
     speedup: os.median / ds.median, bytesRatio: ob.median / Math.max(1, db.median),
   };
 }

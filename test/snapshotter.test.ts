@@ -43,11 +43,16 @@ describe('containerd proxy snapshotter', () => {
     return r.stdout;
   };
 
-  /** Pushes a three-layer image (busybox at the bottom, a file of its own in each) as eStargz; returns its layers' digests. */
+  /**
+   * Pushes a three-layer image (busybox at the bottom, a file of its own in each; the middle one
+   * with so many files that its TOC does not fit in one tail read) as eStargz; returns its layers'
+   * digests.
+   */
   const threeLayers = async (name: string): Promise<string[]> => {
-    const layer = (i: number): FileSpec[] => [{ name: `l${i}/`, type: 'directory' }, { name: `l${i}/data`, type: 'file', content: Buffer.from(`${name} layer ${i}\n`) },
-      { name: `l${i}/noise`, type: 'file', content: randomBytes(200_000) }];
-    const tars = [await tarOf([...(await busyboxEntries()), ...layer(0)]), await tarOf(layer(1)), await tarOf(layer(2))];
+    const layer = (i: number, many = 0): FileSpec[] => [{ name: `l${i}/`, type: 'directory' }, { name: `l${i}/data`, type: 'file', content: Buffer.from(`${name} layer ${i}\n`) },
+      { name: `l${i}/noise`, type: 'file', content: randomBytes(200_000) },
+      ...Array.from({ length: many }, (_, k): FileSpec => ({ name: `l${i}/f${k}`, type: 'file', content: randomBytes(16) }))];
+    const tars = [await tarOf([...(await busyboxEntries()), ...layer(0)]), await tarOf(layer(1, 3000)), await tarOf(layer(2))];
     await writeOciImage(join(tmp, name), name, tars.map((tar) => ({ tar, compression: 'gzip' as const })));
     await pushOci(join(tmp, name), name, `${registry!.host}/src/${name}:1`);
     const conv = await dedupctlJson<{ layers: { digest: string }[] }>(['convert', '--plain-http', `${registry!.host}/src/${name}:1`, `${registry!.host}/lazy/${name}:1`]);
@@ -243,19 +248,24 @@ describe('containerd proxy snapshotter', () => {
     assert.equal(await runIn('dedup', lazyRef, 'cat /etc/hostname'), 'rich-upper\n');
   });
 
-  it('resolves the image once and reads every layer\'s footer and TOC in one range each, all in one round trip at the first Prepare', async () => {
+  it('resolves the image once and reads every layer\'s footer and TOC by its end, all in one round trip at the first Prepare', async () => {
     const digests = await threeLayers('three');
     const ours = await rpull('three');
     const what = ours.map((r) => `${r.method} ${r.path} ${r.range ?? ''}`).join('\n');
     const manifests = ours.filter((r) => r.path.includes('/manifests/'));
     assert.equal(manifests.length, 1, `one manifest request (no config, none again per layer):\n${what}`);
-    const reads = ours.filter((r) => r.path.includes('/blobs/') && r.range !== undefined);
-    assert.deepEqual(reads.map((r) => r.path.split('/blobs/')[1]).sort(), [...digests].sort(), `one range per layer (footer and TOC together):\n${what}`);
-    // In flight together, the manifest too: every request arrived before any was answered.
-    const together = [...manifests, ...reads];
+    const reads = (digest: string): ProxyRequest[] => ours.filter((r) => r.path.endsWith(`/blobs/${digest}`) && r.range !== undefined);
+    const tails = digests.map((d) => reads(d)[0]!);
+    for (const [i, d] of digests.entries()) {
+      assert.equal(reads(d)[0]?.range, 'bytes=-65536', `layer ${i} read first by its end:\n${what}`);
+      // The middle layer's TOC does not fit in the tail: the rest of it in one more range.
+      assert.equal(reads(d).length, i === 1 ? 2 : 1, `layer ${i}'s footer and TOC:\n${what}`);
+    }
+    // In flight together, the manifest too: every one arrived before any was answered.
+    const together = [...manifests, ...tails];
     assert.ok(Math.max(...together.map((r) => r.arrived)) < Math.min(...together.map((r) => r.ended ?? Infinity)), `not all in one round trip:\n${what}`);
     assert.deepEqual(await lazilyMounted(digests), digests);
-    assert.equal(await runIn('dedup', `${proxy!.host}/lazy/three:1`, 'cat /l0/data /l1/data /l2/data'), 'three layer 0\nthree layer 1\nthree layer 2\n');
+    assert.equal(await runIn('dedup', `${proxy!.host}/lazy/three:1`, 'cat /l0/data /l1/data /l2/data; wc -c < /l1/f2999'), 'three layer 0\nthree layer 1\nthree layer 2\n16\n');
   });
 
   it('a layer whose early read failed is read by its own mount; the other layers are not held up', async () => {

@@ -268,6 +268,16 @@ describe('containerd proxy snapshotter', () => {
     assert.equal(await runIn('dedup', `${proxy!.host}/lazy/three:1`, 'cat /l0/data /l1/data /l2/data; wc -c < /l1/f2999'), 'three layer 0\nthree layer 1\nthree layer 2\n16\n');
   });
 
+  it('an rpull of a plain gzip image reads ahead in vain: containerd unpacks every layer', async () => {
+    const ref = `${proxy!.host}/src/three:1`; // pushed by the test before, never pulled
+    const pull = await ctd!.rpull(ref);
+    assert.equal(pull.code, 0, pull.stderr);
+    const unpacked = (await readFile(snap!.log, 'utf8')).split('\n').filter((l) => l.includes(`"image":"${ref}"`) && l.includes('"msg":"not mounted lazily; containerd unpacks it"'));
+    assert.equal(unpacked.length, 3, unpacked.join('\n'));
+    assert.doesNotMatch(await readFile(snap!.fusedLog, 'utf8'), /src\/three:1.*reading a layer's TOC ahead failed/);
+    assert.equal(await runIn('dedup', ref, 'cat /l0/data /l1/data /l2/data'), 'three layer 0\nthree layer 1\nthree layer 2\n');
+  });
+
   it('a layer whose early read failed is read by its own mount; the other layers are not held up', async () => {
     const digests = await threeLayers('flaky');
     const top = digests[2]!;

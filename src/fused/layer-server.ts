@@ -110,7 +110,9 @@ export class LayerServer {
       const { promise, made } = this.readAhead.get(readAheadKey(request.image, digest), () => RemoteLayer.readToc(new RegistryImage(this.ctx.client, request.image), digest));
       if (!made) continue;
       started++;
-      promise.catch((err: Error) => this.ctx.log?.info({ image: request.image, layer: digest, err: err.message }, 'reading a layer\'s TOC ahead failed; its mount tries again'));
+      // A layer that is not eStargz is no news: its mount finds that out too and says so.
+      promise.catch((err: Error) => err instanceof MalformedEstargzError
+        || this.ctx.log?.info({ image: request.image, layer: digest, err: err.message }, 'reading a layer\'s TOC ahead failed; its mount tries again'));
     }
     return started;
   }

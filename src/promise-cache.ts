@@ -33,8 +33,4 @@ export class PromiseCache<T extends object> {
   forget(key: string, promise: Promise<T>): void {
     if (this.entries.peek(key) === promise) this.entries.delete(key);
   }
-
-  get size(): number {
-    return this.entries.size;
-  }
 }

@@ -2,7 +2,9 @@
 // the registry served, for (a) `ctr image pull` + `ctr run` with containerd's overlayfs
 // snapshotter and (b) `ctr-remote image rpull` + `ctr run` with ours; fresh containerd and
 // snapshotter state and a dropped page cache for every repetition, registry behind a byte-counting
-// proxy, over each network (loopback, and latency + bandwidth cap).
+// proxy, over each network (loopback, and latency + bandwidth cap). The pull phase alone is timed
+// too, with the registry requests it made (ours and containerd's): over a network its cost is
+// round trips.
 
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -11,7 +13,7 @@ import { join } from 'node:path';
 import { dedupctlJson } from '../test/fixtures/cli.js';
 import { startContainerd, unmountUnder } from '../test/fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from '../test/fixtures/images.js';
-import type { TestProxy } from '../test/fixtures/proxy.js';
+import type { ProxyRequest, TestProxy } from '../test/fixtures/proxy.js';
 import { startRegistry } from '../test/fixtures/registry.js';
 import { startSnapshotter } from '../test/fixtures/snapshotter.js';
 import { dropCaches, overNetworks, type Network } from './network.js';
@@ -21,17 +23,42 @@ const MiB = 1024 * 1024;
 
 export interface PullRunResult {
   imageBytes: number;
+  layers: number;
   networks: Partial<Record<Network['name'], PullRunNetworkResult>>;
 }
 
 export interface PullRunNetworkResult {
   label: string;
-  overlayfs: { seconds: Summary; bytes: Summary };
-  dedup: { seconds: Summary; bytes: Summary };
+  /** The proxy's per-request latency (ms) and bandwidth cap (bytes/s), if any. */
+  latencyMs: number;
+  bandwidth: number | undefined;
+  /** seconds: pull start to first output; pullSeconds: the pull command alone. */
+  overlayfs: { seconds: Summary; pullSeconds: Summary; bytes: Summary };
+  /**
+   * pullRequests: registry requests until the pull command returned; ourPullRequests: those our
+   * daemons sent; pullRoundTrips: how many of them the pull waited for one after another.
+   */
+  dedup: { seconds: Summary; pullSeconds: Summary; bytes: Summary; pullRequests: Summary; ourPullRequests: Summary; pullRoundTrips: Summary; pullBytes: Summary };
   /** overlayfs time / ours: above 1 means we start sooner. */
   speedup: number;
   /** overlayfs bytes / ours. */
   bytesRatio: number;
+}
+
+/**
+ * The round trips a client waited for, from the proxy's log: the longest chain of requests in
+ * which each was sent after the one before it had been answered. Requests in flight together
+ * count once.
+ */
+export function roundTripsInSequence(log: ProxyRequest[]): number {
+  const sorted = [...log].sort((a, b) => a.arrived - b.arrived);
+  const depth: number[] = [];
+  sorted.forEach((r, i) => {
+    let before = 0;
+    for (let j = 0; j < i; j++) if ((sorted[j]!.ended ?? Infinity) <= r.arrived) before = Math.max(before, depth[j]!);
+    depth.push(before + 1);
+  });
+  return Math.max(0, ...depth);
 }
 
 /** Runs `ctr run` and resolves when its first output byte arrives (then waits for it to end). */
@@ -50,27 +77,30 @@ export function firstOutput(socket: string, args: string[], started: bigint): Pr
 }
 
 export async function pullRunScenario(tmp: string, reps: number, nets: Network[], log: (s: string) => void): Promise<PullRunResult> {
-  const tar = await tarOf([...(await busyboxEntries()), { name: 'etc/', type: 'directory' }, { name: 'etc/motd', type: 'file', content: Buffer.from('ready\n') },
-    { name: 'opt/', type: 'directory' }, { name: 'opt/model.bin', type: 'file', content: randomBytes(160 * MiB) }]);
-  await writeOciImage(join(tmp, 'src'), 'src', [{ tar, compression: 'gzip' }]);
+  // Two layers, as most images have at least: a base (busybox) and the application's (a large
+  // model file it does not read at start-up, and the small file it prints).
+  const base = await tarOf(await busyboxEntries());
+  const app = await tarOf([{ name: 'etc/', type: 'directory' }, { name: 'etc/motd', type: 'file', content: Buffer.from('ready\n') },
+    { name: 'opt/', type: 'directory' }, { name: 'opt/model.bin', type: 'file', content: randomBytes(200 * MiB) }]);
+  await writeOciImage(join(tmp, 'src'), 'src', [{ tar: base, compression: 'gzip' }, { tar: app, compression: 'gzip' }]);
   const registry = await startRegistry(tmp);
   try {
     await pushOci(join(tmp, 'src'), 'src', `${registry.host}/bench/app:src`);
     const conv = await dedupctlJson<{ layers: { size: number }[] }>(['convert', '--plain-http', `${registry.host}/bench/app:src`, `${registry.host}/bench/app:esgz`]);
     const imageBytes = conv.layers.reduce((n, l) => n + l.size, 0);
     const networks = await overNetworks(registry.host, nets, (net, proxy) => {
-      log(`pull-run (${net.label}): ${(imageBytes / MiB).toFixed(0)} MiB eStargz image, container prints a small file`);
-      return pullRunOver(tmp, proxy, `${proxy.host}/bench/app:esgz`, net.label, reps, log);
+      log(`pull-run (${net.label}): ${(imageBytes / MiB).toFixed(0)} MiB eStargz image of ${conv.layers.length} layers, container prints a small file`);
+      return pullRunOver(tmp, proxy, `${proxy.host}/bench/app:esgz`, net, reps, log);
     });
-    return { imageBytes, networks };
+    return { imageBytes, layers: conv.layers.length, networks };
   } finally {
     await registry.stop();
   }
 }
 
-async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, label: string, reps: number, log: (s: string) => void): Promise<PullRunNetworkResult> {
-  const o = { seconds: [] as number[], bytes: [] as number[] };
-  const d = { seconds: [] as number[], bytes: [] as number[] };
+async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, net: Network, reps: number, log: (s: string) => void): Promise<PullRunNetworkResult> {
+  const o = { seconds: [] as number[], pullSeconds: [] as number[], bytes: [] as number[] };
+  const d = { seconds: [] as number[], pullSeconds: [] as number[], bytes: [] as number[], pullRequests: [] as number[], ourPullRequests: [] as number[], pullRoundTrips: [] as number[], pullBytes: [] as number[] };
   for (let i = 0; i < reps; i++) {
     for (const mode of ['overlayfs', 'dedup'] as const) {
       const dir = await mkdtemp(join(tmp, `${mode}-${i}-`));
@@ -84,11 +114,24 @@ async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, label: st
           ? await ctd.rpull(ref, 300_000)
           : await ctd.ctr(['image', 'pull', '--plain-http', ref], 300_000);
         if (pull.code !== 0) throw new Error(`${mode} pull: ${pull.stderr}`);
+        const pulled = Number(process.hrtime.bigint() - started) / 1e9;
+        const requests = proxy.stats.log.length;
+        const ours = proxy.stats.log.filter((r) => r.userAgent.startsWith('dedup-snapshotter')).length;
+        const roundTrips = roundTripsInSequence(proxy.stats.log);
+        const pullBytes = proxy.stats.blobBytes;
         const t = await firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-${i}`, '/bin/cat', '/etc/motd'], started);
+        if (mode === 'dedup') {
+          d.pullRequests.push(requests);
+          d.ourPullRequests.push(ours);
+          d.pullRoundTrips.push(roundTrips);
+          d.pullBytes.push(pullBytes);
+        }
         const target = mode === 'dedup' ? d : o;
         target.seconds.push(t);
+        target.pullSeconds.push(pulled);
         target.bytes.push(proxy.stats.blobBytes);
-        log(`  repetition ${i + 1} ${mode}: first output after ${t.toFixed(2)} s, ${(proxy.stats.blobBytes / MiB).toFixed(1)} MiB fetched`);
+        log(`  repetition ${i + 1} ${mode}: pulled after ${pulled.toFixed(3)} s (${requests} registry requests${mode === 'dedup' ? `, ${ours} ours` : ''}, ${roundTrips} in sequence), `
+          + `first output after ${t.toFixed(2)} s, ${(proxy.stats.blobBytes / MiB).toFixed(1)} MiB fetched`);
       } finally {
         await ctd.stop();
         await snap?.stop();
@@ -101,5 +144,10 @@ async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, label: st
   const ds = summarize(d.seconds);
   const ob = summarize(o.bytes);
   const db = summarize(d.bytes);
-  return { label, overlayfs: { seconds: os, bytes: ob }, dedup: { seconds: ds, bytes: db }, speedup: os.median / ds.median, bytesRatio: ob.median / Math.max(1, db.median) };
+  return {
+    label: net.label, latencyMs: net.proxy.latencyMs ?? 0, bandwidth: net.proxy.bandwidth,
+    overlayfs: { seconds: os, pullSeconds: summarize(o.pullSeconds), bytes: ob },
+    dedup: { seconds: ds, pullSeconds: summarize(d.pullSeconds), bytes: db, pullRequests: summarize(d.pullRequests), ourPullRequests: summarize(d.ourPullRequests), pullRoundTrips: summarize(d.pullRoundTrips), pullBytes: summarize(d.pullBytes) },
+    speedup: os.median / ds.median, bytesRatio: ob.median / Math.max(1, db.median),
+  };
 }

@@ -59,7 +59,7 @@ describe('registry client', () => {
     });
   });
 
-  it('pushes blobs monolithically, in chunks and by cross-repository mount; reads them whole and by range', async () => {
+  it('pushes blobs monolithically, in chunks and by cross-repository mount; reads them whole, by range and by their end', async () => {
     const c = client();
     const ref = parseReference(`${registry!.host}/blobs/one:latest`);
     const small = randomBytes(1000);
@@ -69,6 +69,13 @@ describe('registry client', () => {
     assert.equal(await c.pushBlob(ref, sha256(large), large.length, (s, e) => large.subarray(s, e)), 'exists');
     assert.ok((await c.getBlob(ref, sha256(large))).equals(large));
     assert.ok((await c.getBlobRange(ref, sha256(large), 1000, 2_000_000)).equals(large.subarray(1000, 2_000_000)));
+    // By the end alone, the size unknown: it comes with the bytes; a blob shorter than asked comes whole.
+    const tail = await c.getBlobTail(ref, sha256(large), 65536);
+    assert.equal(tail.size, large.length);
+    assert.ok(tail.bytes.equals(large.subarray(large.length - 65536)));
+    const whole = await c.getBlobTail(ref, sha256(small), 65536);
+    assert.equal(whole.size, small.length);
+    assert.ok(whole.bytes.equals(small));
     const other = parseReference(`${registry!.host}/blobs/two:latest`);
     assert.equal(await c.pushBlob(other, sha256(large), large.length, () => Buffer.alloc(0), { mountFrom: 'blobs/one' }), 'mounted');
     assert.equal(await c.headBlob(other, sha256(large)), large.length);
@@ -124,6 +131,11 @@ describe('registry client', () => {
     for (let i = 0; i < 5; i++) assert.ok((await c.getBlobRange(ref, sha256(blob), i, i + 10)).equals(blob.subarray(i, i + 10)));
     assert.ok(p.stats.tokenRequests <= 3, `tokens are cached (${p.stats.tokenRequests} token requests)`);
     assert.ok(p.stats.scopes.includes('repository:blobs/one:pull,push'));
+    // Requests sent together meet the challenge together, and share one token.
+    const parallel = client({ credentials: (h) => creds.get(h) });
+    p.reset();
+    await Promise.all(Array.from({ length: 6 }, (_, i) => parallel.getBlobRange(ref, sha256(blob), i, i + 10)));
+    assert.equal(p.stats.tokenRequests, 1, `${p.stats.tokenRequests} token requests for 6 parallel reads`);
     const anonymous = client();
     await assert.rejects(anonymous.getBlob(ref, sha256(blob)), (err: unknown) => err instanceof RegistryAuthError && /refused scope "repository:blobs\/one:pull"/.test(err.message));
     const wrong = client({ credentials: () => ({ username: 'alice', password: 'nope' }) });

@@ -1,7 +1,10 @@
 // The snapshotter as containerd uses it: a real containerd with proxy_plugins.dedup, ctr and
-// ctr-remote, runc containers, against a registry behind a byte-counting proxy.
+// ctr-remote, runc containers, against a registry behind a byte-counting proxy. The lazy pull's
+// round trips are counted there too: an image is resolved once, and every layer's footer and TOC
+// is read at the first layer's Prepare, all in parallel.
 
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,15 +12,18 @@ import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
-import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { busyboxEntries, pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { waitFor } from './fixtures/process.js';
-import { startProxy, type TestProxy } from './fixtures/proxy.js';
+import { startProxy, type ProxyRequest, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { snapshotsClient } from './fixtures/snapshots-client.js';
 import { isAlive } from '../src/mount/mount-records.js';
+import { DEFAULT_RETRY } from '../src/registry/retry.js';
 import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
 
 const MiB = 1024 * 1024;
+/** Long enough that requests sent together are in flight together, however loaded the machine. */
+const LATENCY_MS = 250;
 const LISTING = 'cd / && find bin data del deep etc opq private tmp | sort | while read f; do stat -c "%n %a %u %g %s %F %h" "$f"; done; '
   + 'find data etc opq deep -type f | sort | xargs sha256sum';
 
@@ -35,6 +41,40 @@ describe('containerd proxy snapshotter', () => {
     const r = await ctd!.ctr(['run', '--rm', '--snapshotter', snapshotter, ref, `c${process.pid}-${n++}`, '/bin/sh', '-c', script], 180_000);
     assert.equal(r.code, 0, `ctr run (${snapshotter}): ${r.stderr}`);
     return r.stdout;
+  };
+
+  /**
+   * Pushes a three-layer image (busybox at the bottom, a file of its own in each; the middle one
+   * with so many files that its TOC does not fit in one tail read) as eStargz; returns its layers'
+   * digests.
+   */
+  const threeLayers = async (name: string): Promise<string[]> => {
+    const layer = (i: number, many = 0): FileSpec[] => [{ name: `l${i}/`, type: 'directory' }, { name: `l${i}/data`, type: 'file', content: Buffer.from(`${name} layer ${i}\n`) },
+      { name: `l${i}/noise`, type: 'file', content: randomBytes(200_000) },
+      ...Array.from({ length: many }, (_, k): FileSpec => ({ name: `l${i}/f${k}`, type: 'file', content: randomBytes(16) }))];
+    const tars = [await tarOf([...(await busyboxEntries()), ...layer(0)]), await tarOf(layer(1, 3000)), await tarOf(layer(2))];
+    await writeOciImage(join(tmp, name), name, tars.map((tar) => ({ tar, compression: 'gzip' as const })));
+    await pushOci(join(tmp, name), name, `${registry!.host}/src/${name}:1`);
+    const conv = await dedupctlJson<{ layers: { digest: string }[] }>(['convert', '--plain-http', `${registry!.host}/src/${name}:1`, `${registry!.host}/lazy/${name}:1`]);
+    return conv.layers.map((l) => l.digest);
+  };
+
+  /** rpull through the proxy with its latency on; returns the requests our daemons sent meanwhile. */
+  const rpull = async (name: string): Promise<ProxyRequest[]> => {
+    proxy!.reset();
+    proxy!.options.latencyMs = LATENCY_MS;
+    try {
+      const pull = await ctd!.rpull(`${proxy!.host}/lazy/${name}:1`);
+      assert.equal(pull.code, 0, pull.stderr);
+    } finally {
+      proxy!.options.latencyMs = undefined;
+    }
+    return proxy!.stats.log.filter((r) => r.userAgent.startsWith('dedup-snapshotter'));
+  };
+
+  const lazilyMounted = async (digests: string[]): Promise<string[]> => {
+    const log = await readFile(snap!.log, 'utf8');
+    return digests.filter((d) => log.includes(`"layer":"${d}","msg":"remote snapshot mounted lazily"`));
   };
 
   before(async () => {
@@ -206,5 +246,59 @@ describe('containerd proxy snapshotter', () => {
     snap!.fusedPid = Number(/"to":(\d+),"msg":"layer server changed/.exec(await readFile(snap!.log, 'utf8'))![1]);
     assert.notEqual(snap!.fusedPid, fused);
     assert.equal(await runIn('dedup', lazyRef, 'cat /etc/hostname'), 'rich-upper\n');
+  });
+
+  it('resolves the image once and reads every layer\'s footer and TOC by its end, all in one round trip at the first Prepare', async () => {
+    const digests = await threeLayers('three');
+    const ours = await rpull('three');
+    const what = ours.map((r) => `${r.method} ${r.path} ${r.range ?? ''}`).join('\n');
+    const manifests = ours.filter((r) => r.path.includes('/manifests/'));
+    assert.equal(manifests.length, 1, `one manifest request (no config, none again per layer):\n${what}`);
+    const reads = (digest: string): ProxyRequest[] => ours.filter((r) => r.path.endsWith(`/blobs/${digest}`) && r.range !== undefined);
+    const tails = digests.map((d) => reads(d)[0]!);
+    for (const [i, d] of digests.entries()) {
+      assert.equal(reads(d)[0]?.range, 'bytes=-65536', `layer ${i} read first by its end:\n${what}`);
+      // The middle layer's TOC does not fit in the tail: the rest of it in one more range.
+      assert.equal(reads(d).length, i === 1 ? 2 : 1, `layer ${i}'s footer and TOC:\n${what}`);
+    }
+    // In flight together, the manifest too: every one arrived before any was answered.
+    const together = [...manifests, ...tails];
+    assert.ok(Math.max(...together.map((r) => r.arrived)) < Math.min(...together.map((r) => r.ended ?? Infinity)), `not all in one round trip:\n${what}`);
+    assert.deepEqual(await lazilyMounted(digests), digests);
+    assert.equal(await runIn('dedup', `${proxy!.host}/lazy/three:1`, 'cat /l0/data /l1/data /l2/data; wc -c < /l1/f2999'), 'three layer 0\nthree layer 1\nthree layer 2\n16\n');
+  });
+
+  it('an rpull of a plain gzip image reads ahead in vain: containerd unpacks every layer', async () => {
+    const ref = `${proxy!.host}/src/three:1`; // pushed by the test before, never pulled
+    const pull = await ctd!.rpull(ref);
+    assert.equal(pull.code, 0, pull.stderr);
+    const unpacked = (await readFile(snap!.log, 'utf8')).split('\n').filter((l) => l.includes(`"image":"${ref}"`) && l.includes('"msg":"not mounted lazily; containerd unpacks it"'));
+    assert.equal(unpacked.length, 3, unpacked.join('\n'));
+    assert.doesNotMatch(await readFile(snap!.fusedLog, 'utf8'), /src\/three:1.*reading a layer's TOC ahead failed/);
+    assert.equal(await runIn('dedup', ref, 'cat /l0/data /l1/data /l2/data'), 'three layer 0\nthree layer 1\nthree layer 2\n');
+  });
+
+  it('a layer whose early read failed is read by its own mount; the other layers are not held up', async () => {
+    const digests = await threeLayers('flaky');
+    const top = digests[2]!;
+    // Every attempt of the first read of the top layer fails (the registry client's retries
+    // included); the reads after it get through.
+    let failed = 0;
+    proxy!.options.fault = (req) => {
+      if (!req.headers.range || !req.url?.endsWith(top) || failed > DEFAULT_RETRY.retries) return 'ok';
+      failed++;
+      return '500';
+    };
+    let ours: ProxyRequest[];
+    try {
+      ours = await rpull('flaky');
+    } finally {
+      proxy!.options.fault = undefined;
+    }
+    assert.ok(failed > DEFAULT_RETRY.retries, `the early read of ${top} did not fail (${failed} faults)`);
+    assert.equal(ours.filter((r) => r.path.endsWith(top) && r.range !== undefined).length, failed + 1);
+    assert.deepEqual(await lazilyMounted(digests), digests, 'every layer mounted lazily');
+    assert.match(await readFile(snap!.fusedLog, 'utf8'), new RegExp(`"layer":"${top}".*"msg":"reading a layer's TOC ahead failed; its mount tries again"`));
+    assert.equal(await runIn('dedup', `${proxy!.host}/lazy/flaky:1`, 'cat /l2/data'), 'flaky layer 2\n');
   });
 });

@@ -1,13 +1,16 @@
 // Opens an eStargz layer where it lies (registry or OCI layout) without downloading it: reads the
 // blob's tail for the footer (and, when it fits, the TOC in the same request; else the rest of the
 // TOC, not the tail again), checks the TOC digest against the layer's annotation, and lists the
-// layer's chunks. The tail's bytes before the TOC are kept: no byte is fetched twice.
+// layer's chunks. The tail's bytes before the TOC are kept: no byte is fetched twice. A registry
+// layer's TOC can also be read knowing only the blob's digest (its size comes with its tail), to
+// be checked against the layer's descriptor once that is known.
 
 import { MalformedEstargzError, TocDigestMismatchError } from '../errors.js';
 import { FOOTER_SIZE, parseFooter } from '../estargz/footer.js';
 import { readToc } from '../estargz/layer.js';
 import { TOC_DIGEST_ANNOTATION, type Toc, type TocChunk, type TocNode } from '../estargz/toc.js';
 import type { Descriptor } from '../image/oci.js';
+import type { RegistryImage } from '../image/registry-image.js';
 import type { ImageSource } from '../image/source.js';
 
 /** How much of a blob's end to read first: most TOCs fit, saving a round trip. */
@@ -26,6 +29,15 @@ export interface BlobBytes {
   bytes: Buffer;
 }
 
+/** A layer's TOC as read from its blob, not yet checked against a descriptor. */
+export interface LayerToc {
+  toc: Toc;
+  tocDigest: string;
+  blobSize: number;
+  /** The blob's bytes from where the tail read began to the TOC (RemoteLayer.tail). */
+  tail: BlobBytes;
+}
+
 export class RemoteLayer {
   /**
    * @param tail the blob's bytes from where the tail read began to the TOC: the last chunks'
@@ -34,26 +46,23 @@ export class RemoteLayer {
   private constructor(readonly source: ImageSource, readonly desc: Descriptor, readonly toc: Toc, readonly tocDigest: string, readonly tail: BlobBytes) {}
 
   static async open(source: ImageSource, desc: Descriptor): Promise<RemoteLayer> {
-    const where = `layer ${desc.digest}`;
-    if (desc.size < FOOTER_SIZE) throw new MalformedEstargzError(where, `blob is only ${desc.size} bytes`);
-    const tailStart = Math.max(0, desc.size - TAIL_READ);
-    const tail = await source.readBlobRange(desc, tailStart, desc.size);
-    const footer = parseFooter(tail, desc.size);
-    const tocEnd = desc.size - footer.size;
-    const tocMember = footer.tocOffset >= tailStart
-      ? tail.subarray(footer.tocOffset - tailStart, tocEnd - tailStart)
-      : Buffer.concat([await source.readBlobRange(desc, footer.tocOffset, tailStart), tail.subarray(0, tocEnd - tailStart)]);
-    let parsed;
-    try {
-      parsed = readToc(tocMember, footer.tocOffset);
-    } catch (err) {
-      if (err instanceof MalformedEstargzError) throw new MalformedEstargzError(where, err.message.replace(/^malformed eStargz /, ''));
-      throw err;
-    }
+    if (desc.size < FOOTER_SIZE) throw new MalformedEstargzError(`layer ${desc.digest}`, `blob is only ${desc.size} bytes`);
+    const tail = await source.readBlobRange(desc, Math.max(0, desc.size - TAIL_READ), desc.size);
+    return RemoteLayer.of(source, desc, await tocFromTail(desc.digest, desc.size, tail, (start, end) => source.readBlobRange(desc, start, end)));
+  }
+
+  /** The footer and TOC of a registry blob known by its digest alone: one suffix Range request when the TOC fits in it. */
+  static async readToc(image: RegistryImage, digest: string): Promise<LayerToc> {
+    const { bytes, size } = await image.readBlobTail(digest, TAIL_READ);
+    return tocFromTail(digest, size, bytes, (start, end) => image.readBlobRange({ mediaType: '', digest, size }, start, end));
+  }
+
+  /** The layer `desc` describes, with a TOC read from its blob: the blob's size must match, and the TOC digest the annotation's. */
+  static of(source: ImageSource, desc: Descriptor, read: LayerToc): RemoteLayer {
+    if (read.blobSize !== desc.size) throw new MalformedEstargzError(`layer ${desc.digest}`, `blob is ${read.blobSize} bytes, its descriptor says ${desc.size}`);
     const expected = desc.annotations?.[TOC_DIGEST_ANNOTATION];
-    if (expected && expected !== parsed.digest) throw new TocDigestMismatchError(desc.digest, expected, parsed.digest);
-    const before = Math.min(footer.tocOffset, tailStart);
-    return new RemoteLayer(source, desc, parsed.toc, parsed.digest, { start: before, bytes: tail.subarray(0, footer.tocOffset - before) });
+    if (expected && expected !== read.tocDigest) throw new TocDigestMismatchError(desc.digest, expected, read.tocDigest);
+    return new RemoteLayer(source, desc, read.toc, read.tocDigest, read.tail);
   }
 
   /** Every chunk of every regular file, in blob order; hard links are listed once. */
@@ -72,4 +81,28 @@ export class RemoteLayer {
     }
     return out.sort((a, b) => a.offset - b.offset);
   }
+}
+
+/**
+ * Parses the footer in `tail` (the blob's last bytes) and the TOC it points at, reading only what
+ * of the TOC the tail lacks; keeps the tail's bytes before the TOC.
+ */
+async function tocFromTail(digest: string, size: number, tail: Buffer, readRange: (start: number, end: number) => Promise<Buffer>): Promise<LayerToc> {
+  const where = `layer ${digest}`;
+  if (size < FOOTER_SIZE) throw new MalformedEstargzError(where, `blob is only ${size} bytes`);
+  const tailStart = size - tail.length;
+  const footer = parseFooter(tail, size);
+  const tocEnd = size - footer.size;
+  const tocMember = footer.tocOffset >= tailStart
+    ? tail.subarray(footer.tocOffset - tailStart, tocEnd - tailStart)
+    : Buffer.concat([await readRange(footer.tocOffset, tailStart), tail.subarray(0, tocEnd - tailStart)]);
+  let parsed;
+  try {
+    parsed = readToc(tocMember, footer.tocOffset);
+  } catch (err) {
+    if (err instanceof MalformedEstargzError) throw new MalformedEstargzError(where, err.message.replace(/^malformed eStargz /, ''));
+    throw err;
+  }
+  const before = Math.min(footer.tocOffset, tailStart);
+  return { toc: parsed.toc, tocDigest: parsed.digest, blobSize: size, tail: { start: before, bytes: tail.subarray(0, footer.tocOffset - before) } };
 }

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UnixJsonClient } from '../api/unix-socket.js';
 import { DedupError, FusedError, MountError } from '../errors.js';
-import type { MountInfo, MountRequest } from './layer-server.js';
+import type { MountInfo, MountRequest, OpenAheadRequest } from './layer-server.js';
 
 export const FUSED_BIN = fileURLToPath(new URL('../cmd/dedup-fused.js', import.meta.url));
 /** How long a call waits for a layer server that is being replaced (its socket briefly absent). */
@@ -53,6 +53,11 @@ export class FusedClient {
   /** True when it mounted; false when the layer was already served there. */
   async mount(request: MountRequest): Promise<boolean> {
     return (await this.call<{ mounted: boolean }>('POST', '/mounts', request)).mounted;
+  }
+
+  /** Has the layer server read these layers' footers and TOCs now, for mounts to come; answers at once. */
+  async openAhead(request: OpenAheadRequest): Promise<number> {
+    return (await this.call<{ opening: number }>('POST', '/tocs', request)).opening;
   }
 
   async unmount(mountpoint: string): Promise<void> {

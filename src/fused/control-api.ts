@@ -3,6 +3,7 @@
 //   GET    /mounts                  -> {mounts: [...]}
 //   POST   /mounts   MountRequest   -> 201 {mounted: true}, or 200 {mounted: false} when already served there
 //   DELETE /mounts   {mountpoint}   -> {unmounted: mountpoint}
+//   POST   /tocs     {image, layers: [digest]} -> 202 {opening: n}: reads those layers' footers and TOCs ahead of their mounts
 //   GET    /metrics                 -> Prometheus text (fetches, store, mounts)
 //   POST   /reload                  -> re-reads the config file (prefetch settings, log level)
 //   POST   /upgrade                 -> {pid}: a new process serves every mount; this one leaves
@@ -13,7 +14,7 @@ import { z } from 'zod';
 import { readValid, route, send, sendError, type Reply, type Routes } from '../api/http.js';
 import { closeUnix, listenUnix } from '../api/unix-socket.js';
 import { VERSION } from '../version.js';
-import { mountRequestSchema, type LayerServer } from './layer-server.js';
+import { mountRequestSchema, openAheadRequestSchema, type LayerServer } from './layer-server.js';
 
 const MAX_BODY = 64 * 1024;
 const unmountSchema = z.object({ mountpoint: z.string().startsWith('/') }).strict();
@@ -43,6 +44,9 @@ export class ControlApi {
           await layers.unmount(mountpoint);
           return { body: { unmounted: mountpoint } };
         },
+      },
+      '/tocs': {
+        POST: async (req) => ({ status: 202, body: { opening: layers.openAhead(await readValid(req, openAheadRequestSchema, MAX_BODY)) } }),
       },
       '/metrics': { GET: async () => ({ body: await actions.metrics(), type: 'text/plain; version=0.0.4; charset=utf-8' }) },
       '/reload': { POST: async () => ({ body: await actions.reload() }) },

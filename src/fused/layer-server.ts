@@ -5,16 +5,19 @@
 // which is how a restarted snapshotter re-attaches. A mount removed behind its back (umount -l by
 // an operator or a clean-up script) is dropped from the table as soon as the kernel ends its
 // connection or the mount table no longer lists it, so the snapshotter mounts it again and a
-// server with nothing left to serve can stop.
+// server with nothing left to serve can stop. Layers' footers and TOCs can be read ahead of
+// their mounts, by digest alone (all of an image's at once, while the snapshotter resolves the
+// manifest at the first layer's Prepare), so that no mount waits for a round trip of its own.
 
 import { z } from 'zod';
-import { AlreadyExistsError, NotFoundError, UnavailableError } from '../errors.js';
-import { RemoteLayer } from '../fetch/remote-layer.js';
+import { AlreadyExistsError, MalformedEstargzError, NotFoundError, UnavailableError } from '../errors.js';
+import { RemoteLayer, type LayerToc } from '../fetch/remote-layer.js';
 import { FUSE_FSTYPE, type FuseConnection } from '../fs/fuse-session.js';
-import { descriptorSchema } from '../image/oci.js';
+import { descriptorSchema, digestSchema } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
 import { mountTable, unmountFuse } from '../mount/system-mounts.js';
+import { PromiseCache } from '../promise-cache.js';
 import type { RegistryClient } from '../registry/client.js';
 
 export const mountRequestSchema = z.object({
@@ -27,6 +30,22 @@ export const mountRequestSchema = z.object({
 }).strict();
 
 export type MountRequest = z.infer<typeof mountRequestSchema>;
+
+/** Layers of an image that mounts will ask for soon, by digest: an image has at most 127 layers. */
+export const openAheadRequestSchema = z.object({
+  image: z.string().min(1),
+  layers: z.array(digestSchema).max(128),
+}).strict();
+
+export type OpenAheadRequest = z.infer<typeof openAheadRequestSchema>;
+
+/** TOCs read ahead and not mounted yet: an abandoned pull's are dropped after this long. */
+const READ_AHEAD = { max: 128, ttlMs: 5 * 60_000 };
+
+/** The blob a mount's TOC read ahead came from. */
+function readAheadKey(image: string, digest: string): string {
+  return `${image} ${digest}`;
+}
 
 export interface MountInfo extends MountRequest {
   mountedAt: string;
@@ -66,6 +85,8 @@ export class LayerServer {
   private readonly served = new Map<string, Served>();
   /** Mounts being set up, so two requests for one mountpoint do not both mount. */
   private readonly pending = new Map<string, Promise<boolean>>();
+  /** Footers and TOCs read ahead of their mounts (openAhead), each until a mount takes it. */
+  private readonly readAhead = new PromiseCache<LayerToc>(READ_AHEAD);
   /** Set while the mounts are being handed over: the set of mounts must not change meanwhile. */
   private frozen = false;
   /**
@@ -134,8 +155,35 @@ export class LayerServer {
     this.events.lost?.(s.request, reason);
   }
 
-  private open(request: MountRequest): Promise<RemoteLayer> {
-    return RemoteLayer.open(new RegistryImage(this.ctx.client, request.image), request.layer);
+  /**
+   * Starts reading the footers and TOCs of layers that mounts will ask for soon, all at once and
+   * knowing only their digests (the client's connections are reused by chunk reads later). Returns
+   * how many it started; a layer read or being read is not read again. A failure here fails
+   * nothing: the layer's mount reads it again.
+   */
+  openAhead(request: OpenAheadRequest): number {
+    let started = 0;
+    for (const digest of request.layers) {
+      const { promise, made } = this.readAhead.get(readAheadKey(request.image, digest), () => RemoteLayer.readToc(new RegistryImage(this.ctx.client, request.image), digest));
+      if (!made) continue;
+      started++;
+      // A layer that is not eStargz is no news: its mount finds that out too and says so.
+      promise.catch((err: Error) => err instanceof MalformedEstargzError
+        || this.ctx.log?.info({ image: request.image, layer: digest, err: err.message }, 'reading a layer\'s TOC ahead failed; its mount tries again'));
+    }
+    return started;
+  }
+
+  /**
+   * The layer with the TOC read ahead if there is one (checked against the descriptor now), else
+   * read now. A failed read ahead is tried again, unless it found the layer is not eStargz.
+   */
+  private async open(request: MountRequest): Promise<RemoteLayer> {
+    const image = new RegistryImage(this.ctx.client, request.image);
+    const ahead = await this.readAhead.take(readAheadKey(request.image, request.layer.digest))?.catch((err: unknown) => {
+      if (err instanceof MalformedEstargzError) throw err;
+    });
+    return ahead ? RemoteLayer.of(image, request.layer, ahead) : RemoteLayer.open(image, request.layer);
   }
 
   private withBackground(request: MountRequest): LayerMountContext {

@@ -37,7 +37,7 @@ export function layerCompression(mediaType: string, where: string): LayerCompres
   }
 }
 
-const digestSchema = z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must be sha256:<64 hex digits>');
+export const digestSchema = z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must be sha256:<64 hex digits>');
 
 export const descriptorSchema = z.object({
   mediaType: z.string().min(1),

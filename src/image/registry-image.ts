@@ -33,8 +33,20 @@ export class RegistryImage implements ImageSource, ImageTarget {
   }
 
   async resolve(platform: Platform): Promise<ResolvedImage> {
-    let m = await this.client.getManifest(this.ref, this.ref.digest ?? this.ref.tag!, MANIFEST_ACCEPT);
-    let what = `manifest of ${this.name}`;
+    const m = await this.resolveManifest(platform);
+    const configBytes = await this.client.getBlob(this.ref, m.manifest.config.digest);
+    const config = parseJson(configSchema, configBytes, `config of ${this.name}`);
+    return { ...m, configBytes, config };
+  }
+
+  /**
+   * The platform's manifest (through an index), without the config: all a lazy mount needs.
+   * `digest` (a manifest's, when the caller knows it) is fetched instead of the reference.
+   */
+  async resolveManifest(platform: Platform, digest?: string): Promise<Omit<ResolvedImage, 'configBytes' | 'config'>> {
+    const reference = digest ?? this.ref.digest ?? this.ref.tag!;
+    let m = await this.client.getManifest(this.ref, reference, MANIFEST_ACCEPT);
+    let what = digest ? `manifest ${digest} of ${this.name}` : `manifest of ${this.name}`;
     if (isIndexMediaType(m.mediaType) || (!m.mediaType && looksLikeIndex(m.bytes))) {
       const index = parseJson(indexSchema, m.bytes, `image index of ${this.name}`);
       const desc = selectPlatform(index, platform, `image index of ${this.name}`);
@@ -42,12 +54,7 @@ export class RegistryImage implements ImageSource, ImageTarget {
       what = `manifest ${desc.digest} of ${this.name}`;
     }
     const manifest = parseJson(manifestSchema, m.bytes, what);
-    const configBytes = await this.client.getBlob(this.ref, manifest.config.digest);
-    const config = parseJson(configSchema, configBytes, `config of ${this.name}`);
-    return {
-      name: this.name, manifestDigest: m.digest, manifestBytes: m.bytes, manifestMediaType: manifest.mediaType ?? m.mediaType,
-      manifest, configBytes, config,
-    };
+    return { name: this.name, manifestDigest: m.digest, manifestBytes: m.bytes, manifestMediaType: manifest.mediaType ?? m.mediaType, manifest };
   }
 
   blobStream(desc: Descriptor, range?: { start: number; end: number }): Readable {
@@ -56,6 +63,11 @@ export class RegistryImage implements ImageSource, ImageTarget {
 
   readBlobRange(desc: Descriptor, start: number, end: number): Promise<Buffer> {
     return this.client.getBlobRange(this.ref, desc.digest, start, end);
+  }
+
+  /** The last `length` bytes of a blob whose size is not known yet, and its size. */
+  readBlobTail(digest: string, length: number): Promise<{ bytes: Buffer; size: number }> {
+    return this.client.getBlobTail(this.ref, digest, length);
   }
 
   putBlob(desc: Descriptor, body: BlobBody, mountFrom?: RegistryLocation): Promise<'exists' | 'mounted' | 'uploaded'> {

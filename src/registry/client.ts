@@ -53,6 +53,8 @@ export class RegistryClient {
   private readonly tokens = new TokenCache();
   /** Hosts that asked for Basic auth: send it up front next time. */
   private readonly basicHosts = new Set<string>();
+  /** Token requests under way by host and scope: requests sent in parallel share one. */
+  private readonly authorizing = new Map<string, Promise<void>>();
   private readonly endpoints = new Map<string, Promise<RegistryEndpoint[]>>();
   private readonly retry: RetryPolicy;
   readonly stats: TransferStats = { requests: 0, retries: 0, bytesReceived: 0 };
@@ -105,6 +107,8 @@ export class RegistryClient {
     const target = new URL(url);
     let authorized = false;
     for (let attempt = 0; ; attempt++) {
+      // A token on its way for this scope: wait for it rather than meet the challenge too.
+      await this.authorizing.get(`${ref.host} ${spec.scope}`)?.catch(() => undefined);
       const headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'dedup-snapshotter/0.1', ...spec.headers };
       const auth = this.authorizationFor(ref.host, spec.scope);
       if (auth) headers.authorization = auth;
@@ -127,7 +131,7 @@ export class RegistryClient {
       if (res.statusCode === 401 && !authorized) {
         await res.body.dump();
         const challenge = res.headers['www-authenticate'];
-        await this.authorize(ref.host, Array.isArray(challenge) ? challenge[0] : challenge, spec.scope, url);
+        await this.authorizeShared(ref.host, Array.isArray(challenge) ? challenge[0] : challenge, spec.scope, url);
         authorized = true;
         attempt--; // answering a challenge is not a retry
         continue;
@@ -148,6 +152,17 @@ export class RegistryClient {
     const creds = this.opts.credentials?.(host);
     if (creds && this.basicHosts.has(host)) return basicAuth(creds);
     return undefined;
+  }
+
+  /** Answers a challenge, or joins the answer already under way for this host and scope. */
+  private authorizeShared(host: string, header: string | undefined, scope: string, url: string): Promise<void> {
+    const key = `${host} ${scope}`;
+    let pending = this.authorizing.get(key);
+    if (!pending) {
+      pending = this.authorize(host, header, scope, url).finally(() => this.authorizing.delete(key));
+      this.authorizing.set(key, pending);
+    }
+    return pending;
   }
 
   private async authorize(host: string, header: string | undefined, scope: string, url: string): Promise<void> {
@@ -306,9 +321,31 @@ export class RegistryClient {
   /** Bytes [start, end) of a blob with one Range request (retried whole on a broken body). */
   async getBlobRange(ref: ImageReference, digest: string, start: number, end: number): Promise<Buffer> {
     const what = `bytes ${start}-${end - 1} of blob ${digest} in ${ref.host}/${ref.repository}`;
+    const { bytes } = await this.blobRange(ref, digest, `bytes=${start}-${end - 1}`, what);
+    if (bytes.length !== end - start) throw new RegistryError(`${what}: got ${bytes.length} bytes`, 206);
+    return bytes;
+  }
+
+  /**
+   * The last `length` bytes of a blob (all of it when it is shorter) and the blob's size, from the
+   * answer's Content-Range: one suffix Range request, for when the size is not known yet.
+   */
+  async getBlobTail(ref: ImageReference, digest: string, length: number): Promise<{ bytes: Buffer; size: number }> {
+    const what = `last ${length} bytes of blob ${digest} in ${ref.host}/${ref.repository}`;
+    const { bytes, contentRange } = await this.blobRange(ref, digest, `bytes=-${length}`, what);
+    const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(contentRange ?? '');
+    const [first, last, size] = m ? [Number(m[1]), Number(m[2]), Number(m[3])] : [];
+    if (size === undefined || last! + 1 !== size || last! - first! + 1 !== bytes.length) {
+      throw new RegistryError(`${what}: Content-Range "${contentRange ?? ''}" does not give the blob's end and size for ${bytes.length} bytes`, 206);
+    }
+    return { bytes, size };
+  }
+
+  /** One Range GET of a blob, retried whole on a broken body: the bytes and the Content-Range answered. */
+  private async blobRange(ref: ImageReference, digest: string, range: string, what: string): Promise<{ bytes: Buffer; contentRange: string | undefined }> {
     for (let attempt = 0; ; attempt++) {
       const res = await this.send(ref, {
-        method: 'GET', path: `${ref.repository}/blobs/${digest}`, headers: { range: `bytes=${start}-${end - 1}` },
+        method: 'GET', path: `${ref.repository}/blobs/${digest}`, headers: { range },
         scope: RegistryClient.pull(ref), capability: 'pull',
       });
       if (res.statusCode !== 206) {
@@ -319,14 +356,12 @@ export class RegistryClient {
         return this.fail(res, what);
       }
       try {
-        const buf = Buffer.from(await res.body.arrayBuffer());
-        this.stats.bytesReceived += buf.length;
-        if (buf.length !== end - start) throw new RegistryError(`${what}: got ${buf.length} bytes`, 206);
-        return buf;
+        const bytes = Buffer.from(await res.body.arrayBuffer());
+        this.stats.bytesReceived += bytes.length;
+        const cr = res.headers['content-range'];
+        return { bytes, contentRange: Array.isArray(cr) ? cr[0] : cr };
       } catch (err) {
-        if (!isRetryableError(err) || attempt >= this.retry.retries) {
-          throw err instanceof RegistryError ? err : new RegistryError(`${what}: ${(err as Error).message}`, undefined, { cause: err });
-        }
+        if (!isRetryableError(err) || attempt >= this.retry.retries) throw new RegistryError(`${what}: ${(err as Error).message}`, undefined, { cause: err });
         this.stats.retries++;
         await sleep(retryDelay(this.retry, attempt + 1));
       }

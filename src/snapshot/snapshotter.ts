@@ -3,17 +3,21 @@
 // mounts with the parents' fs directories as lowerdirs otherwise. Remote snapshots: a Prepare
 // carrying the labels CRI, nerdctl or ctr-remote attach for an eStargz layer has the layer server
 // (dedup-fused, another process) mount that layer lazily at the snapshot's fs directory, commits
-// it under the target name and answers AlreadyExists, so containerd skips the download. The
-// mounts belong to the layer server: this process can stop, crash or restart without touching them.
+// it under the target name and answers AlreadyExists, so containerd skips the download. An image
+// is resolved once for all its layers, and its first layer's Prepare has the layer server read the
+// footers and TOCs of the layers the labels list, in parallel with the manifest and each other.
+// The mounts belong to the layer server: this process can stop, crash or restart without touching
+// them.
 
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AlreadyExistsError, FailedPreconditionError, FusedError, isDedupError } from '../errors.js';
-import type { MountInfo, MountRequest } from '../fused/layer-server.js';
-import { manifestSchema, MANIFEST_ACCEPT, parseJson, type Platform } from '../image/oci.js';
+import type { MountInfo, MountRequest, OpenAheadRequest } from '../fused/layer-server.js';
+import type { ImageManifest, Platform } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { unmountFuse } from '../mount/system-mounts.js';
+import { PromiseCache } from '../promise-cache.js';
 import type { RegistryClient } from '../registry/client.js';
 import { diskUsage } from './disk-usage.js';
 import { snapshotMatcher } from './filters.js';
@@ -25,8 +29,11 @@ export const LABEL = {
   criImageRef: 'containerd.io/snapshot/cri.image-ref',
   criLayerDigest: 'containerd.io/snapshot/cri.layer-digest',
   criManifestDigest: 'containerd.io/snapshot/cri.manifest-digest',
+  /** This layer's digest and those of the layers above it, comma-separated (what will be prepared next). */
+  criImageLayers: 'containerd.io/snapshot/cri.image-layers',
   stargzRef: 'containerd.io/snapshot/remote/stargz.reference',
   stargzDigest: 'containerd.io/snapshot/remote/stargz.digest',
+  stargzLayers: 'containerd.io/snapshot/remote/stargz.layers',
   /** Set on our remote snapshots, as stargz-snapshotter does. */
   remote: 'containerd.io/snapshot/remote',
   /** "true" on a Prepare: fetch the whole layer in the background once mounted (per image). */
@@ -44,6 +51,8 @@ export interface Mount {
 export interface LayerService {
   /** False when the layer was already served there. */
   mount(request: MountRequest): Promise<boolean>;
+  /** Starts reading the footers and TOCs of layers that mounts will ask for soon; answers at once. */
+  openAhead(request: OpenAheadRequest): Promise<number>;
   unmount(mountpoint: string): Promise<void>;
   list(): Promise<MountInfo[]>;
 }
@@ -69,12 +78,22 @@ export interface SnapshotterOptions {
 export type FullPullReason = 'not_estargz' | 'not_in_manifest' | 'registry' | 'mount_failed';
 export const FULL_PULL_REASONS: FullPullReason[] = ['not_estargz', 'not_in_manifest', 'registry', 'mount_failed'];
 
+/**
+ * How long a resolved manifest serves the Prepares of an image's layers: by digest it cannot
+ * change; a tag can move, so only for about one pull.
+ */
+const MANIFESTS = { max: 64, byDigestMs: 10 * 60_000, byTagMs: 30_000 };
+
+type ResolvedManifest = { manifestDigest: string; manifest: ImageManifest };
+
 export class Snapshotter {
   readonly metadata: SnapshotMetadata;
   /** Ids of remote snapshots, whose fs directory the layer server mounts. */
   private readonly remoteIds = new Set<number>();
   private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
   private repairs: Promise<void> = Promise.resolve();
+  /** Manifests by image reference (and manifest digest when the labels give it), in flight or resolved. */
+  private readonly manifests = new PromiseCache<ResolvedManifest>({ max: MANIFESTS.max, ttlMs: MANIFESTS.byDigestMs });
 
   constructor(private opts: SnapshotterOptions) {
     this.metadata = new SnapshotMetadata(join(opts.root, 'metadata.db'));
@@ -232,12 +251,7 @@ export class Snapshotter {
     if (!target || !imageRef || !digest) return false;
     let ref: RemoteLayerRef;
     try {
-      const image = new RegistryImage(this.opts.client, imageRef);
-      const manifestDigest = labels[LABEL.criManifestDigest];
-      const resolved = manifestDigest
-        ? await this.opts.client.getManifest(image.ref, manifestDigest, MANIFEST_ACCEPT)
-          .then((m) => ({ manifestDigest: m.digest, manifest: parseJson(manifestSchema, m.bytes, `manifest ${manifestDigest} of ${imageRef}`) }))
-        : await image.resolve(this.opts.platform);
+      const resolved = await this.manifestFor(imageRef, digest, labels);
       const desc = resolved.manifest.layers.find((l) => l.digest === digest);
       if (!desc) return this.fullPull('not_in_manifest', imageRef, digest, 'layer not in the image manifest');
       ref = { image: imageRef, manifestDigest: resolved.manifestDigest, layer: { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, annotations: desc.annotations } };
@@ -269,6 +283,35 @@ export class Snapshotter {
     this.opts.fullPull?.(reason);
     this.opts.audit?.('image.pull', image, { layer, lazy: false, reason, detail });
     return false;
+  }
+
+  /**
+   * The manifest of the image whose `layer` a Prepare names, resolved once for all its layers. The
+   * Prepare that resolves it (the first of the image's layers) also has the layer server read the
+   * footers and TOCs of this layer and of those the labels list next, at once and in parallel with
+   * the manifest, so that its mount and their Prepares find them read.
+   */
+  private async manifestFor(imageRef: string, layer: string, labels: Record<string, string>): Promise<ResolvedManifest> {
+    const manifestDigest = labels[LABEL.criManifestDigest];
+    const key = `${imageRef}@${manifestDigest ?? ''}`;
+    const resolve = (): { promise: Promise<ResolvedManifest>; made: boolean } => this.manifests.get(key,
+      () => new RegistryImage(this.opts.client, imageRef).resolveManifest(this.opts.platform, manifestDigest), manifestDigest ? undefined : MANIFESTS.byTagMs);
+    let { promise, made } = resolve();
+    if (made) this.openAhead(imageRef, layer, labels);
+    const resolved = await promise;
+    if (made || resolved.manifest.layers.some((l) => l.digest === layer)) return resolved;
+    // The tag moved since: resolve it again.
+    this.manifests.forget(key, promise);
+    ({ promise } = resolve());
+    return promise;
+  }
+
+  /** Has the layer server read the TOCs of `layer` and of the layers the labels list; a failure only costs their mounts a round trip. */
+  private openAhead(image: string, layer: string, labels: Record<string, string>): void {
+    const listed = (labels[LABEL.criImageLayers] ?? labels[LABEL.stargzLayers] ?? '').split(',').filter(Boolean);
+    const layers = [...new Set([layer, ...listed])];
+    this.opts.layers.openAhead({ image, layers }).catch((err: Error) =>
+      this.opts.log.warn({ image, layers: layers.length, err: err.message }, 'cannot have the layer server read the layers\' TOCs ahead'));
   }
 
   async mounts(key: string): Promise<Mount[]> {

@@ -12,6 +12,7 @@ import { CodecPool } from '../src/codec/codec-pool.js';
 import { formatBytes } from '../src/cli/common.js';
 import { convertImage } from '../src/convert/image-converter.js';
 import { ingestImage } from '../src/fetch/ingest.js';
+import { mountTable } from '../src/mount/system-mounts.js';
 import { RemoteLayer } from '../src/fetch/remote-layer.js';
 import { RegistryImage } from '../src/image/registry-image.js';
 import { RegistryClient } from '../src/registry/client.js';
@@ -126,6 +127,18 @@ async function main(): Promise<void> {
     const audit = (await (await fetch(`${snapshotter.api}/audit/logs?limit=3`)).json()) as { entries: { time: string; actor: string; action: string; target: string }[] };
     say('   GET /audit/logs?limit=3:');
     for (const e of audit.entries) say(`     ${e.time}  ${e.action}  ${e.actor}  ${e.target}`);
+
+    say('\n== kernel mode: a plain ctr image pull of the gzip image; its layers go into the chunk store and the kernel serves them (EROFS)');
+    const plainRef = `${registry.host}/demo/web:plain`;
+    const plainPull = await containerd.ctr(['image', 'pull', '--plain-http', '--snapshotter', 'dedup', plainRef], 180_000);
+    if (plainPull.code !== 0) throw new Error(`ctr image pull: ${plainPull.stderr}`);
+    const erofs = (await mountTable()).filter((m) => m.fstype === 'erofs' && m.target.startsWith(snapshotter!.root));
+    say(`   ${erofs.length} layers mounted as EROFS, e.g. ${erofs[0]?.target.slice(snapshotter.root.length + 1) ?? '(none)'}`);
+    const plainRan = await containerd.ctr(['run', '--rm', '--snapshotter', 'dedup', plainRef, `demo-plain-${process.pid}`, '/bin/cat', '/etc/motd'], 120_000);
+    if (plainRan.code !== 0) throw new Error(`ctr run: ${plainRan.stderr}`);
+    say(`   the container printed: ${plainRan.stdout.trim()}`);
+    const kst = JSON.parse((await dedupctl(['stats', '--root', snapshotter.root, '--json'])).stdout) as { chunks: number; storedBytes: number; logicalBytes: number };
+    say(`   the daemon's store: ${kst.chunks} chunks, ${formatBytes(kst.storedBytes)} stored for ${formatBytes(kst.logicalBytes)} of layers`);
 
     say('\n== restart: the lazy layers belong to the layer server (dedup-fused), so running containers keep reading');
     const fusedArgs = ['--root', snapshotter.root, '--config', snapshotter.config];

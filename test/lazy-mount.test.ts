@@ -10,10 +10,12 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
 import type { TraceFile } from '../src/fs/access-trace.js';
 import { isAlive, readRecords } from '../src/mount/mount-records.js';
 import { dedupctl, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';
+import { readRange } from './fixtures/erofs.js';
 import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { run, waitFor } from './fixtures/process.js';
 import { startProxy, type Fault, type TestProxy } from './fixtures/proxy.js';
@@ -24,17 +26,6 @@ import { canonicalLinks, expectedTree, walkTree } from './fixtures/tree.js';
 const MiB = 1024 * 1024;
 const hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-/** Bytes [offset, offset + length) of a file. */
-async function readRange(path: string, offset: number, length: number): Promise<Buffer> {
-  const fh = await open(path, 'r');
-  try {
-    const buf = Buffer.alloc(length);
-    const { bytesRead } = await fh.read(buf, 0, length, offset);
-    return buf.subarray(0, bytesRead);
-  } finally {
-    await fh.close();
-  }
-}
 
 /**
  * Another process holding index.db's write lock (BEGIN IMMEDIATE, as a gc or an ingest does) for
@@ -276,15 +267,30 @@ describe('lazy root filesystem', () => {
     mounted.splice(mounted.indexOf(dir), 1);
   });
 
-  it('drops a chunk file that rotted in the store and fetches the chunk again: readers get the right bytes', async () => {
+  it('drops a chunk that rotted in the store and fetches the chunk again: readers get the right bytes', async () => {
     const rotRoot = join(tmp, 'root-rot');
     const config = join(tmp, 'no-small-layer-fetch-rot.json');
     await writeFile(config, '{"prefetch": {"small_layer_bytes": 0}}');
     // One chunk each: data/text (83 KB, checked in a worker when read back) and data/small (3 bytes, checked on the thread).
     const files = ['data/text', 'data/small'].map((p) => ({ path: p, content: layers.base.find((s) => s.name === p)!.content! }));
-    const chunkFile = (b: Buffer): string => join(rotRoot, 'chunks', 'sha256', hex(b).slice(0, 2), hex(b));
+    /** The chunk's bytes where the index says they are (in a pack). */
+    const stored = async (b: Buffer): Promise<{ path: string; offset: number }> => {
+      const db = new Database(join(rotRoot, 'index.db'), { readonly: true });
+      try {
+        const r = db.prepare('SELECT pack, pack_offset AS offset FROM chunks WHERE digest = ? AND present = 1').get(`sha256:${hex(b)}`) as { pack: string; offset: number };
+        return { path: join(rotRoot, 'chunks', 'packs', r.pack), offset: r.offset };
+      } finally {
+        db.close();
+      }
+    };
     for (const [i, rot] of [false, true].entries()) {
-      if (rot) for (const f of files) await writeFile(chunkFile(f.content), Buffer.concat([Buffer.from('rotten'), f.content.subarray(6)]));
+      if (rot) {
+        for (const f of files) {
+          const at = await stored(f.content);
+          const fh = await open(at.path, 'r+');
+          await fh.write(Buffer.from('rotten'), 0, 6, at.offset).finally(() => fh.close());
+        }
+      }
       const dir = join(tmp, `mnt-rot-${i}`);
       await mount(image, dir, ['--root', rotRoot, '--config', config]);
       for (const f of files) assert.equal(hex(await readFile(join(dir, f.path))), hex(f.content), f.path);
@@ -292,7 +298,10 @@ describe('lazy root filesystem', () => {
       mounted.splice(mounted.indexOf(dir), 1);
     }
     // Fetched again (here from the layer's tail, read with its TOC at mount) and stored again.
-    for (const f of files) assert.equal(hex(await readFile(chunkFile(f.content))), hex(f.content), `${f.path}: stored again, whole`);
+    for (const f of files) {
+      const at = await stored(f.content);
+      assert.equal(hex(await readRange(at.path, at.offset, f.content.length)), hex(f.content), `${f.path}: stored again, whole`);
+    }
   });
 
   it('is writable over an upper directory', async () => {

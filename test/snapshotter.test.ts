@@ -272,7 +272,7 @@ describe('containerd proxy snapshotter', () => {
     const ref = `${proxy!.host}/src/three:1`; // pushed by the test before, never pulled
     const pull = await ctd!.rpull(ref);
     assert.equal(pull.code, 0, pull.stderr);
-    const unpacked = (await readFile(snap!.log, 'utf8')).split('\n').filter((l) => l.includes(`"image":"${ref}"`) && l.includes('"msg":"not mounted lazily; containerd unpacks it"'));
+    const unpacked = (await readFile(snap!.log, 'utf8')).split('\n').filter((l) => l.includes(`"image":"${ref}"`) && l.includes('"msg":"not mounted lazily; containerd downloads and unpacks the layer"'));
     assert.equal(unpacked.length, 3, unpacked.join('\n'));
     assert.doesNotMatch(await readFile(snap!.fusedLog, 'utf8'), /src\/three:1.*reading a layer's TOC ahead failed/);
     assert.equal(await runIn('dedup', ref, 'cat /l0/data /l1/data /l2/data'), 'three layer 0\nthree layer 1\nthree layer 2\n');

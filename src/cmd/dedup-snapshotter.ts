@@ -14,7 +14,8 @@ import { AuditLog } from '../audit/audit-log.js';
 import { registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
 import { daemonLogger } from '../cli/log.js';
 import { DEFAULT_SOCKET, type Config } from '../config/config.js';
-import { ApiBindError } from '../errors.js';
+import { ApiBindError, UnsupportedError } from '../errors.js';
+import { KernelLayers } from '../kernel/kernel-layers.js';
 import { LiveConfig } from '../config/live-config.js';
 import { FusedClient, fusedSocket } from '../fused/client.js';
 import { parsePlatform } from '../image/oci.js';
@@ -101,8 +102,20 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     const fusedPid = flags.spawnFused ? await fused.ensureRunning(fusedArgs(flags, config.root), join(config.root, 'fused.log'))
       : (await fused.health()).pid;
     const metrics = new DaemonMetrics({ ksm: () => ksmStatus().catch(() => null), layers: () => fused.metrics().catch(() => ''), fullPullReasons: FULL_PULL_REASONS });
+    // Kernel mode: committed layers go into the chunk store and are served as EROFS images.
+    let store: ChunkStore | undefined;
+    let kernel: KernelLayers | undefined;
+    if (config.enable_erofs) {
+      store = await ChunkStore.open(config.root);
+      try {
+        kernel = KernelLayers.open(config.root, store, config.chunk_size);
+      } catch (err) {
+        if (!(err instanceof UnsupportedError)) throw err;
+        log.warn({ err: err.message }, 'kernel mode off: committed layers stay directories');
+      }
+    }
     const snapshotter = new Snapshotter({
-      root: config.root, client, platform: parsePlatform(flags.platform), lazyPull: config.enable_lazy, layers: fused, log,
+      root: config.root, client, platform: parsePlatform(flags.platform), lazyPull: config.enable_lazy, layers: fused, log, kernel,
       audit: (action, target, details) => audit.record('containerd', action, target, details),
       fullPull: (reason) => metrics.fullPull(reason),
     });
@@ -169,7 +182,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
           log.info({ api: api!.address }, 'admin API serving');
         }, (err: unknown) => log.error({ err: (err as Error).message }, 'admin API failed')), API_RETRY_MS).unref();
       }
-      log.info({ socket: flags.socket, api: api?.address ?? null, root: config.root, version: VERSION, lazy: config.enable_lazy, fused: fusedPid }, 'serving');
+      log.info({ socket: flags.socket, api: api?.address ?? null, root: config.root, version: VERSION, lazy: config.enable_lazy, kernel: kernel !== undefined, fused: fusedPid }, 'serving');
       const signal = await stopped;
       log.info({ signal }, 'shutting down');
       await new Promise<void>((resolve) => {
@@ -189,6 +202,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       await api?.close();
       server.forceShutdown();
       snapshotter.close();
+      await store?.close();
       audit.close();
       await client.close();
       await fused.close();

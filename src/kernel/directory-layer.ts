@@ -30,8 +30,8 @@ export interface LayerImage {
   image: Buffer;
   /** The packs the image's chunk indexes point into, in device-table order (mount them in this order). */
   devices: string[];
-  /** Every chunk the layer's files use, in file order (the store's references). */
-  chunks: { digest: string; size: number }[];
+  /** Every chunk the layer's files use, in file order, with the place the image points at (the store's references). */
+  chunks: { digest: string; size: number; at: PackLocation }[];
   files: number;
   bytes: number;
 }
@@ -76,7 +76,7 @@ async function storeFile(path: string, size: number, chunkSize: number, sink: Ch
       let device = devices.get(at.pack);
       if (device === undefined) devices.set(at.pack, (device = devices.size));
       extents.push({ device, offset: at.offset, length: want });
-      chunks.push({ digest, size: want });
+      chunks.push({ digest, size: want, at });
     }
     return extents;
   } finally {

@@ -29,6 +29,12 @@ export interface Snapshot extends SnapshotInfo {
   parentIds: number[];
 }
 
+/** A committed layer served from an EROFS image (src/kernel/): the image and its packs, in order. */
+export interface KernelLayerRef {
+  image: string;
+  devices: string[];
+}
+
 interface Row {
   id: number;
   key: string;
@@ -40,6 +46,7 @@ interface Row {
   size: number | null;
   inodes: number | null;
   remote: string | null;
+  kernel: string | null;
 }
 
 /** A row as SQLite hands it over with safe integers: every INTEGER a BigInt. */
@@ -73,6 +80,8 @@ const MIGRATIONS = [
   CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);`,
   // Times were milliseconds before.
   'UPDATE snapshots SET created_at = created_at * 1000000, updated_at = updated_at * 1000000',
+  // A committed layer served by the kernel: its EROFS image and packs (KernelLayer, JSON).
+  'ALTER TABLE snapshots ADD COLUMN kernel TEXT',
 ];
 
 /** Where a remote snapshot's layer lives: enough to mount it again after a restart. */
@@ -157,7 +166,7 @@ export class SnapshotMetadata {
    * Turns Active `key` into Committed `name` (same id), with its usage recorded. As in
    * containerd, the commit creates the committed snapshot: created and updated are the commit's.
    */
-  commit(name: string, key: string, labels: Record<string, string>, usage: { size: number; inodes: number }): number {
+  commit(name: string, key: string, labels: Record<string, string>, usage: { size: number; inodes: number }, kernel?: KernelLayerRef): number {
     if (!name) throw new InvalidArgumentError('committed snapshot name must not be empty');
     checkLabels(labels);
     return this.db.transaction(() => {
@@ -166,20 +175,20 @@ export class SnapshotMetadata {
       if (r.kind !== KIND_CODE.active) throw new FailedPreconditionError(`requested snapshot ${key} not active`);
       if (this.row(name)) throw new AlreadyExistsError(`snapshot ${name}`);
       const now = nowNs();
-      this.db.prepare('UPDATE snapshots SET key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ?, size = ?, inodes = ? WHERE id = ?')
-        .run(name, KIND_CODE.committed, JSON.stringify(labels), now, now, usage.size, usage.inodes, r.id);
+      this.db.prepare('UPDATE snapshots SET key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ?, size = ?, inodes = ?, kernel = ? WHERE id = ?')
+        .run(name, KIND_CODE.committed, JSON.stringify(labels), now, now, usage.size, usage.inodes, kernel ? JSON.stringify(kernel) : null, r.id);
       return r.id;
     }).immediate();
   }
 
   /** Removes a snapshot without children; returns its id and kind. */
-  remove(key: string): { id: number; kind: Kind } {
+  remove(key: string): { id: number; kind: Kind; kernel: boolean } {
     return this.db.transaction(() => {
       const r = this.row(key);
       if (!r) throw new NotFoundError(`snapshot ${key}`);
       if (this.db.prepare('SELECT 1 FROM snapshots WHERE parent = ?').get(key)) throw new FailedPreconditionError(`cannot remove snapshot ${key} with child`);
       this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(r.id);
-      return { id: r.id, kind: KIND_NAME[r.kind]! };
+      return { id: r.id, kind: KIND_NAME[r.kind]!, kernel: r.kernel !== null };
     }).immediate();
   }
 
@@ -214,9 +223,10 @@ export class SnapshotMetadata {
     return this.rows('SELECT * FROM snapshots ORDER BY id').map((r) => this.toInfo(r));
   }
 
-  /** Every id, with the remote layer of remote snapshots (restart reconciliation). */
-  all(): { id: number; key: string; remote: RemoteLayerRef | undefined }[] {
-    return this.rows('SELECT * FROM snapshots ORDER BY id')
-      .map((r) => ({ id: r.id, key: r.key, remote: r.remote ? (JSON.parse(r.remote) as RemoteLayerRef) : undefined }));
+  /** Every id, with the remote layer of remote snapshots and the image of kernel ones (restart reconciliation). */
+  all(): { id: number; key: string; remote: RemoteLayerRef | undefined; kernel: KernelLayerRef | undefined }[] {
+    return this.rows('SELECT * FROM snapshots ORDER BY id').map((r) => ({
+      id: r.id, key: r.key, remote: r.remote ? (JSON.parse(r.remote) as RemoteLayerRef) : undefined, kernel: r.kernel ? (JSON.parse(r.kernel) as KernelLayerRef) : undefined,
+    }));
   }
 }

@@ -16,12 +16,13 @@ import { AlreadyExistsError, FailedPreconditionError, FusedError, isDedupError }
 import type { MountInfo, MountRequest, OpenAheadRequest } from '../fused/layer-server.js';
 import type { ImageManifest, Platform } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
-import { unmountFuse } from '../mount/system-mounts.js';
+import { isMountpoint, unmount, unmountFuse } from '../mount/system-mounts.js';
 import { PromiseCache } from '../promise-cache.js';
 import type { RegistryClient } from '../registry/client.js';
 import { diskUsage } from './disk-usage.js';
 import { snapshotMatcher } from './filters.js';
-import { SnapshotMetadata, type Kind, type RemoteLayerRef, type Snapshot, type SnapshotInfo } from './metadata.js';
+import type { KernelLayers } from '../kernel/kernel-layers.js';
+import { SnapshotMetadata, type KernelLayerRef, type Kind, type RemoteLayerRef, type Snapshot, type SnapshotInfo } from './metadata.js';
 
 export const LABEL = {
   /** The name containerd wants the snapshot committed under (its chain id). */
@@ -69,6 +70,8 @@ export interface SnapshotterOptions {
   audit?: (action: string, target: string, details: Record<string, unknown>) => void;
   /** A layer the labels asked to mount lazily is left to containerd to download and unpack. */
   fullPull?: (reason: FullPullReason) => void;
+  /** Kernel mode (enable_erofs): committed layers go into the store and are served as EROFS images. */
+  kernel?: KernelLayers;
 }
 
 /**
@@ -115,6 +118,38 @@ export class Snapshotter {
     await mkdir(join(this.opts.root, 'snapshots'), { recursive: true });
     await this.removeOrphans(await this.served());
     await this.reattach();
+    await this.mountKernelLayers();
+  }
+
+  /**
+   * Mounts every kernel layer that is not mounted (after a reboot; a kill -9 leaves them mounted),
+   * and forgets the images of layers a crash left between their build and their commit.
+   */
+  private async mountKernelLayers(): Promise<void> {
+    const kernel = this.opts.kernel;
+    const all = this.metadata.all();
+    const committed = new Set(all.filter((s) => s.kernel).map((s) => s.id));
+    for (const id of await kernel?.ids() ?? []) {
+      if (committed.has(id)) continue;
+      await kernel!.discard(id);
+      this.opts.log.info({ id }, 'removed the image of a layer whose commit did not finish');
+    }
+    for (const s of all) {
+      if (!s.kernel) continue;
+      if (!kernel) {
+        this.opts.log.warn({ snapshot: s.key }, 'kernel layer not mounted: enable_erofs is off or the kernel cannot mount it');
+        continue;
+      }
+      if (await this.serveKernel(s.id, s.kernel)) this.opts.log.info({ snapshot: s.key, image: s.kernel.image }, 'kernel layer mounted again');
+    }
+  }
+
+  /** Mounts a kernel layer's image at its snapshot's fs, in place of whatever is left there (its unpacked copy). */
+  private async serveKernel(id: number, layer: KernelLayerRef): Promise<boolean> {
+    if (await isMountpoint(this.fs(id))) return false;
+    await rm(this.fs(id), { recursive: true, force: true });
+    await mkdir(this.fs(id));
+    return this.opts.kernel!.mount(layer, this.fs(id));
   }
 
   /**
@@ -338,18 +373,43 @@ export class Snapshotter {
     return [{ type: 'overlay', source: 'overlay', target: '', options: [...extra, `lowerdir=${lower}`] }];
   }
 
+  /**
+   * Commits an Active snapshot. In kernel mode its content (a layer containerd unpacked, usually)
+   * goes into the chunk store and an EROFS image first, which then replaces the unpacked copy:
+   * built, then committed, then swapped in, so a crash at any point leaves either the Active
+   * snapshot as it was (the image is removed at the next start) or the committed layer, whose
+   * image is mounted at the next start.
+   */
   async commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
     const s = this.metadata.get(key);
     if (s.kind !== 'active') throw new FailedPreconditionError(`requested snapshot ${key} not active`);
-    this.metadata.commit(name, key, labels, await diskUsage(this.fs(s.id)));
+    const usage = await diskUsage(this.fs(s.id));
+    const kernel = this.opts.kernel;
+    if (!kernel) return void this.metadata.commit(name, key, labels, usage);
+    const started = performance.now();
+    this.opts.log.info({ snapshot: name, key }, 'committing the layer into the store');
+    const built = await kernel.build(s.id, this.fs(s.id));
+    const layer = { image: built.image, devices: built.devices };
+    try {
+      this.metadata.commit(name, key, labels, usage, layer);
+    } catch (err) {
+      await kernel.discard(s.id);
+      throw err;
+    }
+    await this.serveKernel(s.id, layer);
+    const details = { files: built.files, bytes: built.bytes, chunks: built.chunks, packs: built.devices.length, ms: Math.round(performance.now() - started) };
+    this.opts.log.info({ snapshot: name, ...details }, 'layer committed into the store; served by the kernel (EROFS)');
+    this.opts.audit?.('layer.commit', name, details);
   }
 
   async remove(key: string): Promise<void> {
-    const { id } = this.metadata.remove(key);
+    const { id, kernel } = this.metadata.remove(key);
     const lazy = this.remoteIds.delete(id);
     if (lazy) await this.unmountLayer(this.fs(id), new Set([this.fs(id)]));
+    if (kernel) await unmount(this.fs(id));
     await rm(this.dir(id), { recursive: true, force: true });
-    this.opts.audit?.('snapshot.remove', key, { lazy });
+    if (kernel) await this.opts.kernel?.discard(id);
+    this.opts.audit?.('snapshot.remove', key, { lazy, kernel });
   }
 
   stat(key: string): SnapshotInfo {

@@ -1,0 +1,99 @@
+// Kernel mode for committed layers: a layer containerd unpacked into one of our snapshots is cut
+// into chunks in the store, built into an EROFS image (<root>/images/<id>.erofs) and mounted by
+// the kernel (file-backed EROFS over the store's packs) where the unpacked copy was. Its reads
+// never leave the kernel, and its chunks are kept once across every image on the node.
+//
+// Each layer is recorded in the store as layer "snapshot:<id>" of image "snapshot:<id>", whose
+// chunk places are the ones its image points at (gc keeps them while it is recorded); removing
+// the snapshot forgets the image, and the next gc frees what nothing else uses.
+
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../atomic-file.js';
+import { UnsupportedError } from '../errors.js';
+import { isMountpoint, mountErofs } from '../mount/system-mounts.js';
+import type { ChunkStore } from '../store/chunk-store.js';
+import { buildDirectoryLayer } from './directory-layer.js';
+
+const FEATURES = '/sys/fs/erofs/features';
+const NEEDED = ['chunked_file', 'device_table'];
+
+/** What is needed to mount a kernel layer again (after a reboot): its image and, in order, its packs. */
+export interface KernelLayer {
+  image: string;
+  devices: string[];
+}
+
+/** Why this kernel cannot serve kernel layers, or undefined when it can. */
+export function kernelModeUnsupported(): string | undefined {
+  if (!readFileSync('/proc/filesystems', 'utf8').split('\n').some((l) => l.trim() === 'erofs')) return 'the kernel has no EROFS (not in /proc/filesystems)';
+  const missing = NEEDED.filter((f) => !existsSync(join(FEATURES, f)));
+  return missing.length ? `the kernel's EROFS lacks ${missing.join(', ')} (${FEATURES})` : undefined;
+}
+
+export class KernelLayers {
+  private constructor(private readonly root: string, private readonly store: ChunkStore, private readonly chunkSize: number) {}
+
+  /** Refused (UnsupportedError, naming what is missing) where the kernel cannot mount such images. */
+  static open(root: string, store: ChunkStore, chunkSize: number): KernelLayers {
+    const why = kernelModeUnsupported();
+    if (why) throw new UnsupportedError(`kernel mode (enable_erofs): ${why}`);
+    return new KernelLayers(root, store, chunkSize);
+  }
+
+  private get dir(): string {
+    return join(this.root, 'images');
+  }
+
+  private static ref(id: number): string {
+    return `snapshot:${id}`;
+  }
+
+  /**
+   * Builds snapshot `id`'s layer, unpacked at `unpacked`, into the store and an image file; the
+   * image is published (fsync, rename) only once the chunks it points at are on disk and
+   * recorded. A failure leaves no image.
+   */
+  async build(id: number, unpacked: string): Promise<KernelLayer & { files: number; bytes: number; chunks: number }> {
+    const layer = await buildDirectoryLayer(unpacked, this.chunkSize, {
+      storeChunk: (digest, data) => this.store.placeForImage(digest, data),
+      packSize: async (pack) => (await stat(this.store.packPath(pack))).size,
+    });
+    await this.store.syncPacks();
+    const ref = KernelLayers.ref(id);
+    const image = join(this.dir, `${id}.erofs`);
+    try {
+      await this.store.addLayer({ digest: ref, tocDigest: '', compressedSize: 0, uncompressedSize: layer.bytes, chunks: layer.chunks });
+      this.store.addImage(ref, ref, [ref]);
+      await mkdir(this.dir, { recursive: true });
+      await writeFileAtomic(image, layer.image);
+    } catch (err) {
+      await this.discard(id);
+      throw err;
+    }
+    return { image, devices: layer.devices, files: layer.files, bytes: layer.bytes, chunks: layer.chunks.length };
+  }
+
+  /** Mounts the layer's image at `dir` (empty), unless something is mounted there already. */
+  async mount(layer: KernelLayer, dir: string): Promise<boolean> {
+    if (await isMountpoint(dir)) return false;
+    mountErofs(layer.image, dir, layer.devices.map((p) => this.store.packPath(p)));
+    return true;
+  }
+
+  /** Forgets snapshot `id`'s layer: its image file and its record (gc frees the chunks nothing else uses). */
+  async discard(id: number): Promise<void> {
+    await rm(join(this.dir, `${id}.erofs`), { force: true });
+    try {
+      this.store.removeImage(KernelLayers.ref(id));
+    } catch {
+      /* never recorded: the build failed before */
+    }
+  }
+
+  /** Ids with an image file (to find the ones a crash left behind). */
+  async ids(): Promise<number[]> {
+    return (await readdir(this.dir).catch(() => [] as string[])).map((n) => /^(\d+)\.erofs$/.exec(n)?.[1]).filter((x): x is string => !!x).map(Number);
+  }
+}

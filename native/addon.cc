@@ -4,11 +4,13 @@
 
 Napi::Object InitMemoryMerge(Napi::Env env, Napi::Object exports);
 Napi::Object InitFuseDevice(Napi::Env env, Napi::Object exports);
+Napi::Object InitXattr(Napi::Env env, Napi::Object exports);
 
 namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitMemoryMerge(env, exports);
+  InitXattr(env, exports);
   return InitFuseDevice(env, exports);
 }
 

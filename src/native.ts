@@ -22,6 +22,8 @@ export interface Native {
   getMemoryMerge(): boolean | SysError;
   pageSize(): number;
   mount(source: string, target: string, fstype: string, flags: number, data: string): true | SysError;
+  /** Extended attributes of a path, symlinks not followed (llistxattr + lgetxattr). */
+  readXattrs(path: string): Record<string, Buffer> | SysError;
   DeviceReader: new (fd: number, bufferSize: number, onMessage: (request: Buffer | null, errno: number) => void) => DeviceReader;
 }
 

@@ -11,6 +11,7 @@
 // A stopped (or paused) container is not frozen: its layer does not change.
 
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { getPriority, setPriority } from 'node:os';
 import { join } from 'node:path';
 import { FailedPreconditionError, SnapshotNotOursError } from '../errors.js';
 import type { CodecPool } from '../codec/codec-pool.js';
@@ -26,7 +27,7 @@ import { layerTar } from './layer-tar.js';
 import { UpperCapture, type PassResult } from './upper-capture.js';
 
 export type CommitPhase = 'lookup' | 'pre-copy' | 'pause' | 'switch' | 'resume' | 'background';
-export const COMMIT_OUTCOMES = ['ok', 'lookup_failed', 'pause_failed', 'switch_failed', 'resume_failed', 'background_failed'] as const;
+export const COMMIT_OUTCOMES = ['ok', 'lookup_failed', 'precopy_failed', 'pause_failed', 'switch_failed', 'resume_failed', 'background_failed'] as const;
 export type CommitOutcome = (typeof COMMIT_OUTCOMES)[number];
 
 export interface CommitRequest {
@@ -71,6 +72,8 @@ export interface CommitReport {
   base_layers: { digest: string; transfer: BlobTransfer }[];
   /** Freeze to thaw, in milliseconds; 0 when the container was not running. */
   pause_ms: number;
+  /** Of the pause: until every process had stopped (cgroup.events "frozen 1"). */
+  freeze_wait_ms: number;
   /** running (frozen for the final copy), paused (already frozen) or stopped. */
   task: 'running' | 'paused' | 'stopped';
   precopy_passes: number;
@@ -130,16 +133,16 @@ export async function commitContainer(req: CommitRequest, opts: CommitOptions): 
       const capture = new UpperCapture(upper, stage);
       let passes = 0;
       let precopyBytes = 0;
-      outcome = 'switch_failed';
-      if (freezer) {
-        progress('pre-copy', 0, 0);
-        for (let last = Infinity; passes < PRECOPY_PASSES && last > PRECOPY_SETTLED; passes++) {
-          last = (await capture.precopy()).copiedBytes;
-          precopyBytes += last;
-        }
+      outcome = 'precopy_failed';
+      progress('pre-copy', 0, 0);
+      // A layer nothing changes needs one pass; the final one then finds nothing to copy.
+      for (let last = Infinity; passes < (freezer ? PRECOPY_PASSES : 1) && last > PRECOPY_SETTLED; passes++) {
+        last = (await capture.precopy()).copiedBytes;
+        precopyBytes += last;
       }
-      const { result, pauseMs } = freezeAndCopy(capture, freezer, opts, (o) => (outcome = o));
+      const { result, pauseMs, frozenMs } = freezeAndCopy(capture, freezer, opts, (o) => (outcome = o));
       if (freezer) opts.observer?.commitPaused(pauseMs / 1000);
+      await capture.writeHeld();
 
       outcome = 'background_failed';
       backgroundStarted = performance.now();
@@ -154,7 +157,7 @@ export async function commitContainer(req: CommitRequest, opts: CommitOptions): 
       return {
         container: req.container, image: info.image, ref: req.ref, manifest_digest: pushed.manifestDigest, config_digest: pushed.configDigest,
         layer: { digest: layer.digest, size: layer.size, diff_id: layer.diffId, toc_digest: layer.tocDigest, uncompressed_size: layer.uncompressedSize, entries: layer.entries },
-        base_layers: pushed.baseLayers, pause_ms: pauseMs, task: state, precopy_passes: passes, precopy_bytes: precopyBytes,
+        base_layers: pushed.baseLayers, pause_ms: pauseMs, freeze_wait_ms: frozenMs, task: state, precopy_passes: passes, precopy_bytes: precopyBytes,
         pause_copied_bytes: freezer ? result.copiedBytes : 0, pause_copied_files: freezer ? result.copiedFiles : 0, entries: result.nodes.length,
         background_seconds: (performance.now() - backgroundStarted) / 1000, seconds: (performance.now() - started) / 1000,
       };
@@ -167,14 +170,35 @@ export async function commitContainer(req: CommitRequest, opts: CommitOptions): 
 }
 
 /**
- * The pause: freeze, the final pass, thaw — thawed whatever the pass did. Returns the pass and
- * the time from the freeze request to the thaw, in milliseconds.
+ * The pause: freeze, the final pass, thaw — thawed whatever the pass did. Returns the pass, the
+ * time from the freeze request to the thaw and to the moment all was frozen, in milliseconds.
  */
-function freezeAndCopy(capture: UpperCapture, freezer: CgroupFreezer | undefined, opts: CommitOptions, setOutcome: (o: CommitOutcome) => void): { result: PassResult; pauseMs: number } {
-  if (!freezer) return { result: capture.final(), pauseMs: 0 };
+function freezeAndCopy(capture: UpperCapture, freezer: CgroupFreezer | undefined, opts: CommitOptions, setOutcome: (o: CommitOutcome) => void): { result: PassResult; pauseMs: number; frozenMs: number } {
+  if (!freezer) return { result: capture.final(), pauseMs: 0, frozenMs: 0 };
+  // The pause lasts as long as this thread takes: on a busy node, do not let others preempt it.
+  const priority = getPriority();
+  const raised = setPriorityOr(-20);
+  try {
+    return pause(capture, freezer, opts, setOutcome);
+  } finally {
+    if (raised) setPriorityOr(priority);
+  }
+}
+
+function setPriorityOr(priority: number): boolean {
+  try {
+    setPriority(priority);
+    return true;
+  } catch {
+    return false; // not permitted: run at the priority we have
+  }
+}
+
+function pause(capture: UpperCapture, freezer: CgroupFreezer, opts: CommitOptions, setOutcome: (o: CommitOutcome) => void): { result: PassResult; pauseMs: number; frozenMs: number } {
   const t0 = performance.now();
   setOutcome('pause_failed');
   freezer.freeze(opts.freezeTimeoutMs ?? 2000); // thaws again itself when it fails
+  const frozenMs = performance.now() - t0;
   setOutcome('switch_failed');
   let result: PassResult | undefined;
   let passError: unknown;
@@ -191,7 +215,7 @@ function freezeAndCopy(capture: UpperCapture, freezer: CgroupFreezer | undefined
     throw thawed.error;
   }
   if (passError !== undefined) throw passError;
-  return { result: result!, pauseMs };
+  return { result: result!, pauseMs, frozenMs };
 }
 
 function thaw(freezer: CgroupFreezer, opts: CommitOptions): { ok: true } | { ok: false; error: Error } {

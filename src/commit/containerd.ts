@@ -47,7 +47,8 @@ const CTR_TIMEOUT_MS = 60_000;
 export class Containerd {
   constructor(readonly target: ContainerdTarget, private readonly ctrPath = 'ctr') {}
 
-  private ctr(args: string[], encoding: 'utf8' | 'buffer' = 'utf8'): Promise<{ stdout: string | Buffer; stderr: string }> {
+  /** Runs ctr; `what` names the thing a "not found" is about. */
+  private ctr(args: string[], what: string, encoding: 'utf8' | 'buffer' = 'utf8'): Promise<{ stdout: string | Buffer; stderr: string }> {
     return new Promise((resolve, reject) => {
       execFile(this.ctrPath, ['--address', this.target.address, '--namespace', this.target.namespace, ...args],
         { timeout: CTR_TIMEOUT_MS, maxBuffer: 256 * 1024 * 1024, encoding }, (err, stdout, stderr) => {
@@ -55,7 +56,7 @@ export class Containerd {
           if (!err) return resolve({ stdout, stderr: errText });
           if ((err as NodeJS.ErrnoException).code === 'ENOENT') return reject(new UnavailableError(`${this.ctrPath} (containerd's client) is not installed`));
           const why = errText.trim().replace(/^ctr: /, '') || err.message;
-          if (/not found/.test(why)) return reject(new NotFoundError(`${args.slice(0, 2).join(' ')} ${args.at(-1)} in namespace "${this.target.namespace}"`, why));
+          if (/not found/.test(why)) return reject(new NotFoundError(`${what} in namespace "${this.target.namespace}" of ${this.target.address}`, why));
           reject(new UnavailableError(`ctr ${args.join(' ')} at ${this.target.address}: ${why}`));
         });
     });
@@ -63,14 +64,14 @@ export class Containerd {
 
   async container(id: string): Promise<ContainerInfo> {
     if (!id || id.startsWith('-')) throw new InvalidArgumentError(`container id "${id}" is not valid`);
-    const { stdout } = await this.ctr(['containers', 'info', id]);
+    const { stdout } = await this.ctr(['containers', 'info', id], `container "${id}"`);
     const c = parseValidatedJson(containerSchema, stdout as string, (why) => new UnavailableError(`ctr containers info ${id}: unexpected output (${why})`));
     return { id: c.ID, image: c.Image, snapshotter: c.Snapshotter, snapshotKey: c.SnapshotKey };
   }
 
   /** The container's task, or undefined when it has none (never started, or deleted). */
   async task(id: string): Promise<{ pid: number; status: TaskStatus } | undefined> {
-    const { stdout } = await this.ctr(['tasks', 'ls']);
+    const { stdout } = await this.ctr(['tasks', 'ls'], 'tasks');
     for (const line of (stdout as string).split('\n').slice(1)) {
       const [name, pid, status] = line.trim().split(/\s+/);
       if (name === id) return { pid: Number(pid), status: (status ?? 'UNKNOWN') as TaskStatus };
@@ -80,12 +81,12 @@ export class Containerd {
 
   private async blob(digest: string): Promise<Buffer> {
     if (!/^sha256:[0-9a-f]{64}$/.test(digest)) throw new InvalidArgumentError(`"${digest}" is not a sha256 digest`);
-    return (await this.ctr(['content', 'get', digest], 'buffer')).stdout as Buffer;
+    return (await this.ctr(['content', 'get', digest], `blob ${digest}`, 'buffer')).stdout as Buffer;
   }
 
   /** The image's manifest (the platform's, for an index) and config, from the content store. */
   async image(name: string, platform: Platform): Promise<ContainerImage> {
-    const { stdout } = await this.ctr(['images', 'ls', `name==${name}`]);
+    const { stdout } = await this.ctr(['images', 'ls', `name==${name}`], `image "${name}"`);
     const row = (stdout as string).split('\n').slice(1).map((l) => l.trim().split(/\s+/)).find((cols) => cols[0] === name);
     if (!row || !row[2]) throw new NotFoundError(`image "${name}" in namespace "${this.target.namespace}"`, 'the container\'s image was removed from containerd');
     let digest = row[2];

@@ -3,8 +3,14 @@
 // stopped; only then is the writable layer a state no process is changing. Synchronous on
 // purpose: the time between freeze and thaw is the container's pause, and an event-loop turn
 // (a timer, another request) must not land inside it.
+//
+// Every process must itself run to stop (the kernel traps it on its way back to user space), so
+// on a busy node freezing waits for the container's threads to be scheduled. They are given the
+// highest priority (nice -20) just before the freeze, and their own priorities back while still
+// frozen, before the thaw: no thread of the container ever runs boosted.
 
 import { readFileSync, writeFileSync } from 'node:fs';
+import { getPriority, setPriority } from 'node:os';
 import { join } from 'node:path';
 import { FreezeError, UnsupportedError } from '../errors.js';
 
@@ -19,7 +25,30 @@ function unifiedMount(): string {
   throw new UnsupportedError('no cgroup v2 hierarchy is mounted: a container cannot be frozen for its commit');
 }
 
+/** The nice value a thread had before the boost. */
+type Priorities = Map<number, number>;
+
+function threadsOf(dir: string): number[] {
+  try {
+    return readFileSync(join(dir, 'cgroup.threads'), 'utf8').split('\n').filter(Boolean).map(Number);
+  } catch {
+    return []; // threaded cgroups only list threads in cgroup.threads; without it, no boost
+  }
+}
+
+/** The thread's process (Tgid) and parent process (PPid), from /proc. */
+function family(tid: number): { tgid: number; ppid: number } | undefined {
+  try {
+    const status = readFileSync(`/proc/${tid}/status`, 'utf8');
+    return { tgid: Number(/^Tgid:\s+(\d+)/m.exec(status)?.[1]), ppid: Number(/^PPid:\s+(\d+)/m.exec(status)?.[1]) };
+  } catch {
+    return undefined;
+  }
+}
+
 export class CgroupFreezer {
+  private boosted: Priorities | undefined;
+
   private constructor(readonly dir: string) {}
 
   /** The freezer of the cgroup v2 group `pid` runs in. */
@@ -50,7 +79,13 @@ export class CgroupFreezer {
    */
   freeze(timeoutMs: number): void {
     const deadline = performance.now() + timeoutMs;
-    this.write('1');
+    this.boost();
+    try {
+      this.write('1');
+    } catch (err) {
+      this.unboost();
+      throw err;
+    }
     for (let spins = 0; !/^frozen 1$/m.test(this.events()); spins++) {
       if (performance.now() > deadline) {
         this.thaw();
@@ -62,7 +97,44 @@ export class CgroupFreezer {
   }
 
   thaw(): void {
+    this.unboost();
     this.write('0');
+  }
+
+  private boost(): void {
+    const before: Priorities = new Map();
+    for (const tid of threadsOf(this.dir)) {
+      try {
+        const nice = getPriority(tid);
+        setPriority(tid, -20);
+        before.set(tid, nice);
+      } catch {
+        // exited meanwhile, or not ours to change: it freezes at its own priority
+      }
+    }
+    this.boosted = before;
+  }
+
+  /**
+   * Gives every thread its own priority back. A thread born between the boost and the freeze
+   * inherited the boost from its creator: it gets what its process, or its parent, had.
+   */
+  private unboost(): void {
+    const before = this.boosted;
+    if (!before) return;
+    this.boosted = undefined;
+    for (const tid of new Set([...before.keys(), ...threadsOf(this.dir)])) {
+      let nice = before.get(tid);
+      if (nice === undefined) {
+        const f = family(tid);
+        nice = (f && (before.get(f.tgid) ?? before.get(f.ppid))) ?? 0;
+      }
+      try {
+        setPriority(tid, nice);
+      } catch {
+        // gone
+      }
+    }
   }
 
   private write(value: '0' | '1'): void {

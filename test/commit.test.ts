@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { getPriority, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
@@ -119,6 +119,9 @@ describe('dedupctl commit: a running container into a new image', () => {
     const started = await ctd!.ctr(['run', '-d', '--snapshotter', 'dedup', baseRef, 'writer', '/bin/sh', '-c', WRITER]);
     assert.equal(started.code, 0, started.stderr);
     await waitFor('the writer to get going', async () => (await logLines('writer')) > 200, 60_000);
+    // The freeze boosts the container's threads (nice -20) and must give each its own back.
+    const shell = Number((await ctd!.ctr(['task', 'ls'])).stdout.split('\n').map((l) => l.trim().split(/\s+/)).find((c) => c[0] === 'writer')![1]);
+    setPriority(shell, 7);
     proxy!.reset();
     const c = await commit('writer', `${proxy!.host}/commits/writer:1`);
     assert.equal(c.code, 0, c.stderr);
@@ -128,6 +131,7 @@ describe('dedupctl commit: a running container into a new image', () => {
     assert.equal(proxy!.stats.blobBytes, 0, 'the commit read no blob from the registry');
     assert.deepEqual(report.base_layers.map((l) => l.transfer), ['mounted']);
     assert.equal(await taskStatus('writer'), 'RUNNING');
+    assert.equal(getPriority(shell), 7, 'the writer has its own priority back');
     const before = await logLines('writer');
     await waitFor('the writer to go on after the commit', async () => (await logLines('writer')) > before + 50, 30_000);
 

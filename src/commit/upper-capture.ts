@@ -8,7 +8,7 @@
 // (git's "racily clean" rule). Metadata (mode, owners, times, link targets, xattrs) is the final
 // pass's own, so the result is exactly the layer as it was at the freeze.
 
-import { constants, copyFileSync, lstatSync, readdirSync, readFileSync, readlinkSync, type BigIntStats } from 'node:fs';
+import { closeSync, constants, copyFileSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { copyFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UnsupportedError } from '../errors.js';
@@ -78,6 +78,26 @@ function typeOf(st: BigIntStats): CapturedType | undefined {
   return undefined; // a socket: a layer cannot hold one (containerd's differ skips them too)
 }
 
+/**
+ * A file's bytes, read without updating its access time: an atime update dirties the inode, and
+ * a journaling filesystem can make that wait for a journal commit, inside the freeze.
+ */
+function readNoAtime(path: string): Buffer {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOATIME);
+  } catch (err) {
+    // O_NOATIME needs the file's owner or CAP_FOWNER.
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
+    fd = openSync(path, constants.O_RDONLY);
+  }
+  try {
+    return readFileSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 const gone = (err: unknown): boolean => (err as NodeJS.ErrnoException).code === 'ENOENT';
 
 export interface PassResult {
@@ -127,7 +147,7 @@ export class UpperCapture {
     let copiedBytes = 0;
     for (const c of copies) {
       if (this.heldBytes + c.size <= FREEZE_READ_BYTES) {
-        const data = readFileSync(c.src);
+        const data = readNoAtime(c.src);
         this.held.push({ file: c.staged.file, data });
         this.heldBytes += data.length;
       } else {

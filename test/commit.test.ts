@@ -226,6 +226,17 @@ describe('dedupctl commit: a running container into a new image', () => {
     await ctd!.ctr(['task', 'kill', '-s', 'SIGKILL', 'second']);
   });
 
+  it('a stopped container commits without a pause', async () => {
+    assert.equal(await taskStatus('changer'), 'STOPPED');
+    const ref = `${registry!.host}/commits/changer:stopped`;
+    const c = await commit('changer', ref);
+    assert.equal(c.code, 0, c.stderr);
+    assert.equal(c.report!.task, 'stopped');
+    assert.equal(c.report!.pause_ms, 0);
+    assert.equal((await ctd!.ctr(['image', 'pull', '--plain-http', ref], 180_000)).code, 0);
+    assert.equal(await runOnce('overlayfs', ref, 'cat /etc/new /opq/c; ls /del'), 'new\nc\nkept\n');
+  });
+
   it('errors: an unknown container, a snapshot not ours, a registry refusing the push: typed, the container runs on, nothing tagged', async () => {
     const unknown = await commit('nope', `${proxy!.host}/commits/x:1`);
     assert.equal(unknown.code, 1);

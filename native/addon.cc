@@ -4,13 +4,17 @@
 
 Napi::Object InitMemoryMerge(Napi::Env env, Napi::Object exports);
 Napi::Object InitFuseDevice(Napi::Env env, Napi::Object exports);
-Napi::Object InitXattr(Napi::Env env, Napi::Object exports);
+Napi::Object InitFileSpace(Napi::Env env, Napi::Object exports);
+Napi::Object InitErofsMount(Napi::Env env, Napi::Object exports);
+Napi::Object InitXattrs(Napi::Env env, Napi::Object exports);
 
 namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitMemoryMerge(env, exports);
-  InitXattr(env, exports);
+  InitFileSpace(env, exports);
+  InitErofsMount(env, exports);
+  InitXattrs(env, exports);
   return InitFuseDevice(env, exports);
 }
 

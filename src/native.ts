@@ -22,8 +22,12 @@ export interface Native {
   getMemoryMerge(): boolean | SysError;
   pageSize(): number;
   mount(source: string, target: string, fstype: string, flags: number, data: string): true | SysError;
-  /** Extended attributes of a path, symlinks not followed (llistxattr + lgetxattr). */
+  /** A file-backed EROFS image with its blob devices, read-only, through fsopen/fsconfig/fsmount/move_mount. */
+  mountErofs(image: string, target: string, devices: string[]): true | SysError;
+  /** A file's extended attributes, symlinks not followed ({} where the filesystem has none). */
   readXattrs(path: string): Record<string, Buffer> | SysError;
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE): frees the blocks of [offset, offset + length). */
+  punchHole(fd: number, offset: number, length: number): true | SysError;
   DeviceReader: new (fd: number, bufferSize: number, onMessage: (request: Buffer | null, errno: number) => void) => DeviceReader;
 }
 

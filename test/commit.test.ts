@@ -4,7 +4,7 @@
 // ours, compared with the frozen container itself and with `ctr snapshots diff`.
 
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { getPriority, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -252,6 +252,14 @@ describe('dedupctl commit: a running container into a new image', () => {
 
     assert.equal((await ctd!.ctr(['run', '-d', '--snapshotter', 'dedup', baseRef, 'refused', '/bin/sh', '-c', WRITER])).code, 0);
     await waitFor('the writer to get going', async () => (await logLines('refused')) > 50, 60_000);
+    // One commit of a snapshot at a time: a lock held by a live process refuses, a dead one's is taken over.
+    const key = (await mustRun('sqlite3', [join(snap!.root, 'metadata.db'), "SELECT key FROM snapshots WHERE key LIKE 'default/%/refused'"])).trim();
+    const lock = join(snap!.root, 'commits', `${key.replace(/[^\w.-]/g, '_')}.lock`);
+    await writeFile(lock, String(process.pid));
+    const busy = await commit('refused', `${proxy!.host}/commits/busy:1`);
+    assert.equal(busy.code, 1);
+    assert.match(busy.stderr, /a commit of its snapshot is in progress \(pid \d+\).*\[ERR_FAILED_PRECONDITION\]/);
+    await writeFile(lock, '999999999');
     proxy!.options.fault = (req) => (req.method === 'PUT' && /\/blobs\/uploads\//.test(req.url ?? '') ? '500' : 'ok');
     try {
       const refused = await commit('refused', `${proxy!.host}/commits/refused:1`);

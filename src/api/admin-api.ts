@@ -1,7 +1,7 @@
 // The admin HTTP API (seed: port 8080, on loopback unless configured): GET/POST /config,
-// GET /audit/logs, GET /metrics (Prometheus text), GET /healthz, POST /commit (a container into a
-// new image, docs/commit.md). With api.token set, every request
-// but /healthz must carry "Authorization: Bearer <token>". Errors are JSON:
+// GET /audit/logs, GET /metrics (Prometheus text), GET /healthz, POST /commit (a container into
+// a new image, docs/commit.md). With api.token set, every request but /healthz must carry
+// "Authorization: Bearer <token>". Errors are JSON:
 // {"error": {"code": "...", "message": "..."}} with a 4xx status that says what was wrong.
 
 import { timingSafeEqual } from 'node:crypto';

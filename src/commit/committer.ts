@@ -10,6 +10,7 @@
 //                never touches the container, and nothing is tagged unless all of it is pushed.
 // A stopped (or paused) container is not frozen: its layer does not change.
 
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { getPriority, setPriority } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +19,7 @@ import type { CodecPool } from '../codec/codec-pool.js';
 import { convertLayer } from '../convert/layer-converter.js';
 import { sha256Digest } from '../estargz/toc.js';
 import type { Platform } from '../image/oci.js';
+import { isAlive } from '../mount/mount-records.js';
 import type { RegistryClient } from '../registry/client.js';
 import type { SnapshotInfo } from '../snapshot/metadata.js';
 import { Containerd, type ContainerdTarget } from './containerd.js';
@@ -128,8 +130,10 @@ export async function commitContainer(req: CommitRequest, opts: CommitOptions): 
 
     const upper = join(opts.root, 'snapshots', String(opts.snapshots.get(snap.name).id), 'fs');
     await mkdir(join(opts.root, 'commits'), { recursive: true });
-    const stage = await mkdtemp(join(opts.root, 'commits', `${req.container.replace(/[^\w.-]/g, '_')}-`));
+    const unlock = lockCommit(opts.root, snap.name, req.container);
+    let stage: string | undefined;
     try {
+      stage = await mkdtemp(join(opts.root, 'commits', `${req.container.replace(/[^\w.-]/g, '_')}-`));
       const capture = new UpperCapture(upper, stage);
       let passes = 0;
       let precopyBytes = 0;
@@ -162,10 +166,31 @@ export async function commitContainer(req: CommitRequest, opts: CommitOptions): 
         background_seconds: (performance.now() - backgroundStarted) / 1000, seconds: (performance.now() - started) / 1000,
       };
     } finally {
-      await rm(stage, { recursive: true, force: true });
+      if (stage) await rm(stage, { recursive: true, force: true });
+      unlock();
     }
   } finally {
     opts.observer?.commitFinished(outcome, backgroundStarted ? (performance.now() - backgroundStarted) / 1000 : 0, layerBytes);
+  }
+}
+
+/**
+ * One commit of a snapshot at a time, across processes (dedupctl, the daemon's API): a second
+ * one would find the cgroup frozen by the first, take it for paused and copy while the first
+ * thaws it. The lock file holds its owner's pid; one whose owner died is taken over.
+ */
+function lockCommit(root: string, snapshot: string, container: string): () => void {
+  const file = join(root, 'commits', `${snapshot.replace(/[^\w.-]/g, '_')}.lock`);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      writeFileSync(file, String(process.pid), { flag: 'wx' });
+      return () => rmSync(file, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw err;
+    }
+    const owner = Number(readFileSync(file, 'utf8'));
+    if (owner && isAlive(owner)) throw new FailedPreconditionError(`container "${container}": a commit of its snapshot is in progress (pid ${owner})`);
+    rmSync(file, { force: true });
   }
 }
 

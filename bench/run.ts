@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from '../test/fixtures/process.js';
 import { barChartSvg, type BarGroup } from './chart.js';
+import { commitScenario } from './commit.js';
 import { convertScenario } from './convert.js';
 import { lazyScenarios } from './lazy.js';
 import { networks, type Network } from './network.js';
@@ -126,6 +127,19 @@ const SCENARIOS: Record<string, Scenario> = {
       charts: { 'first-output': [{ label: 'mount to first byte, loopback', bars: [bar('ours (lazy)', r.firstByte.lazySeconds), bar('ctr pull, full', r.firstByte.fullPullSeconds)] }] },
     };
   },
+  async commit(tmp, reps, _nets, log) {
+    const r = await commitScenario(tmp, reps, log);
+    const ms = (p50: number, p99: number): string => `p50 ${p50.toFixed(2)} / p99 ${p99.toFixed(2)}`;
+    return {
+      result: r,
+      rows: [{
+        scenario: 'commit', metric: `container pause per commit, ${r.layerMiB} MiB writable layer, writing all the time (ms; ours over ${r.commits} commits, goal p99 ≤ 10)`,
+        ours: ms(r.ours.p50, r.ours.p99), baseline: `ctr task pause + diff + resume (as nerdctl commit) ${ms(r.baseline.p50, r.baseline.p99)}`,
+        ratio: `${r.ratio.toFixed(0)}x shorter`,
+      }],
+      charts: {},
+    };
+  },
   async convert(tmp, reps, _nets, log) {
     const r = await convertScenario(tmp, { repetitions: reps, sizeMiB: 224, level: 6, log });
     return {
@@ -156,7 +170,7 @@ const CHARTS: Record<ChartName, { title: string; unit: string; format: (v: numbe
   storage: { title: 'Disk used by related images', unit: 'MiB on disk (du), lower is better', format: (v) => `${v.toFixed(1)} MiB` },
 };
 
-const ORDER = ['pull-run', 'prefetch', 'lazy', 'convert', 'storage'];
+const ORDER = ['pull-run', 'prefetch', 'lazy', 'convert', 'storage', 'commit'];
 
 function table(rows: Row[]): string {
   return ['| scenario | metric | ours | baseline | ratio (ours vs baseline) |', '| --- | --- | --- | --- | --- |',

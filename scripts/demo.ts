@@ -2,7 +2,8 @@
 // to eStargz, read without downloading (TOC only), mounted lazily and run with chroot, ingested
 // into the deduplicating chunk store through a byte-counting proxy, then pulled lazily and run by
 // containerd through dedup-snapshotter, with a look at its admin API; then the snapshotter is
-// killed and restarted and the layer server upgraded, and a new container still starts.
+// killed and restarted and the layer server upgraded, and a new container still starts; last a
+// running container is committed to a new image.
 
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -156,6 +157,16 @@ async function main(): Promise<void> {
     const again = await containerd.ctr(['run', '--rm', '--snapshotter', 'dedup', lazyRef, `demo-again-${process.pid}`, '/bin/cat', '/etc/motd'], 120_000);
     if (again.code !== 0) throw new Error(`ctr run after the restart: ${again.stderr}`);
     say(`   a new container after both: ${again.stdout.trim()}`);
+
+    say('\n== dedupctl commit: a container that keeps writing becomes a new image; it is frozen only for the final copy');
+    const writer = await containerd.ctr(['run', '-d', '--snapshotter', 'dedup', lazyRef, 'demo-writer', '/bin/sh', '-c', 'i=0; while true; do i=$((i+1)); echo $i >> /log; done']);
+    if (writer.code !== 0) throw new Error(`ctr run -d: ${writer.stderr}`);
+    await new Promise((r) => setTimeout(r, 1000));
+    proxy.reset();
+    const committed = await dedupctl(['commit', '--root', snapshotter.root, '--config', snapshotter.config, '--address', containerd.socket, '--plain-http', '--json', 'demo-writer', `${proxy.host}/demo/worker:committed`]);
+    if (committed.code !== 0) throw new Error(`dedupctl commit: ${committed.stderr}`);
+    const c = JSON.parse(committed.stdout) as { pause_ms: number; manifest_digest: string; layer: { size: number }; base_layers: { transfer: string }[] };
+    say(`   paused ${c.pause_ms.toFixed(2)} ms; new eStargz layer ${formatBytes(c.layer.size)}; base layers ${c.base_layers.map((l) => l.transfer).join(', ')}, ${formatBytes(proxy.stats.blobBytes)} of them fetched; manifest ${c.manifest_digest.slice(0, 19)}…`);
   } finally {
     if (mountedAt) await dedupctl(['umount', '--root', join(tmp, 'root'), mountedAt]);
     await store?.close();

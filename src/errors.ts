@@ -27,7 +27,9 @@ export type ErrorCode =
   | 'ERR_FUSED'
   | 'ERR_UNAVAILABLE'
   | 'ERR_UNSUPPORTED'
-  | 'ERR_API_BIND';
+  | 'ERR_API_BIND'
+  | 'ERR_FREEZE'
+  | 'ERR_SNAPSHOT_NOT_OURS';
 
 export class DedupError extends Error {
   readonly code: ErrorCode;
@@ -204,6 +206,20 @@ export class UnsupportedError extends DedupError {
 export class ApiBindError extends DedupError {
   constructor(readonly addr: string, reason: string) {
     super('ERR_API_BIND', `admin API cannot listen on ${addr} (${reason}); set api.addr in the config or --api-addr (127.0.0.1:0 picks a free port)`);
+  }
+}
+
+/** A container's cgroup could not be frozen or thawed (`what` names the cgroup or task). */
+export class FreezeError extends DedupError {
+  constructor(what: string, why: string) {
+    super('ERR_FREEZE', `freezer of ${what}: ${why}`);
+  }
+}
+
+/** A container to commit whose writable layer is not a snapshot of this snapshotter. */
+export class SnapshotNotOursError extends DedupError {
+  constructor(container: string, why: string) {
+    super('ERR_SNAPSHOT_NOT_OURS', `container "${container}": ${why}`);
   }
 }
 

@@ -1,6 +1,7 @@
 // The admin HTTP API (seed: port 8080, on loopback unless configured): GET/POST /config,
-// GET /audit/logs, GET /metrics (Prometheus text), GET /healthz. With api.token set, every request
-// but /healthz must carry "Authorization: Bearer <token>". Errors are JSON:
+// GET /audit/logs, GET /metrics (Prometheus text), GET /healthz, POST /commit (a container into
+// a new image, docs/commit.md). With api.token set, every request but /healthz must carry
+// "Authorization: Bearer <token>". Errors are JSON:
 // {"error": {"code": "...", "message": "..."}} with a 4xx status that says what was wrong.
 
 import { timingSafeEqual } from 'node:crypto';
@@ -11,7 +12,8 @@ import { ApiBindError } from '../errors.js';
 import { parseHostPort, redactConfig } from '../config/config.js';
 import type { LiveConfig } from '../config/live-config.js';
 import type { DaemonMetrics } from '../metrics/metrics.js';
-import { HttpError, readJson, route, send, sendError, type Reply, type Routes } from './http.js';
+import { z } from 'zod';
+import { HttpError, readJson, readValid, route, send, sendError, type Reply, type Routes } from './http.js';
 import { VERSION } from '../version.js';
 
 export interface AdminApiOptions {
@@ -20,7 +22,21 @@ export interface AdminApiOptions {
   audit: AuditLog;
   metrics: DaemonMetrics;
   log: { info(o: object, m: string): void; warn(o: object, m: string): void };
+  /** Commits a container (POST /commit); the answer is its report. */
+  commit?: (req: CommitBody) => Promise<object>;
 }
+
+/** POST /commit: the fields of `dedupctl commit`. */
+export const commitBodySchema = z.object({
+  container: z.string().min(1),
+  ref: z.string().min(1),
+  address: z.string().min(1).default('/run/containerd/containerd.sock'),
+  namespace: z.string().min(1).default('default'),
+  snapshotter: z.string().min(1).default('dedup'),
+  platform: z.string().default('linux/amd64'),
+  plain_http: z.boolean().default(false),
+}).strict();
+export type CommitBody = z.infer<typeof commitBodySchema>;
 
 type Handler = (req: IncomingMessage, url: URL, actor: string) => Promise<Reply>;
 
@@ -51,6 +67,16 @@ export class AdminApi {
         GET: async () => ({ body: await opts.metrics.text(), type: opts.metrics.contentType }),
       },
     };
+    const commit = opts.commit;
+    if (commit) {
+      routes['/commit'] = {
+        POST: async (req, _url, actor) => {
+          const body = await readValid(req, commitBodySchema, opts.config.get().api.max_body_bytes);
+          const { container, namespace, address } = body;
+          return { body: await opts.audit.audited(actor, 'container.commit', body.ref, { container, namespace, address }, () => commit(body)) };
+        },
+      };
+    }
 
     const server = createServer((req, res) => {
       const url = new URL(req.url ?? '/', 'http://admin');

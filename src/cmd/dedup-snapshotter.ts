@@ -11,6 +11,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Command } from 'commander';
 import { AdminApi } from '../api/admin-api.js';
 import { AuditLog } from '../audit/audit-log.js';
+import { commitWith } from '../cli/commit.js';
 import { registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
 import { daemonLogger } from '../cli/log.js';
 import { DEFAULT_SOCKET, type Config } from '../config/config.js';
@@ -20,6 +21,7 @@ import { LiveConfig } from '../config/live-config.js';
 import { FusedClient, fusedSocket } from '../fused/client.js';
 import { parsePlatform } from '../image/oci.js';
 import { applyKsmConfig, ksmStatus } from '../ksm/ksm.js';
+import { COMMIT_OUTCOMES } from '../commit/committer.js';
 import { DaemonMetrics } from '../metrics/metrics.js';
 import { loadSnapshotsService, snapshotsHandlers } from '../snapshot/grpc-service.js';
 import { FULL_PULL_REASONS, Snapshotter } from '../snapshot/snapshotter.js';
@@ -101,7 +103,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     const fused = new FusedClient(fusedSocket(config.root));
     const fusedPid = flags.spawnFused ? await fused.ensureRunning(fusedArgs(flags, config.root), join(config.root, 'fused.log'))
       : (await fused.health()).pid;
-    const metrics = new DaemonMetrics({ ksm: () => ksmStatus().catch(() => null), layers: () => fused.metrics().catch(() => ''), fullPullReasons: FULL_PULL_REASONS });
+    const metrics = new DaemonMetrics({ ksm: () => ksmStatus().catch(() => null), layers: () => fused.metrics().catch(() => ''), fullPullReasons: FULL_PULL_REASONS, commitOutcomes: COMMIT_OUTCOMES });
     // Kernel mode: committed layers go into the chunk store and are served as EROFS images.
     let store: ChunkStore | undefined;
     let kernel: KernelLayers | undefined;
@@ -167,7 +169,10 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       // it): gRPC serves on, and the API is tried again until it can listen.
       const startApi = async (): Promise<boolean> => {
         try {
-          api = await AdminApi.start({ addr: config.api.addr, config: live, audit, metrics, log });
+          api = await AdminApi.start({
+            addr: config.api.addr, config: live, audit, metrics, log,
+            commit: (b) => commitWith({ ...b, plainHttp: b.plain_http }, { flags, config: live.get(), snapshots: snapshotter.metadata, observer: metrics, log }),
+          });
           return true;
         } catch (err) {
           if (!(err instanceof ApiBindError)) throw err;

@@ -3,6 +3,7 @@
 
 import { Command } from 'commander';
 import { auditCommand } from '../cli/audit.js';
+import { commitCommand } from '../cli/commit.js';
 import { runCli } from '../cli/common.js';
 import { configCommand } from '../cli/config.js';
 import { convertCommand } from '../cli/convert.js';
@@ -16,9 +17,10 @@ import { traceCommand } from '../cli/trace.js';
 import { VERSION } from '../version.js';
 
 const program = new Command('dedupctl')
-  .description('dedup-snapshotter admin CLI: convert images to eStargz, inspect and mount them lazily, manage the chunk store, config, audit log, KSM and the layer server')
+  .description('dedup-snapshotter admin CLI: convert images to eStargz, inspect and mount them lazily, commit running containers to images, manage the chunk store, config, audit log, KSM and the layer server')
   .version(VERSION)
   .addCommand(convertCommand())
+  .addCommand(commitCommand())
   .addCommand(tocCommand())
   .addCommand(storeCommand())
   .addCommand(statsCommand())

@@ -23,6 +23,8 @@ export interface DaemonMetricsSources {
   layers(): Promise<string>;
   /** The reasons a layer may be pulled in full instead of lazily, shown from zero. */
   fullPullReasons: readonly string[];
+  /** The outcomes of a container commit, shown from zero. */
+  commitOutcomes?: readonly string[];
 }
 
 /** One read shared by the gauges of one scrape (prom-client collects each gauge on its own). */
@@ -121,6 +123,10 @@ export class LayerMetrics implements LazyLayerObserver {
 export class DaemonMetrics {
   readonly registry = new Registry();
   private readonly fullPulls: Counter<'reason'>;
+  private readonly commitPause: Histogram;
+  private readonly commitBackground: Histogram;
+  private readonly commitBytes: Counter;
+  private readonly commits: Counter<'outcome'>;
 
   constructor(private readonly sources: DaemonMetricsSources) {
     const registers = [this.registry];
@@ -128,6 +134,13 @@ export class DaemonMetrics {
     this.fullPulls = new Counter({ name: 'dedup_full_pulls_total', help: 'Layers a lazy pull asked for that were left to containerd to download in full, by reason',
       labelNames: ['reason'], registers });
     for (const reason of sources.fullPullReasons) this.fullPulls.inc({ reason }, 0);
+    this.commitPause = new Histogram({ name: 'dedup_commit_pause_seconds', help: 'How long a container commit kept the container frozen (freeze to thaw)',
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1], registers });
+    this.commitBackground = new Histogram({ name: 'dedup_commit_background_seconds', help: 'Building and pushing a committed layer, after the thaw',
+      buckets: [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers });
+    this.commitBytes = new Counter({ name: 'dedup_commit_layer_bytes_total', help: 'Bytes of committed eStargz layers', registers });
+    this.commits = new Counter({ name: 'dedup_commits_total', help: 'Container commits, by outcome (the phase that failed)', labelNames: ['outcome'], registers });
+    for (const outcome of sources.commitOutcomes ?? []) this.commits.inc({ outcome }, 0);
     const ksmGauges: [string, string, (k: KsmStatus) => number][] = [
       ['dedup_ksm_run', 'KSM scanner state (0 stopped, 1 running, 2 unmerging)', (k) => k.run],
       ['dedup_ksm_pages_shared', 'KSM pages shared', (k) => k.pages_shared],
@@ -142,6 +155,18 @@ export class DaemonMetrics {
 
   fullPull(reason: string): void {
     this.fullPulls.inc({ reason });
+  }
+
+  commitPaused(seconds: number): void {
+    this.commitPause.observe(seconds);
+  }
+
+  commitFinished(outcome: string, backgroundSeconds: number, layerBytes: number): void {
+    this.commits.inc({ outcome });
+    if (outcome === 'ok') {
+      this.commitBackground.observe(backgroundSeconds);
+      this.commitBytes.inc(layerBytes);
+    }
   }
 
   async text(): Promise<string> {

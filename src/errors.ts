@@ -26,7 +26,10 @@ export type ErrorCode =
   | 'ERR_FUSED'
   | 'ERR_UNAVAILABLE'
   | 'ERR_UNSUPPORTED'
-  | 'ERR_API_BIND';
+  | 'ERR_API_BIND'
+  | 'ERR_SANDBOX'
+  | 'ERR_POOL_EXHAUSTED'
+  | 'ERR_CRIU';
 
 export class DedupError extends Error {
   readonly code: ErrorCode;
@@ -194,6 +197,27 @@ export class UnsupportedError extends DedupError {
 export class ApiBindError extends DedupError {
   constructor(readonly addr: string, reason: string) {
     super('ERR_API_BIND', `admin API cannot listen on ${addr} (${reason}); set api.addr in the config or --api-addr (127.0.0.1:0 picks a free port)`);
+  }
+}
+
+/** A sandbox could not be started, frozen, thawed or destroyed; the message names it and the step. */
+export class SandboxError extends DedupError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_SANDBOX', message, options);
+  }
+}
+
+/** No frozen sandbox of the pool became ready within the Acquire's timeout. */
+export class PoolExhaustedError extends DedupError {
+  constructor(readonly pool: string, timeoutMs: number) {
+    super('ERR_POOL_EXHAUSTED', `pool ${pool}: no sandbox ready within ${timeoutMs} ms`);
+  }
+}
+
+/** CRIU is missing, failed its check, or a dump or restore failed; the message points at its log. */
+export class CriuError extends DedupError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_CRIU', message, options);
   }
 }
 

@@ -21,6 +21,14 @@ export async function mountOverlay(dir: string, lowers: string[], upper?: { uppe
   if (r.code !== 0) throw new MountError(`cannot mount overlay at ${dir}: ${r.stderr}`);
 }
 
+/** A containerd-style mount (type, source, options) at `dir`: what a snapshot's Mounts answer says to do. */
+export async function mountAt(dir: string, m: { type: string; source: string; options: string[] }): Promise<void> {
+  const bind = m.type === 'bind' || m.options.includes('bind') || m.options.includes('rbind');
+  const args = bind ? ['--rbind', m.source, dir] : ['-t', m.type, m.source, '-o', m.options.join(','), dir];
+  const r = await exec('mount', args);
+  if (r.code !== 0) throw new MountError(`cannot mount ${m.type} ${m.source} at ${dir}: ${r.stderr}`);
+}
+
 /** Unmounts `dir`; a busy mount is detached lazily rather than left behind. */
 export async function unmount(dir: string): Promise<void> {
   if (!(await isMountpoint(dir))) return;

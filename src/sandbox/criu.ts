@@ -1,0 +1,60 @@
+// CRIU as this machine can run it: Debian 13's criu 4.1.1 unpacked with its own libraries into a
+// private prefix (scripts/setup.sh) and started through that prefix's dynamic loader, so nothing
+// of Debian 13's C library is installed system-wide. Debian 12's criu 3.17 fails `criu check` on
+// this kernel.
+
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { CriuError } from '../errors.js';
+
+/** Where scripts/setup.sh unpacks it. */
+export const DEFAULT_CRIU_PREFIX = '/opt/dedup-snapshotter/criu';
+
+function run(argv: string[], timeoutMs: number): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => {
+    execFile(argv[0]!, argv.slice(1), { timeout: timeoutMs }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
+      resolve({ code, out: `${stdout}${stderr}`.trim() });
+    });
+  });
+}
+
+export class Criu {
+  /** The command line that runs criu: loader, library path, binary. */
+  private constructor(readonly argv: string[]) {}
+
+  /** The criu of a private prefix; CriuError when it is not there. */
+  static at(prefix: string = DEFAULT_CRIU_PREFIX): Criu {
+    const libs = [join(prefix, 'usr/lib/x86_64-linux-gnu'), join(prefix, 'lib/x86_64-linux-gnu')];
+    const loader = join(libs[0]!, 'ld-linux-x86-64.so.2');
+    const bin = join(prefix, 'usr/sbin/criu');
+    if (!existsSync(loader) || !existsSync(bin)) {
+      throw new CriuError(`no CRIU in ${prefix} (${bin} with its loader ${loader}); scripts/setup.sh installs Debian 13's criu there`);
+    }
+    return new Criu([loader, '--library-path', libs.join(':'), bin]);
+  }
+
+  /** `criu check`: CriuError with its output unless it says the kernel does what it needs. */
+  async check(): Promise<void> {
+    const r = await run([...this.argv, 'check'], 30_000);
+    if (r.code !== 0 || !/Looks good/.test(r.out)) throw new CriuError(`criu check failed (exit ${r.code}): ${r.out.split('\n').slice(-3).join('; ')}`);
+  }
+
+  /** Dumps the process tree rooted at `pid` into `dir` (which must exist); `leaveRunning` keeps it going. */
+  async dump(pid: number, dir: string, leaveRunning: boolean): Promise<void> {
+    const args = ['dump', '-t', String(pid), '-D', dir, '-o', 'dump.log', ...(leaveRunning ? ['--leave-running'] : [])];
+    const r = await run([...this.argv, ...args], 120_000);
+    if (r.code !== 0) throw new CriuError(`criu dump of pid ${pid} failed (exit ${r.code}); see ${join(dir, 'dump.log')}`);
+  }
+
+  /**
+   * The restore command the sandbox shim runs: the tree comes back as the shim's child
+   * (--restore-sibling), in the shim's cgroup (cgroups left alone), on `rootfs`. Its log and
+   * statistics go to `workDir`, so several sandboxes restore the same checkpoint at once.
+   */
+  restoreArgv(dir: string, rootfs: string, pidfile: string, workDir: string): string[] {
+    return [...this.argv, 'restore', '-D', dir, '-W', workDir, '-o', 'restore.log', '--root', rootfs, '--restore-sibling', '--restore-detached',
+      '--pidfile', pidfile, '--manage-cgroups=ignore'];
+  }
+}

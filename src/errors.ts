@@ -29,7 +29,8 @@ export type ErrorCode =
   | 'ERR_API_BIND'
   | 'ERR_SANDBOX'
   | 'ERR_POOL_EXHAUSTED'
-  | 'ERR_CRIU';
+  | 'ERR_CRIU'
+  | 'ERR_ADMIN_API';
 
 export class DedupError extends Error {
   readonly code: ErrorCode;
@@ -218,6 +219,13 @@ export class PoolExhaustedError extends DedupError {
 export class CriuError extends DedupError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_CRIU', message, options);
+  }
+}
+
+/** The daemon's admin API refused a request (or could not be reached); the message carries its own code. */
+export class AdminApiError extends DedupError {
+  constructor(readonly remoteCode: string, message: string) {
+    super('ERR_ADMIN_API', `admin API: ${message} [${remoteCode}]`);
   }
 }
 

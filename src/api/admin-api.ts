@@ -12,6 +12,7 @@ import { parseHostPort, redactConfig } from '../config/config.js';
 import type { LiveConfig } from '../config/live-config.js';
 import type { DaemonMetrics } from '../metrics/metrics.js';
 import { HttpError, readJson, route, send, sendError, type Reply, type Routes } from './http.js';
+import { poolRoutes, type PoolsApi } from './pool-routes.js';
 import { VERSION } from '../version.js';
 
 export interface AdminApiOptions {
@@ -20,6 +21,8 @@ export interface AdminApiOptions {
   audit: AuditLog;
   metrics: DaemonMetrics;
   log: { info(o: object, m: string): void; warn(o: object, m: string): void };
+  /** The daemon's sandbox pools (the /pools endpoints). */
+  pools?: PoolsApi;
 }
 
 type Handler = (req: IncomingMessage, url: URL, actor: string) => Promise<Reply>;
@@ -50,6 +53,7 @@ export class AdminApi {
       '/metrics': {
         GET: async () => ({ body: await opts.metrics.text(), type: opts.metrics.contentType }),
       },
+      ...(opts.pools ? poolRoutes(opts.pools, opts.audit, () => opts.config.get().api.max_body_bytes) : {}),
     };
 
     const server = createServer((req, res) => {

@@ -20,6 +20,9 @@ import { FusedClient, fusedSocket } from '../fused/client.js';
 import { parsePlatform } from '../image/oci.js';
 import { applyKsmConfig, ksmStatus } from '../ksm/ksm.js';
 import { DaemonMetrics } from '../metrics/metrics.js';
+import { imageChainId } from '../sandbox/image-snapshot.js';
+import { PoolMetrics } from '../sandbox/pool-metrics.js';
+import { SandboxPools } from '../sandbox/pools.js';
 import { loadSnapshotsService, snapshotsHandlers } from '../snapshot/grpc-service.js';
 import { FULL_PULL_REASONS, Snapshotter } from '../snapshot/snapshotter.js';
 import { ChunkStore } from '../store/chunk-store.js';
@@ -140,11 +143,21 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       process.once('SIGTERM', () => resolve('SIGTERM'));
       process.once('SIGINT', () => resolve('SIGINT'));
     });
+    // Sandbox pools on this snapshotter's snapshots; a stop leaves their sandboxes running for
+    // the next start to adopt (docs/sandbox.md).
+    const platform = parsePlatform(flags.platform);
+    const pools = new SandboxPools({
+      root: config.root, memoryMerge: config.enable_mem_dedup, log, metrics: new PoolMetrics(metrics.registry),
+      snapshots: { stat: async (key) => snapshotter.stat(key), prepare: (key, parent, labels) => snapshotter.prepare(key, parent, labels), remove: (key) => snapshotter.remove(key) },
+      resolveImage: (ref) => imageChainId(client, ref, platform),
+      audit: (action, target, details, result) => audit.record('dedup-snapshotter', action, target, details, result),
+    });
     const server = new grpc.Server();
     let api: AdminApi | undefined;
     let apiRetry: NodeJS.Timeout | undefined;
     try {
       await snapshotter.start();
+      await pools.start();
       server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter));
       await mkdir(dirname(flags.socket), { recursive: true });
       await rm(flags.socket, { force: true }); // a socket left by a daemon that was killed
@@ -154,7 +167,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       // it): gRPC serves on, and the API is tried again until it can listen.
       const startApi = async (): Promise<boolean> => {
         try {
-          api = await AdminApi.start({ addr: config.api.addr, config: live, audit, metrics, log });
+          api = await AdminApi.start({ addr: config.api.addr, config: live, audit, metrics, log, pools });
           return true;
         } catch (err) {
           if (!(err instanceof ApiBindError)) throw err;
@@ -187,6 +200,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       clearInterval(watcher);
       clearInterval(apiRetry);
       await api?.close();
+      await pools.detach();
       server.forceShutdown();
       snapshotter.close();
       audit.close();

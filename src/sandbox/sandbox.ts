@@ -5,7 +5,7 @@
 
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SandboxError } from '../errors.js';
@@ -20,6 +20,11 @@ export const SHIM = fileURLToPath(new URL('../../../native/build/Release/dedup-s
 export interface ExitStatus {
   code: number | null;
   signal: number | null;
+}
+
+/** When the shim reaped the tree's root (its status file's mtime, ms since the epoch). */
+export async function reapedAt(sb: Sandbox): Promise<number | undefined> {
+  return stat(join(sb.dir, 'status')).then((s) => s.mtimeMs, () => undefined);
 }
 
 export function parseStatus(text: string | undefined): ExitStatus {
@@ -49,7 +54,6 @@ export interface SandboxRecord {
 export class Sandbox {
   state: PooledState = 'starting';
   pid = 0;
-  readonly createdAt = new Date();
   activatedAt: Date | undefined;
   /** The checkpoint the running tree was restored from (a base or one of its own). */
   from: string | undefined;
@@ -60,7 +64,8 @@ export class Sandbox {
   shimReaped: Promise<void> = Promise.resolve();
   private launches = 0;
 
-  constructor(readonly id: string, readonly pool: string, readonly dir: string, readonly cgroup: Cgroup, private readonly memoryMerge: boolean) {}
+  constructor(readonly id: string, readonly pool: string, readonly dir: string, readonly cgroup: Cgroup, private readonly memoryMerge: boolean,
+    readonly createdAt = new Date()) {}
 
   get rootfs(): string {
     return join(this.dir, 'rootfs');
@@ -98,11 +103,32 @@ export class Sandbox {
       this.from = how.restore.id;
     }
     this.pid = await this.spawnShim(args, env);
+    this.follow();
+  }
+
+  /** `exited` follows the tree now running in the cgroup. */
+  private follow(): void {
     const launch = ++this.launches;
     this.exited = this.cgroup.whenEmpty().then(async () => {
       if (launch !== this.launches) return { code: null, signal: null };
       return parseStatus(await readFile(this.statusFile, 'utf8').catch(() => undefined));
     });
+  }
+
+  /**
+   * A sandbox a previous daemon started, from its sandbox.json: adopted when its tree's root is
+   * still in its cgroup (its shim, no child of ours, goes on reaping it), otherwise undefined.
+   */
+  static async adopt(record: SandboxRecord, dir: string, cgroup: Cgroup, memoryMerge: boolean): Promise<Sandbox | undefined> {
+    const sb = new Sandbox(record.id, record.pool, dir, cgroup, memoryMerge, new Date(record.created));
+    sb.pid = record.pid;
+    sb.from = record.from;
+    if (record.state !== 'frozen' && record.state !== 'active') return undefined;
+    if (!(await cgroup.pids()).includes(record.pid) || !(await sb.alive())) return undefined;
+    sb.state = record.state;
+    sb.activatedAt = record.activated ? new Date(record.activated) : undefined;
+    sb.follow();
+    return sb;
   }
 
   /** The shim's first line: "pid N", or "error ..." and its exit. */
@@ -187,7 +213,10 @@ export class Sandbox {
     };
   }
 
+  /** sandbox.json, replaced whole (a restarted daemon adopts the sandbox from it). */
   async writeRecord(): Promise<void> {
-    await writeFile(join(this.dir, 'sandbox.json'), JSON.stringify(this.record()));
+    const file = join(this.dir, 'sandbox.json');
+    await writeFile(`${file}.tmp`, JSON.stringify(this.record()));
+    await rename(`${file}.tmp`, file);
   }
 }

@@ -10,7 +10,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { FailedPreconditionError, isDedupError, NotFoundError, PoolExhaustedError, SandboxError } from '../errors.js';
@@ -19,7 +19,7 @@ import { Cgroup, enableControllers } from './cgroup.js';
 import type { CheckpointInfo, CheckpointStore } from './checkpoints.js';
 import type { Criu } from './criu.js';
 import { limitControllers, type PoolConfig } from './pool-config.js';
-import { isCleanExit, Sandbox, type ExitStatus, type Launch } from './sandbox.js';
+import { isCleanExit, Sandbox, type ExitStatus, type Launch, type SandboxRecord } from './sandbox.js';
 
 /** The snapshotter as a pool uses it (the in-process Snapshotter, or a Snapshots gRPC client). */
 export interface SnapshotService {
@@ -61,6 +61,8 @@ export interface PoolEvents {
   /** An active sandbox's tree ended: clean (exit 0, a release) or not (the sandbox is now failed). */
   exit: [Sandbox, ExitStatus];
   destroyed: [Sandbox];
+  /** Closed or detached: it hands out nothing more. */
+  closed: [];
   /** A background step failed (a refill); the pool goes on. */
   refillFailed: [Error];
 }
@@ -113,13 +115,55 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     try {
       if (this.config.base_checkpoint) this.useBase(await this.store().get(this.config.base_checkpoint));
       else if (this.config.from_checkpoint) this.useBase(await this.takeBase());
-      await this.startSandboxes(this.config.initial_size);
+      const adopted = await this.adopt();
+      await this.startSandboxes(Math.max(0, this.config.initial_size - adopted));
     } catch (err) {
       await this.close();
       throw err;
     }
     this.timer = setInterval(() => this.wake(), this.config.refill_interval_ms).unref();
     this.log.info({ pool: this.name, image: template.image, snapshot: this.chainId, frozen: this.frozen.length, base: this.base?.id }, 'pool started');
+  }
+
+  /**
+   * Takes over the sandboxes a previous daemon left in the pool's directory (killed with it or
+   * not): those still running keep their state, the rest are removed. Returns how many are frozen.
+   */
+  private async adopt(): Promise<number> {
+    const root = join(this.deps.dir, 'sandboxes');
+    for (const id of await readdir(root)) {
+      const dir = join(root, id);
+      const cgroup = Cgroup.open(join(this.cgroup!.path, id));
+      const record = await readFile(join(dir, 'sandbox.json'), 'utf8').then((t) => JSON.parse(t) as SandboxRecord, () => undefined);
+      const sb = record && record.id === id ? await Sandbox.adopt(record, dir, cgroup, this.deps.memoryMerge ?? false) : undefined;
+      if (!sb) {
+        await this.destroy(new Sandbox(id, this.name, dir, cgroup, false)).catch((err: unknown) =>
+          this.log.warn({ pool: this.name, sandbox: id, err: (err as Error).message }, 'leftover sandbox not removed'));
+        continue;
+      }
+      if (sb.state === 'frozen') {
+        await sb.cgroup.freeze();
+        this.frozen.push(sb);
+      } else {
+        this.handedOut.set(id, sb);
+      }
+      this.watchExit(sb);
+      this.log.info({ pool: this.name, sandbox: id, pid: sb.pid, state: sb.state }, 'sandbox adopted');
+    }
+    return this.frozen.length;
+  }
+
+  /**
+   * Leaves every sandbox running as it is (a daemon stop): refilling and exit handling stop, the
+   * next start() adopts them.
+   */
+  async detach(): Promise<void> {
+    this.closing = true;
+    clearInterval(this.timer);
+    await this.refilling;
+    await Promise.allSettled([...this.inflight]);
+    for (const sb of this.sandboxes()) await sb.writeRecord().catch(() => undefined);
+    this.emit('closed');
   }
 
   /** Frozen sandboxes ready to be handed out. */
@@ -214,6 +258,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
       return 'destroyed';
     }
     sb.activatedAt = undefined;
+    await sb.writeRecord().catch(() => undefined);
     this.offer(sb);
     this.emit('released', sb);
     this.wake();
@@ -243,6 +288,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     sb.setState('active');
     sb.activatedAt = new Date();
     this.watchExit(sb);
+    await sb.writeRecord().catch(() => undefined);
   }
 
   /** Kills a failed sandbox's restored tree again (a failed health check). */
@@ -282,6 +328,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     for (const id of this.oldBases) this.deps.checkpoints?.unref(id);
     this.oldBases.clear();
     this.log.info({ pool: this.name }, 'pool closed');
+    this.emit('closed');
     if (errors.length) throw errors[0];
   }
 
@@ -351,6 +398,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
         throw err;
       }
       if (this.closing) return this.destroy(sb);
+      await sb.writeRecord();
       this.watchExit(sb);
       this.emit('ready', sb);
       this.offer(sb);

@@ -142,8 +142,7 @@ static void write_status(const char* status_file, int status) {
   if (!f) return;
   if (WIFSIGNALED(status)) fprintf(f, "signaled %d\n", WTERMSIG(status));
   else fprintf(f, "exited %d\n", WEXITSTATUS(status));
-  fflush(f);
-  fsync(fileno(f));
+  // No fsync: the status matters only while this boot lasts, and the exit handler waits on it.
   fclose(f);
   rename(tmp, status_file);
 }

@@ -12,10 +12,8 @@ import { after, before, describe, it } from 'node:test';
 import { CGROUP2_ROOT } from '../src/sandbox/cgroup.js';
 import { Criu } from '../src/sandbox/criu.js';
 import { dedupctl } from './fixtures/cli.js';
-import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
 import { waitFor } from './fixtures/process.js';
-import { startRegistry, type TestRegistry } from './fixtures/registry.js';
-import { counterOf, pushCounterImage } from './fixtures/sandbox.js';
+import { counterOf, startPoolStack, type PoolStack } from './fixtures/sandbox.js';
 import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
 
 interface Summary {
@@ -28,9 +26,8 @@ interface Summary {
 
 describe('sandbox pools in the daemon: dedupctl pool, admin API, audit, metrics, daemon restarts', () => {
   let tmp: string;
-  let registry: TestRegistry | undefined;
+  let stack: PoolStack | undefined;
   let snap: TestSnapshotter | undefined;
-  let ctd: TestContainerd | undefined;
   let ref: string;
   let criuMissing = '';
 
@@ -44,21 +41,14 @@ describe('sandbox pools in the daemon: dedupctl pool, admin API, audit, metrics,
 
   before(async () => {
     tmp = await mkdtemp(join(tmpdir(), 'dedup-sandbox-daemon-test-'));
-    registry = await startRegistry(tmp);
-    ref = await pushCounterImage(tmp, registry.host);
-    snap = await startSnapshotter(tmp);
-    ctd = await startContainerd(tmp, { dedupSocket: snap.socket });
-    const pull = await ctd.rpull(ref);
-    assert.equal(pull.code, 0, pull.stderr);
+    stack = await startPoolStack(tmp);
+    ({ snap, ref } = stack);
     await Criu.at().check().catch((err: Error) => (criuMissing = `no working CRIU: ${err.message}`));
   });
 
   after(async () => {
     if (snap) await dedupctl(['pool', 'rm', 'web', '--api', snap.api.replace('http://', '')]);
-    await ctd?.stop();
-    await snap?.stop();
-    await unmountUnder(tmp);
-    await registry?.stop();
+    await stack?.stop();
     await rm(tmp, { recursive: true, force: true });
   });
 
@@ -103,7 +93,7 @@ describe('sandbox pools in the daemon: dedupctl pool, admin API, audit, metrics,
     const before = await ls();
     await snap!.kill9();
     assert.ok(existsSync(`/proc/${active.pid}`), 'the active sandbox outlives the daemon');
-    snap = await startSnapshotter(tmp);
+    snap = stack!.snap = await startSnapshotter(tmp);
     const adopted = await ls();
     // Every sandbox is still there, same pid and state (the pool may have started more up to initial_size).
     for (const s of before.sandboxes) assert.ok(adopted.sandboxes.some((a) => a.id === s.id && a.pid === s.pid && a.state === s.state), `${s.id} adopted`);

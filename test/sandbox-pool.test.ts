@@ -22,12 +22,9 @@ import {
 import { RecoveryManager, type RecoveryResult } from '../src/sandbox/recovery.js';
 import { parseStatus, type Sandbox } from '../src/sandbox/sandbox.js';
 import { WarmupPool, type SnapshotService } from '../src/sandbox/warmup-pool.js';
-import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
 import { waitFor } from './fixtures/process.js';
-import { startRegistry, type TestRegistry } from './fixtures/registry.js';
-import { counterOf, grpcSnapshots, leftovers, pushCounterImage } from './fixtures/sandbox.js';
+import { counterOf, grpcSnapshots, leftovers, startPoolStack, type PoolStack } from './fixtures/sandbox.js';
 import { snapshotsClient, type SnapshotsClient } from './fixtures/snapshots-client.js';
-import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
 
 const TEMPLATE = { image: '', command: ['/bin/sh', '/counter.sh'], ready: { file: '/ready' } };
 
@@ -98,9 +95,7 @@ describe('sandbox pool: configuration (unit)', () => {
 
 describe('sandbox pool on our snapshotter (integration)', () => {
   let tmp: string;
-  let registry: TestRegistry | undefined;
-  let snap: TestSnapshotter | undefined;
-  let ctd: TestContainerd | undefined;
+  let stack: PoolStack | undefined;
   let grpcClient: SnapshotsClient | undefined;
   let snapshots: SnapshotService;
   let registryClient: RegistryClient;
@@ -110,6 +105,8 @@ describe('sandbox pool on our snapshotter (integration)', () => {
   let checkpoints: CheckpointStore | undefined;
   const cgroupParent = join(CGROUP2_ROOT, `dedup-test-${process.pid}`);
   const seenPids: number[] = [];
+  /** What the refill loops reported; a test that waits on a refill shows them when it times out. */
+  const refillErrors: string[] = [];
 
   const newPool = async (name: string, config: Partial<PoolConfigInput> = {}, opts: { start?: boolean } = {}): Promise<WarmupPool> => {
     const pool = new WarmupPool(parsePoolConfig({ name, ...config, template: { ...TEMPLATE, ...config.template, image: config.template?.image || ref } }), {
@@ -118,6 +115,7 @@ describe('sandbox pool on our snapshotter (integration)', () => {
       checkpoints, criu,
     });
     pool.on('ready', (sb) => seenPids.push(sb.pid, sb.shimPid));
+    pool.on('refillFailed', (err) => refillErrors.push(`${name}: ${err.message}`));
     if (opts.start !== false) await pool.start();
     return pool;
   };
@@ -141,13 +139,9 @@ describe('sandbox pool on our snapshotter (integration)', () => {
 
   before(async () => {
     tmp = await mkdtemp(join(tmpdir(), 'dedup-sandbox-test-'));
-    registry = await startRegistry(tmp);
-    ref = await pushCounterImage(tmp, registry.host);
-    snap = await startSnapshotter(tmp);
-    ctd = await startContainerd(tmp, { dedupSocket: snap.socket });
-    const pull = await ctd.rpull(ref);
-    assert.equal(pull.code, 0, pull.stderr);
-    grpcClient = snapshotsClient(snap.socket);
+    stack = await startPoolStack(tmp);
+    ref = stack.ref;
+    grpcClient = snapshotsClient(stack.snap.socket);
     snapshots = grpcSnapshots(grpcClient);
     registryClient = new RegistryClient({ plainHttp: true });
     try {
@@ -163,10 +157,7 @@ describe('sandbox pool on our snapshotter (integration)', () => {
   after(async () => {
     grpcClient?.close();
     await registryClient?.close();
-    await ctd?.stop();
-    await snap?.stop();
-    await unmountUnder(tmp);
-    await registry?.stop();
+    await stack?.stop();
     await rm(cgroupParent, { recursive: true, force: true }).catch(() => undefined);
     await Cgroup.open(cgroupParent).remove().catch(() => undefined);
     await rm(tmp, { recursive: true, force: true });
@@ -213,6 +204,19 @@ describe('sandbox pool on our snapshotter (integration)', () => {
       await new Promise((r) => setTimeout(r, 300));
       assert.equal(await counterOf(sb.rootfs), frozenAt, 'a frozen sandbox does not run');
       await assert.rejects(pool.release('sb-nope'), (err: Error & { code?: string }) => err.code === 'ERR_NOT_FOUND');
+    });
+  });
+
+  it('a frozen sandbox killed from outside is not handed out: Acquire destroys it and takes the next', async () => {
+    await withPool('killed', { initial_size: 2, min_size: 0, max_size: 2 }, async (pool) => {
+      const [first, second] = pool.sandboxes();
+      process.kill(first!.pid, 'SIGKILL');
+      // The kill lands asynchronously; then the frozen shim cannot reap it (a zombie).
+      await waitFor('the killed sandbox to be a zombie', async () => !(await first!.alive()), 10_000);
+      const got = await pool.acquire();
+      assert.equal(got.id, second!.id);
+      assert.ok(await got.alive());
+      assert.equal(first!.state, 'destroyed');
     });
   });
 
@@ -266,7 +270,7 @@ describe('sandbox pool on our snapshotter (integration)', () => {
   });
 
   it('an unknown image, or limits on a controller cgroup v2 does not have here, fail the start with the reason', async () => {
-    const unknown = await newPool('unknown', { template: { ...TEMPLATE, image: `${registry!.host}/src/counter:1` } }, { start: false });
+    const unknown = await newPool('unknown', { template: { ...TEMPLATE, image: `${stack!.registry.host}/src/counter:1` } }, { start: false });
     await assert.rejects(unknown.start(), (err: Error & { code?: string }) => err.code === 'ERR_NOT_FOUND' && /no committed snapshot sha256:[0-9a-f]{64}; pull it with the dedup snapshotter/.test(err.message));
     const controllers = (await readFile(join(CGROUP2_ROOT, 'cgroup.controllers'), 'utf8')).split(/\s+/);
     if (!controllers.includes('pids')) {
@@ -406,7 +410,8 @@ describe('sandbox pool on our snapshotter (integration)', () => {
         const next = await pool.checkpoint(sb.id);
         pool.rollBase({ ...next, kind: 'base' });
         assert.equal(await pool.release(sb.id), 'destroyed', 'a sandbox of the old base is not returned to the pool');
-        await waitFor('every frozen sandbox from the new base', async () => pool.size() === 2 && pool.sandboxes().every((s) => s.from === next.id), 60_000);
+        await waitFor('every frozen sandbox from the new base', async () => pool.size() === 2 && pool.sandboxes().every((s) => s.from === next.id), 60_000)
+          .catch((err: Error) => assert.fail(`${err.message}; refill errors: ${refillErrors.join('; ') || 'none'}`));
         await checkpoints!.remove(base);
         seenPids.push(sb.pid);
       });

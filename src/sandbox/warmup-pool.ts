@@ -205,8 +205,10 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
       this.handedOut.set(sb.id, sb);
       try {
         await sb.cgroup.thaw();
+        // Killed while frozen: its shim could not reap it until now.
+        if (!(await sb.alive())) throw new SandboxError(`sandbox ${sb.id}: pid ${sb.pid} died while frozen`);
       } catch (err) {
-        this.log.warn({ pool: this.name, sandbox: sb.id, err: (err as Error).message }, 'sandbox did not thaw; destroying it');
+        this.log.warn({ pool: this.name, sandbox: sb.id, err: (err as Error).message }, 'sandbox not handed out; destroying it');
         await this.destroy(sb);
         continue;
       }
@@ -390,7 +392,9 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     const one = async (): Promise<void> => {
       const sb = await this.create();
       try {
-        await sb.waitReady(this.config.template, () => this.closing);
+        // A tree restored from a base was ready when it was dumped (its ready file is in the
+        // base's root filesystem, not in this fresh one).
+        if (!sb.from) await sb.waitReady(this.config.template, () => this.closing);
         await sb.cgroup.freeze();
         sb.setState('frozen');
       } catch (err) {

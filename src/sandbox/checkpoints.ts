@@ -4,7 +4,7 @@
 // that open() removes (with the .failed- ones kept for their logs). A checkpoint in use (a pool's base) holds references and is not removed.
 
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { FailedPreconditionError, NotFoundError } from '../errors.js';
@@ -76,7 +76,7 @@ export class CheckpointStore {
     const dir = join(this.dir, id);
     try {
       const meta = metaSchema.parse(JSON.parse(await readFile(join(dir, META), 'utf8')));
-      await fsyncPath(join(dir, 'inventory.img'));
+      await access(join(dir, 'inventory.img'));
       return { ...meta, dir };
     } catch {
       throw new NotFoundError(`checkpoint ${id}`, `no complete checkpoint in ${dir}`);

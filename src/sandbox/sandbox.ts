@@ -4,7 +4,7 @@
 // through inotify) means the tree's root has exited and the shim has written its status file.
 
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -109,9 +109,13 @@ export class Sandbox {
   /** `exited` follows the tree now running in the cgroup. */
   private follow(): void {
     const launch = ++this.launches;
-    this.exited = this.cgroup.whenEmpty().then(async () => {
+    this.exited = this.cgroup.whenEmpty().then(() => {
       if (launch !== this.launches) return { code: null, signal: null };
-      return parseStatus(await readFile(this.statusFile, 'utf8').catch(() => undefined));
+      try {
+        return parseStatus(readFileSync(this.statusFile, 'utf8')); // a few bytes the shim just wrote
+      } catch {
+        return parseStatus(undefined);
+      }
     });
   }
 
@@ -202,7 +206,12 @@ export class Sandbox {
 
   /** The tree's root is running (not gone, not a zombie waiting for the shim). */
   async alive(): Promise<boolean> {
-    const stat = await readFile(`/proc/${this.pid}/stat`, 'utf8').catch(() => '');
+    let stat = '';
+    try {
+      stat = readFileSync(`/proc/${this.pid}/stat`, 'utf8'); // procfs, answered at once (see cgroup.ts)
+    } catch {
+      // gone
+    }
     return stat !== '' && !/^\d+ \(.*\) [ZX] /s.test(stat);
   }
 

@@ -91,7 +91,10 @@ export class SandboxPools {
   async create(input: unknown): Promise<PoolSummary> {
     const config = parsePoolConfig(input);
     if (this.pools.has(config.name) || existsSync(this.configFile(config.name))) throw new AlreadyExistsError(`pool ${config.name}`);
-    const pool = await this.run(config);
+    const pool = await this.run(config).catch(async (err: unknown) => {
+      await rm(join(this.dir, `${config.name}.snapshot`), { force: true });
+      throw err;
+    });
     // A base taken at start is the pool's from now on: a restart does not take another.
     await this.save(pool.baseCheckpoint ? { ...config, from_checkpoint: false, base_checkpoint: pool.baseCheckpoint } : config);
     return this.summary(config.name);
@@ -100,7 +103,7 @@ export class SandboxPools {
   private async run(config: PoolConfig): Promise<WarmupPool> {
     const pool = new WarmupPool(config, {
       dir: join(this.dir, config.name), cgroupParent: this.cgroupParent,
-      snapshots: this.opts.snapshots, resolveImage: this.opts.resolveImage,
+      snapshots: this.opts.snapshots, resolveImage: (ref) => this.resolveImage(config.name, ref),
       checkpoints: this.checkpoints, criu: this.criu, memoryMerge: this.opts.memoryMerge, log: this.opts.log,
     });
     this.opts.metrics?.follow(pool);
@@ -120,6 +123,24 @@ export class SandboxPools {
     }
     this.pools.set(config.name, running);
     return pool;
+  }
+
+  /**
+   * The image's chain id from its registry, remembered in <name>.snapshot: a restart while the
+   * registry is unreachable still finds the snapshot (and adopts the pool's sandboxes).
+   */
+  private async resolveImage(name: string, ref: string): Promise<string> {
+    const cache = join(this.dir, `${name}.snapshot`);
+    try {
+      const chain = await this.opts.resolveImage(ref);
+      await writeFile(cache, `${ref}\n${chain}\n`);
+      return chain;
+    } catch (err) {
+      const [cachedRef, chain] = (await readFile(cache, 'utf8').catch(() => '')).split('\n');
+      if (cachedRef !== ref || !chain) throw err;
+      this.opts.log.warn({ pool: name, image: ref, snapshot: chain, err: (err as Error).message }, 'image not resolved; using the snapshot it resolved to before');
+      return chain;
+    }
   }
 
   private configFile(name: string): string {
@@ -159,6 +180,7 @@ export class SandboxPools {
     recovery?.close();
     this.pools.delete(name);
     await rm(this.configFile(name), { force: true });
+    await rm(join(this.dir, `${name}.snapshot`), { force: true });
     await pool.close();
     // The last pool gone: no empty cgroup of ours stays in the tree.
     if (this.pools.size === 0) await rmdir(this.cgroupParent).catch(() => undefined);

@@ -111,15 +111,20 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     const cgroupPath = join(this.deps.cgroupParent, this.name);
     await enableControllers(join(cgroupPath, 'x'), limitControllers(template));
     this.cgroup = await Cgroup.create(cgroupPath);
-    await mkdir(join(this.deps.dir, 'sandboxes'), { recursive: true });
+    let adopted = 0;
     try {
+      await mkdir(join(this.deps.dir, 'sandboxes'), { recursive: true });
       if (this.config.base_checkpoint) this.useBase(await this.store().get(this.config.base_checkpoint));
       else if (this.config.from_checkpoint) this.useBase(await this.takeBase());
-      const adopted = await this.adopt();
+      adopted = await this.adopt();
       await this.startSandboxes(Math.max(0, this.config.initial_size - adopted));
     } catch (err) {
-      await this.close();
-      throw err;
+      // A restart must not kill what it adopted: those go on, and the refill loop tries again.
+      if (this.sandboxes().length === 0) {
+        await this.close();
+        throw err;
+      }
+      this.log.warn({ pool: this.name, err: (err as Error).message, adopted: this.sandboxes().length }, 'pool started short of initial_size');
     }
     this.timer = setInterval(() => this.wake(), this.config.refill_interval_ms).unref();
     this.log.info({ pool: this.name, image: template.image, snapshot: this.chainId, frozen: this.frozen.length, base: this.base?.id }, 'pool started');

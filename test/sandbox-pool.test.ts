@@ -22,7 +22,7 @@ import {
 import { RecoveryManager, type RecoveryResult } from '../src/sandbox/recovery.js';
 import { parseStatus, type Sandbox } from '../src/sandbox/sandbox.js';
 import { WarmupPool, type SnapshotService } from '../src/sandbox/warmup-pool.js';
-import { waitFor } from './fixtures/process.js';
+import { mustRun, waitFor } from './fixtures/process.js';
 import { counterOf, grpcSnapshots, leftovers, startPoolStack, type PoolStack } from './fixtures/sandbox.js';
 import { snapshotsClient, type SnapshotsClient } from './fixtures/snapshots-client.js';
 
@@ -108,11 +108,11 @@ describe('sandbox pool on our snapshotter (integration)', () => {
   /** What the refill loops reported; a test that waits on a refill shows them when it times out. */
   const refillErrors: string[] = [];
 
-  const newPool = async (name: string, config: Partial<PoolConfigInput> = {}, opts: { start?: boolean } = {}): Promise<WarmupPool> => {
+  const newPool = async (name: string, config: Partial<PoolConfigInput> = {}, opts: { start?: boolean; memoryMerge?: boolean } = {}): Promise<WarmupPool> => {
     const pool = new WarmupPool(parsePoolConfig({ name, ...config, template: { ...TEMPLATE, ...config.template, image: config.template?.image || ref } }), {
       dir: join(tmp, 'pools', name), cgroupParent, snapshots,
       resolveImage: (r) => imageChainId(registryClient, r, { os: 'linux', architecture: 'amd64' }),
-      checkpoints, criu,
+      checkpoints, criu, memoryMerge: opts.memoryMerge,
     });
     pool.on('ready', (sb) => seenPids.push(sb.pid, sb.shimPid));
     pool.on('refillFailed', (err) => refillErrors.push(`${name}: ${err.message}`));
@@ -185,6 +185,19 @@ describe('sandbox pool on our snapshotter (integration)', () => {
       const keys = (await grpcClient!.list([])).filter((n) => n.startsWith('dedup-sandbox/init/'));
       assert.equal(keys.length, 3);
     });
+  });
+
+  it('template options: a network namespace, the host name, KSM merging (enable_mem_dedup) for the whole tree', async () => {
+    const pool = await newPool('opts', { initial_size: 1, min_size: 0, max_size: 1, template: { ...TEMPLATE, image: '', hostname: 'box', namespaces: { network: true } } }, { memoryMerge: true });
+    try {
+      const [sb] = pool.sandboxes();
+      assert.notEqual(await readlink(`/proc/${sb!.pid}/ns/net`), await readlink('/proc/self/ns/net'));
+      // The host name in the sandbox's UTS namespace (procfs answers for the reader's namespace).
+      assert.equal((await mustRun('nsenter', ['--target', String(sb!.pid), '--uts', 'cat', '/proc/sys/kernel/hostname'])).trim(), 'box');
+      for (const pid of await sb!.cgroup.pids()) assert.match(await readFile(`/proc/${pid}/ksm_stat`, 'utf8'), /^ksm_merge_any: yes$/m, `pid ${pid}`);
+    } finally {
+      await closeAndCheck(pool);
+    }
   });
 
   it('TestAcquireRelease and TestAcquireActivation: a thawed sandbox runs, a released one is frozen again and back in the pool', async () => {

@@ -1,13 +1,16 @@
-// CRIU checkpoints on disk: <dir>/<id>/ holds criu's images and checkpoint.json. A checkpoint is
+// CRIU checkpoints on disk: <dir>/<id>/ holds criu's images, checkpoint.json and upper/ (the
+// sandbox's writable layer at the dump). A checkpoint is
 // dumped into <dir>/.tmp-<id>/, every file and the directory are fsynced, then it is renamed into
 // place and the parent fsynced: a crash leaves either a complete checkpoint or a .tmp- directory
 // that open() removes (with the .failed- ones kept for their logs). A checkpoint in use (a pool's base) holds references and is not removed.
 
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { access, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { FailedPreconditionError, NotFoundError } from '../errors.js';
+import { FailedPreconditionError, NotFoundError, StoreError } from '../errors.js';
 import type { Criu } from './criu.js';
 
 const metaSchema = z.object({
@@ -50,12 +53,13 @@ export class CheckpointStore {
   }
 
   /** Dumps the tree at `pid` as a new checkpoint, atomically. */
-  async take(pid: number, meta: Omit<CheckpointInfo, 'id' | 'created' | 'dir'>, leaveRunning: boolean): Promise<CheckpointInfo> {
+  /** `upper`: the tree's writable layer, saved with it (see Criu.dump). */
+  async take(pid: number, meta: Omit<CheckpointInfo, 'id' | 'created' | 'dir'>, leaveRunning: boolean, upper?: string): Promise<CheckpointInfo> {
     const id = `ck-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
     const tmp = join(this.dir, `.tmp-${id}`);
     await mkdir(tmp);
     try {
-      await this.criu.dump(pid, tmp, leaveRunning);
+      await this.criu.dump(pid, tmp, leaveRunning, upper);
       const info = { id, created: Date.now(), ...meta };
       await writeFile(join(tmp, META), JSON.stringify(info));
       for (const name of await readdir(tmp)) await fsyncPath(join(tmp, name));
@@ -92,6 +96,19 @@ export class CheckpointStore {
       if (info && (sandbox === undefined || info.sandbox === sandbox)) out.push(info);
     }
     return out.sort((a, b) => b.created - a.created);
+  }
+
+  /**
+   * Makes `upper` (a sandbox's writable layer, not mounted) what it was at the checkpoint: emptied,
+   * then the saved copy put in with owners, modes, times, xattrs and whiteouts (cp -a).
+   */
+  async restoreUpper(ck: CheckpointInfo, upper: string): Promise<void> {
+    const saved = join(ck.dir, 'upper');
+    if (!existsSync(saved)) return;
+    await rm(upper, { recursive: true, force: true });
+    await mkdir(upper);
+    await new Promise<void>((resolve, reject) => execFile('cp', ['-a', `${saved}/.`, `${upper}/`], (err, _out, stderr) =>
+      (err ? reject(new StoreError(`cannot restore ${upper} from checkpoint ${ck.id}: ${stderr.trim() || err.message}`)) : resolve())));
   }
 
   ref(id: string): void {

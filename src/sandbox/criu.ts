@@ -5,6 +5,7 @@
 
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CriuError } from '../errors.js';
 
@@ -41,9 +42,22 @@ export class Criu {
     if (r.code !== 0 || !/Looks good/.test(r.out)) throw new CriuError(`criu check failed (exit ${r.code}): ${r.out.split('\n').slice(-3).join('; ')}`);
   }
 
-  /** Dumps the process tree rooted at `pid` into `dir` (which must exist); `leaveRunning` keeps it going. */
-  async dump(pid: number, dir: string, leaveRunning: boolean): Promise<void> {
-    const args = ['dump', '-t', String(pid), '-D', dir, '-o', 'dump.log', ...(leaveRunning ? ['--leave-running'] : [])];
+  /**
+   * Dumps the process tree rooted at `pid` into `dir` (which must exist); `leaveRunning` keeps it
+   * going. `upper`, the tree's writable layer, is copied to <dir>/upper by criu's post-dump action,
+   * which runs while the tree is still stopped: files and memory are of the same instant (criu
+   * refuses to restore a file whose size changed since the dump).
+   */
+  async dump(pid: number, dir: string, leaveRunning: boolean, upper?: string): Promise<void> {
+    const copy: string[] = [];
+    if (upper) {
+      // criu runs an action script by execvp, once per action; only post-dump copies.
+      const script = join(dir, 'save-upper.sh');
+      await mkdir(join(dir, 'upper'));
+      await writeFile(script, `#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" != post-dump ] || { cp -a '${upper}/.' '${join(dir, 'upper')}/' && sync -f '${dir}'; }\n`, { mode: 0o755 });
+      copy.push('--action-script', script);
+    }
+    const args = ['dump', '-t', String(pid), '-D', dir, '-o', 'dump.log', ...(leaveRunning ? ['--leave-running'] : []), ...copy];
     const r = await run([...this.argv, ...args], 120_000);
     if (r.code !== 0) throw new CriuError(`criu dump of pid ${pid} failed (exit ${r.code}); see ${join(dir, 'dump.log')}`);
   }

@@ -49,6 +49,7 @@ export interface SandboxRecord {
   activated?: number;
   /** The checkpoint the running tree was restored from. */
   from?: string;
+  mount?: { type: string; source: string; options: string[] };
 }
 
 export class Sandbox {
@@ -59,6 +60,12 @@ export class Sandbox {
   from: string | undefined;
   /** The current tree's end; replaced by every launch. */
   exited: Promise<ExitStatus> = Promise.resolve({ code: null, signal: null });
+  /** How its snapshot is mounted at rootfs, and the snapshot's writable layer (its upperdir). */
+  mount: { type: string; source: string; options: string[] } | undefined;
+  get upper(): string | undefined {
+    return this.mount?.options.find((o) => o.startsWith('upperdir='))?.slice('upperdir='.length);
+  }
+
   /** The current shim, and when this process has reaped it (it is our child). */
   shimPid = 0;
   shimReaped: Promise<void> = Promise.resolve();
@@ -127,6 +134,7 @@ export class Sandbox {
     const sb = new Sandbox(record.id, record.pool, dir, cgroup, memoryMerge, new Date(record.created));
     sb.pid = record.pid;
     sb.from = record.from;
+    sb.mount = record.mount;
     if (record.state !== 'frozen' && record.state !== 'active') return undefined;
     if (!(await cgroup.pids()).includes(record.pid) || !(await sb.alive())) return undefined;
     sb.state = record.state;
@@ -218,7 +226,7 @@ export class Sandbox {
   record(): SandboxRecord {
     return {
       id: this.id, pool: this.pool, pid: this.pid, state: this.state, created: this.createdAt.getTime(),
-      activated: this.activatedAt?.getTime(), from: this.from,
+      activated: this.activatedAt?.getTime(), from: this.from, mount: this.mount,
     };
   }
 

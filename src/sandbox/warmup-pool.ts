@@ -276,16 +276,23 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
   async checkpoint(id: string): Promise<CheckpointInfo> {
     const sb = this.get(id);
     if (sb.state !== 'active') throw new FailedPreconditionError(`sandbox ${id} is ${sb.state}; only an active sandbox is checkpointed`);
-    return this.store().take(sb.pid, { sandbox: id, pool: this.name, kind: 'sandbox', from: sb.from }, true);
+    return this.store().take(sb.pid, { sandbox: id, pool: this.name, kind: 'sandbox', from: sb.from }, true, sb.upper);
   }
 
   /**
    * Restores a failed sandbox's tree from `ck` on its own root filesystem, in its own cgroup;
-   * it is active again once this resolves. A tree that does not start is killed.
+   * it is active again once this resolves. Its writable layer goes back to the checkpoint's
+   * first (unmounted meanwhile: overlayfs wants no changes below a mounted overlay). A tree that
+   * does not start is killed.
    */
   async restore(sb: Sandbox, ck: CheckpointInfo): Promise<void> {
     if (sb.state !== 'failed') throw new FailedPreconditionError(`sandbox ${sb.id} is ${sb.state}; only a failed sandbox is restored`);
     await sb.kill();
+    if (sb.upper && sb.mount) {
+      await unmount(sb.rootfs);
+      await this.store().restoreUpper(ck, sb.upper);
+      await mountAt(sb.rootfs, sb.mount);
+    }
     try {
       await sb.launch({ restore: ck, criu: this.criu() });
     } catch (err) {
@@ -359,7 +366,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     const sb = await this.create({ run: this.config.template, hostname: this.config.template.hostname ?? this.name });
     try {
       await sb.waitReady(this.config.template, () => this.closing);
-      const ck = await this.store().take(sb.pid, { sandbox: sb.id, pool: this.name, kind: 'base' }, false);
+      const ck = await this.store().take(sb.pid, { sandbox: sb.id, pool: this.name, kind: 'base' }, false, sb.upper);
       await sb.exited;
       return ck;
     } finally {
@@ -381,9 +388,12 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     try {
       await mkdir(sb.rootfs, { recursive: true });
       const mounts = await this.deps.snapshots.prepare(this.snapshotKey(sb), this.chainId, { [SANDBOX_LABEL]: this.name });
-      await mountAt(sb.rootfs, mounts[0]!);
+      sb.mount = mounts[0]!;
+      const launch = how ?? this.launchFor(id);
+      if ('restore' in launch && sb.upper) await this.store().restoreUpper(launch.restore, sb.upper);
+      await mountAt(sb.rootfs, sb.mount);
       await Cgroup.create(cgroup.path, this.config.template.cgroup.limits);
-      await sb.launch(how ?? this.launchFor(id));
+      await sb.launch(launch);
       await sb.writeRecord();
       return sb;
     } catch (err) {

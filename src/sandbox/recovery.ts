@@ -54,8 +54,12 @@ export class RecoveryManager extends EventEmitter<RecoveryEvents> {
   ) {
     super();
     pool.on('exit', this.onExit);
-    pool.on('destroyed', (sb) => this.watched.delete(sb.id));
+    pool.on('destroyed', this.onDestroyed);
   }
+
+  private readonly onDestroyed = (sb: Sandbox): void => {
+    this.watched.delete(sb.id);
+  };
 
   /** Recovers the sandbox when its tree fails from now on. */
   watch(sandboxId: string): void {
@@ -70,6 +74,7 @@ export class RecoveryManager extends EventEmitter<RecoveryEvents> {
   /** Stops following the pool. */
   close(): void {
     this.pool.off('exit', this.onExit);
+    this.pool.off('destroyed', this.onDestroyed);
     this.watched.clear();
   }
 

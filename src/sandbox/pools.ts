@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { AlreadyExistsError, NotFoundError } from '../errors.js';
 import { CGROUP2_ROOT } from './cgroup.js';
@@ -183,7 +183,10 @@ export class SandboxPools {
     await rm(join(this.dir, `${name}.snapshot`), { force: true });
     await pool.close();
     // The last pool gone: no empty cgroup of ours stays in the tree.
-    if (this.pools.size === 0) await rmdir(this.cgroupParent).catch(() => undefined);
+    if (this.pools.size === 0) {
+      await rmdir(this.cgroupParent).catch(() => undefined);
+      await rmdir(dirname(this.cgroupParent)).catch(() => undefined); // another daemon's pools keep it
+    }
   }
 
   summary(name: string): PoolSummary {

@@ -21,7 +21,8 @@ import {
 } from '../src/sandbox/pool-config.js';
 import { RecoveryManager, type RecoveryResult } from '../src/sandbox/recovery.js';
 import { parseStatus, type Sandbox } from '../src/sandbox/sandbox.js';
-import { WarmupPool, type SnapshotService } from '../src/sandbox/warmup-pool.js';
+import type { SnapshotService } from '../src/sandbox/sandbox-resources.js';
+import { WarmupPool } from '../src/sandbox/warmup-pool.js';
 import { mustRun, waitFor } from './fixtures/process.js';
 import { counterOf, grpcSnapshots, leftovers, startPoolStack, type PoolStack } from './fixtures/sandbox.js';
 import { snapshotsClient, type SnapshotsClient } from './fixtures/snapshots-client.js';

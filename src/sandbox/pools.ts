@@ -15,7 +15,8 @@ import { Criu } from './criu.js';
 import { parsePoolConfig, parseRecoveryStrategy, type PoolConfig } from './pool-config.js';
 import { PoolMetrics } from './pool-metrics.js';
 import { RecoveryManager } from './recovery.js';
-import { WarmupPool, type PoolLog, type SnapshotService } from './warmup-pool.js';
+import type { SnapshotService } from './sandbox-resources.js';
+import { WarmupPool, type PoolLog } from './warmup-pool.js';
 
 export interface SandboxPoolsOptions {
   root: string;

@@ -1,9 +1,7 @@
 // The seed's WarmupPool: sandboxes started ahead of demand and frozen (cgroup.freeze) once ready,
-// handed out by a thaw. Each sandbox's root filesystem is an active snapshot, prepared from the
-// committed snapshot of the template image's top layer and mounted at <dir>/sandboxes/<id>/rootfs;
-// its cgroup is <cgroup parent>/<pool>/<id>. A refill loop keeps between min_size and max_size
-// frozen, in batches, never holding up Acquire; Close leaves no process, cgroup, mount, snapshot
-// or directory behind.
+// handed out by a thaw. What a sandbox is made of (snapshot, mount, cgroup, directory) is
+// SandboxResources'. A refill loop keeps between min_size and max_size frozen, in batches, never
+// holding up Acquire; Close leaves no process, cgroup, mount, snapshot or directory behind.
 //
 // Invariants: a ready sandbox is in exactly one of `frozen` (FIFO) or `handedOut` (active or
 // failed); it leaves `frozen` synchronously in Acquire, so concurrent calls never share one.
@@ -14,20 +12,12 @@ import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { FailedPreconditionError, isDedupError, NotFoundError, PoolExhaustedError, SandboxError } from '../errors.js';
-import { mountAt, unmount } from '../mount/system-mounts.js';
 import { Cgroup, enableControllers } from './cgroup.js';
 import type { CheckpointInfo, CheckpointStore } from './checkpoints.js';
 import type { Criu } from './criu.js';
 import { limitControllers, type PoolConfig } from './pool-config.js';
 import { isCleanExit, Sandbox, type ExitStatus, type Launch, type SandboxRecord } from './sandbox.js';
-
-/** The snapshotter as a pool uses it (the in-process Snapshotter, or a Snapshots gRPC client). */
-export interface SnapshotService {
-  /** NotFoundError when there is no snapshot `key`. */
-  stat(key: string): Promise<unknown>;
-  prepare(key: string, parent: string, labels: Record<string, string>): Promise<{ type: string; source: string; options: string[] }[]>;
-  remove(key: string): Promise<void>;
-}
+import { SandboxResources, type SnapshotService } from './sandbox-resources.js';
 
 export interface PoolLog {
   info(o: object, m: string): void;
@@ -49,10 +39,6 @@ export interface PoolDeps {
   memoryMerge?: boolean;
   log?: PoolLog;
 }
-
-/** Snapshot keys of a pool's sandboxes start with this (they are not containerd's). */
-export const SNAPSHOT_PREFIX = 'dedup-sandbox';
-export const SANDBOX_LABEL = 'containerd.io/snapshot/dedup.sandbox';
 
 export interface PoolEvents {
   ready: [Sandbox];
@@ -77,6 +63,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
   private readonly waiters: ((sb: Sandbox) => void)[] = [];
   private chainId = '';
   private cgroup: Cgroup | undefined;
+  private resources: SandboxResources | undefined;
   private base: CheckpointInfo | undefined;
   /** Bases rolled out of the pool that sandboxes still come from (released when none does). */
   private readonly oldBases = new Set<string>();
@@ -111,6 +98,10 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     const cgroupPath = join(this.deps.cgroupParent, this.name);
     await enableControllers(join(cgroupPath, 'x'), limitControllers(template));
     this.cgroup = await Cgroup.create(cgroupPath);
+    this.resources = new SandboxResources({
+      pool: this.name, dir: join(this.deps.dir, 'sandboxes'), cgroup: cgroupPath, snapshots: this.deps.snapshots, chainId: this.chainId,
+      limits: template.cgroup.limits, memoryMerge: this.deps.memoryMerge ?? false, checkpoints: this.deps.checkpoints,
+    });
     let adopted = 0;
     try {
       await mkdir(join(this.deps.dir, 'sandboxes'), { recursive: true });
@@ -142,7 +133,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
       const record = await readFile(join(dir, 'sandbox.json'), 'utf8').then((t) => JSON.parse(t) as SandboxRecord, () => undefined);
       const sb = record && record.id === id ? await Sandbox.adopt(record, dir, cgroup, this.deps.memoryMerge ?? false) : undefined;
       if (!sb) {
-        await this.destroy(new Sandbox(id, this.name, dir, cgroup, false)).catch((err: unknown) =>
+        await this.destroy(this.resources!.sandbox(id)).catch((err: unknown) =>
           this.log.warn({ pool: this.name, sandbox: id, err: (err as Error).message }, 'leftover sandbox not removed'));
         continue;
       }
@@ -288,11 +279,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
   async restore(sb: Sandbox, ck: CheckpointInfo): Promise<void> {
     if (sb.state !== 'failed') throw new FailedPreconditionError(`sandbox ${sb.id} is ${sb.state}; only a failed sandbox is restored`);
     await sb.kill();
-    if (sb.upper && sb.mount) {
-      await unmount(sb.rootfs);
-      await this.store().restoreUpper(ck, sb.upper);
-      await mountAt(sb.rootfs, sb.mount);
-    }
+    await this.resources!.resetUpper(sb, ck);
     try {
       await sb.launch({ restore: ck, criu: this.criu() });
     } catch (err) {
@@ -379,27 +366,10 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     return this.base ? { restore: this.base, criu: this.criu() } : { run: t, hostname: t.hostname ?? id };
   }
 
-  /** A new sandbox with its snapshot, rootfs mount and cgroup, its tree launched (not yet ready). */
-  private async create(how?: Launch): Promise<Sandbox> {
+  /** A new sandbox, its tree launched (not yet ready). */
+  private create(how?: Launch): Promise<Sandbox> {
     const id = `sb-${randomBytes(5).toString('hex')}`;
-    const dir = join(this.deps.dir, 'sandboxes', id);
-    const cgroup = Cgroup.open(join(this.cgroup!.path, id));
-    const sb = new Sandbox(id, this.name, dir, cgroup, this.deps.memoryMerge ?? false);
-    try {
-      await mkdir(sb.rootfs, { recursive: true });
-      const mounts = await this.deps.snapshots.prepare(this.snapshotKey(sb), this.chainId, { [SANDBOX_LABEL]: this.name });
-      sb.mount = mounts[0]!;
-      const launch = how ?? this.launchFor(id);
-      if ('restore' in launch && sb.upper) await this.store().restoreUpper(launch.restore, sb.upper);
-      await mountAt(sb.rootfs, sb.mount);
-      await Cgroup.create(cgroup.path, this.config.template.cgroup.limits);
-      await sb.launch(launch);
-      await sb.writeRecord();
-      return sb;
-    } catch (err) {
-      await this.destroy(sb).catch(() => undefined);
-      throw err;
-    }
+    return this.resources!.create(id, how ?? this.launchFor(id));
   }
 
   /** Creates `n` sandboxes at once, each frozen into the pool once ready. */
@@ -488,27 +458,17 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     }).catch((err: unknown) => this.emit('refillFailed', err as Error));
   }
 
-  private snapshotKey(sb: Sandbox): string {
-    return `${SNAPSHOT_PREFIX}/${this.name}/${sb.id}`;
-  }
-
-  /** Kills the tree and removes the cgroup, the rootfs mount, the snapshot and the directory. */
+  /** Takes it out of the pool and removes all of it (SandboxResources.remove). */
   private async destroy(sb: Sandbox): Promise<void> {
     if (sb.state === 'destroyed') return;
     sb.state = 'destroyed';
     this.handedOut.delete(sb.id);
     const i = this.frozen.indexOf(sb);
     if (i >= 0) this.frozen.splice(i, 1);
-    const errors: unknown[] = [];
-    await sb.kill().catch((err: unknown) => errors.push(err));
-    await sb.cgroup.remove().catch((err: unknown) => errors.push(err));
-    if (!errors.length) await sb.shimReaped;
-    await unmount(sb.rootfs).catch((err: unknown) => errors.push(err));
-    await this.deps.snapshots.remove(this.snapshotKey(sb)).catch((err: unknown) => {
-      if (!(isDedupError(err) && err.code === 'ERR_NOT_FOUND')) errors.push(err);
-    });
-    await rm(sb.dir, { recursive: true, force: true }).catch((err: unknown) => errors.push(err));
-    this.emit('destroyed', sb);
-    if (errors.length) throw new SandboxError(`sandbox ${sb.id}: not all of it was removed: ${(errors[0] as Error).message}`, { cause: errors[0] });
+    try {
+      await this.resources!.remove(sb);
+    } finally {
+      this.emit('destroyed', sb);
+    }
   }
 }

@@ -6,6 +6,12 @@
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-Wall", "-Wextra"]
+    },
+    {
+      "target_name": "dedup-sandbox-shim",
+      "type": "executable",
+      "sources": ["sandbox_shim.c"],
+      "cflags": ["-Wall", "-Wextra"]
     }
   ]
 }

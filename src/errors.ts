@@ -29,7 +29,12 @@ export type ErrorCode =
   | 'ERR_UNSUPPORTED'
   | 'ERR_API_BIND'
   | 'ERR_FREEZE'
-  | 'ERR_SNAPSHOT_NOT_OURS';
+  | 'ERR_SNAPSHOT_NOT_OURS'
+
+  | 'ERR_SANDBOX'
+  | 'ERR_POOL_EXHAUSTED'
+  | 'ERR_CRIU'
+  | 'ERR_ADMIN_API';
 
 export class DedupError extends Error {
   readonly code: ErrorCode;
@@ -220,6 +225,34 @@ export class FreezeError extends DedupError {
 export class SnapshotNotOursError extends DedupError {
   constructor(container: string, why: string) {
     super('ERR_SNAPSHOT_NOT_OURS', `container "${container}": ${why}`);
+  }
+}
+
+/** A sandbox could not be started, frozen, thawed or destroyed; the message names it and the step. */
+export class SandboxError extends DedupError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_SANDBOX', message, options);
+  }
+}
+
+/** No frozen sandbox of the pool became ready within the Acquire's timeout. */
+export class PoolExhaustedError extends DedupError {
+  constructor(readonly pool: string, timeoutMs: number) {
+    super('ERR_POOL_EXHAUSTED', `pool ${pool}: no sandbox ready within ${timeoutMs} ms`);
+  }
+}
+
+/** CRIU is missing, failed its check, or a dump or restore failed; the message points at its log. */
+export class CriuError extends DedupError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_CRIU', message, options);
+  }
+}
+
+/** The daemon's admin API refused a request (or could not be reached); the message carries its own code. */
+export class AdminApiError extends DedupError {
+  constructor(readonly remoteCode: string, message: string) {
+    super('ERR_ADMIN_API', `admin API: ${message} [${remoteCode}]`);
   }
 }
 

@@ -14,6 +14,7 @@ import type { LiveConfig } from '../config/live-config.js';
 import type { DaemonMetrics } from '../metrics/metrics.js';
 import { z } from 'zod';
 import { HttpError, readJson, readValid, route, send, sendError, type Reply, type Routes } from './http.js';
+import { poolRoutes, type PoolsApi } from './pool-routes.js';
 import { VERSION } from '../version.js';
 
 export interface AdminApiOptions {
@@ -24,6 +25,8 @@ export interface AdminApiOptions {
   log: { info(o: object, m: string): void; warn(o: object, m: string): void };
   /** Commits a container (POST /commit); the answer is its report. */
   commit?: (req: CommitBody) => Promise<object>;
+  /** The daemon's sandbox pools (the /pools endpoints). */
+  pools?: PoolsApi;
 }
 
 /** POST /commit: the fields of `dedupctl commit`. */
@@ -66,6 +69,7 @@ export class AdminApi {
       '/metrics': {
         GET: async () => ({ body: await opts.metrics.text(), type: opts.metrics.contentType }),
       },
+      ...(opts.pools ? poolRoutes(opts.pools, opts.audit, () => opts.config.get().api.max_body_bytes) : {}),
     };
     const commit = opts.commit;
     if (commit) {

@@ -65,9 +65,9 @@ export function send(res: ServerResponse, status: number, body: unknown, type?: 
   res.end(text);
 }
 
-const DEDUP_STATUS: Partial<Record<string, number>> = { ERR_NOT_FOUND: 404, ERR_ALREADY_EXISTS: 409, ERR_UNAVAILABLE: 503 };
+const DEDUP_STATUS: Partial<Record<string, number>> = { ERR_NOT_FOUND: 404, ERR_ALREADY_EXISTS: 409, ERR_UNAVAILABLE: 503, ERR_POOL_EXHAUSTED: 503 };
 
-/** Answers a failed request: HttpError as it says, a DedupError as 404, 409, 503 or 400, anything else 500 (logged). */
+/** Answers a failed request: HttpError as it says, a DedupError as 404, 409, 503 (unavailable, pool exhausted) or 400, anything else 500 (logged). */
 export function sendError(req: IncomingMessage, res: ServerResponse, err: unknown, log: { warn(o: object, m: string): void }): void {
   // A body left unread (too large, wrong type) is not drained: the connection closes instead.
   const close: Record<string, string> = req.complete ? {} : { connection: 'close' };

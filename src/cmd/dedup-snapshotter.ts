@@ -23,6 +23,9 @@ import { parsePlatform } from '../image/oci.js';
 import { applyKsmConfig, ksmStatus } from '../ksm/ksm.js';
 import { COMMIT_OUTCOMES } from '../commit/committer.js';
 import { DaemonMetrics } from '../metrics/metrics.js';
+import { imageChainId } from '../sandbox/image-snapshot.js';
+import { PoolMetrics } from '../sandbox/pool-metrics.js';
+import { SandboxPools } from '../sandbox/pools.js';
 import { loadSnapshotsService, snapshotsHandlers } from '../snapshot/grpc-service.js';
 import { FULL_PULL_REASONS, Snapshotter } from '../snapshot/snapshotter.js';
 import { ChunkStore } from '../store/chunk-store.js';
@@ -155,11 +158,21 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       process.once('SIGTERM', () => resolve('SIGTERM'));
       process.once('SIGINT', () => resolve('SIGINT'));
     });
+    // Sandbox pools on this snapshotter's snapshots; a stop leaves their sandboxes running for
+    // the next start to adopt (docs/sandbox.md).
+    const platform = parsePlatform(flags.platform);
+    const pools = new SandboxPools({
+      root: config.root, memoryMerge: config.enable_mem_dedup, log, metrics: new PoolMetrics(metrics.registry),
+      snapshots: { stat: async (key) => snapshotter.stat(key), prepare: (key, parent, labels) => snapshotter.prepare(key, parent, labels), remove: (key) => snapshotter.remove(key) },
+      resolveImage: (ref) => imageChainId(client, ref, platform),
+      audit: (action, target, details, result) => audit.record('dedup-snapshotter', action, target, details, result),
+    });
     const server = new grpc.Server();
     let api: AdminApi | undefined;
     let apiRetry: NodeJS.Timeout | undefined;
     try {
       await snapshotter.start();
+      await pools.start();
       server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter));
       await mkdir(dirname(flags.socket), { recursive: true });
       await rm(flags.socket, { force: true }); // a socket left by a daemon that was killed
@@ -171,6 +184,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
         try {
           api = await AdminApi.start({
             addr: config.api.addr, config: live, audit, metrics, log,
+            pools,
             commit: (b) => commitWith({ ...b, plainHttp: b.plain_http }, { flags, config: live.get(), snapshots: snapshotter.metadata, observer: metrics, log }),
           });
           return true;
@@ -205,6 +219,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       clearInterval(watcher);
       clearInterval(apiRetry);
       await api?.close();
+      await pools.detach();
       server.forceShutdown();
       snapshotter.close();
       await store?.close();

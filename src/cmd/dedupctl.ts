@@ -10,6 +10,7 @@ import { convertCommand } from '../cli/convert.js';
 import { cleanupCommand, fusedCommand } from '../cli/fused.js';
 import { ksmCommand } from '../cli/ksm.js';
 import { mountCommands } from '../cli/mount.js';
+import { poolCommand } from '../cli/pool.js';
 import { prefetchCommand } from '../cli/prefetch.js';
 import { gcCommand, statsCommand, storeCommand } from '../cli/store.js';
 import { tocCommand } from '../cli/toc.js';
@@ -17,7 +18,7 @@ import { traceCommand } from '../cli/trace.js';
 import { VERSION } from '../version.js';
 
 const program = new Command('dedupctl')
-  .description('dedup-snapshotter admin CLI: convert images to eStargz, inspect and mount them lazily, commit running containers to images, manage the chunk store, config, audit log, KSM and the layer server')
+  .description('dedup-snapshotter admin CLI: convert images to eStargz, inspect and mount them lazily, commit running containers to images, manage the chunk store, config, audit log, KSM, the layer server and sandbox pools')
   .version(VERSION)
   .addCommand(convertCommand())
   .addCommand(commitCommand())
@@ -31,6 +32,7 @@ const program = new Command('dedupctl')
   .addCommand(auditCommand())
   .addCommand(ksmCommand())
   .addCommand(fusedCommand())
+  .addCommand(poolCommand())
   .addCommand(cleanupCommand());
 for (const c of mountCommands()) program.addCommand(c);
 

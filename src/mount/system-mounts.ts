@@ -34,6 +34,14 @@ export function mountErofs(image: string, dir: string, devices: readonly string[
   if (isSysError(r)) throw new MountError(`cannot mount EROFS image ${image} at ${dir}: ${r.call}: ${r.message}`);
 }
 
+/** A containerd-style mount (type, source, options) at `dir`: what a snapshot's Mounts answer says to do. */
+export async function mountAt(dir: string, m: { type: string; source: string; options: string[] }): Promise<void> {
+  const bind = m.type === 'bind' || m.options.includes('bind') || m.options.includes('rbind');
+  const args = bind ? ['--rbind', m.source, dir] : ['-t', m.type, m.source, '-o', m.options.join(','), dir];
+  const r = await exec('mount', args);
+  if (r.code !== 0) throw new MountError(`cannot mount ${m.type} ${m.source} at ${dir}: ${r.stderr}`);
+}
+
 /** Unmounts `dir`; a busy mount is detached lazily rather than left behind. */
 export async function unmount(dir: string): Promise<void> {
   if (!(await isMountpoint(dir))) return;

@@ -1,0 +1,474 @@
+// The seed's WarmupPool: sandboxes started ahead of demand and frozen (cgroup.freeze) once ready,
+// handed out by a thaw. What a sandbox is made of (snapshot, mount, cgroup, directory) is
+// SandboxResources'. A refill loop keeps between min_size and max_size frozen, in batches, never
+// holding up Acquire; Close leaves no process, cgroup, mount, snapshot or directory behind.
+//
+// Invariants: a ready sandbox is in exactly one of `frozen` (FIFO) or `handedOut` (active or
+// failed); it leaves `frozen` synchronously in Acquire, so concurrent calls never share one.
+
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { FailedPreconditionError, isDedupError, NotFoundError, PoolExhaustedError, SandboxError } from '../errors.js';
+import { Cgroup, enableControllers } from './cgroup.js';
+import type { CheckpointInfo, CheckpointStore } from './checkpoints.js';
+import type { Criu } from './criu.js';
+import { limitControllers, type PoolConfig } from './pool-config.js';
+import { isCleanExit, Sandbox, type ExitStatus, type Launch, type SandboxRecord } from './sandbox.js';
+import { SandboxResources, type SnapshotService } from './sandbox-resources.js';
+
+export interface PoolLog {
+  info(o: object, m: string): void;
+  warn(o: object, m: string): void;
+}
+
+export interface PoolDeps {
+  /** The pool's state directory (sandboxes/<id>/ below it). */
+  dir: string;
+  /** The pool's cgroup is <cgroupParent>/<name>. */
+  cgroupParent: string;
+  snapshots: SnapshotService;
+  /** The chain id of the image's top layer: the committed snapshot rootfs are prepared from. */
+  resolveImage(ref: string): Promise<string>;
+  /** Needed for base checkpoints (from_checkpoint, base_checkpoint) and for checkpoint(). */
+  checkpoints?: CheckpointStore;
+  criu?: Criu;
+  /** Opt sandboxes into KSM merging (enable_mem_dedup). */
+  memoryMerge?: boolean;
+  log?: PoolLog;
+}
+
+export interface PoolEvents {
+  ready: [Sandbox];
+  acquired: [Sandbox, number];
+  released: [Sandbox];
+  /** An active sandbox's tree ended: clean (exit 0, a release) or not (the sandbox is now failed). */
+  exit: [Sandbox, ExitStatus];
+  destroyed: [Sandbox];
+  /** Closed or detached: it hands out nothing more. */
+  closed: [];
+  /** A background step failed (a refill); the pool goes on. */
+  refillFailed: [Error];
+}
+
+const quiet: PoolLog = { info: () => undefined, warn: () => undefined };
+
+export class WarmupPool extends EventEmitter<PoolEvents> {
+  private readonly frozen: Sandbox[] = [];
+  private readonly handedOut = new Map<string, Sandbox>();
+  /** Sandboxes being created; Close waits for them (each is destroyed when it sees Close). */
+  private readonly inflight = new Set<Promise<void>>();
+  private readonly waiters: ((sb: Sandbox) => void)[] = [];
+  private chainId = '';
+  private cgroup: Cgroup | undefined;
+  private resources: SandboxResources | undefined;
+  private base: CheckpointInfo | undefined;
+  /** Bases rolled out of the pool that sandboxes still come from (released when none does). */
+  private readonly oldBases = new Set<string>();
+  private timer: NodeJS.Timeout | undefined;
+  private refilling: Promise<void> | undefined;
+  private closing = false;
+  private readonly log: PoolLog;
+
+  constructor(readonly config: PoolConfig, private readonly deps: PoolDeps) {
+    super();
+    this.log = deps.log ?? quiet;
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  get baseCheckpoint(): string | undefined {
+    return this.base?.id;
+  }
+
+  /** Checks the image and limits, creates initial_size frozen sandboxes, starts the refill loop. */
+  async start(): Promise<void> {
+    const { template } = this.config;
+    this.chainId = await this.deps.resolveImage(template.image);
+    await this.deps.snapshots.stat(this.chainId).catch((err: unknown) => {
+      if (isDedupError(err) && err.code === 'ERR_NOT_FOUND') {
+        throw new NotFoundError(`image ${template.image}`, `no committed snapshot ${this.chainId}; pull it with the dedup snapshotter first`);
+      }
+      throw err;
+    });
+    const cgroupPath = join(this.deps.cgroupParent, this.name);
+    await enableControllers(join(cgroupPath, 'x'), limitControllers(template));
+    this.cgroup = await Cgroup.create(cgroupPath);
+    this.resources = new SandboxResources({
+      pool: this.name, dir: join(this.deps.dir, 'sandboxes'), cgroup: cgroupPath, snapshots: this.deps.snapshots, chainId: this.chainId,
+      limits: template.cgroup.limits, memoryMerge: this.deps.memoryMerge ?? false, checkpoints: this.deps.checkpoints,
+    });
+    let adopted = 0;
+    try {
+      await mkdir(join(this.deps.dir, 'sandboxes'), { recursive: true });
+      if (this.config.base_checkpoint) this.useBase(await this.store().get(this.config.base_checkpoint));
+      else if (this.config.from_checkpoint) this.useBase(await this.takeBase());
+      adopted = await this.adopt();
+      await this.startSandboxes(Math.max(0, this.config.initial_size - adopted));
+    } catch (err) {
+      // A restart must not kill what it adopted: those go on, and the refill loop tries again.
+      if (this.sandboxes().length === 0) {
+        await this.close();
+        throw err;
+      }
+      this.log.warn({ pool: this.name, err: (err as Error).message, adopted: this.sandboxes().length }, 'pool started short of initial_size');
+    }
+    this.timer = setInterval(() => this.wake(), this.config.refill_interval_ms).unref();
+    this.log.info({ pool: this.name, image: template.image, snapshot: this.chainId, frozen: this.frozen.length, base: this.base?.id }, 'pool started');
+  }
+
+  /**
+   * Takes over the sandboxes a previous daemon left in the pool's directory (killed with it or
+   * not): those still running keep their state, the rest are removed. Returns how many are frozen.
+   */
+  private async adopt(): Promise<number> {
+    const root = join(this.deps.dir, 'sandboxes');
+    for (const id of await readdir(root)) {
+      const dir = join(root, id);
+      const cgroup = Cgroup.open(join(this.cgroup!.path, id));
+      const record = await readFile(join(dir, 'sandbox.json'), 'utf8').then((t) => JSON.parse(t) as SandboxRecord, () => undefined);
+      const sb = record && record.id === id ? await Sandbox.adopt(record, dir, cgroup, this.deps.memoryMerge ?? false) : undefined;
+      if (!sb) {
+        await this.destroy(this.resources!.sandbox(id)).catch((err: unknown) =>
+          this.log.warn({ pool: this.name, sandbox: id, err: (err as Error).message }, 'leftover sandbox not removed'));
+        continue;
+      }
+      if (sb.state === 'frozen') {
+        await sb.cgroup.freeze();
+        this.frozen.push(sb);
+      } else {
+        this.handedOut.set(id, sb);
+      }
+      this.watchExit(sb);
+      this.log.info({ pool: this.name, sandbox: id, pid: sb.pid, state: sb.state }, 'sandbox adopted');
+    }
+    return this.frozen.length;
+  }
+
+  /**
+   * Leaves every sandbox running as it is (a daemon stop): refilling and exit handling stop, the
+   * next start() adopts them.
+   */
+  async detach(): Promise<void> {
+    this.closing = true;
+    clearInterval(this.timer);
+    await this.refilling;
+    await Promise.allSettled([...this.inflight]);
+    for (const sb of this.sandboxes()) await sb.writeRecord().catch(() => undefined);
+    this.emit('closed');
+  }
+
+  /** Frozen sandboxes ready to be handed out. */
+  size(): number {
+    return this.frozen.length;
+  }
+
+  activeCount(): number {
+    return [...this.handedOut.values()].filter((s) => s.state === 'active').length;
+  }
+
+  failedCount(): number {
+    return [...this.handedOut.values()].filter((s) => s.state === 'failed').length;
+  }
+
+  sandboxes(): Sandbox[] {
+    return [...this.frozen, ...this.handedOut.values()];
+  }
+
+  /** A handed-out sandbox (active or failed); NotFoundError otherwise. */
+  get(id: string): Sandbox {
+    const sb = this.handedOut.get(id);
+    if (!sb) throw new NotFoundError(`sandbox ${id} of pool ${this.name}`, 'not handed out');
+    return sb;
+  }
+
+  /**
+   * Hands out the oldest frozen sandbox, thawed (state active); an empty pool waits until one is
+   * ready or `timeoutMs` passes (PoolExhaustedError). The refill loop is woken either way.
+   */
+  async acquire(timeoutMs = this.config.acquire_timeout_ms): Promise<Sandbox> {
+    if (this.closing) throw new FailedPreconditionError(`pool ${this.name} is closing`);
+    const t0 = performance.now();
+    const deadline = t0 + timeoutMs;
+    for (;;) {
+      const sb = this.frozen.shift() ?? (await this.waitForReady(deadline - performance.now(), timeoutMs));
+      this.wake();
+      sb.setState('active');
+      this.handedOut.set(sb.id, sb);
+      try {
+        await sb.cgroup.thaw();
+        // Killed while frozen: its shim could not reap it until now.
+        if (!(await sb.alive())) throw new SandboxError(`sandbox ${sb.id}: pid ${sb.pid} died while frozen`);
+      } catch (err) {
+        this.log.warn({ pool: this.name, sandbox: sb.id, err: (err as Error).message }, 'sandbox not handed out; destroying it');
+        await this.destroy(sb);
+        continue;
+      }
+      sb.activatedAt = new Date();
+      this.watchExit(sb);
+      const ms = performance.now() - t0;
+      this.emit('acquired', sb, ms);
+      void sb.writeRecord().catch(() => undefined);
+      return sb;
+    }
+  }
+
+  private waitForReady(remainingMs: number, timeoutMs: number): Promise<Sandbox> {
+    if (remainingMs <= 0) return Promise.reject(new PoolExhaustedError(this.name, timeoutMs));
+    return new Promise<Sandbox>((resolve, reject) => {
+      const waiter = (sb: Sandbox): void => {
+        clearTimeout(timer);
+        resolve(sb);
+      };
+      const timer = setTimeout(() => {
+        const i = this.waiters.indexOf(waiter);
+        if (i >= 0) this.waiters.splice(i, 1);
+        reject(new PoolExhaustedError(this.name, timeoutMs));
+      }, remainingMs);
+      this.waiters.push(waiter);
+      this.wake();
+    });
+  }
+
+  /**
+   * Takes a handed-out sandbox back: frozen into the pool, or destroyed (`destroy`, a failed or
+   * exited one, one from a base rolled out of the pool).
+   */
+  async release(id: string, opts: { destroy?: boolean } = {}): Promise<'frozen' | 'destroyed'> {
+    const sb = this.get(id);
+    const stale = sb.from !== undefined && sb.from !== this.base?.id && this.oldBases.has(sb.from);
+    if (opts.destroy || sb.state !== 'active' || stale || this.closing || !(await sb.alive())) {
+      await this.destroy(sb);
+      this.emit('released', sb);
+      return 'destroyed';
+    }
+    sb.setState('frozen');
+    this.handedOut.delete(id);
+    try {
+      await sb.cgroup.freeze();
+    } catch (err) {
+      this.log.warn({ pool: this.name, sandbox: id, err: (err as Error).message }, 'released sandbox did not freeze; destroying it');
+      await this.destroy(sb);
+      return 'destroyed';
+    }
+    sb.activatedAt = undefined;
+    await sb.writeRecord().catch(() => undefined);
+    this.offer(sb);
+    this.emit('released', sb);
+    this.wake();
+    return 'frozen';
+  }
+
+  /** A checkpoint of an active sandbox, taken while it keeps running. */
+  async checkpoint(id: string): Promise<CheckpointInfo> {
+    const sb = this.get(id);
+    if (sb.state !== 'active') throw new FailedPreconditionError(`sandbox ${id} is ${sb.state}; only an active sandbox is checkpointed`);
+    return this.store().take(sb.pid, { sandbox: id, pool: this.name, kind: 'sandbox', from: sb.from }, true, sb.upper);
+  }
+
+  /**
+   * Restores a failed sandbox's tree from `ck` on its own root filesystem, in its own cgroup;
+   * it is active again once this resolves. Its writable layer goes back to the checkpoint's
+   * first (unmounted meanwhile: overlayfs wants no changes below a mounted overlay). A tree that
+   * does not start is killed.
+   */
+  async restore(sb: Sandbox, ck: CheckpointInfo): Promise<void> {
+    if (sb.state !== 'failed') throw new FailedPreconditionError(`sandbox ${sb.id} is ${sb.state}; only a failed sandbox is restored`);
+    await sb.kill();
+    await this.resources!.resetUpper(sb, ck);
+    try {
+      await sb.launch({ restore: ck, criu: this.criu() });
+    } catch (err) {
+      await sb.kill();
+      throw err;
+    }
+    sb.setState('active');
+    sb.activatedAt = new Date();
+    this.watchExit(sb);
+    await sb.writeRecord().catch(() => undefined);
+  }
+
+  /** Kills a failed sandbox's restored tree again (a failed health check). */
+  async abandonRestore(sb: Sandbox): Promise<void> {
+    sb.state = 'failed';
+    await sb.kill();
+  }
+
+  /**
+   * Makes `ck` the pool's base: new sandboxes restore from it; frozen sandboxes of the old base
+   * are replaced one refill step at a time, handed-out ones are destroyed when released.
+   */
+  rollBase(ck: CheckpointInfo): void {
+    if (this.base) this.oldBases.add(this.base.id);
+    this.useBase(ck);
+    this.wake();
+  }
+
+  /**
+   * Stops refilling, gives active sandboxes up to `graceMs` to exit, then destroys every sandbox,
+   * the pool's cgroup and its directory.
+   */
+  async close(opts: { graceMs?: number } = {}): Promise<void> {
+    this.closing = true;
+    clearInterval(this.timer);
+    await this.refilling;
+    await Promise.allSettled([...this.inflight]);
+    const active = [...this.handedOut.values()].filter((s) => s.state === 'active');
+    if (opts.graceMs && active.length) {
+      await Promise.race([Promise.all(active.map((s) => s.exited)), new Promise((r) => setTimeout(r, opts.graceMs))]);
+    }
+    const errors: unknown[] = [];
+    for (const sb of [...this.frozen, ...this.handedOut.values()]) await this.destroy(sb).catch((err: unknown) => errors.push(err));
+    await this.cgroup?.remove().catch((err: unknown) => errors.push(err));
+    await rm(this.deps.dir, { recursive: true, force: true }).catch((err: unknown) => errors.push(err));
+    if (this.base) this.deps.checkpoints?.unref(this.base.id);
+    for (const id of this.oldBases) this.deps.checkpoints?.unref(id);
+    this.oldBases.clear();
+    this.log.info({ pool: this.name }, 'pool closed');
+    this.emit('closed');
+    if (errors.length) throw errors[0];
+  }
+
+  private store(): CheckpointStore {
+    if (!this.deps.checkpoints) throw new FailedPreconditionError(`pool ${this.name}: checkpoints need CRIU, and this pool has none`);
+    return this.deps.checkpoints;
+  }
+
+  private criu(): Criu {
+    if (!this.deps.criu) throw new FailedPreconditionError(`pool ${this.name}: restores need CRIU, and this pool has none`);
+    return this.deps.criu;
+  }
+
+  private useBase(ck: CheckpointInfo): void {
+    this.store().ref(ck.id);
+    this.base = ck;
+  }
+
+  /** Runs one sandbox until ready and dumps it (killing it) as the pool's base checkpoint. */
+  private async takeBase(): Promise<CheckpointInfo> {
+    const sb = await this.create({ run: this.config.template, hostname: this.config.template.hostname ?? this.name });
+    try {
+      await sb.waitReady(this.config.template, () => this.closing);
+      const ck = await this.store().take(sb.pid, { sandbox: sb.id, pool: this.name, kind: 'base' }, false, sb.upper);
+      await sb.exited;
+      return ck;
+    } finally {
+      await this.destroy(sb);
+    }
+  }
+
+  private launchFor(id: string): Launch {
+    const t = this.config.template;
+    return this.base ? { restore: this.base, criu: this.criu() } : { run: t, hostname: t.hostname ?? id };
+  }
+
+  /** A new sandbox, its tree launched (not yet ready). */
+  private create(how?: Launch): Promise<Sandbox> {
+    const id = `sb-${randomBytes(5).toString('hex')}`;
+    return this.resources!.create(id, how ?? this.launchFor(id));
+  }
+
+  /** Creates `n` sandboxes at once, each frozen into the pool once ready. */
+  private async startSandboxes(n: number): Promise<void> {
+    const one = async (): Promise<void> => {
+      const sb = await this.create();
+      try {
+        // A tree restored from a base was ready when it was dumped (its ready file is in the
+        // base's root filesystem, not in this fresh one).
+        if (!sb.from) await sb.waitReady(this.config.template, () => this.closing);
+        await sb.cgroup.freeze();
+        sb.setState('frozen');
+      } catch (err) {
+        await this.destroy(sb);
+        throw err;
+      }
+      if (this.closing) return this.destroy(sb);
+      await sb.writeRecord();
+      this.watchExit(sb);
+      this.emit('ready', sb);
+      this.offer(sb);
+    };
+    const results = await Promise.allSettled(Array.from({ length: n }, () => {
+      const p = one();
+      this.inflight.add(p);
+      return p.finally(() => this.inflight.delete(p));
+    }));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  private offer(sb: Sandbox): void {
+    const waiter = this.waiters.shift();
+    if (waiter) waiter(sb);
+    else this.frozen.push(sb);
+  }
+
+  /** Wakes the refill loop; one pass runs at a time. */
+  private wake(): void {
+    if (this.closing || this.refilling) return;
+    this.refilling = this.refill().catch((err: unknown) => {
+      this.log.warn({ pool: this.name, err: (err as Error).message }, 'refill failed');
+      this.emit('refillFailed', err as Error);
+    }).finally(() => (this.refilling = undefined));
+  }
+
+  private async refill(): Promise<void> {
+    const { min_size: min, max_size: max, refill_batch_size: batch } = this.config;
+    // Replace one frozen sandbox of an old base per pass, so the pool stays usable while it rolls.
+    const stale = this.frozen.find((s) => s.from !== undefined && s.from !== this.base?.id);
+    if (stale && this.frozen.length >= min) {
+      this.frozen.splice(this.frozen.indexOf(stale), 1);
+      await this.destroy(stale);
+    }
+    const want = Math.max(min, this.waiters.length);
+    const n = Math.min(batch, want - this.frozen.length, max - this.frozen.length);
+    if (n > 0) await this.startSandboxes(n);
+    while (this.frozen.length > max) await this.destroy(this.frozen.pop()!);
+    this.releaseOldBases();
+    if (!this.closing && (this.frozen.length < Math.min(want, max) || this.frozen.length > max)) setImmediate(() => this.wake());
+  }
+
+  private releaseOldBases(): void {
+    for (const id of this.oldBases) {
+      if (this.sandboxes().some((s) => s.from === id)) continue;
+      this.oldBases.delete(id);
+      this.deps.checkpoints?.unref(id);
+    }
+  }
+
+  /** Follows a sandbox's tree: an exit while frozen drops it, an active one's exit is reported. */
+  private watchExit(sb: Sandbox): void {
+    const exited = sb.exited;
+    void exited.then(async (status) => {
+      if (sb.exited !== exited || this.closing) return;
+      if (sb.state === 'frozen') {
+        const i = this.frozen.indexOf(sb);
+        if (i >= 0) this.frozen.splice(i, 1);
+        await this.destroy(sb);
+        this.wake();
+      } else if (sb.state === 'active') {
+        if (isCleanExit(status)) await this.destroy(sb);
+        else sb.setState('failed');
+        this.emit('exit', sb, status);
+      }
+    }).catch((err: unknown) => this.emit('refillFailed', err as Error));
+  }
+
+  /** Takes it out of the pool and removes all of it (SandboxResources.remove). */
+  private async destroy(sb: Sandbox): Promise<void> {
+    if (sb.state === 'destroyed') return;
+    sb.state = 'destroyed';
+    this.handedOut.delete(sb.id);
+    const i = this.frozen.indexOf(sb);
+    if (i >= 0) this.frozen.splice(i, 1);
+    try {
+      await this.resources!.remove(sb);
+    } finally {
+      this.emit('destroyed', sb);
+    }
+  }
+}

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { ChunkDigestMismatchError, InvalidArgumentError, NotFoundError, StoreError } from '../errors.js';
 import { openIndexDb, placesAmong, type ChunkPlace, type LayerRecord, type StoreStats } from './index-db.js';
-import { listPacks, PackReader, PackWriter, packsDir, packWriterAlive, punchGaps, type PackLocation } from './pack-files.js';
+import { listPacks, PackReader, PackWriter, packsDir, packWriterAlive, punchGaps, readPieces, type PackLocation } from './pack-files.js';
 import { IndexWriter } from './index-writer.js';
 
 export type { LayerRecord, StoreStats } from './index-db.js';
@@ -150,9 +150,7 @@ export class ChunkStore {
   private async readChunkFile(digest: string, size: number): Promise<Uint8Array<ArrayBuffer>> {
     const fh = await open(this.chunkPath(digest), 'r');
     try {
-      const buf = Buffer.allocUnsafeSlow(size);
-      const { bytesRead } = await fh.read(buf, 0, size, 0);
-      return bytesRead === size ? buf : buf.subarray(0, bytesRead);
+      return await readPieces(fh, 0, size);
     } finally {
       await fh.close();
     }

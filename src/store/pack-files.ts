@@ -20,6 +20,25 @@ export const PACK_ALIGN = 4096;
 export const PACK_MAX_BYTES = 4 * 1024 ** 3;
 const PACK_NAME = /^(\d+)-(\d+)-(\d+)\.pack$/;
 
+/**
+ * Chunks are read in pieces of this size: the kernel then reads ahead of each while it is copied.
+ * One read of a whole 4 MiB chunk waited for the disk instead (measured here, page cache dropped:
+ * 50 chunks in 0.25 s, against 0.20 s in 512 KiB pieces, as readFile reads).
+ */
+const READ_PIECE = 512 * 1024;
+
+/** `size` bytes of `fh` from `offset` into an unpooled buffer (a worker may take it); short at the file's end. */
+export async function readPieces(fh: FileHandle, offset: number, size: number): Promise<Uint8Array<ArrayBuffer>> {
+  const buf = Buffer.allocUnsafeSlow(size);
+  let got = 0;
+  while (got < size) {
+    const { bytesRead } = await fh.read(buf, got, Math.min(READ_PIECE, size - got), offset + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got === size ? buf : buf.subarray(0, got);
+}
+
 export function alignUp(n: number): number {
   return Math.ceil(n / PACK_ALIGN) * PACK_ALIGN;
 }
@@ -150,10 +169,7 @@ export class PackReader {
 
   /** `size` bytes at `offset` of `pack` into an unpooled buffer (a worker may take it); short if the pack is. */
   async read(at: PackLocation, size: number): Promise<Uint8Array<ArrayBuffer>> {
-    const fh = await this.handle(at.pack);
-    const buf = Buffer.allocUnsafeSlow(size);
-    const { bytesRead } = await fh.read(buf, 0, size, at.offset);
-    return bytesRead === size ? buf : buf.subarray(0, bytesRead);
+    return readPieces(await this.handle(at.pack), at.offset, size);
   }
 
   async close(): Promise<void> {

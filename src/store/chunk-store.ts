@@ -21,6 +21,12 @@ import { IndexWriter } from './index-writer.js';
 export type { LayerRecord, StoreStats } from './index-db.js';
 
 const DIGEST_RE = /^sha256:([0-9a-f]{64})$/;
+/**
+ * A chunk file is read in pieces of this size: the kernel then reads ahead of each while it is
+ * copied. One read of a whole 4 MiB chunk waited for the disk instead (measured here, page cache
+ * dropped: 50 chunks in 0.25 s, against 0.20 s in 512 KiB pieces, as readFile reads).
+ */
+const READ_PIECE = 512 * 1024;
 /** A temp file older than this belongs to a writer that died. */
 const STALE_TEMP_MS = 10 * 60 * 1000;
 
@@ -100,8 +106,8 @@ export class ChunkStore {
   }
 
   /**
-   * The chunk's bytes, verified by `verifier`, or undefined when it is not stored. One read of
-   * the `size` bytes the chunk has (a file a crash left short fails the check).
+   * The chunk's bytes, verified by `verifier`, or undefined when it is not stored. Reads the
+   * `size` bytes the chunk has into one buffer, no stat (a file a crash left short fails the check).
    */
   async get(digest: string, size: number, verifier: ChunkVerifier): Promise<Buffer | undefined> {
     const path = this.chunkPath(digest);
@@ -111,8 +117,13 @@ export class ChunkStore {
       try {
         // Unpooled: the buffer is the worker's to take (transferred, not copied).
         const buf = Buffer.allocUnsafeSlow(size);
-        const { bytesRead } = await fh.read(buf, 0, size, 0);
-        data = bytesRead === size ? buf : buf.subarray(0, bytesRead);
+        let got = 0;
+        while (got < size) {
+          const { bytesRead } = await fh.read(buf, got, Math.min(READ_PIECE, size - got), got);
+          if (bytesRead === 0) break; // a short file
+          got += bytesRead;
+        }
+        data = got === size ? buf : buf.subarray(0, got);
       } finally {
         await fh.close();
       }

@@ -167,6 +167,21 @@ async function main(): Promise<void> {
     if (committed.code !== 0) throw new Error(`dedupctl commit: ${committed.stderr}`);
     const c = JSON.parse(committed.stdout) as { pause_ms: number; manifest_digest: string; layer: { size: number }; base_layers: { transfer: string }[] };
     say(`   paused ${c.pause_ms.toFixed(2)} ms; new eStargz layer ${formatBytes(c.layer.size)}; base layers ${c.base_layers.map((l) => l.transfer).join(', ')}, ${formatBytes(proxy.stats.blobBytes)} of them fetched; manifest ${c.manifest_digest.slice(0, 19)}…`);
+
+    say('\n== dedupctl pool: frozen sandboxes of the image, handed out in milliseconds');
+    const api = ['--api', snapshotter.api.replace('http://', ''), '--json'];
+    const poolCmd = async (args: string[]): Promise<unknown> => {
+      const r = await dedupctl(['pool', args[0]!, ...api, ...args.slice(1)], { timeoutMs: 120_000 });
+      if (r.code !== 0) throw new Error(`dedupctl pool ${args[0]}: ${r.stderr}`);
+      return JSON.parse(r.stdout);
+    };
+    const created = (await poolCmd(['create', 'demo', '--image', lazyRef, '--min', '1', '--max', '2', '--initial', '2', '--ready', '/ready', '--',
+      '/bin/busybox', 'sh', '-c', 'busybox touch /ready; exec busybox sleep 100000'])) as { frozen: number };
+    const got = (await poolCmd(['acquire', 'demo', '--timeout', '10000'])) as { id: string; pid: number; ms: number };
+    say(`   pool "demo": ${created.frozen} frozen sandboxes; acquire handed out ${got.id} (pid ${got.pid}) in ${got.ms.toFixed(2)} ms`);
+    await poolCmd(['release', 'demo', got.id]);
+    await poolCmd(['rm', 'demo']);
+    say('   released and removed: no sandbox, cgroup or mount left');
   } finally {
     if (mountedAt) await dedupctl(['umount', '--root', join(tmp, 'root'), mountedAt]);
     await store?.close();

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildDirectoryLayer, type ChunkSink } from '../src/kernel/directory-layer.js';
+import { diskUsage } from '../src/snapshot/disk-usage.js';
 import { mountErofs, unmount } from '../src/mount/system-mounts.js';
 import { PackWriter, packsDir, type PackLocation } from '../src/store/pack-files.js';
 import { erofsSkipReason, walkInodes, type SeenInode } from './fixtures/erofs.js';
@@ -73,6 +74,7 @@ describe('an unpacked layer directory as an EROFS image over pack files', { skip
     };
     const layer = await buildDirectoryLayer(src, CHUNK, sink);
     await packs.close();
+    assert.deepEqual(layer.usage, await diskUsage(src), 'the walk counts the usage as containerd does');
     assert.equal(layer.devices.length, 1);
     // shared-b is shared-a plus a tail: its first three chunks are shared-a's; the hard link stores nothing.
     assert.equal(new Set(layer.chunks.map((c) => c.digest)).size, 1 + 4 + 3 + 1);

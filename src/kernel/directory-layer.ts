@@ -34,6 +34,8 @@ export interface LayerImage {
   chunks: { digest: string; size: number; at: PackLocation }[];
   files: number;
   bytes: number;
+  /** The unpacked directory's disk usage as containerd counts it (snapshot/disk-usage.ts), from the same walk. */
+  usage: { size: number; inodes: number };
 }
 
 const S_IFMT = 0o170000;
@@ -95,11 +97,18 @@ export async function buildDirectoryLayer(root: string, chunkSize: number, sink:
   const devices = new Map<string, number>();
   const chunks: LayerImage['chunks'] = [];
   const inodes = new Map<string, string>(); // "dev:ino" -> first path, for hard links
+  const seen = new Set<string>();
   let files = 0;
   let bytes = 0;
+  let allocated = 0;
   const visit = async (rel: string): Promise<void> => {
     const path = rel ? join(root, rel) : root;
     const st = await lstat(path, { bigint: true });
+    const id = `${st.dev}:${st.ino}`;
+    if (!seen.has(id)) {
+      seen.add(id);
+      allocated += Number(st.blocks) * 512;
+    }
     const type = TYPES[Number(st.mode) & S_IFMT];
     if (!type) return; // a socket
     const base: ErofsEntry = {
@@ -112,10 +121,9 @@ export async function buildDirectoryLayer(root: string, chunkSize: number, sink:
       return;
     }
     if (type === 'reg' && st.nlink > 1n) {
-      const key = `${st.dev}:${st.ino}`;
-      const first = inodes.get(key);
+      const first = inodes.get(id);
       if (first !== undefined) return void entries.push({ path: rel, type: 'hardlink', linkTarget: first });
-      inodes.set(key, rel);
+      inodes.set(id, rel);
     }
     if (type === 'symlink') return void entries.push({ ...base, linkTarget: await readlink(path) });
     if (type === 'char' || type === 'block') return void entries.push({ ...base, ...devParts(st.rdev) });
@@ -141,5 +149,5 @@ export async function buildDirectoryLayer(root: string, chunkSize: number, sink:
   const order = [...devices.keys()];
   const sizes = await Promise.all(order.map((p) => sink.packSize(p)));
   const { image } = buildErofs(entries, { chunkSize, devices: order.map((tag, i) => ({ tag, size: sizes[i]! })) });
-  return { image, devices: order, chunks, files, bytes };
+  return { image, devices: order, chunks, files, bytes, usage: { size: allocated, inodes: seen.size } };
 }

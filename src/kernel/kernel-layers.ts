@@ -12,7 +12,7 @@ import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
 import { UnsupportedError } from '../errors.js';
-import { isMountpoint, mountErofs } from '../mount/system-mounts.js';
+import { mountErofs } from '../mount/system-mounts.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import { buildDirectoryLayer } from './directory-layer.js';
 
@@ -55,7 +55,7 @@ export class KernelLayers {
    * image is published (fsync, rename) only once the chunks it points at are on disk and
    * recorded. A failure leaves no image.
    */
-  async build(id: number, unpacked: string): Promise<KernelLayer & { files: number; bytes: number; chunks: number }> {
+  async build(id: number, unpacked: string): Promise<KernelLayer & { files: number; bytes: number; chunks: number; usage: { size: number; inodes: number } }> {
     const layer = await buildDirectoryLayer(unpacked, this.chunkSize, {
       storeChunk: (digest, data) => this.store.placeForImage(digest, data),
       packSize: async (pack) => (await stat(this.store.packPath(pack))).size,
@@ -72,14 +72,12 @@ export class KernelLayers {
       await this.discard(id);
       throw err;
     }
-    return { image, devices: layer.devices, files: layer.files, bytes: layer.bytes, chunks: layer.chunks.length };
+    return { image, devices: layer.devices, files: layer.files, bytes: layer.bytes, chunks: layer.chunks.length, usage: layer.usage };
   }
 
-  /** Mounts the layer's image at `dir` (empty), unless something is mounted there already. */
-  async mount(layer: KernelLayer, dir: string): Promise<boolean> {
-    if (await isMountpoint(dir)) return false;
+  /** Mounts the layer's image at `dir` (empty, not a mountpoint). */
+  mount(layer: KernelLayer, dir: string): void {
     mountErofs(layer.image, dir, layer.devices.map((p) => this.store.packPath(p)));
-    return true;
   }
 
   /** Forgets snapshot `id`'s layer: its image file and its record (gc frees the chunks nothing else uses). */

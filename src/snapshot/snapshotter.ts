@@ -16,7 +16,7 @@ import { AlreadyExistsError, FailedPreconditionError, FusedError, isDedupError }
 import type { MountInfo, MountRequest, OpenAheadRequest } from '../fused/layer-server.js';
 import type { ImageManifest, Platform } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
-import { isMountpoint, unmount, unmountFuse } from '../mount/system-mounts.js';
+import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';
 import { PromiseCache } from '../promise-cache.js';
 import type { RegistryClient } from '../registry/client.js';
 import { diskUsage } from './disk-usage.js';
@@ -134,22 +134,23 @@ export class Snapshotter {
       await kernel!.discard(id);
       this.opts.log.info({ id }, 'removed the image of a layer whose commit did not finish');
     }
+    const mounted = new Set((await mountTable()).map((m) => m.target)); // once, not once per layer
     for (const s of all) {
-      if (!s.kernel) continue;
+      if (!s.kernel || mounted.has(this.fs(s.id))) continue;
       if (!kernel) {
         this.opts.log.warn({ snapshot: s.key }, 'kernel layer not mounted: enable_erofs is off or the kernel cannot mount it');
         continue;
       }
-      if (await this.serveKernel(s.id, s.kernel)) this.opts.log.info({ snapshot: s.key, image: s.kernel.image }, 'kernel layer mounted again');
+      await this.serveKernel(s.id, s.kernel);
+      this.opts.log.info({ snapshot: s.key, image: s.kernel.image }, 'kernel layer mounted again');
     }
   }
 
-  /** Mounts a kernel layer's image at its snapshot's fs, in place of whatever is left there (its unpacked copy). */
-  private async serveKernel(id: number, layer: KernelLayerRef): Promise<boolean> {
-    if (await isMountpoint(this.fs(id))) return false;
+  /** Mounts a kernel layer's image at its snapshot's fs (not mounted), in place of whatever is left there (its unpacked copy). */
+  private async serveKernel(id: number, layer: KernelLayerRef): Promise<void> {
     await rm(this.fs(id), { recursive: true, force: true });
     await mkdir(this.fs(id));
-    return this.opts.kernel!.mount(layer, this.fs(id));
+    this.opts.kernel!.mount(layer, this.fs(id));
   }
 
   /**
@@ -383,15 +384,14 @@ export class Snapshotter {
   async commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
     const s = this.metadata.get(key);
     if (s.kind !== 'active') throw new FailedPreconditionError(`requested snapshot ${key} not active`);
-    const usage = await diskUsage(this.fs(s.id));
     const kernel = this.opts.kernel;
-    if (!kernel) return void this.metadata.commit(name, key, labels, usage);
+    if (!kernel) return void this.metadata.commit(name, key, labels, await diskUsage(this.fs(s.id)));
     const started = performance.now();
     this.opts.log.info({ snapshot: name, key }, 'committing the layer into the store');
-    const built = await kernel.build(s.id, this.fs(s.id));
+    const built = await kernel.build(s.id, this.fs(s.id)); // its walk also counts the usage
     const layer = { image: built.image, devices: built.devices };
     try {
-      this.metadata.commit(name, key, labels, usage, layer);
+      this.metadata.commit(name, key, labels, built.usage, layer);
     } catch (err) {
       await kernel.discard(s.id);
       throw err;

@@ -55,6 +55,8 @@ export class ChunkStore {
   /** Where the stored chunks this process has met are: from the index's answers and its own writes. */
   private readonly places = new Map<string, ChunkPlace>();
   private writerOfPacks: PackWriter | undefined;
+  /** Packs of stored copies placeForImage reused since the last syncPacks(). */
+  private readonly reusedPacks = new Set<string>();
   private readonly packs: PackReader;
 
   private constructor(readonly root: string, private readonly db: Database.Database) {
@@ -196,14 +198,23 @@ export class ChunkStore {
     const place = this.placeOf(digest);
     if (place) {
       const stored = await this.packs.read(place, data.length).catch(() => undefined);
-      if (stored && Buffer.compare(stored, data) === 0) return place;
+      if (stored && Buffer.compare(stored, data) === 0) {
+        // Another process may have written it without a sync (the lazy path never syncs).
+        this.reusedPacks.add(place.pack);
+        return place;
+      }
     }
     return this.append(digest, data);
   }
 
-  /** Flushes this process's pack writes to disk: before an EROFS image that points at them is published. */
-  syncPacks(): Promise<void> {
-    return this.writerOfPacks?.sync() ?? Promise.resolve();
+  /**
+   * Flushes to disk what the places handed out by placeForImage point at: this process's pack
+   * writes, and the packs of the stored copies it reused. Before an EROFS image is published.
+   */
+  async syncPacks(): Promise<void> {
+    const reused = [...this.reusedPacks];
+    this.reusedPacks.clear();
+    await Promise.all([this.writerOfPacks?.sync(), this.packs.sync(reused)]);
   }
 
   packPath(pack: string): string {

@@ -172,6 +172,11 @@ export class PackReader {
     return readPieces(await this.handle(at.pack), at.offset, size);
   }
 
+  /** fdatasync of each pack: flushes its dirty pages, whichever process wrote them. */
+  async sync(packs: readonly string[]): Promise<void> {
+    await Promise.all(packs.map(async (p) => (await this.handle(p)).datasync()));
+  }
+
   async close(): Promise<void> {
     const all = [...this.open.values()];
     this.open.clear();

@@ -12,7 +12,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RegistryClient } from '../src/registry/client.js';
-import { CGROUP2_ROOT, Cgroup } from '../src/sandbox/cgroup.js';
+import { cgroup2Root } from '../src/cgroup2.js';
+import { Cgroup } from '../src/sandbox/cgroup.js';
 import { CheckpointStore } from '../src/sandbox/checkpoints.js';
 import { Criu } from '../src/sandbox/criu.js';
 import { imageChainId } from '../src/sandbox/image-snapshot.js';
@@ -94,7 +95,7 @@ export async function poolScenario(tmp: string, hands: number, log: (s: string) 
   const { registry, ctd, ref: counterRef } = stack;
   const grpcClient = snapshotsClient(stack.snap.socket);
   const client = new RegistryClient({ plainHttp: true });
-  const cgroupParent = join(CGROUP2_ROOT, `dedup-bench-${process.pid}`);
+  const cgroupParent = join(cgroup2Root(), `dedup-bench-${process.pid}`);
   const pools: WarmupPool[] = [];
   try {
     await writeOciImage(join(tmp, 'py-src'), 'py', [{ tar: await tarOf(await pythonImageEntries()), compression: 'gzip' }]);

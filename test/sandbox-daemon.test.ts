@@ -9,7 +9,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { CGROUP2_ROOT } from '../src/sandbox/cgroup.js';
+import { cgroup2Root } from '../src/cgroup2.js';
 import { Criu } from '../src/sandbox/criu.js';
 import { dedupctl } from './fixtures/cli.js';
 import { waitFor } from './fixtures/process.js';
@@ -108,7 +108,7 @@ describe('sandbox pools in the daemon: dedupctl pool, admin API, audit, metrics,
     for (const pid of pids) assert.equal(existsSync(`/proc/${pid}`), false, `sandbox pid ${pid} gone`);
     assert.equal((await readFile('/proc/mounts', 'utf8')).includes(join(snap!.root, 'pools')), false, 'no sandbox mount left');
     assert.equal(existsSync(join(snap!.root, 'pools', 'web')), false);
-    const parents = await readdir(join(CGROUP2_ROOT, 'dedup-snapshotter')).catch(() => [] as string[]);
-    for (const dir of parents) assert.equal(existsSync(join(CGROUP2_ROOT, 'dedup-snapshotter', dir, 'web')), false, 'no pool cgroup left');
+    const parents = await readdir(join(cgroup2Root(), 'dedup-snapshotter')).catch(() => [] as string[]);
+    for (const dir of parents) assert.equal(existsSync(join(cgroup2Root(), 'dedup-snapshotter', dir, 'web')), false, 'no pool cgroup left');
   });
 });

@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { after, before, describe, it } from 'node:test';
 import { RegistryClient } from '../src/registry/client.js';
-import { CGROUP2_ROOT, Cgroup, parseEvents } from '../src/sandbox/cgroup.js';
+import { cgroup2Root, parseEvents } from '../src/cgroup2.js';
+import { Cgroup } from '../src/sandbox/cgroup.js';
 import { CheckpointStore } from '../src/sandbox/checkpoints.js';
 import { Criu } from '../src/sandbox/criu.js';
 import { chainId, imageChainId } from '../src/sandbox/image-snapshot.js';
@@ -104,7 +105,7 @@ describe('sandbox pool on our snapshotter (integration)', () => {
   let criu: Criu | undefined;
   let criuMissing = '';
   let checkpoints: CheckpointStore | undefined;
-  const cgroupParent = join(CGROUP2_ROOT, `dedup-test-${process.pid}`);
+  const cgroupParent = join(cgroup2Root(), `dedup-test-${process.pid}`);
   const seenPids: number[] = [];
   /** What the refill loops reported; a test that waits on a refill shows them when it times out. */
   const refillErrors: string[] = [];
@@ -286,7 +287,7 @@ describe('sandbox pool on our snapshotter (integration)', () => {
   it('an unknown image, or limits on a controller cgroup v2 does not have here, fail the start with the reason', async () => {
     const unknown = await newPool('unknown', { template: { ...TEMPLATE, image: `${stack!.registry.host}/src/counter:1` } }, { start: false });
     await assert.rejects(unknown.start(), (err: Error & { code?: string }) => err.code === 'ERR_NOT_FOUND' && /no committed snapshot sha256:[0-9a-f]{64}; pull it with the dedup snapshotter/.test(err.message));
-    const controllers = (await readFile(join(CGROUP2_ROOT, 'cgroup.controllers'), 'utf8')).split(/\s+/);
+    const controllers = (await readFile(join(cgroup2Root(), 'cgroup.controllers'), 'utf8')).split(/\s+/);
     if (!controllers.includes('pids')) {
       const limited = await newPool('limited', { template: { ...TEMPLATE, image: '', cgroup: { limits: { 'pids.max': '16' } } } }, { start: false });
       await assert.rejects(limited.start(), (err: Error & { code?: string }) => err.code === 'ERR_UNSUPPORTED' && /controller "pids" is not available in cgroup v2/.test(err.message));

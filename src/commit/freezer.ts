@@ -12,18 +12,10 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { join } from 'node:path';
+import { cgroup2Root, parseEvents } from '../cgroup2.js';
 import { FreezeError, UnsupportedError } from '../errors.js';
 
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
-
-/** Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified in hybrid mode). */
-function unifiedMount(): string {
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const [before, after] = line.split(' - ');
-    if (after?.startsWith('cgroup2 ')) return before!.split(' ')[4]!;
-  }
-  throw new UnsupportedError('no cgroup v2 hierarchy is mounted: a container cannot be frozen for its commit');
-}
 
 /** The nice value a thread had before the boost. */
 type Priorities = Map<number, number>;
@@ -61,11 +53,11 @@ export class CgroupFreezer {
     }
     const path = text.split('\n').find((l) => l.startsWith('0::'))?.slice(3);
     if (!path || path === '/') throw new UnsupportedError(`task ${pid} has no cgroup v2 group of its own to freeze (cgroup: ${path ?? 'none'})`);
-    return new CgroupFreezer(join(unifiedMount(), path));
+    return new CgroupFreezer(join(cgroup2Root(), path));
   }
 
-  private events(): string {
-    return readFileSync(join(this.dir, 'cgroup.events'), 'utf8');
+  private frozen(): boolean {
+    return parseEvents(readFileSync(join(this.dir, 'cgroup.events'), 'utf8')).frozen;
   }
 
   /** True when somebody else froze it (we then neither freeze nor thaw it). */
@@ -86,7 +78,7 @@ export class CgroupFreezer {
       this.unboost();
       throw err;
     }
-    for (let spins = 0; !/^frozen 1$/m.test(this.events()); spins++) {
+    for (let spins = 0; !this.frozen(); spins++) {
       if (performance.now() > deadline) {
         this.thaw();
         throw new FreezeError(this.dir, `not frozen after ${timeoutMs} ms (a process stuck in an uninterruptible wait?); thawed again`);

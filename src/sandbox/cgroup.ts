@@ -8,20 +8,9 @@
 import { readFileSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
 import { mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
+import { cgroup2Root, parseEvents, type CgroupEvents } from '../cgroup2.js';
 import { SandboxError, UnsupportedError } from '../errors.js';
 
-/** Where this machine mounts cgroup v2 (a hybrid layout: the v1 controllers sit beside it). */
-export const CGROUP2_ROOT = '/sys/fs/cgroup/unified';
-
-export interface CgroupEvents {
-  populated: boolean;
-  frozen: boolean;
-}
-
-export function parseEvents(text: string): CgroupEvents {
-  const get = (k: string): boolean => new RegExp(`^${k} 1$`, 'm').test(text);
-  return { populated: get('populated'), frozen: get('frozen') };
-}
 
 /** The controllers a cgroup's children can use: those its parent lists in cgroup.controllers. */
 export async function availableControllers(dir: string): Promise<Set<string>> {
@@ -33,7 +22,7 @@ export async function availableControllers(dir: string): Promise<Set<string>> {
  * Enables `controllers` on the way from the hierarchy's root down to `path`'s parent, so `path`
  * can use them; UnsupportedError naming the first one this hierarchy does not have.
  */
-export async function enableControllers(path: string, controllers: string[], root = CGROUP2_ROOT): Promise<void> {
+export async function enableControllers(path: string, controllers: string[], root = cgroup2Root()): Promise<void> {
   if (controllers.length === 0) return;
   const available = await availableControllers(root);
   const missing = controllers.find((c) => !available.has(c));

@@ -9,7 +9,7 @@ import { mkdir, readdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { AlreadyExistsError, NotFoundError } from '../errors.js';
-import { CGROUP2_ROOT } from './cgroup.js';
+import { cgroup2Root } from '../cgroup2.js';
 import { CheckpointStore, type CheckpointInfo } from './checkpoints.js';
 import { Criu } from './criu.js';
 import { parsePoolConfig, parseRecoveryStrategy, type PoolConfig } from './pool-config.js';
@@ -63,7 +63,7 @@ export class SandboxPools {
 
   /** One cgroup per daemon root, so two daemons' pools of the same name never meet. */
   private get cgroupParent(): string {
-    return this.opts.cgroupParent ?? join(CGROUP2_ROOT, 'dedup-snapshotter', createHash('sha256').update(this.opts.root).digest('hex').slice(0, 12));
+    return this.opts.cgroupParent ?? join(cgroup2Root(), 'dedup-snapshotter', createHash('sha256').update(this.opts.root).digest('hex').slice(0, 12));
   }
 
   /** Finds CRIU, then starts every saved pool again (adopting its sandboxes). */

@@ -4,14 +4,15 @@
 // ours, compared with the frozen container itself and with `ctr snapshots diff`.
 
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { getPriority, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
 import tarStream from 'tar-stream';
 import { dedupctl } from './fixtures/cli.js';
-import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
+import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
+import { teardownStack } from './fixtures/teardown.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { mustRun, run, waitFor } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
@@ -109,12 +110,7 @@ describe('dedupctl commit: a running container into a new image', () => {
   });
 
   after(async () => {
-    await ctd?.stop();
-    await snap?.stop();
-    await unmountUnder(tmp);
-    await proxy?.stop();
-    await registry?.stop();
-    await rm(tmp, { recursive: true, force: true });
+    await teardownStack(tmp, { ctd, snap, servers: [proxy, registry] });
   });
 
   it('a container writing all the time commits to one consistent instant, fetching no base layer data; plain containerd runs the image', async () => {

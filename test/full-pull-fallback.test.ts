@@ -3,13 +3,14 @@
 // dedup_full_pulls_total and recorded in the audit log (#19). Real containerd, registry, FUSE.
 
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AuditLog } from '../src/audit/audit-log.js';
 import { dedupctlJson } from './fixtures/cli.js';
-import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
+import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
+import { teardownStack } from './fixtures/teardown.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from './fixtures/images.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -60,12 +61,7 @@ describe('lazy pulls from a loopback registry; full-pull fallbacks are reported'
   });
 
   after(async () => {
-    await ctd?.stop();
-    await snap?.stop();
-    await unmountUnder(tmp);
-    await noRanges?.stop();
-    await registry?.stop();
-    await rm(tmp, { recursive: true, force: true });
+    await teardownStack(tmp, { ctd, snap, servers: [noRanges, registry] });
   });
 
   it('an eStargz image on 127.0.0.1 is pulled lazily without --plain-http (https is tried, then plain HTTP)', async () => {

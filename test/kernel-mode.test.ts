@@ -7,7 +7,7 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,7 +16,8 @@ import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
 import { mountTable, unmount } from '../src/mount/system-mounts.js';
 import type { StoreStats } from '../src/store/chunk-store.js';
 import { dedupctlJson } from './fixtures/cli.js';
-import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
+import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
+import { teardownStack } from './fixtures/teardown.js';
 import { walkInodes, type SeenInode } from './fixtures/erofs.js';
 import { busyboxEntries, pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { mustRun, waitFor } from './fixtures/process.js';
@@ -75,11 +76,7 @@ describe('kernel mode: ordinary images in the store, served as EROFS', { skip },
 
   after(async () => {
     for (const v of views) await unmount(v).catch(() => undefined);
-    await ctd?.stop();
-    await snap?.stop();
-    await unmountUnder(tmp);
-    await registry?.stop();
-    await rm(tmp, { recursive: true, force: true });
+    await teardownStack(tmp, { ctd, snap, servers: [registry] });
   });
 
   it('ctr image pull: every layer goes into the store and is an EROFS mount; ctr run reads it', async () => {

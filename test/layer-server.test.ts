@@ -5,14 +5,15 @@
 // Real containerd, runc, FUSE and registry.
 
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AuditLog } from '../src/audit/audit-log.js';
 import { isAlive } from '../src/mount/mount-records.js';
 import { dedupctlJson } from './fixtures/cli.js';
-import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
+import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
+import { teardownStack } from './fixtures/teardown.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from './fixtures/images.js';
 import { mustRun, waitFor } from './fixtures/process.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -43,11 +44,7 @@ describe('layer server: mounts removed from outside, idle exit', () => {
   });
 
   after(async () => {
-    await ctd?.stop();
-    await snap?.stop();
-    await unmountUnder(tmp);
-    await registry?.stop();
-    await rm(tmp, { recursive: true, force: true });
+    await teardownStack(tmp, { ctd, snap, servers: [registry] });
   });
 
   it('drops a mount removed behind its back; SIGTERM then stops it; the next container mounts the layer again', async () => {

@@ -7,13 +7,14 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { isAlive } from '../src/mount/mount-records.js';
 import { dedupctl, dedupctlJson } from './fixtures/cli.js';
-import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
+import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
+import { teardownStack } from './fixtures/teardown.js';
 import { busyboxEntries, pushOci, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { run, waitFor } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
@@ -89,12 +90,7 @@ describe('running containers survive restarts and upgrades', () => {
   });
 
   after(async () => {
-    await ctd?.stop();
-    await snap?.stop();
-    await unmountUnder(tmp);
-    await proxy?.stop();
-    await registry?.stop();
-    await rm(tmp, { recursive: true, force: true });
+    await teardownStack(tmp, { ctd, snap, servers: [proxy, registry] });
   });
 
   it('a container keeps reading correct bytes through SIGTERM, SIGKILL and restarts of the snapshotter and upgrades of the layer server', async () => {

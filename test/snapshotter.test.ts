@@ -5,13 +5,14 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { dedupctlJson } from './fixtures/cli.js';
-import { startContainerd, unmountUnder, type TestContainerd } from './fixtures/containerd.js';
+import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
+import { teardownStack } from './fixtures/teardown.js';
 import { busyboxEntries, pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { waitFor } from './fixtures/process.js';
 import { startProxy, type ProxyRequest, type TestProxy } from './fixtures/proxy.js';
@@ -92,12 +93,7 @@ describe('containerd proxy snapshotter', () => {
   });
 
   after(async () => {
-    await ctd?.stop();
-    await snap?.stop();
-    await unmountUnder(tmp);
-    await proxy?.stop();
-    await registry?.stop();
-    await rm(tmp, { recursive: true, force: true });
+    await teardownStack(tmp, { ctd, snap, servers: [proxy, registry] });
   });
 
   it('ctr-remote rpull mounts the eStargz layers lazily; ctr run runs the image', async () => {

@@ -54,6 +54,8 @@ export class SandboxPools {
   private checkpoints: CheckpointStore | undefined;
   /** Why checkpoints are off, when they are. */
   criuMissing = '';
+  /** CRIU is looked for once, when the first pool runs: a daemon without pools pays nothing for it. */
+  private criuFound: Promise<void> | undefined;
 
   constructor(private readonly opts: SandboxPoolsOptions) {}
 
@@ -66,18 +68,23 @@ export class SandboxPools {
     return this.opts.cgroupParent ?? join(cgroup2Root(), 'dedup-snapshotter', createHash('sha256').update(this.opts.root).digest('hex').slice(0, 12));
   }
 
-  /** Finds CRIU, then starts every saved pool again (adopting its sandboxes). */
+  private findCriu(): Promise<void> {
+    return (this.criuFound ??= (async () => {
+      try {
+        const criu = Criu.at(this.opts.criuPrefix);
+        await criu.check();
+        this.criu = criu;
+        this.checkpoints = await CheckpointStore.open(join(this.opts.root, 'checkpoints'), criu);
+      } catch (err) {
+        this.criuMissing = (err as Error).message;
+        this.opts.log.warn({ err: this.criuMissing }, 'sandbox checkpoints and recovery are off');
+      }
+    })());
+  }
+
+  /** Starts every saved pool again (adopting its sandboxes). */
   async start(): Promise<void> {
     await mkdir(this.dir, { recursive: true });
-    try {
-      const criu = Criu.at(this.opts.criuPrefix);
-      await criu.check();
-      this.criu = criu;
-      this.checkpoints = await CheckpointStore.open(join(this.opts.root, 'checkpoints'), criu);
-    } catch (err) {
-      this.criuMissing = (err as Error).message;
-      this.opts.log.warn({ err: this.criuMissing }, 'sandbox checkpoints and recovery are off');
-    }
     for (const file of await readdir(this.dir)) {
       if (!file.endsWith('.json')) continue;
       try {
@@ -102,6 +109,7 @@ export class SandboxPools {
   }
 
   private async run(config: PoolConfig): Promise<WarmupPool> {
+    await this.findCriu();
     const pool = new WarmupPool(config, {
       dir: join(this.dir, config.name), cgroupParent: this.cgroupParent,
       snapshots: this.opts.snapshots, resolveImage: (ref) => this.resolveImage(config.name, ref),

@@ -24,6 +24,11 @@ export interface RecordTask {
   now: number;
 }
 
+/** Opens this thread's connection ahead of the first task that needs it. */
+export function open(task: { path: string }): void {
+  connection(task.path);
+}
+
 export function record(task: RecordTask): void {
   recordPresence(connection(task.path), task.changes, task.now);
 }

@@ -91,6 +91,11 @@ export class IndexWriter {
     }
   }
 
+  /** Opens the thread's connection now, so that the first record does not wait for it. */
+  open(): Promise<void> {
+    return this.pool.run({ path: this.path }, { name: 'open' }) as Promise<void>;
+  }
+
   addLayer(layer: LayerRecord): Promise<boolean> {
     return this.pool.run({ path: this.path, layer, now: Date.now() }, { name: 'addLayer' }) as Promise<boolean>;
   }

@@ -50,9 +50,11 @@ const program = withCommonFlags(new Command('dedup-fused'))
     const socket = flags.socket ?? fusedSocket(config.root);
     const log = daemonLogger('dedup-fused', config);
     const store = await ChunkStore.open(config.root);
+    await store.startIndexWriter();
     const audit = AuditLog.open(config.root);
     const client = await registryClientFrom(flags, config);
     const pool = new CodecPool();
+    await pool.warm();
     const layerMetrics = new LayerMetrics({ store: () => store.stats(), mounts: () => layers.mountStats() }); // read at scrape time
     const layers: LayerServer = new LayerServer({
       client, store, pool, cache: new ChunkCache(flags.cacheSize), traceDir: flags.traceDir ?? config.prefetch.trace_dir, log,

@@ -11,7 +11,7 @@ import { encodeFooter } from '../estargz/footer.js';
 import { encodeTarHeader, TAR_END, tarPadding, type TarHeader } from '../estargz/tar.js';
 import { readTar, TarFormatError, type TarEntry } from '../estargz/tar-reader.js';
 import {
-  cleanEntryName, encodeToc, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, sha256Digest, TOC_TAR_NAME,
+  cleanEntryName, encodeToc, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, sha256Digest, TOC_TAR_NAME, tocEntryOfTar,
   type TocEntryJson,
 } from '../estargz/toc.js';
 
@@ -95,26 +95,6 @@ class MemberWriter {
   }
 }
 
-function tocEntryFor(h: TarHeader, name: string, linkName: string): TocEntryJson {
-  const type = ({ file: 'reg', link: 'hardlink', symlink: 'symlink', 'character-device': 'char', 'block-device': 'block', directory: 'dir', fifo: 'fifo' } as const)[h.type];
-  const e: TocEntryJson = { name, type };
-  if (type === 'reg' && h.size > 0) e.size = h.size;
-  e.modtime = new Date(h.mtime * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z');
-  if (linkName) e.linkName = linkName;
-  if (h.mode & 0o7777) e.mode = h.mode & 0o7777;
-  if (h.uid) e.uid = h.uid;
-  if (h.gid) e.gid = h.gid;
-  if (h.uname) e.userName = h.uname;
-  if (h.gname) e.groupName = h.gname;
-  if (type === 'char' || type === 'block') {
-    if (h.devmajor) e.devMajor = h.devmajor;
-    if (h.devminor) e.devMinor = h.devminor;
-  }
-  const keys = Object.keys(h.xattrs ?? {});
-  if (keys.length > 0) e.xattrs = Object.fromEntries(keys.sort().map((k) => [k, h.xattrs![k]!.toString('base64')]));
-  return e;
-}
-
 /** Converts entries into eStargz; shared by the one-pass and the prefetch-ordered conversion. */
 class EstargzBuilder {
   readonly toc: TocEntryJson[] = [];
@@ -125,19 +105,13 @@ class EstargzBuilder {
 
   async addEntry(entry: TarEntry): Promise<void> {
     const h = entry.header;
-    let name: string;
-    let linkName = '';
+    let e: TocEntryJson;
     try {
-      name = cleanEntryName(h.name, `entry "${h.name}"`);
-      if (h.type === 'link') linkName = cleanEntryName(h.linkname ?? '', `hard link "${h.name}"`);
+      e = tocEntryOfTar(h);
     } catch (err) {
       throw new MalformedLayerError(this.layer, (err as Error).message.replace(/^malformed eStargz /, ''));
     }
-    if (h.type === 'symlink') linkName = h.linkname ?? '';
-    const tarName = name === '' ? './' : h.type === 'directory' ? `${name}/` : name;
-    this.members.append(encodeTarHeader({ ...h, name: tarName, linkname: h.type === 'link' ? linkName : h.linkname }));
-    // Directories keep their trailing slash and the root is ".", as the estargz Go package writes.
-    const e = tocEntryFor(h, name === '' ? '.' : h.type === 'directory' ? `${name}/` : name, linkName);
+    this.members.append(encodeTarHeader({ ...h, name: e.name === '.' ? './' : e.name, linkname: h.type === 'link' ? e.linkName : h.linkname }));
     this.toc.push(e);
     if (h.type !== 'file' || h.size === 0) return;
 

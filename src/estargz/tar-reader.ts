@@ -109,6 +109,8 @@ export interface TarEntry {
   /** Next piece of the entry's data (at most `max` bytes); call until `remaining` is 0. */
   read(max: number): Promise<Buffer>;
   readonly remaining: number;
+  /** Where the entry's data begins in the tar stream. */
+  readonly offset: number;
 }
 
 /** Yields the entries of a tar stream; each entry's data must be read (or is skipped) before the next. */
@@ -178,6 +180,7 @@ export async function* readTar(src: AsyncIterable<Uint8Array>): AsyncGenerator<T
     let remaining = dataSize;
     const entry: TarEntry = {
       header,
+      offset: r.position,
       get remaining() { return remaining; },
       async read(max: number) {
         if (remaining === 0) return Buffer.alloc(0);

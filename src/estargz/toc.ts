@@ -4,6 +4,7 @@
 
 import { createHash } from 'node:crypto';
 import { MalformedEstargzError } from '../errors.js';
+import type { TarHeader } from './tar.js';
 
 export const TOC_TAR_NAME = 'stargz.index.json';
 export const TOC_DIGEST_ANNOTATION = 'containerd.io/snapshot/stargz/toc.digest';
@@ -61,6 +62,11 @@ export interface TocChunk {
   chunkSize: number;
   /** sha256 of the chunk's uncompressed bytes ("sha256:…"), or undefined in old stargz. */
   chunkDigest: string | undefined;
+  /**
+   * A chunk of an unmodified gzip layer (src/gzip-index/): its bytes are raw deflate data from a
+   * block boundary, inflated with this window as dictionary; absent for eStargz gzip members.
+   */
+  window?: Buffer;
 }
 
 export interface TocNode {
@@ -106,6 +112,37 @@ export interface Toc {
   chunkCount: number;
   /** Sum of regular-file sizes (the bytes that chunks cover). */
   contentBytes: number;
+}
+
+/**
+ * The TOC entry of a tar header (no offsets or digests yet), as the estargz Go package writes it:
+ * names cleaned (MalformedEstargzError naming the entry for one that escapes the root),
+ * directories with their trailing slash, the root as ".".
+ */
+export function tocEntryOfTar(h: TarHeader): TocEntryJson {
+  const name = cleanEntryName(h.name, `entry "${h.name}"`);
+  const linkName = h.type === 'link' ? cleanEntryName(h.linkname ?? '', `hard link "${h.name}"`) : h.type === 'symlink' ? h.linkname ?? '' : '';
+  return tocEntryOf(h, name === '' ? '.' : h.type === 'directory' ? `${name}/` : name, linkName);
+}
+
+function tocEntryOf(h: TarHeader, name: string, linkName: string): TocEntryJson {
+  const type = ({ file: 'reg', link: 'hardlink', symlink: 'symlink', 'character-device': 'char', 'block-device': 'block', directory: 'dir', fifo: 'fifo' } as const)[h.type];
+  const e: TocEntryJson = { name, type };
+  if (type === 'reg' && h.size > 0) e.size = h.size;
+  e.modtime = new Date(h.mtime * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z');
+  if (linkName) e.linkName = linkName;
+  if (h.mode & 0o7777) e.mode = h.mode & 0o7777;
+  if (h.uid) e.uid = h.uid;
+  if (h.gid) e.gid = h.gid;
+  if (h.uname) e.userName = h.uname;
+  if (h.gname) e.groupName = h.gname;
+  if (type === 'char' || type === 'block') {
+    if (h.devmajor) e.devMajor = h.devmajor;
+    if (h.devminor) e.devMinor = h.devminor;
+  }
+  const keys = Object.keys(h.xattrs ?? {});
+  if (keys.length > 0) e.xattrs = Object.fromEntries(keys.sort().map((k) => [k, h.xattrs![k]!.toString('base64')]));
+  return e;
 }
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;

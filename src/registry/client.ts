@@ -433,6 +433,26 @@ export class RegistryClient {
     return new URL(l, ep?.origin ?? `https://${apiHost(ref.host)}`).toString();
   }
 
+  /**
+   * The OCI index of the manifests that name `digest` as their subject (the referrers API),
+   * filtered by artifact type; undefined where the registry does not offer the API (404), so
+   * that the caller falls back to the tag schema.
+   */
+  async getReferrers(ref: ImageReference, digest: string, artifactType: string): Promise<Buffer | undefined> {
+    const res = await this.send(ref, {
+      method: 'GET', path: `${ref.repository}/referrers/${digest}?artifactType=${encodeURIComponent(artifactType)}`,
+      headers: { accept: 'application/vnd.oci.image.index.v1+json' }, scope: RegistryClient.pull(ref), capability: 'pull',
+    });
+    if (res.statusCode === 404) {
+      await res.body.dump();
+      return undefined;
+    }
+    if (res.statusCode !== 200) return this.fail(res, `referrers of ${digest} in ${ref.repository}`);
+    const bytes = Buffer.from(await res.body.arrayBuffer());
+    this.stats.bytesReceived += bytes.length;
+    return bytes;
+  }
+
   async putManifest(ref: ImageReference, reference: string, bytes: Buffer, mediaType: string): Promise<string> {
     const res = await this.send(ref, {
       method: 'PUT', path: `${ref.repository}/manifests/${reference}`, body: bytes,

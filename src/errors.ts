@@ -22,6 +22,7 @@ export type ErrorCode =
   | 'ERR_STORE'
   | 'ERR_MOUNT'
   | 'ERR_MALFORMED_TRACE'
+  | 'ERR_MALFORMED_GZIP_INDEX'
   | 'ERR_KSM'
   | 'ERR_DEDUPD'
   | 'ERR_FUSED'
@@ -162,6 +163,13 @@ export class StoreError extends DedupError {
 export class MalformedTraceError extends DedupError {
   constructor(file: string, why: string) {
     super('ERR_MALFORMED_TRACE', `trace ${file}: ${why}`);
+  }
+}
+
+/** A gzip layer's index is broken, or does not fit the layer it claims to index; `where` names it. */
+export class MalformedGzipIndexError extends DedupError {
+  constructor(where: string, why: string) {
+    super('ERR_MALFORMED_GZIP_INDEX', `malformed gzip index ${where}: ${why}`);
   }
 }
 

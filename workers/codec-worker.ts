@@ -2,7 +2,7 @@
 // verify a chunk read from the store) run here so the main thread keeps serving I/O. The pool side is src/codec/codec-pool.ts.
 
 import { createHash } from 'node:crypto';
-import { gunzipSync, gzipSync } from 'node:zlib';
+import { constants, gunzipSync, gzipSync, inflateRawSync } from 'node:zlib';
 import { move } from 'piscina';
 
 export interface GzipTask {
@@ -21,6 +21,11 @@ export interface InflateTask {
   chunkSize: number;
   /** "sha256:<hex>" the chunk must hash to, or undefined for stargz chunks without digests. */
   expected: string | undefined;
+  /**
+   * Set for a chunk of an unmodified gzip layer: `member` is raw deflate data from a checkpoint of
+   * its index, to be inflated with this window as dictionary, up to where the bytes end.
+   */
+  window?: Uint8Array;
 }
 
 /**
@@ -31,7 +36,10 @@ export interface InflateTask {
 export function inflateChunk(task: InflateTask): Buffer | string {
   let out: Buffer;
   try {
-    out = gunzipSync(task.member, { maxOutputLength: task.innerOffset + task.chunkSize + 64 * 1024 * 1024 });
+    const maxOutputLength = task.innerOffset + task.chunkSize + 64 * 1024 * 1024;
+    out = task.window
+      ? inflateRawSync(task.member, { dictionary: task.window, finishFlush: constants.Z_SYNC_FLUSH, maxOutputLength })
+      : gunzipSync(task.member, { maxOutputLength });
   } catch (err) {
     return `inflate: ${(err as Error).message}`;
   }

@@ -8,6 +8,7 @@ import { runCli } from '../cli/common.js';
 import { configCommand } from '../cli/config.js';
 import { convertCommand } from '../cli/convert.js';
 import { cleanupCommand, fusedCommand } from '../cli/fused.js';
+import { gzipIndexCommand } from '../cli/gzip-index.js';
 import { ksmCommand } from '../cli/ksm.js';
 import { mountCommands } from '../cli/mount.js';
 import { poolCommand } from '../cli/pool.js';
@@ -27,6 +28,7 @@ const program = new Command('dedupctl')
   .addCommand(statsCommand())
   .addCommand(gcCommand())
   .addCommand(traceCommand())
+  .addCommand(gzipIndexCommand())
   .addCommand(prefetchCommand())
   .addCommand(configCommand())
   .addCommand(auditCommand())

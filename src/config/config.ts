@@ -56,6 +56,10 @@ export const configSchema = z.object({
      */
     small_layer_bytes: z.number().int().min(0).max(1024 ** 4).default(64 * 1024 * 1024),
   }).strict().default({}),
+  gzip_index: z.object({
+    /** Uncompressed bytes between an index's checkpoints: a read inflates at most about this much before its chunk. */
+    spacing: z.number().int().min(MIN_CHUNK_SIZE).max(1024 ** 3).default(4 * 1024 * 1024),
+  }).strict().default({}),
   ksm: z.object({
     enabled: z.boolean().default(true),
     scan_interval: z.number().int().min(1).max(60_000).default(100),
@@ -110,6 +114,15 @@ export function parseConfig(doc: unknown, source: string): Config {
 /** What a layer mount is told to prefetch (LayerMountContext.prefetch), from the "prefetch" section. */
 export function prefetchOptions(c: Config): { enabled: boolean; queueSize: number; background: boolean; smallLayerBytes: number } {
   return { enabled: c.prefetch.enabled, queueSize: c.prefetch.queue_size, background: c.prefetch.background, smallLayerBytes: c.prefetch.small_layer_bytes };
+}
+
+/** Checkpoint spacing and chunk size of `dedupctl index create`: its flags, else the config; each in the config's range. */
+export function gzipIndexDefaults(c: Config, flags: { spacing?: number; chunkSize?: number }): { spacing: number; chunkSize: number } {
+  const r = configSchema.shape.gzip_index.removeDefault().shape.spacing.safeParse(flags.spacing ?? c.gzip_index.spacing);
+  if (!r.success) throw new InvalidConfigError(`--spacing ${flags.spacing}: ${r.error.issues[0]!.message}`);
+  const k = configSchema.shape.chunk_size.safeParse(flags.chunkSize ?? c.chunk_size);
+  if (!k.success) throw new InvalidConfigError(`--chunk-size ${flags.chunkSize}: ${k.error.issues[0]!.message}`);
+  return { spacing: r.data, chunkSize: k.data };
 }
 
 /** The config file's own JSON object (not yet validated), and where it came from. */

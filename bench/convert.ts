@@ -29,7 +29,7 @@ export interface ConvertResult {
 }
 
 /** Half incompressible, half text: a rough stand-in for binaries plus sources and data. */
-function benchFiles(totalMiB: number): FileSpec[] {
+export function benchFiles(totalMiB: number): FileSpec[] {
   const files: FileSpec[] = [{ name: 'bin/', type: 'directory' }, { name: 'lib/', type: 'directory' }, { name: 'share/', type: 'directory' }];
   for (let i = 0; i < totalMiB / 2 / 16; i++) files.push({ name: `bin/blob${i}`, type: 'file', content: randomBytes(16 * MiB) });
   const words = Array.from({ length: 5000 }, (_, i) => createHash('md5').update(String(i)).digest('hex').slice(0, 3 + (i % 9)));

@@ -13,6 +13,7 @@ import { run } from '../test/fixtures/process.js';
 import { barChartSvg, type BarGroup } from './chart.js';
 import { commitScenario } from './commit.js';
 import { convertScenario } from './convert.js';
+import { gzipIndexScenario } from './gzip-index.js';
 import { lazyScenarios } from './lazy.js';
 import { networks, type Network } from './network.js';
 import { poolScenario } from './pool.js';
@@ -178,6 +179,21 @@ const SCENARIOS: Record<string, Scenario> = {
   },
 };
 
+SCENARIOS['gzip-index'] = async (tmp, reps, _nets, log) => {
+  const r = await gzipIndexScenario(tmp, { repetitions: reps, sizeMiB: 224, log });
+  const mib = r.tarBytes / MiB;
+  return {
+    result: r,
+    rows: [{
+      scenario: 'gzip-index', metric: `dedupctl index create of an unmodified ${(r.layerBytes / MiB).toFixed(0)} MiB gzip layer (${mib.toFixed(0)} MiB of tar) vs converting it to eStargz (s; index size)`,
+      ours: `${r.indexSeconds.median.toFixed(2)} (${range(r.indexSeconds)}); index ${(r.indexBytes / MiB).toFixed(2)} MiB, ${(100 * r.indexBytes / r.layerBytes).toFixed(2)}% of the layer, ${r.checkpoints} checkpoints at ${r.spacing / MiB} MiB`,
+      baseline: `dedupctl convert ${r.convertSeconds.median.toFixed(2)} (${range(r.convertSeconds)})`,
+      ratio: `${(r.convertSeconds.median / r.indexSeconds.median).toFixed(2)}x sooner, image unchanged`,
+    }],
+    charts: {},
+  };
+};
+
 async function machine(): Promise<Record<string, string>> {
   const version = async (cmd: string, args: string[]): Promise<string> => (await run(cmd, args).catch(() => ({ stdout: '?' }))).stdout.split('\n')[0]!.trim();
   return {
@@ -193,7 +209,7 @@ const CHARTS: Record<ChartName, { title: string; unit: string; format: (v: numbe
   storage: { title: 'Disk used by related images', unit: 'MiB on disk (du), lower is better', format: (v) => `${v.toFixed(1)} MiB` },
 };
 
-const ORDER = ['pull-run', 'prefetch', 'lazy', 'convert', 'storage', 'commit', 'pool'];
+const ORDER = ['pull-run', 'prefetch', 'lazy', 'convert', 'gzip-index', 'storage', 'commit', 'pool'];
 
 function table(rows: Row[]): string {
   return ['| scenario | metric | ours | baseline | ratio (ours vs baseline) |', '| --- | --- | --- | --- | --- |',

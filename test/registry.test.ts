@@ -270,6 +270,14 @@ describe('registry client', () => {
       assert.equal(toOrigin.stats.rangeRequests, 2);
       assert.equal(node.stats.hosts[toOrigin.host]!.bytesReceived, 1000 + 4096);
       assert.equal(node.stats.hosts[viaMirror.host]!.fallbacks.ignored_range, 1);
+      // A range that is the whole blob: the mirror's whole-blob answer is exactly that, and serves it.
+      const small = randomBytes(100_000);
+      await direct.pushBlob(originRef, sha256(small), small.length, (s, e) => small.subarray(s, e));
+      const parts: Buffer[] = [];
+      for await (const piece of node.blobStream(ref, sha256(small), { start: 0, end: small.length })) parts.push(piece as Buffer);
+      assert.ok(Buffer.concat(parts).equals(small));
+      assert.equal(skipped.length, 1, 'no skip for it');
+      assert.equal(toOrigin.stats.requests, 2);
 
       // Cached now (it filled itself from the origin): a second node gets every range from the mirror.
       await waitFor('the mirror to cache the blob', async () => {

@@ -49,8 +49,18 @@ interface RequestSpec {
   /** Token scope for this request, e.g. "repository:foo/bar:pull". */
   scope: string;
   capability: 'pull' | 'resolve' | 'push';
-  /** A Range GET of this blob: from a host that can pass it on, only a 206 will do. */
+  /** A Range GET of this blob: from a host that can pass it on, only a 206 will do (or see wholeIs). */
   rangeOf?: string;
+  /**
+   * The range asked for is [0, wholeIs): a 200 with the whole blob of that length (a pull-through
+   * cache streaming while it fills) carries exactly those bytes, and serves it too.
+   */
+  wholeIs?: number;
+}
+
+/** Whether `res` carries the bytes a Range request asked for. */
+function servesRange(spec: RequestSpec, res: Dispatcher.ResponseData): boolean {
+  return res.statusCode === 206 || (res.statusCode === 200 && spec.wholeIs !== undefined && Number(res.headers['content-length']) === spec.wholeIs);
 }
 
 /** An answer, the host that gave it and its counters. */
@@ -136,7 +146,7 @@ export class RegistryClient {
         continue;
       }
       const reason: SkipReason | undefined = !mirror ? undefined
-        : spec.rangeOf !== undefined && res.statusCode === 200 ? 'ignored_range'
+        : spec.rangeOf !== undefined && res.statusCode === 200 && !servesRange(spec, res) ? 'ignored_range'
         : res.statusCode >= 400 ? 'status' : undefined;
       if (reason) {
         await res.body.dump();
@@ -347,12 +357,13 @@ export class RegistryClient {
     const what = `blob ${digest} of ${ref.host}/${ref.repository}`;
     for (let attempt = 0; ; attempt++) {
       const ranged = range !== undefined || received > 0;
-      const res = await this.send(ref, {
+      const spec: RequestSpec = {
         method: 'GET', path: `${ref.repository}/blobs/${digest}`,
         headers: ranged ? { range: `bytes=${start + received}-${range ? range.end - 1 : ''}` } : {}, scope: RegistryClient.pull(ref), capability: 'pull',
-        rangeOf: ranged ? digest : undefined,
-      });
-      if (res.statusCode !== (ranged ? 206 : 200)) {
+        rangeOf: ranged ? digest : undefined, wholeIs: range?.start === 0 && received === 0 ? range.end : undefined,
+      };
+      const res = await this.send(ref, spec);
+      if (ranged ? !servesRange(spec, res) : res.statusCode !== 200) {
         if (ranged && res.statusCode === 200) {
           await res.body.dump();
           throw new RegistryError(`${what}: ${res.hostName} ignored Range from byte ${start + received}`, 200);

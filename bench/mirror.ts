@@ -8,9 +8,8 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startContainerd, unmountUnder } from '../test/fixtures/containerd.js';
-import { waitFor } from '../test/fixtures/process.js';
 import { startProxy, type TestProxy } from '../test/fixtures/proxy.js';
-import { startRegistry } from '../test/fixtures/registry.js';
+import { startRegistry, waitUntilCached } from '../test/fixtures/registry.js';
 import { startSnapshotter } from '../test/fixtures/snapshotter.js';
 import { dropCaches, type Network } from './network.js';
 import { firstOutput } from './snapshotter.js';
@@ -56,13 +55,7 @@ export async function pullRunThroughMirror(tmp: string, origin: string, toOrigin
         `server = "http://${toOrigin.host}"\n\n[host."http://${viaMirror.host}"]\n  capabilities = ["pull", "resolve"]\n`);
       for (const node of ['first', 'second'] as const) {
         if (node === 'second') {
-          for (const digest of layers) {
-            await waitFor(`the mirror to cache ${digest}`, async () => {
-              const r = await fetch(`http://${mirror.host}/v2/${repository}/blobs/${digest}`, { headers: { range: 'bytes=0-0' } });
-              await r.arrayBuffer();
-              return r.status === 206;
-            }, 300_000);
-          }
+          for (const digest of layers) await waitUntilCached(mirror.host, repository, digest, 300_000);
         }
         const nodeDir = join(dir, node);
         await mkdir(nodeDir);

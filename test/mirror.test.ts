@@ -14,9 +14,8 @@ import { after, before, describe, it } from 'node:test';
 import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from './fixtures/images.js';
-import { waitFor } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
-import { startRegistry, type TestRegistry } from './fixtures/registry.js';
+import { startRegistry, waitUntilCached, type TestRegistry } from './fixtures/registry.js';
 import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
 import { teardownStack } from './fixtures/teardown.js';
 
@@ -116,13 +115,7 @@ describe('lazy pulls through a pull-through cache (docker-registry in proxy mode
   });
 
   it('a second node (fresh state root) after the mirror has cached the blobs gets its bytes from the mirror, none from the origin', async (t) => {
-    for (const l of layers) {
-      await waitFor(`the mirror to cache ${l.digest}`, async () => {
-        const r = await fetch(`http://${mirror!.host}/v2/lazy/app/blobs/${l.digest}`, { headers: { range: 'bytes=0-0' } });
-        await r.arrayBuffer();
-        return r.status === 206;
-      }, 60_000);
-    }
+    for (const l of layers) await waitUntilCached(mirror!.host, 'lazy/app', l.digest);
     for (const p of [viaMirror!, toOrigin!, fill!]) p.reset();
     const node = await startNode('node2');
     await pullAndRun(node, 'second');

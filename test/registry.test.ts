@@ -16,9 +16,9 @@ import { HostSkips, type HostSkip } from '../src/registry/host-skips.js';
 import { resolveEndpoints } from '../src/registry/hosts.js';
 import { parseReference } from '../src/registry/reference.js';
 import { sha256 } from './fixtures/images.js';
-import { freePort, waitFor } from './fixtures/process.js';
+import { freePort } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
-import { startRegistry, type TestRegistry } from './fixtures/registry.js';
+import { startRegistry, waitUntilCached, type TestRegistry } from './fixtures/registry.js';
 
 const FAST_RETRY = { retries: 6, baseDelayMs: 5, maxDelayMs: 50 };
 
@@ -280,11 +280,7 @@ describe('registry client', () => {
       assert.equal(toOrigin.stats.requests, 2);
 
       // Cached now (it filled itself from the origin): a second node gets every range from the mirror.
-      await waitFor('the mirror to cache the blob', async () => {
-        const r = await fetch(`http://${mirror.host}/v2/mirrored/app/blobs/${d}`, { headers: { range: 'bytes=0-0' } });
-        await r.arrayBuffer();
-        return r.status === 206;
-      });
+      await waitUntilCached(mirror.host, 'mirrored/app', d);
       const second = client({ hostsDir });
       await new RegistryImage(second, ref).resolve({ os: 'linux', architecture: 'amd64' });
       assert.ok((await second.getBlobRange(ref, d, 1000, 2000)).equals(blob.subarray(1000, 2000)));

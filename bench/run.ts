@@ -77,6 +77,16 @@ const SCENARIOS: Record<string, Scenario> = {
         { scenario: 'pull-run', metric: `bytes fetched from the registry, ${n.label} (MiB)`,
           ours: mib(n.dedup.bytes.median), baseline: `overlayfs ${mib(n.overlayfs.bytes.median)}`, ratio: `${n.bytesRatio.toFixed(0)}x fewer` },
       );
+      // Through a pull-through cache beside the nodes (loopback), the origin over this network.
+      for (const [which, m] of [['first node, mirror empty', n.mirror.first], ['second node, mirror filled', n.mirror.second]] as const) {
+        out.rows.push({
+          scenario: 'pull-run',
+          metric: `through a pull-through cache (docker-registry proxy, loopback; origin ${n.label}), ${which}: pull start to first output (s); MiB from origin / from mirror; mirror's fill from origin`,
+          ours: `${m.seconds.median.toFixed(2)} (${range(m.seconds)}); ${mib(m.fromOrigin.median)} / ${mib(m.fromMirror.median)}; ${mib(m.mirrorFill.median)}`,
+          baseline: `direct ${n.dedup.seconds.median.toFixed(2)}; ${mib(n.dedup.bytes.median)} from origin`,
+          ratio: `${(n.dedup.seconds.median / m.seconds.median).toFixed(2)}x the speed; origin serves ${(m.fromOrigin.median / Math.max(1, n.dedup.bytes.median)).toFixed(2)}x the bytes`,
+        });
+      }
       const label = `pull + run, ${mib(r.imageBytes)} MiB image, ${n.label}`;
       out.charts['first-output']!.push({ label, bars: [bar('ours (lazy)', n.dedup.seconds), bar('overlayfs, full pull', n.overlayfs.seconds)] });
       out.charts['bytes-fetched']!.push({ label, bars: [bar('ours (lazy)', n.dedup.bytes, MiB), bar('overlayfs, full pull', n.overlayfs.bytes, MiB)] });

@@ -4,7 +4,8 @@
 // snapshotter state and a dropped page cache for every repetition, registry behind a byte-counting
 // proxy, over each network (loopback, and latency + bandwidth cap). The pull phase alone is timed
 // too, with the registry requests it made (ours and containerd's): over a network its cost is
-// round trips.
+// round trips. Then ours again through a pull-through cache (bench/mirror.ts): a first node while
+// the mirror fills, a second once it has.
 
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -16,6 +17,7 @@ import { busyboxEntries, pushOci, tarOf, writeOciImage } from '../test/fixtures/
 import type { ProxyRequest, TestProxy } from '../test/fixtures/proxy.js';
 import { startRegistry } from '../test/fixtures/registry.js';
 import { startSnapshotter } from '../test/fixtures/snapshotter.js';
+import { pullRunThroughMirror, type MirrorResult } from './mirror.js';
 import { dropCaches, overNetworks, type Network } from './network.js';
 import { summarize, type Summary } from './stats.js';
 
@@ -43,6 +45,8 @@ export interface PullRunNetworkResult {
   speedup: number;
   /** overlayfs bytes / ours. */
   bytesRatio: number;
+  /** Ours through a docker-registry in proxy mode beside the nodes, named as mirror in hosts.toml. */
+  mirror: MirrorResult;
 }
 
 /**
@@ -86,11 +90,14 @@ export async function pullRunScenario(tmp: string, reps: number, nets: Network[]
   const registry = await startRegistry(tmp);
   try {
     await pushOci(join(tmp, 'src'), 'src', `${registry.host}/bench/app:src`);
-    const conv = await dedupctlJson<{ layers: { size: number }[] }>(['convert', '--plain-http', `${registry.host}/bench/app:src`, `${registry.host}/bench/app:esgz`]);
+    const conv = await dedupctlJson<{ layers: { size: number; digest: string }[] }>(['convert', '--plain-http', `${registry.host}/bench/app:src`, `${registry.host}/bench/app:esgz`]);
     const imageBytes = conv.layers.reduce((n, l) => n + l.size, 0);
-    const networks = await overNetworks(registry.host, nets, (net, proxy) => {
+    const networks = await overNetworks(registry.host, nets, async (net, proxy): Promise<PullRunNetworkResult> => {
       log(`pull-run (${net.label}): ${(imageBytes / MiB).toFixed(0)} MiB eStargz image of ${conv.layers.length} layers, container prints a small file`);
-      return pullRunOver(tmp, proxy, `${proxy.host}/bench/app:esgz`, net, reps, log);
+      const ref = `${proxy.host}/bench/app:esgz`;
+      const direct = await pullRunOver(tmp, proxy, ref, net, reps, log);
+      const mirror = await pullRunThroughMirror(tmp, registry.host, proxy, ref, conv.layers.map((l) => l.digest), net, reps, log);
+      return { ...direct, mirror };
     });
     return { imageBytes, layers: conv.layers.length, networks };
   } finally {
@@ -98,7 +105,7 @@ export async function pullRunScenario(tmp: string, reps: number, nets: Network[]
   }
 }
 
-async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, net: Network, reps: number, log: (s: string) => void): Promise<PullRunNetworkResult> {
+async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, net: Network, reps: number, log: (s: string) => void): Promise<Omit<PullRunNetworkResult, 'mirror'>> {
   const o = { seconds: [] as number[], pullSeconds: [] as number[], bytes: [] as number[] };
   const d = { seconds: [] as number[], pullSeconds: [] as number[], bytes: [] as number[], pullRequests: [] as number[], ourPullRequests: [] as number[], pullRoundTrips: [] as number[], pullBytes: [] as number[] };
   for (let i = 0; i < reps; i++) {

@@ -1,5 +1,6 @@
-// The registry client against a real docker-registry, directly and through a proxy that demands
-// bearer tokens or injects faults.
+// The registry client against a real docker-registry, directly, through a proxy that demands
+// bearer tokens or injects faults, and through mirrors named in a hosts.toml (a real
+// docker-registry in proxy mode, a failing one, one that does not connect).
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -11,11 +12,13 @@ import { NotFoundError, RegistryAuthError, RegistryError } from '../src/errors.j
 import { RegistryImage } from '../src/image/registry-image.js';
 import { loadDockerConfig, parseChallenge } from '../src/registry/auth.js';
 import { RegistryClient } from '../src/registry/client.js';
+import { HostSkips, type HostSkip } from '../src/registry/host-skips.js';
+import { resolveEndpoints } from '../src/registry/hosts.js';
 import { parseReference } from '../src/registry/reference.js';
 import { sha256 } from './fixtures/images.js';
 import { freePort } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
-import { startRegistry, type TestRegistry } from './fixtures/registry.js';
+import { startRegistry, waitUntilCached, type TestRegistry } from './fixtures/registry.js';
 
 const FAST_RETRY = { retries: 6, baseDelayMs: 5, maxDelayMs: 50 };
 
@@ -195,5 +198,122 @@ describe('registry client', () => {
     await writeFile(join(hostsDir, registry!.host, 'hosts.toml'), `server = "http://${registry!.host}"\n[host."http://${registry!.host}"]\n  capabilities = ["pull", "resolve", "push"]\n`);
     const viaHosts = client({ plainHttp: false, hostsDir });
     assert.equal(await viaHosts.headBlob(ref, sha256(Buffer.from('x'))), undefined);
+  });
+
+  it('reads hosts.toml as containerd does: mirrors in order, then the server; override_path; the server\'s own capabilities', async () => {
+    const hostsDir = join(tmp, 'parse.d');
+    await mkdir(join(hostsDir, 'reg.example'), { recursive: true });
+    await writeFile(join(hostsDir, 'reg.example', 'hosts.toml'), [
+      'server = "https://reg.example"', 'capabilities = ["push"]',
+      '[host."http://m1.example:5000/cache"]', '  capabilities = ["pull"]',
+      '[host."https://m2.example/raw/api"]', '  override_path = true', '',
+    ].join('\n'));
+    const eps = await resolveEndpoints('reg.example', 'reg.example', { hostsDir, plainHttp: false });
+    assert.deepEqual(eps.map((e) => [e.origin + e.apiRoot, [...e.capabilities].join(','), e.name, e.authHost]), [
+      ['http://m1.example:5000/cache/v2', 'pull', 'm1.example:5000/cache', 'm1.example:5000'],
+      ['https://m2.example/raw/api', 'pull,resolve', 'm2.example/raw/api', 'm2.example'],
+      ['https://reg.example/v2', 'push', 'reg.example', 'reg.example'],
+    ]);
+    await writeFile(join(hostsDir, 'reg.example', 'hosts.toml'), '[host."http://m1.example"]\n  capabilities = ["pul"]\n');
+    await assert.rejects(resolveEndpoints('reg.example', 'reg.example', { hostsDir, plainHttp: false }), /capabilities of host "http:\/\/m1.example" must be a list/);
+  });
+
+  it('passes a host over per blob until the TTL has gone by; a host that does not connect for everything', () => {
+    const skips = new HostSkips(1000, {});
+    skips.skip('m', 'sha256:a', 'ignored_range', 'HTTP 200', 0);
+    assert.equal(skips.skipped('m', 'sha256:a', 999), true);
+    assert.equal(skips.skipped('m', 'sha256:b', 999), false, 'other blobs still go to it');
+    assert.equal(skips.skipped('m', undefined, 999), false, 'and so do manifests');
+    assert.equal(skips.skipped('m', 'sha256:a', 1000), false, 'tried again once the TTL is over');
+    assert.equal(skips.skip('m', undefined, 'status', 'HTTP 404', 0).until, 0, 'a failed manifest request is not remembered');
+    skips.skip('down', 'sha256:a', 'unreachable', 'ECONNREFUSED', 0);
+    assert.equal(skips.skipped('down', undefined, 500), true);
+    assert.deepEqual(skips.stats('m').fallbacks, { ignored_range: 1, status: 1, unreachable: 0 });
+  });
+
+  it('pulls through a pull-through cache (docker-registry in proxy mode): ranges from the origin while the mirror fills, then from the mirror', async () => {
+    const toOrigin = await proxy({}); // the registry as the nodes name it: hosts.toml's server
+    const mirror = await startRegistry(tmp, { name: 'mirror', proxyOf: registry!.host });
+    try {
+      const viaMirror = await startProxy(mirror.host); // counts what the nodes get from the mirror
+      proxies.push(viaMirror);
+      const hostsDir = join(tmp, 'mirror.d');
+      await mkdir(join(hostsDir, toOrigin.host), { recursive: true });
+      await writeFile(join(hostsDir, toOrigin.host, 'hosts.toml'),
+        `server = "http://${toOrigin.host}"\n[host."http://${viaMirror.host}"]\n  capabilities = ["pull", "resolve"]\n`);
+      const direct = client();
+      const originRef = parseReference(`${registry!.host}/mirrored/app:1`);
+      const blob = randomBytes(3 * 1024 * 1024);
+      const d = sha256(blob);
+      const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [d] } }));
+      for (const b of [blob, config]) await direct.pushBlob(originRef, sha256(b), b.length, (s, e) => b.subarray(s, e));
+      const m = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha256(config), size: config.length },
+        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: d, size: blob.length }] }));
+      await direct.putManifest(originRef, '1', m, 'application/vnd.oci.image.manifest.v1+json');
+
+      const skipped: HostSkip[] = [];
+      const node = client({ hostsDir, mirrorRetryMs: 600_000, onHostSkipped: (s) => skipped.push(s) });
+      const ref = parseReference(`${toOrigin.host}/mirrored/app:1`);
+      const image = await new RegistryImage(node, ref).resolve({ os: 'linux', architecture: 'amd64' });
+      assert.equal(image.manifestDigest, sha256(m));
+      assert.equal(toOrigin.stats.requests, 0, 'manifest and config came through the mirror');
+      assert.ok(viaMirror.stats.log.some((r) => r.path === '/v2/mirrored/app/manifests/1'));
+
+      // Not cached yet: the mirror answers the Range with the whole blob; the origin serves it.
+      assert.ok((await node.getBlobRange(ref, d, 1000, 2000)).equals(blob.subarray(1000, 2000)));
+      assert.deepEqual(skipped.map((s) => [s.host, s.blob, s.reason]), [[viaMirror.host, d, 'ignored_range']]);
+      const mirrorAsked = viaMirror.stats.requests;
+      const tail = await node.getBlobTail(ref, d, 4096);
+      assert.ok(tail.bytes.equals(blob.subarray(blob.length - 4096)) && tail.size === blob.length);
+      assert.equal(viaMirror.stats.requests, mirrorAsked, 'passed over for this blob\'s ranges until the TTL');
+      assert.equal(toOrigin.stats.rangeRequests, 2);
+      assert.equal(node.stats.hosts[toOrigin.host]!.bytesReceived, 1000 + 4096);
+      assert.equal(node.stats.hosts[viaMirror.host]!.fallbacks.ignored_range, 1);
+      // A range that is the whole blob: the mirror's whole-blob answer is exactly that, and serves it.
+      const small = randomBytes(100_000);
+      await direct.pushBlob(originRef, sha256(small), small.length, (s, e) => small.subarray(s, e));
+      const parts: Buffer[] = [];
+      for await (const piece of node.blobStream(ref, sha256(small), { start: 0, end: small.length })) parts.push(piece as Buffer);
+      assert.ok(Buffer.concat(parts).equals(small));
+      assert.equal(skipped.length, 1, 'no skip for it');
+      assert.equal(toOrigin.stats.requests, 2);
+
+      // Cached now (it filled itself from the origin): a second node gets every range from the mirror.
+      await waitUntilCached(mirror.host, 'mirrored/app', d);
+      const second = client({ hostsDir });
+      await new RegistryImage(second, ref).resolve({ os: 'linux', architecture: 'amd64' });
+      assert.ok((await second.getBlobRange(ref, d, 1000, 2000)).equals(blob.subarray(1000, 2000)));
+      assert.ok((await second.getBlobTail(ref, d, 4096)).bytes.equals(blob.subarray(blob.length - 4096)));
+      assert.equal(toOrigin.stats.requests, 2, 'nothing more from the origin');
+      assert.deepEqual(second.stats.hosts[viaMirror.host]!.fallbacks, { ignored_range: 0, status: 0, unreachable: 0 });
+      assert.equal(second.stats.hosts[toOrigin.host], undefined);
+    } finally {
+      await mirror.stop();
+    }
+  });
+
+  it('moves past a mirror that fails or does not connect, remembers the one that does not connect, and keeps to the mirrors where the server may not pull', async () => {
+    const failing = await proxy({ fault: () => '500' });
+    const down = `127.0.0.1:${await freePort()}`;
+    const ref = parseReference(`${registry!.host}/blobs/one:latest`);
+    const blob = randomBytes(5000);
+    await client().pushBlob(ref, sha256(blob), blob.length, (s, e) => blob.subarray(s, e));
+    const hostsDir = join(tmp, 'failing.d');
+    await mkdir(join(hostsDir, registry!.host), { recursive: true });
+    const toml = `server = "http://${registry!.host}"\n[host."http://${down}"]\n[host."http://${failing.host}"]\n`;
+    await writeFile(join(hostsDir, registry!.host, 'hosts.toml'), toml);
+    const skipped: HostSkip[] = [];
+    const c = client({ hostsDir, onHostSkipped: (s) => skipped.push(s) });
+    assert.ok((await c.getBlobRange(ref, sha256(blob), 10, 20)).equals(blob.subarray(10, 20)));
+    assert.equal(await c.headBlob(ref, sha256(blob)), blob.length);
+    assert.deepEqual(skipped.map((s) => [s.host, s.reason]), [[down, 'unreachable'], [failing.host, 'status'], [failing.host, 'status']],
+      'the host that did not connect is not asked again; the failing one is, for a request other than that blob\'s ranges');
+    assert.equal(c.stats.hosts[down]!.requests, 2, 'one retry, not the registry\'s six');
+
+    await writeFile(join(hostsDir, registry!.host, 'hosts.toml'), `capabilities = ["resolve"]\n${toml}`);
+    const mirrorsOnly = client({ hostsDir });
+    await assert.rejects(mirrorsOnly.getBlobRange(ref, sha256(blob), 10, 20), (err: unknown) => err instanceof RegistryError && err.status === 500,
+      'no fallback to a server that may not pull: the last mirror\'s answer is final');
   });
 });

@@ -5,6 +5,7 @@
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { Command, Option } from 'commander';
+import type { Logger } from 'pino';
 import { AuditLog, cliActor } from '../audit/audit-log.js';
 import { loadConfig, type Config } from '../config/config.js';
 import { InvalidArgumentError, isDedupError } from '../errors.js';
@@ -35,7 +36,8 @@ export async function configFrom(flags: CommonFlags): Promise<Config> {
   return loadConfig(flags.config, { root: flags.root });
 }
 
-export async function registryClientFrom(flags: CommonFlags, config: Config): Promise<RegistryClient> {
+/** `log`: where a daemon says that a registry host was passed over (mirrors). */
+export async function registryClientFrom(flags: CommonFlags, config: Config, log?: Logger): Promise<RegistryClient> {
   let explicit: Credentials | undefined;
   if (flags.user) {
     const i = flags.user.indexOf(':');
@@ -48,6 +50,13 @@ export async function registryClientFrom(flags: CommonFlags, config: Config): Pr
     plainHttp: flags.plainHttp ?? false,
     hostsDir: flags.hostsDir ?? config.registry_hosts_dir,
     credentials: (host) => explicit ?? stored.get(host),
+    mirrorRetryMs: config.registry_mirror_retry_seconds * 1000,
+    onHostSkipped: log && ((skip) => {
+      const fields = { host: skip.host, blob: skip.blob, reason: skip.reason, detail: skip.detail, retryAt: new Date(skip.until).toISOString() };
+      // A pull-through cache that has not cached a blob yet is normal; a host that fails is not.
+      if (skip.reason === 'ignored_range') log.info(fields, 'registry host skipped: next host serves these ranges');
+      else log.warn(fields, 'registry host skipped: next host serves the request');
+    }),
   });
 }
 

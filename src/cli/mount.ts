@@ -35,7 +35,7 @@ interface MountFlags extends CommonFlags {
 async function serveMount(ref: string, dir: string, flags: MountFlags): Promise<void> {
   const config = await configFrom(flags);
   const log = daemonLogger('dedupctl-mount', config);
-  const client = await registryClientFrom(flags, config);
+  const client = await registryClientFrom(flags, config, log);
   const store = await ChunkStore.open(config.root);
   const pool = new CodecPool();
   let mount: ImageMount | undefined;

@@ -52,10 +52,10 @@ const program = withCommonFlags(new Command('dedup-fused'))
     const store = await ChunkStore.open(config.root);
     await store.startIndexWriter();
     const audit = AuditLog.open(config.root);
-    const client = await registryClientFrom(flags, config);
+    const client = await registryClientFrom(flags, config, log);
     const pool = new CodecPool();
     await pool.warm();
-    const layerMetrics = new LayerMetrics({ store: () => store.stats(), mounts: () => layers.mountStats() }); // read at scrape time
+    const layerMetrics = new LayerMetrics({ store: () => store.stats(), mounts: () => layers.mountStats(), registryHosts: () => client.stats.hosts }); // read at scrape time
     const layers: LayerServer = new LayerServer({
       client, store, pool, cache: new ChunkCache(flags.cacheSize), traceDir: flags.traceDir ?? config.prefetch.trace_dir, log,
       prefetch: prefetchOptions(config), lazy: { prefetchWorkers: config.prefetch.workers }, observer: layerMetrics,

@@ -102,11 +102,12 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     };
     await applyKsm(config);
 
-    const client = await registryClientFrom(flags, config);
+    const client = await registryClientFrom(flags, config, log);
     const fused = new FusedClient(fusedSocket(config.root));
     const fusedPid = flags.spawnFused ? await fused.ensureRunning(fusedArgs(flags, config.root), join(config.root, 'fused.log'))
       : (await fused.health()).pid;
-    const metrics = new DaemonMetrics({ ksm: () => ksmStatus().catch(() => null), layers: () => fused.metrics().catch(() => ''), fullPullReasons: FULL_PULL_REASONS, commitOutcomes: COMMIT_OUTCOMES });
+    const metrics = new DaemonMetrics({ ksm: () => ksmStatus().catch(() => null), layers: () => fused.metrics().catch(() => ''), fullPullReasons: FULL_PULL_REASONS, commitOutcomes: COMMIT_OUTCOMES,
+      registryHosts: () => client.stats.hosts });
     // Kernel mode: committed layers go into the chunk store and are served as EROFS images.
     let store: ChunkStore | undefined;
     let kernel: KernelLayers | undefined;

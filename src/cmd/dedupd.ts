@@ -46,7 +46,7 @@ const program = withCommonFlags(new Command('dedupd'))
     if (flags.serve === (refs.length > 0)) throw new InvalidArgumentError(flags.serve ? '--serve takes no images: queue them with dedupctl prefetch' : 'name at least one image, or --serve');
     const config = await configFrom(flags);
     const log = daemonLogger('dedupd', config);
-    const client = await registryClientFrom(flags, config);
+    const client = await registryClientFrom(flags, config, log);
     const store = await ChunkStore.open(config.root);
     const pool = new CodecPool();
     const prefetch = (ref: string, full: boolean, onProgress?: (done: number, total: number) => void): Promise<IngestReport> =>

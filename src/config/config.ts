@@ -38,6 +38,11 @@ export const configSchema = z.object({
   registry: z.string().default(''),
   /** containerd certs.d directory (hosts.toml per registry host). */
   registry_hosts_dir: absolutePath.default('/etc/containerd/certs.d'),
+  /**
+   * A mirror that answered a Range request for a blob with the whole blob (a pull-through cache
+   * still filling) or failed is passed over for that blob's ranges this long, then tried again.
+   */
+  registry_mirror_retry_seconds: z.number().int().min(0).max(86_400).default(30),
   chunk_size: z.number().int().min(MIN_CHUNK_SIZE).max(MAX_CHUNK_SIZE)
     .refine((n) => (n & (n - 1)) === 0, 'must be a power of two').default(4 * 1024 * 1024),
   log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),

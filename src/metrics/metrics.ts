@@ -6,6 +6,7 @@
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { LazyLayerObserver } from '../fetch/lazy-layer.js';
+import { SKIP_REASONS, type HostTransferStats } from '../registry/host-skips.js';
 import type { StoreStats } from '../store/chunk-store.js';
 import type { KsmStatus } from '../ksm/ksm.js';
 
@@ -14,6 +15,8 @@ export interface LayerMetricsSources {
   store(): Promise<StoreStats>;
   /** Lazily mounted layers, and chunks queued for prefetch across them. */
   mounts(): { layers: number; prefetchQueued: number };
+  /** The registry client's figures per host (mirrors and registries). */
+  registryHosts(): Record<string, HostTransferStats>;
 }
 
 export interface DaemonMetricsSources {
@@ -25,6 +28,8 @@ export interface DaemonMetricsSources {
   fullPullReasons: readonly string[];
   /** The outcomes of a container commit, shown from zero. */
   commitOutcomes?: readonly string[];
+  /** The registry client's figures per host: manifests, configs, TOCs the daemon resolves. */
+  registryHosts(): Record<string, HostTransferStats>;
 }
 
 /** One read shared by the gauges of one scrape (prom-client collects each gauge on its own). */
@@ -45,6 +50,34 @@ function gaugesFrom<T>(registers: Registry[], table: [string, string, (t: T) => 
       },
     });
   }
+}
+
+/**
+ * Requests, bytes and fallbacks per registry host, read from the client when scraped. `prefix`
+ * keeps the layer server's apart from the daemon's (its /metrics shows both).
+ */
+function registryHostCounters(registers: Registry[], prefix: string, read: () => Record<string, HostTransferStats>): void {
+  const table: [string, string, (h: HostTransferStats) => number][] = [
+    ['requests_total', 'Requests sent to a registry host (mirror or registry), retries included', (h) => h.requests],
+    ['bytes_total', 'Body bytes received from a registry host', (h) => h.bytesReceived],
+  ];
+  for (const [name, help, pick] of table) {
+    new Counter({
+      name: `${prefix}${name}`, help, labelNames: ['host'], registers,
+      collect() {
+        this.reset();
+        for (const [host, h] of Object.entries(read())) this.inc({ host }, pick(h));
+      },
+    });
+  }
+  new Counter({
+    name: `${prefix}fallbacks_total`, labelNames: ['host', 'reason'], registers,
+    help: 'Requests a registry host did not serve that went on to the next host, by reason (ignored_range: answered a Range with the whole blob; status: 4xx/5xx or an error; unreachable)',
+    collect() {
+      this.reset();
+      for (const [host, h] of Object.entries(read())) for (const reason of SKIP_REASONS) this.inc({ host, reason }, h.fallbacks[reason]);
+    },
+  });
 }
 
 export class LayerMetrics implements LazyLayerObserver {
@@ -88,6 +121,7 @@ export class LayerMetrics implements LazyLayerObserver {
     gaugesFrom(registers, storeGauges, () => sources.store());
     new Gauge({ name: 'dedup_mounts', help: 'Lazily mounted layers', registers, collect() { this.set(sources.mounts().layers); } });
     new Gauge({ name: 'dedup_prefetch_queue', help: 'Chunks queued for prefetch', registers, collect() { this.set(sources.mounts().prefetchQueued); } });
+    registryHostCounters(registers, 'dedup_fused_registry_', sources.registryHosts);
 
   }
 
@@ -151,6 +185,7 @@ export class DaemonMetrics {
       ['dedup_ksm_memory_saved_bytes', 'Memory KSM saves (pages_sharing x page size)', (k) => k.memory_saved_bytes],
     ];
     gaugesFrom(registers, ksmGauges, sources.ksm);
+    registryHostCounters(registers, 'dedup_registry_', sources.registryHosts);
   }
 
   fullPull(reason: string): void {

@@ -1,6 +1,7 @@
 // The OCI distribution client: manifests, blobs (whole, resumable, and by Range), uploads
 // (monolithic, chunked, cross-repository mount) and manifest pushes, over undici with keep-alive
-// connections, bearer/basic auth, and retries on connection faults, 429 and 5xx.
+// connections, bearer/basic auth, retries on connection faults, 429 and 5xx, and mirrors tried
+// before the registry itself the way containerd tries hosts.toml's hosts.
 
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -8,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, interceptors, type Dispatcher } from 'undici';
 import { DigestMismatchError, NotFoundError, RegistryAuthError, RegistryError } from '../errors.js';
 import { basicAuth, parseChallenge, TokenCache, type CredentialLookup } from './auth.js';
+import { HostSkips, type HostSkip, type HostTransferStats, type SkipReason } from './host-skips.js';
 import { resolveEndpoints, type RegistryEndpoint } from './hosts.js';
 import { apiHost, type ImageReference } from './reference.js';
 import { DEFAULT_RETRY, isRetryableError, isRetryableStatus, retryDelay, type RetryPolicy } from './retry.js';
@@ -22,7 +24,18 @@ export interface RegistryClientOptions {
   /** Connections kept per origin. */
   connections?: number;
   userAgent?: string;
+  /**
+   * How long a mirror that ignored a Range request (answered the whole blob) or failed for a blob
+   * is passed over for ranges of it, and a mirror that did not connect for everything.
+   */
+  mirrorRetryMs?: number;
+  /** Told each time a host is passed over, for the log. */
+  onHostSkipped?: (skip: HostSkip) => void;
 }
+
+export const DEFAULT_MIRROR_RETRY_MS = 30_000;
+/** Retries a mirror gets before the next host is asked: containerd gives none; one covers a keep-alive connection the mirror dropped. */
+const MIRROR_RETRIES = 1;
 
 /** A request body that can be sent again on a retry. */
 export type ReplayableBody = Buffer | (() => Readable);
@@ -36,13 +49,30 @@ interface RequestSpec {
   /** Token scope for this request, e.g. "repository:foo/bar:pull". */
   scope: string;
   capability: 'pull' | 'resolve' | 'push';
+  /** A Range GET of this blob: from a host that can pass it on, only a 206 will do (or see wholeIs). */
+  rangeOf?: string;
+  /**
+   * The range asked for is [0, wholeIs): a 200 with the whole blob of that length (a pull-through
+   * cache streaming while it fills) carries exactly those bytes, and serves it too.
+   */
+  wholeIs?: number;
 }
+
+/** Whether `res` carries the bytes a Range request asked for. */
+function servesRange(spec: RequestSpec, res: Dispatcher.ResponseData): boolean {
+  return res.statusCode === 206 || (res.statusCode === 200 && spec.wholeIs !== undefined && Number(res.headers['content-length']) === spec.wholeIs);
+}
+
+/** An answer, the host that gave it and its counters. */
+type Answer = Dispatcher.ResponseData & { hostName: string; host: HostTransferStats };
 
 export interface TransferStats {
   requests: number;
   retries: number;
   /** Body bytes received for blob and manifest GETs. */
   bytesReceived: number;
+  /** The same per endpoint, with the requests each passed on to the next host. */
+  hosts: Record<string, HostTransferStats>;
 }
 
 export const DEFAULT_UPLOAD_CHUNK = 16 * 1024 * 1024;
@@ -57,10 +87,12 @@ export class RegistryClient {
   private readonly authorizing = new Map<string, Promise<void>>();
   private readonly endpoints = new Map<string, Promise<RegistryEndpoint[]>>();
   private readonly retry: RetryPolicy;
-  readonly stats: TransferStats = { requests: 0, retries: 0, bytesReceived: 0 };
+  readonly stats: TransferStats = { requests: 0, retries: 0, bytesReceived: 0, hosts: {} };
+  private readonly skips: HostSkips;
 
   constructor(private readonly opts: RegistryClientOptions = {}) {
     this.retry = { ...DEFAULT_RETRY, ...opts.retry };
+    this.skips = new HostSkips(opts.mirrorRetryMs ?? DEFAULT_MIRROR_RETRY_MS, this.stats.hosts);
     this.agent = new Agent({ connections: opts.connections ?? 8, keepAliveTimeout: 30_000, pipelining: 1 });
     this.dispatcher = this.agent.compose(interceptors.redirect({ maxRedirections: 5 }));
   }
@@ -84,44 +116,79 @@ export class RegistryClient {
     if (known) this.endpoints.set(host, known.then((eps) => eps.filter((e) => e !== guess)));
   }
 
-  /** Sends a request with auth and retries; the caller consumes or dumps the body. */
-  private async send(ref: ImageReference, spec: RequestSpec): Promise<Dispatcher.ResponseData> {
+  /**
+   * Sends a request with auth and retries; the caller consumes or dumps the body. Pulls and
+   * resolves go through the hosts in order as containerd's resolver does: a mirror that fails,
+   * does not connect or answers 4xx/5xx (or, for a Range request, the whole blob) passes the
+   * request on to the next host; the last host's answer is final. Pushes, and the https guess of a
+   * loopback registry, move on only when the host does not connect.
+   */
+  private async send(ref: ImageReference, spec: RequestSpec): Promise<Answer> {
     const endpoints = (await this.endpointsFor(ref.host)).filter((e) => e.capabilities.has(spec.capability));
     if (endpoints.length === 0) throw new RegistryError(`no endpoint of ${ref.host} may ${spec.capability}`);
     let lastError: unknown;
-    for (const ep of endpoints) {
+    for (const [i, ep] of endpoints.entries()) {
+      const mirror = spec.capability !== 'push' && !ep.guess && i < endpoints.length - 1;
+      if (mirror && this.skips.skipped(ep.name, spec.rangeOf)) continue;
+      const host = this.skips.stats(ep.name);
+      let res: Dispatcher.ResponseData;
       try {
-        return await this.sendTo(ref, ep, spec);
+        res = await this.sendTo(ep, spec, host, mirror ? MIRROR_RETRIES : this.retry.retries);
       } catch (err) {
         lastError = err;
-        // Only an unreachable endpoint moves us on to the next; an answer is final.
-        if (!(err instanceof RegistryError) || err.status !== undefined) throw err;
+        const unreachable = err instanceof RegistryError && err.status === undefined;
+        if (mirror && err instanceof Error) {
+          this.passOver(ep, spec.rangeOf, unreachable ? 'unreachable' : 'status', err.message);
+          continue;
+        }
+        if (!unreachable) throw err;
         if (ep.guess) this.dropGuess(ref.host, ep);
+        continue;
       }
+      const reason: SkipReason | undefined = !mirror ? undefined
+        : spec.rangeOf !== undefined && res.statusCode === 200 && !servesRange(spec, res) ? 'ignored_range'
+        : res.statusCode >= 400 ? 'status' : undefined;
+      if (reason) {
+        await res.body.dump();
+        this.passOver(ep, spec.rangeOf, reason, `${spec.method} ${spec.path}: HTTP ${res.statusCode}`);
+        continue;
+      }
+      return Object.assign(res, { hostName: ep.name, host });
     }
     throw lastError;
   }
 
-  private async sendTo(ref: ImageReference, ep: RegistryEndpoint, spec: RequestSpec): Promise<Dispatcher.ResponseData> {
-    const url = /^https?:\/\//.test(spec.path) ? spec.path : `${ep.origin}${ep.pathPrefix}/v2/${spec.path}`;
+  private passOver(ep: RegistryEndpoint, blob: string | undefined, reason: SkipReason, detail: string): void {
+    this.opts.onHostSkipped?.(this.skips.skip(ep.name, blob, reason, detail));
+  }
+
+  /** Counts body bytes received from the host that gave `res`. */
+  private received(res: Answer, bytes: number): void {
+    this.stats.bytesReceived += bytes;
+    res.host.bytesReceived += bytes;
+  }
+
+  private async sendTo(ep: RegistryEndpoint, spec: RequestSpec, host: HostTransferStats, retries: number): Promise<Dispatcher.ResponseData> {
+    const url = /^https?:\/\//.test(spec.path) ? spec.path : `${ep.origin}${ep.apiRoot}/${spec.path}`;
     const target = new URL(url);
     let authorized = false;
     for (let attempt = 0; ; attempt++) {
       // A token on its way for this scope: wait for it rather than meet the challenge too.
-      await this.authorizing.get(`${ref.host} ${spec.scope}`)?.catch(() => undefined);
+      await this.authorizing.get(`${ep.authHost} ${spec.scope}`)?.catch(() => undefined);
       const headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'dedup-snapshotter/0.1', ...spec.headers };
-      const auth = this.authorizationFor(ref.host, spec.scope);
+      const auth = this.authorizationFor(ep.authHost, spec.scope);
       if (auth) headers.authorization = auth;
       let res: Dispatcher.ResponseData;
       try {
         this.stats.requests++;
+        host.requests++;
         const body = spec.body === undefined ? undefined : Buffer.isBuffer(spec.body) ? spec.body : spec.body();
         res = await this.dispatcher.request({
           origin: target.origin, path: target.pathname + target.search,
           method: spec.method, headers, body, headersTimeout: 60_000, bodyTimeout: 120_000,
         });
       } catch (err) {
-        if (!isRetryableError(err) || attempt >= this.retry.retries) {
+        if (!isRetryableError(err) || attempt >= retries) {
           throw new RegistryError(`${spec.method} ${url}: ${(err as Error).message}${attempt > 0 ? ` (after ${attempt + 1} attempts)` : ''}`, undefined, { cause: err });
         }
         this.stats.retries++;
@@ -131,12 +198,12 @@ export class RegistryClient {
       if (res.statusCode === 401 && !authorized) {
         await res.body.dump();
         const challenge = res.headers['www-authenticate'];
-        await this.authorizeShared(ref.host, Array.isArray(challenge) ? challenge[0] : challenge, spec.scope, url);
+        await this.authorizeShared(ep.authHost, Array.isArray(challenge) ? challenge[0] : challenge, spec.scope, url);
         authorized = true;
         attempt--; // answering a challenge is not a retry
         continue;
       }
-      if (isRetryableStatus(res.statusCode) && attempt < this.retry.retries) {
+      if (isRetryableStatus(res.statusCode) && attempt < retries) {
         await res.body.dump();
         this.stats.retries++;
         await sleep(retryDelay(this.retry, attempt + 1, res.headers['retry-after']));
@@ -225,18 +292,22 @@ export class RegistryClient {
     return `repository:${ref.repository}:pull`;
   }
 
-  /** GET a manifest by tag or digest; verifies the bytes when asked by digest. */
+  /**
+   * GET a manifest by tag or digest; verifies the bytes when asked by digest. A tag needs a host
+   * that may resolve; a digest names its content, so (as in containerd) any host that may pull.
+   */
   async getManifest(ref: ImageReference, reference: string, accept: string[]): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {
     const what = `manifest ${ref.host}/${ref.repository}:${reference}`;
+    const byDigest = reference.startsWith('sha256:');
     const res = await this.send(ref, {
       method: 'GET', path: `${ref.repository}/manifests/${reference}`, headers: { accept: accept.join(', ') },
-      scope: RegistryClient.pull(ref), capability: 'resolve',
+      scope: RegistryClient.pull(ref), capability: byDigest ? 'pull' : 'resolve',
     });
     if (res.statusCode !== 200) return this.fail(res, what);
     const bytes = Buffer.from(await res.body.arrayBuffer());
-    this.stats.bytesReceived += bytes.length;
+    this.received(res, bytes.length);
     const digest = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
-    if (reference.startsWith('sha256:') && digest !== reference) throw new DigestMismatchError(what, reference, digest);
+    if (byDigest && digest !== reference) throw new DigestMismatchError(what, reference, digest);
     const ct = res.headers['content-type'];
     let mediaType = (Array.isArray(ct) ? ct[0] : ct)?.split(';')[0]?.trim() ?? '';
     if (!mediaType || mediaType === 'application/json' || mediaType === 'text/plain') {
@@ -286,14 +357,16 @@ export class RegistryClient {
     const what = `blob ${digest} of ${ref.host}/${ref.repository}`;
     for (let attempt = 0; ; attempt++) {
       const ranged = range !== undefined || received > 0;
-      const res = await this.send(ref, {
+      const spec: RequestSpec = {
         method: 'GET', path: `${ref.repository}/blobs/${digest}`,
         headers: ranged ? { range: `bytes=${start + received}-${range ? range.end - 1 : ''}` } : {}, scope: RegistryClient.pull(ref), capability: 'pull',
-      });
-      if (res.statusCode !== (ranged ? 206 : 200)) {
+        rangeOf: ranged ? digest : undefined, wholeIs: range?.start === 0 && received === 0 ? range.end : undefined,
+      };
+      const res = await this.send(ref, spec);
+      if (ranged ? !servesRange(spec, res) : res.statusCode !== 200) {
         if (ranged && res.statusCode === 200) {
           await res.body.dump();
-          throw new RegistryError(`${what}: registry ignored Range from byte ${start + received}`, 200);
+          throw new RegistryError(`${what}: ${res.hostName} ignored Range from byte ${start + received}`, 200);
         }
         await this.fail(res, what);
         return;
@@ -303,7 +376,7 @@ export class RegistryClient {
           const buf = piece as Buffer;
           hash?.update(buf);
           received += buf.length;
-          this.stats.bytesReceived += buf.length;
+          this.received(res, buf.length);
           yield buf;
         }
         break;
@@ -346,18 +419,18 @@ export class RegistryClient {
     for (let attempt = 0; ; attempt++) {
       const res = await this.send(ref, {
         method: 'GET', path: `${ref.repository}/blobs/${digest}`, headers: { range },
-        scope: RegistryClient.pull(ref), capability: 'pull',
+        scope: RegistryClient.pull(ref), capability: 'pull', rangeOf: digest,
       });
       if (res.statusCode !== 206) {
         if (res.statusCode === 200) {
           await res.body.dump();
-          throw new RegistryError(`${what}: registry does not support Range requests`, 200);
+          throw new RegistryError(`${what}: ${res.hostName} does not support Range requests`, 200);
         }
         return this.fail(res, what);
       }
       try {
         const bytes = Buffer.from(await res.body.arrayBuffer());
-        this.stats.bytesReceived += bytes.length;
+        this.received(res, bytes.length);
         const cr = res.headers['content-range'];
         return { bytes, contentRange: Array.isArray(cr) ? cr[0] : cr };
       } catch (err) {

@@ -35,7 +35,8 @@ class ByteReader {
         len += r.value.byteLength;
       }
     }
-    if (parts.length > 1) this.buf = Buffer.concat(parts);
+    // A buffer used up needs no copy: the common case of reading a file piece by piece.
+    if (parts.length > 1) this.buf = parts[0]!.length === 0 && parts.length === 2 ? parts[1]! : Buffer.concat(parts);
   }
 
   /** Exactly n bytes, or null at a clean end of stream; a partial read is an error. */

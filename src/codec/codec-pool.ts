@@ -8,7 +8,7 @@ import { gzipSync } from 'node:zlib';
 import { Piscina } from 'piscina';
 import { sha256Digest } from '../estargz/toc.js';
 import { ChunkDigestMismatchError, MalformedEstargzError } from '../errors.js';
-import { checkDigest, inflateChunk, type GzipTask, type InflateTask, type VerifyTask } from '../../workers/codec-worker.js';
+import { checkDigest, inflateChunk, inflateSpan, type GzipTask, type InflateTask, type SpanTask, type VerifyTask } from '../../workers/codec-worker.js';
 
 const WORKER = fileURLToPath(new URL('../../workers/codec-worker.js', import.meta.url));
 
@@ -28,6 +28,11 @@ function ownCopy(view: Uint8Array): Uint8Array<ArrayBuffer> {
   const own = new Uint8Array(view.byteLength);
   own.set(view);
   return own;
+}
+
+/** The typed error for a worker's reason a chunk was refused. */
+function refused(reason: string, expected: string, where: string): Error {
+  return reason.startsWith('digest: ') ? new ChunkDigestMismatchError(expected, reason.slice('digest: '.length), where) : new MalformedEstargzError(where, reason);
 }
 
 export class CodecPool {
@@ -60,11 +65,19 @@ export class CodecPool {
       const task: InflateTask = { member: own, innerOffset: chunk.innerOffset, chunkSize: chunk.chunkSize, expected };
       out = (await this.pool.run(task, { name: 'inflate', transferList: [own.buffer] })) as Uint8Array | string;
     }
-    if (typeof out === 'string') {
-      if (out.startsWith('digest: ')) throw new ChunkDigestMismatchError(expected ?? '?', out.slice('digest: '.length), where);
-      throw new MalformedEstargzError(where, out);
-    }
+    if (typeof out === 'string') throw refused(out, expected ?? '?', where);
     return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+  }
+
+  /**
+   * The chunks of one span of a gzip-indexed layer (raw deflate from a checkpoint, inflated with
+   * its window), inflated once: per chunk its verified bytes, or the error naming its `where`.
+   */
+  async inflateSpan(span: Uint8Array, window: Uint8Array, chunks: { innerOffset: number; chunkSize: number; expected: string; where: string }[]): Promise<(Buffer | Error)[]> {
+    const task: SpanTask = { member: span, window, chunks: chunks.map(({ innerOffset, chunkSize, expected }) => ({ innerOffset, chunkSize, expected })) };
+    const out = span.byteLength <= INLINE_MAX ? inflateSpan(task)
+      : (await this.pool.run({ ...task, member: ownCopy(span) }, { name: 'inflateSpan' })) as (Uint8Array | string)[];
+    return out.map((r, i) => (typeof r === 'string' ? refused(r, chunks[i]!.expected, chunks[i]!.where) : Buffer.from(r.buffer, r.byteOffset, r.byteLength)));
   }
 
   /**

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
 import { MalformedLayerError, NotFoundError } from '../errors.js';
 import { buildGzipIndex } from '../gzip-index/build.js';
-import { encodeGzipIndex, GZIP_INDEX_MEDIA_TYPE } from '../gzip-index/format.js';
+import { decodeGzipIndex, encodeGzipIndex, GZIP_INDEX_MEDIA_TYPE, type ParsedGzipIndex } from '../gzip-index/format.js';
 import { sha256Digest, TOC_DIGEST_ANNOTATION } from '../estargz/toc.js';
 import { findArtifact, pushArtifact, type FoundArtifact } from '../image/artifacts.js';
 import { layerCompression, type Descriptor, type Platform, type ResolvedImage } from '../image/oci.js';
@@ -169,4 +169,27 @@ export async function pushIndexes(client: RegistryClient, image: RegistryImage, 
 /** The gzip index artifact pushed for the image `resolved` is, if there is one. */
 export function findIndexes(client: RegistryClient, image: RegistryImage, resolved: Pick<ResolvedImage, 'manifestDigest'>): Promise<FoundArtifact | undefined> {
   return findArtifact(client, image, resolved.manifestDigest, GZIP_INDEX_ARTIFACT_TYPE, TAG_SUFFIX);
+}
+
+/** Whether a layer is one a gzip index can serve: gzip, and not eStargz (which has its own TOC). */
+export function indexable(desc: Descriptor): boolean {
+  return notIndexable(desc) === undefined;
+}
+
+/**
+ * The gzip index of `layer` of the image `manifestDigest` names: from the state root's indexes if
+ * it has one, else from the artifact pushed beside the image (its blob is checked against its
+ * digest as it is read); decoded and checked against the layer. Undefined when there is none;
+ * MalformedGzipIndexError for one that is broken or for another layer.
+ */
+export async function layerIndex(client: RegistryClient, image: RegistryImage, root: string, manifestDigest: string,
+  layer: Descriptor): Promise<ParsedGzipIndex & { digest: string } | undefined> {
+  const record = await readFile(join(recordsDir(root), `${manifestDigest.slice(7)}.json`), 'utf8').then((t) => JSON.parse(t) as ImageIndexRecord, () => undefined);
+  const local = record?.layers.find((l) => l.layer === layer.digest);
+  if (local) return { ...decodeGzipIndex(await readIndexBlob(root, local.index), layer, `${blobPath(root, local.index)} (local index of ${image.name})`), digest: local.index };
+  const found = await findIndexes(client, image, { manifestDigest });
+  const blob = found?.manifest.layers.find((l) => l.annotations?.[INDEXED_LAYER_ANNOTATION] === layer.digest);
+  if (!found || !blob) return undefined;
+  const bytes = await client.getBlob(image.ref, blob.digest);
+  return { ...decodeGzipIndex(bytes, layer, `${blob.digest} (the gzip index artifact of ${image.name}, found by ${found.via})`), digest: blob.digest };
 }

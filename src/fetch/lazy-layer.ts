@@ -117,8 +117,15 @@ export class LazyLayer {
   private active = 0;
   private activePrefetch = 0;
   private closed = false;
-  /** Every chunk of the layer by compressed offset (cross-file read-ahead walks it). */
+  /** Every chunk of the layer by compressed offset (cross-file read-ahead walks it); eStargz only. */
   private readonly byOffset = new Map<number, ChunkRef>();
+  /**
+   * A gzip-indexed layer's chunks by the checkpoint their bytes are inflated from (their offset):
+   * one request and one inflate serve all of those a fetch takes.
+   */
+  private readonly bySpan = new Map<number, ChunkRef[]>();
+  /** Every chunk of the layer, hard links once. */
+  private readonly refs: ChunkRef[] = [];
   /** Chunks fetched by cross-file read-ahead that no reader has asked for yet. */
   private readonly crossAhead = new Set<string>();
   private crossWindow: number;
@@ -149,9 +156,14 @@ export class LazyLayer {
   ) {
     this.crossWindow = opts.crossFileWindow[0];
     for (const node of new Set(toc.nodes.values())) {
-      if (node.type === 'reg') node.chunks.forEach((c, index) => this.byOffset.set(c.offset, { file: node, index }));
+      if (node.type === 'reg') node.chunks.forEach((_, index) => this.refs.push({ file: node, index }));
     }
-    const digests = [...this.byOffset.values()].map((r) => r.file.chunks[r.index]!.chunkDigest ?? '').filter((d) => d);
+    for (const r of this.refs) {
+      const c = r.file.chunks[r.index]!;
+      if (c.window) this.bySpan.set(c.offset, [...(this.bySpan.get(c.offset) ?? []), r]);
+      else this.byOffset.set(c.offset, r);
+    }
+    const digests = this.refs.map((r) => r.file.chunks[r.index]!.chunkDigest ?? '').filter((d) => d);
     const missing = store.missing(digests);
     this.stored = new Set(digests.filter((d) => !missing.has(d)));
   }
@@ -266,7 +278,7 @@ export class LazyLayer {
   /** Compressed bytes of the chunks the store lacks. */
   missingBytes(): number {
     let n = 0;
-    for (const r of this.byOffset.values()) {
+    for (const r of this.refs) {
       const c = r.file.chunks[r.index]!;
       if (!this.stored.has(c.chunkDigest ?? '')) n += c.compressedEnd - c.offset;
     }
@@ -410,6 +422,7 @@ export class LazyLayer {
   private takeRun(first: Pending): Pending[] {
     const group = [first];
     this.queued.delete(first.chunk.chunkDigest!);
+    if (first.chunk.window) return this.takeSpan(group);
     const prefetch = first.priority === PRIORITY.prefetch;
     const max = prefetch ? this.opts.maxPrefetchRangeBytes : this.opts.maxRangeBytes;
     const maxGap = prefetch ? this.opts.roundTripBytes : 0;
@@ -431,6 +444,34 @@ export class LazyLayer {
     // A layer coming in whole costs no round trip to read later: inflating (or fetching) its
     // neighbours now would only take the CPU and the link from start-up.
     if (first.priority === PRIORITY.demand && first.file.chunks.length === 1 && (!this.whole || this.whole.failed)) this.extendAcrossFiles(group, first.chunk.offset);
+    return group;
+  }
+
+  /**
+   * A gzip-indexed chunk with the other chunks inflated from its checkpoint: those queued, and
+   * for a reader the missing ones whose bytes the request brings anyway (the small files around
+   * it: an interpreter's start reads its neighbours next).
+   */
+  private takeSpan(group: Pending[]): Pending[] {
+    const first = group[0]!;
+    const end = first.chunk.compressedEnd;
+    for (const at of this.bySpan.get(first.chunk.offset) ?? []) {
+      const c = at.file.chunks[at.index]!;
+      const digest = c.chunkDigest!;
+      const next = this.queued.get(digest);
+      if (next) {
+        this.queued.delete(digest);
+        Object.assign(next, { file: at.file, index: at.index, chunk: c });
+        group.push(next);
+      } else if (first.priority === PRIORITY.demand && c.compressedEnd <= end && this.missing(digest)) {
+        let pending!: Pending;
+        this.share(digest, new Promise<Buffer>((resolve, reject) => {
+          pending = { file: at.file, index: at.index, chunk: c, priority: PRIORITY.readahead, seq: this.seq++, resolve, reject };
+        }));
+        this.crossAhead.add(digest);
+        group.push(pending);
+      }
+    }
     return group;
   }
 
@@ -465,7 +506,7 @@ export class LazyLayer {
 
   private async fetchGroup(group: Pending[]): Promise<void> {
     const start = group[0]!.chunk.offset;
-    const end = group.at(-1)!.chunk.compressedEnd;
+    const end = Math.max(...group.map((g) => g.chunk.compressedEnd));
     // The bytes from the tail on are in memory: only those before it are to be read or fetched.
     const before = Math.min(end, Math.max(start, this.tail.start));
     const observer = this.hooks.observer;
@@ -489,11 +530,14 @@ export class LazyLayer {
       for (let i = 0; i < group.length; i++) observer?.chunkServed('registry');
     }
     if (end > before) bytes = Buffer.concat([bytes, this.tail.bytes.subarray(before - this.tail.start, end - this.tail.start)]);
-    await Promise.all(group.map(async (g) => {
+    const where = (g: Pending): string => `"${g.file.path}" at ${g.chunk.chunkOffset} in layer ${this.desc.digest}`;
+    // A gzip-indexed group shares its checkpoint: its span is inflated once for all its chunks.
+    const window = group[0]!.chunk.window;
+    const span = window ? this.pool.inflateSpan(bytes, window, group.map((g) => ({ ...g.chunk, expected: g.chunk.chunkDigest!, where: where(g) }))) : undefined;
+    await Promise.all(group.map(async (g, i) => {
       const c = g.chunk;
       try {
-        const data = await this.pool.inflate(bytes.subarray(c.offset - start, c.compressedEnd - start), c, c.chunkDigest,
-          `"${g.file.path}" at ${c.chunkOffset} in layer ${this.desc.digest}`);
+        const data = span ? await span.then((all) => (all[i] instanceof Error ? Promise.reject(all[i]) : all[i] as Buffer)) : await this.pool.inflate(bytes.subarray(c.offset - start, c.compressedEnd - start), c, c.chunkDigest, where(g));
         this.cache.set(c.chunkDigest!, data);
         this.stats.chunksFetched++;
         if (g.priority === PRIORITY.demand && (!held || held.waited)) this.stats.demandFetches++;

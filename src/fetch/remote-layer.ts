@@ -65,6 +65,15 @@ export class RemoteLayer {
     return new RemoteLayer(source, desc, read.toc, read.tocDigest, read.tail);
   }
 
+  /**
+   * An unmodified gzip layer served through its gzip index (decoded against `desc`: same digest
+   * and size): its chunks are spans between checkpoints; there is no tail and no TOC in the blob.
+   * `indexDigest` is the index blob's digest, recorded as the layer's TOC digest.
+   */
+  static ofIndex(source: ImageSource, desc: Descriptor, toc: Toc, indexDigest: string): RemoteLayer {
+    return new RemoteLayer(source, desc, toc, indexDigest, { start: desc.size, bytes: Buffer.alloc(0) });
+  }
+
   /** Every chunk of every regular file, in blob order; hard links are listed once. */
   chunks(): LayerChunk[] {
     const out: LayerChunk[] = [];

@@ -10,6 +10,7 @@
 // manifest at the first layer's Prepare), so that no mount waits for a round trip of its own.
 
 import { z } from 'zod';
+import { indexable, layerIndex } from '../convert/gzip-indexer.js';
 import { AlreadyExistsError, MalformedEstargzError, NotFoundError, UnavailableError } from '../errors.js';
 import { RemoteLayer, type LayerToc } from '../fetch/remote-layer.js';
 import { FUSE_FSTYPE, type FuseConnection } from '../fs/fuse-session.js';
@@ -180,6 +181,11 @@ export class LayerServer {
    */
   private async open(request: MountRequest): Promise<RemoteLayer> {
     const image = new RegistryImage(this.ctx.client, request.image);
+    // An unmodified gzip layer is served through its gzip index when it has one.
+    if (indexable(request.layer)) {
+      const index = await layerIndex(this.ctx.client, image, this.ctx.store.root, request.manifestDigest, request.layer);
+      if (index) return RemoteLayer.ofIndex(image, request.layer, index.toc, index.digest);
+    }
     const ahead = await this.readAhead.take(readAheadKey(request.image, request.layer.digest))?.catch((err: unknown) => {
       if (err instanceof MalformedEstargzError) throw err;
     });

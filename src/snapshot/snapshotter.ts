@@ -78,8 +78,8 @@ export interface SnapshotterOptions {
  * Why a layer is pulled in full: not eStargz (expected for ordinary images), not in the image's
  * manifest, the registry could not be read, or the layer server could not mount it.
  */
-export type FullPullReason = 'not_estargz' | 'not_in_manifest' | 'registry' | 'mount_failed';
-export const FULL_PULL_REASONS: FullPullReason[] = ['not_estargz', 'not_in_manifest', 'registry', 'mount_failed'];
+export type FullPullReason = 'not_estargz' | 'bad_gzip_index' | 'not_in_manifest' | 'registry' | 'mount_failed';
+export const FULL_PULL_REASONS: FullPullReason[] = ['not_estargz', 'bad_gzip_index', 'not_in_manifest', 'registry', 'mount_failed'];
 
 /**
  * How long a resolved manifest serves the Prepares of an image's layers: by digest it cannot
@@ -302,8 +302,9 @@ export class Snapshotter {
     } catch (err) {
       this.metadata.remove(target);
       await rm(this.dir(id), { recursive: true, force: true });
-      const notEstargz = err instanceof FusedError && err.remoteCode === 'ERR_MALFORMED_ESTARGZ';
-      return this.fullPull(notEstargz ? 'not_estargz' : 'mount_failed', imageRef, digest, (err as Error).message);
+      const code = err instanceof FusedError ? err.remoteCode : undefined;
+      const reason = code === 'ERR_MALFORMED_ESTARGZ' ? 'not_estargz' : code === 'ERR_MALFORMED_GZIP_INDEX' ? 'bad_gzip_index' : 'mount_failed';
+      return this.fullPull(reason, imageRef, digest, (err as Error).message);
     }
     this.opts.log.info({ snapshot: target, image: imageRef, layer: digest }, 'remote snapshot mounted lazily');
     this.opts.audit?.('image.pull', imageRef, { snapshot: target, layer: digest, lazy: true });

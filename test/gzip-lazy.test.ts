@@ -1,0 +1,137 @@
+// Lazy pulls of unmodified gzip images through their gzip index (docs/gzip-index.md): real
+// containerd, registry, FUSE and runc. The image is not converted (its digest is what was pushed);
+// `dedupctl index create --push` put its index beside it; ctr-remote rpull then mounts its layers
+// lazily, each chunk a span between checkpoints, verified. A broken index means a full pull,
+// said so; a corrupted span is EIO for the file in it, and the rest still reads.
+
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { GZIP_INDEX_ARTIFACT_TYPE, INDEXED_LAYER_ANNOTATION, readIndexBlob, type ImageIndexRecord } from '../src/convert/gzip-indexer.js';
+import { pushArtifact } from '../src/image/artifacts.js';
+import { GZIP_INDEX_MEDIA_TYPE, decodeGzipIndex } from '../src/gzip-index/format.js';
+import { RegistryImage } from '../src/image/registry-image.js';
+import { RegistryClient } from '../src/registry/client.js';
+import { dedupctlJson } from './fixtures/cli.js';
+import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
+import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { startProxy, type TestProxy } from './fixtures/proxy.js';
+import { startRegistry, type TestRegistry } from './fixtures/registry.js';
+import { auditedPulls, startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
+import { teardownStack } from './fixtures/teardown.js';
+
+const MiB = 1024 * 1024;
+const PLATFORM = { os: 'linux', architecture: 'amd64' };
+const hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+describe('lazy pulls of unmodified gzip images through their gzip index', () => {
+  let tmp: string;
+  let registry: TestRegistry | undefined;
+  let proxy: TestProxy | undefined;
+  let snap: TestSnapshotter | undefined;
+  let ctd: TestContainerd | undefined;
+  /** Range requests from this compressed offset on come back with their bytes flipped. */
+  let corruptFrom = Infinity;
+  let n = 0;
+  /** Each image's big file: its own, so that no image finds another's chunks in the store. */
+  const bigs = new Map<string, Buffer>();
+  const text = Buffer.from(Array.from({ length: 40_000 }, (_, i) => `line ${i}: the quick brown fox\n`).join(''));
+
+  const files = (tag: string): FileSpec[] => [
+    { name: 'hello', type: 'file', content: Buffer.from(`hello from ${tag}\n`) },
+    { name: 'data/', type: 'directory' },
+    { name: 'data/big', type: 'file', content: bigs.set(tag, bigs.get(tag) ?? randomBytes(8 * MiB)).get(tag)! },
+    { name: 'data/text', type: 'file', content: text },
+    { name: 'data/setuid', type: 'file', mode: 0o4755, uid: 1234, gid: 5678, content: Buffer.from('#!/bin/sh\necho suid\n') },
+    { name: 'data/link', type: 'symlink', linkname: '/hello' },
+  ];
+  const push = async (tag: string): Promise<string> => {
+    await writeOciImage(join(tmp, tag), tag, [{ tar: await tarOf([...await busyboxEntries(), ...files(tag)]), compression: 'gzip' }]);
+    await pushOci(join(tmp, tag), tag, `${registry!.host}/plain/${tag}:1`);
+    return `${proxy!.host}/plain/${tag}:1`;
+  };
+  const index = (tag: string): Promise<ImageIndexRecord> =>
+    dedupctlJson(['index', 'create', '--plain-http', '--root', join(tmp, 'indexer'), '--push', '--spacing', '1M', `${registry!.host}/plain/${tag}:1`]);
+  const run = (ref: string, script: string): Promise<{ code: number; stdout: string; stderr: string }> =>
+    ctd!.ctr(['run', '--rm', '--snapshotter', 'dedup', ref, `g${n++}`, '/bin/sh', '-c', script], 120_000);
+  const pulls = (image: string): { lazy?: boolean; reason?: string }[] => auditedPulls(snap!.root, image);
+
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'dedup-gzip-lazy-test-'));
+    registry = await startRegistry(tmp);
+    proxy = await startProxy(registry.host, { fault: (req) => (Number(/bytes=(\d+)-/.exec(String(req.headers.range ?? ''))?.[1] ?? -1) >= corruptFrom ? 'corrupt' : 'ok') });
+    snap = await startSnapshotter(tmp);
+    ctd = await startContainerd(tmp, { dedupSocket: snap.socket });
+  });
+
+  after(async () => {
+    await teardownStack(tmp, { ctd, snap, servers: [proxy, registry] });
+  });
+
+  it('pulls and runs an unmodified gzip image lazily: a small part fetched, every file right', async () => {
+    const ref = await push('app');
+    const record = await index('app');
+    assert.equal(record.layers.length, 1);
+    proxy!.reset();
+    const pull = await ctd!.rpull(ref);
+    assert.equal(pull.code, 0, pull.stderr);
+    const hello = await run(ref, 'cat /hello');
+    assert.equal(hello.code, 0, hello.stderr);
+    assert.equal(hello.stdout, 'hello from app\n');
+    assert.ok(pulls(ref).length === 1 && pulls(ref)[0]!.lazy === true, JSON.stringify(pulls(ref)));
+    assert.match(await readFile(snap!.log, 'utf8'), /remote snapshot mounted lazily/);
+    const layer = record.layers[0]!;
+    const fetched = proxy!.stats.blobRanges.filter((r) => r.digest === layer.layer).reduce((sum, r) => sum + r.end - r.start, 0);
+    assert.ok(fetched < layer.layerSize / 4, `${fetched} of the layer's ${layer.layerSize} bytes fetched to print a small file`);
+    assert.ok(proxy!.stats.blobRanges.some((r) => r.digest === layer.index && r.end - r.start === layer.indexSize), 'the index came from the registry');
+
+    const all = await run(ref, 'sha256sum /data/big /data/text; stat -c "%a %u %g" /data/setuid; /data/setuid; readlink /data/link');
+    assert.equal(all.code, 0, all.stderr);
+    assert.equal(all.stdout, `${hex(bigs.get('app')!)}  /data/big\n${hex(text)}  /data/text\n4755 1234 5678\nsuid\n/hello\n`);
+  });
+
+  it('a broken index (one for another layer) is refused: the image is pulled in full, with reason bad_gzip_index', async () => {
+    const ref = await push('other');
+    const app = (await dedupctlJson<ImageIndexRecord[]>(['index', 'show', '--root', join(tmp, 'indexer'), `${registry!.host}/plain/app:1`]))[0]!;
+    const client = new RegistryClient({ plainHttp: true });
+    try {
+      const image = new RegistryImage(client, `${registry!.host}/plain/other:1`);
+      const resolved = await image.resolve(PLATFORM);
+      await pushArtifact(client, image, { mediaType: resolved.manifestMediaType, digest: resolved.manifestDigest, size: resolved.manifestBytes.length },
+        GZIP_INDEX_ARTIFACT_TYPE, [{ mediaType: GZIP_INDEX_MEDIA_TYPE, bytes: await readIndexBlob(join(tmp, 'indexer'), app.layers[0]!.index),
+          annotations: { [INDEXED_LAYER_ANNOTATION]: resolved.manifest.layers[0]!.digest } }], 'dedup-gzip-index');
+    } finally {
+      await client.close();
+    }
+    const pull = await ctd!.rpull(ref);
+    assert.equal(pull.code, 0, pull.stderr);
+    const r = await run(ref, 'cat /hello');
+    assert.equal(r.stdout, 'hello from other\n', r.stderr);
+    assert.ok(pulls(ref).length >= 1 && pulls(ref).every((p) => p.lazy === false && p.reason === 'bad_gzip_index'), JSON.stringify(pulls(ref)));
+    assert.match(await readFile(snap!.log, 'utf8'), /malformed gzip index .* is for layer/);
+  });
+
+  it('a corrupted span is EIO for the file in it; files elsewhere in the layer still read', async () => {
+    const ref = await push('rotten');
+    const record = await index('rotten');
+    const { toc } = decodeGzipIndex(await readIndexBlob(join(tmp, 'indexer'), record.layers[0]!.index),
+      { digest: record.layers[0]!.layer, size: record.layers[0]!.layerSize }, 'rotten index');
+    const chunks = toc.nodes.get('data/big')!.chunks;
+    corruptFrom = chunks[Math.floor(chunks.length / 2)]!.offset; // the second half of data/big, past every small file before it
+    try {
+      const pull = await ctd!.rpull(ref);
+      assert.equal(pull.code, 0, pull.stderr);
+      const ok = await run(ref, 'cat /hello; head -c 100000 /data/big | wc -c');
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.equal(ok.stdout, 'hello from rotten\n100000\n');
+      const bad = await run(ref, 'cat /data/big > /dev/null');
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.stdout + bad.stderr, /Input\/output error/);
+    } finally {
+      corruptFrom = Infinity;
+    }
+  });
+});

@@ -7,10 +7,11 @@
 // and exits 0. Any failure before that is one "error ..." line on stdout and exit status 1.
 //
 //   dedup-sandbox-shim [-uinm] CGROUP STATUS run ROOTFS HOSTNAME CMD [ARG...]
-//   dedup-sandbox-shim [-m] CGROUP STATUS restore PIDFILE CRIU [ARG...]   (criu restore --restore-sibling)
+//   dedup-sandbox-shim [-m] [-k DIR] CGROUP STATUS restore PIDFILE CRIU [ARG...]   (criu restore --restore-sibling)
 //
 // -u, -i, -n: new UTS, IPC, network namespaces (run; a restore recreates what was dumped).
 // -m: opt the tree into KSM merging (prctl PR_SET_MEMORY_MERGE, inherited across fork and exec).
+// -k DIR: criu's kernel probe cache lives in DIR, a directory on a tmpfs (see kdat_on_tmpfs).
 
 #define _GNU_SOURCE
 #include <errno.h>
@@ -117,11 +118,24 @@ static pid_t start_run(const char* rootfs, const char* hostname, char** argv) {
   return pid;
 }
 
-static pid_t start_restore(const char* pidfile, char** argv) {
+// criu keeps what it probed of the kernel in /run/criu.kdat, but only where /run is a tmpfs;
+// elsewhere (this machine) every restore probes again, ~100 ms with an `iptables -L` among it.
+// criu gets its own mount namespace, a slave of ours (nothing propagates back), with DIR bound
+// over /run. Best effort: criu probes as before when any step fails.
+static void kdat_on_tmpfs(const char* dir) {
+  if (!dir || unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0) return;
+  struct stat st;
+  // Ours alone (/dev/shm is world-writable): criu trusts what the cache says.
+  if ((mkdir(dir, 0700) != 0 && errno != EEXIST) || lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 077)) return;
+  if (mount(dir, "/run", NULL, MS_BIND, NULL) != 0) fprintf(stderr, "kdat cache %s not bound over /run: %s\n", dir, strerror(errno));
+}
+
+static pid_t start_restore(const char* pidfile, const char* kdat_dir, char** argv) {
   pid_t criu = fork();
   if (criu < 0) fail("fork: %s", strerror(errno));
   if (criu == 0) {
     dup2(2, 1);  // criu's output goes to our log, not to the pipe our caller reads
+    kdat_on_tmpfs(kdat_dir);
     execv(argv[0], argv);
     _exit(127);
   }
@@ -149,8 +163,10 @@ static void write_status(const char* status_file, int status) {
 
 int main(int argc, char** argv) {
   int opt, merge = 0;
-  while ((opt = getopt(argc, argv, "+uinm")) != -1) {
+  const char* kdat_dir = NULL;
+  while ((opt = getopt(argc, argv, "+uinmk:")) != -1) {
     if (opt == 'u') ns_flags |= CLONE_NEWUTS;
+    else if (opt == 'k') kdat_dir = optarg;
     else if (opt == 'i') ns_flags |= CLONE_NEWIPC;
     else if (opt == 'n') ns_flags |= CLONE_NEWNET;
     else if (opt == 'm') merge = 1;
@@ -161,13 +177,13 @@ int main(int argc, char** argv) {
   if (argc < 6 || (strcmp(argv[3], "run") != 0 && strcmp(argv[3], "restore") != 0) ||
       (strcmp(argv[3], "run") == 0 && argc < 7)) {
     fprintf(stderr, "usage: dedup-sandbox-shim [-uinm] CGROUP STATUS run ROOTFS HOSTNAME CMD [ARG...]\n"
-                    "       dedup-sandbox-shim [-m] CGROUP STATUS restore PIDFILE CRIU [ARG...]\n");
+                    "       dedup-sandbox-shim [-m] [-k DIR] CGROUP STATUS restore PIDFILE CRIU [ARG...]\n");
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
   join_cgroup(argv[1]);
   if (merge && prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0) fail("prctl(PR_SET_MEMORY_MERGE): %s", strerror(errno));
-  pid_t pid = strcmp(argv[3], "run") == 0 ? start_run(argv[4], argv[5], argv + 6) : start_restore(argv[4], argv + 5);
+  pid_t pid = strcmp(argv[3], "run") == 0 ? start_run(argv[4], argv[5], argv + 6) : start_restore(argv[4], kdat_dir, argv + 5);
   printf("pid %d\n", pid);
   fclose(stdout);
   int status;

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { SandboxError } from '../errors.js';
 import type { Cgroup } from './cgroup.js';
 import type { CheckpointInfo } from './checkpoints.js';
-import type { Criu } from './criu.js';
+import { KDAT_DIR, type Criu } from './criu.js';
 import { assertTransition, type PooledState, type SandboxTemplate } from './pool-config.js';
 
 export const SHIM = fileURLToPath(new URL('../../../native/build/Release/dedup-sandbox-shim', import.meta.url));
@@ -105,7 +105,7 @@ export class Sandbox {
     } else {
       const pidfile = join(this.dir, 'restored.pid');
       await rm(pidfile, { force: true });
-      args = [...flags, this.cgroup.path, this.statusFile, 'restore', pidfile, ...how.criu.restoreArgv(how.restore.dir, this.rootfs, pidfile, this.dir)];
+      args = [...flags, '-k', KDAT_DIR, this.cgroup.path, this.statusFile, 'restore', pidfile, ...how.criu.restoreArgv(how.restore.dir, this.rootfs, pidfile, this.dir)];
       env = process.env;
       this.from = how.restore.id;
     }
@@ -208,7 +208,11 @@ export class Sandbox {
       }
     }
     if (!(await this.cgroup.events().catch(() => undefined))?.populated) return;
-    await this.cgroup.thaw().catch(() => undefined);
+    try {
+      this.cgroup.thaw();
+    } catch {
+      // gone meanwhile
+    }
     await this.cgroup.waitFor((e) => !e.populated, 5000, 'empty').catch(() => this.cgroup.kill());
   }
 

@@ -200,7 +200,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
       sb.setState('active');
       this.handedOut.set(sb.id, sb);
       try {
-        await sb.cgroup.thaw();
+        sb.cgroup.thaw();
         // Killed while frozen: its shim could not reap it until now.
         if (!(await sb.alive())) throw new SandboxError(`sandbox ${sb.id}: pid ${sb.pid} died while frozen`);
       } catch (err) {

@@ -18,7 +18,7 @@ import { CheckpointStore } from '../src/sandbox/checkpoints.js';
 import { Criu } from '../src/sandbox/criu.js';
 import { chainId, imageChainId } from '../src/sandbox/image-snapshot.js';
 import {
-  canTransition, defaultPoolConfig, parsePoolConfig, parseRecoveryStrategy, type PoolConfigInput, type PooledState,
+  canTransition, defaultPoolConfig, parsePoolConfig, parseRecoveryStrategy, seccompArg, type PoolConfigInput, type PooledState,
 } from '../src/sandbox/pool-config.js';
 import { RecoveryManager, type RecoveryResult } from '../src/sandbox/recovery.js';
 import { parseStatus, type Sandbox } from '../src/sandbox/sandbox.js';
@@ -77,9 +77,18 @@ describe('sandbox pool: configuration (unit)', () => {
       [{ image: 'r/x:1', command: ['/x'], ready: { file: 'relative' } }, /absolute path/],
       [{ image: 'r/x:1', command: ['/x'], ready: { file: '/../etc' } }, /must not contain \.\./],
       [{ image: '', command: ['/x'] }, /image/],
+      [{ image: 'r/x:1', command: ['/x'], seccomp: {} }, /seccomp\.deny: Required/],
+      [{ image: 'r/x:1', command: ['/x'], seccomp: { deny: [] } }, /seccomp\.deny: needs at least one system call/],
+      [{ image: 'r/x:1', command: ['/x'], seccomp: { deny: ['Mount'] } }, /seccomp\.deny\.0: must be system call names/],
+      [{ image: 'r/x:1', command: ['/x'], seccomp: { deny: ['mount', 'mount'] } }, /seccomp\.deny: names a system call twice/],
+      [{ image: 'r/x:1', command: ['/x'], seccomp: { deny: ['mount'], errno: 'EIO' } }, /seccomp\.errno/],
     ];
-    for (const [template, message] of bad) assert.throws(() => parsePoolConfig({ name: 'p', template }), message, JSON.stringify(template));
-    assert.throws(() => parsePoolConfig({ name: 'p', template: { image: 'r/x:1', command: ['/x'], seccomp: {} } }), (err: Error & { code?: string }) => err.code === 'ERR_UNSUPPORTED');
+    for (const [template, message] of bad) {
+      assert.throws(() => parsePoolConfig({ name: 'p', template }), (err: Error & { code?: string }) => err.code === 'ERR_INVALID_CONFIG' && message.test(err.message), JSON.stringify(template));
+    }
+    const ok = parsePoolConfig({ name: 'p', template: { image: 'r/x:1', command: ['/x'], seccomp: { deny: ['mount', 'umount2'] } } });
+    assert.deepEqual(ok.template.seccomp, { deny: ['mount', 'umount2'], errno: 'EPERM' });
+    assert.equal(seccompArg(ok.template.seccomp!), '1:mount,umount2');
   });
 
   it('exit status, cgroup.events and chain ids parse as the kernel, the shim and the OCI spec write them', () => {
@@ -200,6 +209,42 @@ describe('sandbox pool on our snapshotter (integration)', () => {
     } finally {
       await closeAndCheck(pool);
     }
+  });
+
+  // mkdir in the sandbox on demand: /try-X makes it run `mkdir` once and write its exit status
+  // and message to /tmp/rc-X and /tmp/err-X.
+  const MKDIR_ON_DEMAND = ['/bin/sh', '-c', `i=0
+while true; do
+  i=$((i+1)); echo $i > /tmp/counter
+  [ $i -ge 2 ] && [ ! -e /ready ] && touch /ready
+  for t in a b; do
+    if [ -e /try-$t ] && [ ! -e /tmp/rc-$t ]; then mkdir /tmp/made-$t 2>/tmp/err-$t; echo $? > /tmp/rc-$t; fi
+  done
+  sleep 0.05
+done`];
+  const SECCOMP = { ...TEMPLATE, image: '', command: MKDIR_ON_DEMAND, seccomp: { deny: ['mkdir', 'mkdirat'] } };
+  /** Runs mkdir in the sandbox (try `t`); its exit status and message. */
+  const mkdirIn = async (sb: Sandbox, t: string): Promise<{ rc: string; err: string }> => {
+    await writeFile(join(sb.rootfs, `try-${t}`), '');
+    const rc = join(sb.rootfs, `tmp/rc-${t}`);
+    await waitFor(`mkdir ${t} to have run`, async () => (await readFile(rc, 'utf8').catch(() => '')).endsWith('\n'), 10_000);
+    return { rc: (await readFile(rc, 'utf8')).trim(), err: await readFile(join(sb.rootfs, `tmp/err-${t}`), 'utf8') };
+  };
+
+  it('seccomp: the template\'s denied system calls fail with EPERM in the sandbox (a filter on its whole tree); an unknown name fails the start', async () => {
+    await withPool('seccomp', { initial_size: 1, min_size: 0, max_size: 1, template: SECCOMP }, async (pool) => {
+      const sb = await pool.acquire();
+      assert.match(await readFile(`/proc/${sb.pid}/status`, 'utf8'), /^Seccomp:\s+2$/m, 'a seccomp filter (mode 2) on the sandbox');
+      const r = await mkdirIn(sb, 'a');
+      assert.equal(r.rc, '1');
+      assert.match(r.err, /Operation not permitted/);
+      assert.equal(existsSync(join(sb.rootfs, 'tmp/made-a')), false);
+      await writeFile(join(sb.rootfs, 'tmp/allowed'), 'other system calls work');
+    });
+    const unknown = await newPool('seccomp-bad', { template: { ...SECCOMP, seccomp: { deny: ['mkdir', 'nosuchcall'] } } }, { start: false });
+    await assert.rejects(unknown.start(), (err: Error & { code?: string }) =>
+      err.code === 'ERR_INVALID_CONFIG' && /pool seccomp-bad: template\.seccomp\.deny: unknown system call "nosuchcall"/.test(err.message));
+    assert.deepEqual(await leftovers([], join(cgroupParent, 'seccomp-bad'), join(tmp, 'pools', 'seccomp-bad')), []);
   });
 
   it('TestAcquireRelease and TestAcquireActivation: a thawed sandbox runs, a released one is frozen again and back in the pool', async () => {
@@ -408,6 +453,18 @@ describe('sandbox pool on our snapshotter (integration)', () => {
         assert.match(r.error!, /checkpoint of sandbox sb-[0-9a-f]+ not found \(none taken\)/);
         assert.equal(sb.state, 'failed');
         assert.equal(await pool.release(sb.id), 'destroyed');
+      });
+    });
+
+    it('seccomp with CRIU: a base checkpoint of a filtered sandbox restores with its filter (mkdir still fails with EPERM)', async (t) => {
+      if (!criu) return t.skip(criuMissing);
+      await withPool('seccomp-base', { initial_size: 1, min_size: 0, max_size: 1, from_checkpoint: true, template: SECCOMP }, async (pool) => {
+        const sb = await pool.acquire();
+        assert.equal(sb.from, pool.baseCheckpoint);
+        assert.match(await readFile(`/proc/${sb.pid}/status`, 'utf8'), /^Seccomp:\s+2$/m);
+        const r = await mkdirIn(sb, 'b');
+        assert.equal(r.rc, '1');
+        assert.match(r.err, /Operation not permitted/);
       });
     });
 

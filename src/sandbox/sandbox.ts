@@ -3,18 +3,31 @@
 // tree's parent and stays in the cgroup with it, so "the cgroup became empty" (cgroup.events,
 // through inotify) means the tree's root has exited and the shim has written its status file.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SandboxError } from '../errors.js';
+import { InvalidConfigError, SandboxError } from '../errors.js';
 import type { Cgroup } from './cgroup.js';
 import type { CheckpointInfo } from './checkpoints.js';
 import { KDAT_DIR, type Criu } from './criu.js';
-import { assertTransition, type PooledState, type SandboxTemplate } from './pool-config.js';
+import { assertTransition, seccompArg, type PooledState, type SandboxTemplate } from './pool-config.js';
 
 export const SHIM = fileURLToPath(new URL('../../../native/build/Release/dedup-sandbox-shim', import.meta.url));
+
+/**
+ * Checks that libseccomp here knows every system call the template's filter names (the shim
+ * builds the filter without installing it); InvalidConfigError naming the first it does not.
+ */
+export function checkSeccomp(template: SandboxTemplate, where: string): Promise<void> {
+  if (!template.seccomp) return Promise.resolve();
+  return new Promise((resolve, reject) => execFile(SHIM, ['-s', seccompArg(template.seccomp!), 'check'], (err, stdout) => {
+    if (!err) return resolve();
+    const why = stdout.trim().replace(/^error (seccomp: )?/, '');
+    reject(why ? new InvalidConfigError(`${where}: template.seccomp.deny: ${why}`) : new SandboxError(`cannot run ${SHIM}: ${err.message}; run scripts/setup.sh to build it`));
+  }));
+}
 
 /** How the tree's root ended: an exit code or a signal; both null when the shim itself was killed. */
 export interface ExitStatus {
@@ -99,6 +112,7 @@ export class Sandbox {
     if ('run' in how) {
       const ns = how.run.namespaces;
       flags.push(...(ns.uts ? ['-u'] : []), ...(ns.ipc ? ['-i'] : []), ...(ns.network ? ['-n'] : []));
+      if (how.run.seccomp) flags.push('-s', seccompArg(how.run.seccomp));
       args = [...flags, this.cgroup.path, this.statusFile, 'run', this.rootfs, how.hostname, ...how.run.command];
       env = how.run.env;
       this.from = undefined;

@@ -16,7 +16,7 @@ import { Cgroup, enableControllers } from './cgroup.js';
 import type { CheckpointInfo, CheckpointStore } from './checkpoints.js';
 import type { Criu } from './criu.js';
 import { limitControllers, type PoolConfig } from './pool-config.js';
-import { isCleanExit, Sandbox, type ExitStatus, type Launch, type SandboxRecord } from './sandbox.js';
+import { checkSeccomp, isCleanExit, Sandbox, type ExitStatus, type Launch, type SandboxRecord } from './sandbox.js';
 import { SandboxResources, type SnapshotService } from './sandbox-resources.js';
 
 export interface PoolLog {
@@ -95,6 +95,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
       }
       throw err;
     });
+    await checkSeccomp(template, `pool ${this.name}`);
     const cgroupPath = join(this.deps.cgroupParent, this.name);
     await enableControllers(join(cgroupPath, 'x'), limitControllers(template));
     this.cgroup = await Cgroup.create(cgroupPath);

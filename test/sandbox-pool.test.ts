@@ -479,12 +479,18 @@ done`];
         // Warm: the restored counter starts where the base's was, not from 1.
         const baseCounter = await counterOf(sb.rootfs).then(async (v) => v || (await new Promise((r) => setTimeout(r, 100)), counterOf(sb.rootfs)));
         assert.ok(baseCounter > 1, `counter ${baseCounter}`);
-        const next = await pool.checkpoint(sb.id);
-        pool.rollBase({ ...next, kind: 'base' });
-        assert.equal(await pool.release(sb.id), 'destroyed', 'a sandbox of the old base is not returned to the pool');
-        await waitFor('every frozen sandbox from the new base', async () => pool.size() === 2 && pool.sandboxes().every((s) => s.from === next.id), 60_000)
+        const next = await pool.checkpoint(sb.id, { asBase: true });
+        assert.equal(next.kind, 'base');
+        assert.equal(pool.baseCheckpoint, next.id);
+        // Frozen sandboxes of the old base are replaced (a batch of 2 per pass); the handed-out one runs on.
+        await waitFor('every frozen sandbox from the new base', async () => pool.size() === 2 && pool.sandboxes().filter((s) => s !== sb).every((s) => s.from === next.id), 60_000)
           .catch((err: Error) => assert.fail(`${err.message}; refill errors: ${refillErrors.join('; ') || 'none'}`));
-        await checkpoints!.remove(base);
+        assert.equal(sb.state, 'active');
+        assert.ok(await sb.alive());
+        await assert.rejects(checkpoints!.remove(base), (err: Error & { code?: string }) => err.code === 'ERR_FAILED_PRECONDITION', 'the old base is held while a sandbox of it runs');
+        assert.equal(await pool.release(sb.id), 'destroyed', 'a sandbox of the old base is not returned to the pool');
+        await waitFor('the old base released', async () => checkpoints!.remove(base).then(() => true, () => false), 10_000);
+        await assert.rejects(checkpoints!.remove(next.id), (err: Error & { code?: string }) => err.code === 'ERR_FAILED_PRECONDITION', 'the new base is held');
         seenPids.push(sb.pid);
       });
     });

@@ -88,8 +88,9 @@ export function poolCommand(): Command {
     .description('checkpoint an active sandbox (CRIU); it keeps running and is restored from it if it fails')
     .argument('<name>')
     .argument('<id>')
-    .action(async (name: string, id: string, flags: ApiFlags) => {
-      const ck = await call<{ id: string; dir: string }>(flags, 'POST', '/pools/checkpoint', { name, id });
+    .option('--as-base', 'make it the pool\'s base: frozen sandboxes of the old base are replaced by ones restored from it')
+    .action(async (name: string, id: string, flags: ApiFlags & { asBase?: boolean }) => {
+      const ck = await call<{ id: string; dir: string }>(flags, 'POST', '/pools/checkpoint', { name, id, as_base: flags.asBase ?? false });
       if (flags.json) return printJson(ck);
       process.stdout.write(`${ck.id} ${ck.dir}\n`);
     }));

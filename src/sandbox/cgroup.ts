@@ -23,13 +23,17 @@ export async function availableControllers(dir: string): Promise<Set<string>> {
 
 /**
  * Enables `controllers` on the way from the hierarchy's root down to `path`'s parent, so `path`
- * can use them; UnsupportedError naming the first one this hierarchy does not have.
+ * can use them; UnsupportedError (`where` first) naming the first one this host's cgroup v2
+ * hierarchy does not have. A controller bound to a cgroup v1 hierarchy (a hybrid layout such as
+ * this machine's) cannot be had in v2 while that hierarchy is mounted.
  */
-export async function enableControllers(path: string, controllers: string[], root = cgroup2Root()): Promise<void> {
+export async function enableControllers(path: string, controllers: string[], where: string, root = cgroup2Root()): Promise<void> {
   if (controllers.length === 0) return;
   const available = await availableControllers(root);
   const missing = controllers.find((c) => !available.has(c));
-  if (missing) throw new UnsupportedError(`cgroup controller "${missing}" is not available in cgroup v2 at ${root} (available: ${[...available].join(', ') || 'none'}; the others are bound to cgroup v1)`);
+  if (missing) {
+    throw new UnsupportedError(`${where}: limits on "${missing}" are not supported on this host: cgroup v2 at ${root} has no ${missing} controller (it has: ${[...available].join(', ') || 'none'}; the others are bound to cgroup v1)`);
+  }
   const parts = relative(root, path).split('/').filter(Boolean);
   for (let i = 0; i < parts.length; i++) {
     const dir = join(root, ...parts.slice(0, i));

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { FailedPreconditionError, InvalidConfigError } from '../errors.js';
 
 const name = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,62}$/, 'must be 1-63 of a-z 0-9 _ . - starting with a letter or digit');
-const cgroupFile = z.string().regex(/^[a-z]+\.[a-z_.]+$/, 'must be a cgroup v2 interface file such as pids.max');
+const cgroupFile = z.string().regex(/^[a-z]+\.[A-Za-z0-9_.]+$/, 'must be a cgroup v2 interface file such as pids.max or hugetlb.2MB.max');
 
 export const sandboxTemplateSchema = z.object({
   /** The image whose top layer's chain id names the committed snapshot the rootfs is prepared from. */

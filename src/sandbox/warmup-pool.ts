@@ -97,8 +97,12 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     });
     await checkSeccomp(template, `pool ${this.name}`);
     const cgroupPath = join(this.deps.cgroupParent, this.name);
-    await enableControllers(join(cgroupPath, 'x'), limitControllers(template));
+    // The pool's cgroup first: the limits' controllers are enabled down to it (its subtree_control too).
     this.cgroup = await Cgroup.create(cgroupPath);
+    await enableControllers(join(cgroupPath, 'x'), limitControllers(template), `pool ${this.name}: template.cgroup.limits`).catch(async (err: unknown) => {
+      await this.cgroup!.remove().catch(() => undefined);
+      throw err;
+    });
     this.resources = new SandboxResources({
       pool: this.name, dir: join(this.deps.dir, 'sandboxes'), cgroup: cgroupPath, snapshots: this.deps.snapshots, chainId: this.chainId,
       limits: template.cgroup.limits, memoryMerge: this.deps.memoryMerge ?? false, checkpoints: this.deps.checkpoints,

@@ -83,6 +83,7 @@ export class Sandbox {
   shimPid = 0;
   shimReaped: Promise<void> = Promise.resolve();
   private launches = 0;
+  private recordWritten: Promise<void> = Promise.resolve();
 
   constructor(readonly id: string, readonly pool: string, readonly dir: string, readonly cgroup: Cgroup, private readonly memoryMerge: boolean,
     readonly createdAt = new Date()) {}
@@ -248,10 +249,21 @@ export class Sandbox {
     };
   }
 
-  /** sandbox.json, replaced whole (a restarted daemon adopts the sandbox from it). */
-  async writeRecord(): Promise<void> {
-    const file = join(this.dir, 'sandbox.json');
-    await writeFile(`${file}.tmp`, JSON.stringify(this.record()));
-    await rename(`${file}.tmp`, file);
+  /**
+   * sandbox.json, replaced whole (a restarted daemon adopts the sandbox from it). Writes are
+   * chained: a hand-out does not wait for its write, and two at once would share the .tmp file.
+   */
+  writeRecord(): Promise<void> {
+    const write = async (): Promise<void> => {
+      const file = join(this.dir, 'sandbox.json');
+      await writeFile(`${file}.tmp`, JSON.stringify(this.record()));
+      await rename(`${file}.tmp`, file);
+    };
+    return (this.recordWritten = this.recordWritten.then(write, write));
+  }
+
+  /** Resolves when no write of sandbox.json is under way (before its directory goes). */
+  recordsWritten(): Promise<void> {
+    return this.recordWritten.catch(() => undefined);
   }
 }

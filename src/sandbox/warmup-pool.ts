@@ -311,7 +311,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     sb.setState('active');
     sb.activatedAt = new Date();
     this.watchExit(sb);
-    await sb.writeRecord().catch(() => undefined);
+    void sb.writeRecord().catch(() => undefined);
   }
 
   /** Kills a failed sandbox's restored tree again (a failed health check). */

@@ -34,6 +34,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static void fail(const char* fmt, ...) {
@@ -161,6 +162,11 @@ static void kdat_on_tmpfs(const char* dir) {
   struct stat st;
   // Ours alone (/dev/shm is world-writable): criu trusts what the cache says.
   if ((mkdir(dir, 0700) != 0 && errno != EEXIST) || lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 077)) return;
+  // A criu killed while saving the cache leaves criu.kdat.tmp, and every later one skips saving
+  // (it creates that file with O_EXCL): one older than a minute is such a leftover.
+  char tmp[4096];
+  snprintf(tmp, sizeof tmp, "%s/criu.kdat.tmp", dir);
+  if (lstat(tmp, &st) == 0 && time(NULL) - st.st_mtime > 60) unlink(tmp);
   if (mount(dir, "/run", NULL, MS_BIND, NULL) != 0) fprintf(stderr, "kdat cache %s not bound over /run: %s\n", dir, strerror(errno));
 }
 

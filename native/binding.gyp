@@ -11,7 +11,8 @@
       "target_name": "dedup-sandbox-shim",
       "type": "executable",
       "sources": ["sandbox_shim.c"],
-      "cflags": ["-Wall", "-Wextra"]
+      "cflags": ["-Wall", "-Wextra"],
+      "libraries": ["-lseccomp"]
     }
   ]
 }

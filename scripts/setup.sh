@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # The real parts tests and the demo use (DESIGN.md, "Machine facts").
 PACKAGES=(containerd runc docker-registry skopeo umoci busybox-static erofs-utils criu fuse
-  stargz-snapshotter zstd attr pkg-config python3 make g++ curl)
+  stargz-snapshotter zstd attr pkg-config python3 make g++ curl libseccomp-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

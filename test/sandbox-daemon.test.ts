@@ -21,7 +21,8 @@ interface Summary {
   frozen: number;
   active: number;
   failed: number;
-  sandboxes: { id: string; pid: number; state: string }[];
+  base: string | null;
+  sandboxes: { id: string; pid: number; state: string; from: string | null }[];
 }
 
 describe('sandbox pools in the daemon: dedupctl pool, admin API, audit, metrics, daemon restarts', () => {
@@ -47,7 +48,7 @@ describe('sandbox pools in the daemon: dedupctl pool, admin API, audit, metrics,
   });
 
   after(async () => {
-    if (snap) await dedupctl(['pool', 'rm', 'web', '--api', snap.api.replace('http://', '')]);
+    if (snap) for (const name of ['web', 'roll']) await dedupctl(['pool', 'rm', name, '--api', snap.api.replace('http://', '')]);
     await stack?.stop();
     await rm(tmp, { recursive: true, force: true });
   });
@@ -110,5 +111,31 @@ describe('sandbox pools in the daemon: dedupctl pool, admin API, audit, metrics,
     assert.equal(existsSync(join(snap!.root, 'pools', 'web')), false);
     const parents = await readdir(join(cgroup2Root(), 'dedup-snapshotter')).catch(() => [] as string[]);
     for (const dir of parents) assert.equal(existsSync(join(cgroup2Root(), 'dedup-snapshotter', dir, 'web')), false, 'no pool cgroup left');
+  });
+
+  it('pool checkpoint --as-base: the new base rolls through the pool (frozen sandboxes replaced, the handed-out one runs on and goes at its release) and is saved in the config', async (t) => {
+    if (criuMissing) return t.skip(criuMissing);
+    const summary = async (): Promise<Summary> => (await pool<Summary[]>(['ls'])).find((p) => p.name === 'roll')!;
+    const created = await pool<Summary>(['create', 'roll', '--image', ref, '--min', '2', '--max', '2', '--initial', '2', '--ready', '/ready', '--from-checkpoint',
+      '--deny-syscalls', 'mkdir,mkdirat', '--', '/bin/sh', '/counter.sh']);
+    assert.match(created.base!, /^ck-/);
+    const got = await pool<{ id: string; pid: number }>(['acquire', 'roll', '--timeout', '30000']);
+    const ck = await pool<{ id: string; kind: string }>(['checkpoint', 'roll', got.id, '--as-base']);
+    assert.equal(ck.kind, 'base');
+    await waitFor('the frozen sandboxes restored from the new base', async () => {
+      const s = await summary();
+      const frozen = s.sandboxes.filter((x) => x.state === 'frozen');
+      return s.base === ck.id && frozen.length === 2 && frozen.every((x) => x.from === ck.id);
+    }, 60_000);
+    assert.ok(existsSync(`/proc/${got.pid}`), 'the handed-out sandbox runs on');
+    assert.equal((await summary()).sandboxes.find((x) => x.id === got.id)?.from, created.base);
+    const saved = JSON.parse(await readFile(join(snap!.root, 'pools', 'roll.json'), 'utf8')) as { base_checkpoint?: string; from_checkpoint: boolean; template: { seccomp?: unknown } };
+    assert.deepEqual([saved.base_checkpoint, saved.from_checkpoint], [ck.id, false], 'a restart starts from the new base');
+    assert.deepEqual(saved.template.seccomp, { deny: ['mkdir', 'mkdirat'], errno: 'EPERM' });
+    for (const s of (await summary()).sandboxes) assert.match(await readFile(`/proc/${s.pid}/status`, 'utf8'), /^Seccomp:\s+2$/m, `${s.id} filtered (--deny-syscalls)`);
+    assert.deepEqual(await pool(['release', 'roll', got.id]), { id: got.id, state: 'destroyed' });
+    const audit = (await (await fetch(`${snap!.api}/audit/logs?action=pool.checkpoint`)).json()) as { entries: { target: string; details: { as_base?: boolean } }[] };
+    assert.ok(audit.entries.some((e) => e.target === `roll/${got.id}` && e.details.as_base === true));
+    assert.deepEqual(await pool(['rm', 'roll']), { removed: 'roll' });
   });
 });

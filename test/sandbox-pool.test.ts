@@ -18,7 +18,7 @@ import { CheckpointStore } from '../src/sandbox/checkpoints.js';
 import { Criu } from '../src/sandbox/criu.js';
 import { chainId, imageChainId } from '../src/sandbox/image-snapshot.js';
 import {
-  canTransition, defaultPoolConfig, parsePoolConfig, parseRecoveryStrategy, type PoolConfigInput, type PooledState,
+  canTransition, defaultPoolConfig, parsePoolConfig, parseRecoveryStrategy, seccompArg, type PoolConfigInput, type PooledState,
 } from '../src/sandbox/pool-config.js';
 import { RecoveryManager, type RecoveryResult } from '../src/sandbox/recovery.js';
 import { parseStatus, type Sandbox } from '../src/sandbox/sandbox.js';
@@ -77,9 +77,18 @@ describe('sandbox pool: configuration (unit)', () => {
       [{ image: 'r/x:1', command: ['/x'], ready: { file: 'relative' } }, /absolute path/],
       [{ image: 'r/x:1', command: ['/x'], ready: { file: '/../etc' } }, /must not contain \.\./],
       [{ image: '', command: ['/x'] }, /image/],
+      [{ image: 'r/x:1', command: ['/x'], seccomp: {} }, /seccomp\.deny: Required/],
+      [{ image: 'r/x:1', command: ['/x'], seccomp: { deny: [] } }, /seccomp\.deny: needs at least one system call/],
+      [{ image: 'r/x:1', command: ['/x'], seccomp: { deny: ['Mount'] } }, /seccomp\.deny\.0: must be system call names/],
+      [{ image: 'r/x:1', command: ['/x'], seccomp: { deny: ['mount', 'mount'] } }, /seccomp\.deny: names a system call twice/],
+      [{ image: 'r/x:1', command: ['/x'], seccomp: { deny: ['mount'], errno: 'EIO' } }, /seccomp\.errno/],
     ];
-    for (const [template, message] of bad) assert.throws(() => parsePoolConfig({ name: 'p', template }), message, JSON.stringify(template));
-    assert.throws(() => parsePoolConfig({ name: 'p', template: { image: 'r/x:1', command: ['/x'], seccomp: {} } }), (err: Error & { code?: string }) => err.code === 'ERR_UNSUPPORTED');
+    for (const [template, message] of bad) {
+      assert.throws(() => parsePoolConfig({ name: 'p', template }), (err: Error & { code?: string }) => err.code === 'ERR_INVALID_CONFIG' && message.test(err.message), JSON.stringify(template));
+    }
+    const ok = parsePoolConfig({ name: 'p', template: { image: 'r/x:1', command: ['/x'], seccomp: { deny: ['mount', 'umount2'] } } });
+    assert.deepEqual(ok.template.seccomp, { deny: ['mount', 'umount2'], errno: 'EPERM' });
+    assert.equal(seccompArg(ok.template.seccomp!), '1:mount,umount2');
   });
 
   it('exit status, cgroup.events and chain ids parse as the kernel, the shim and the OCI spec write them', () => {
@@ -202,6 +211,42 @@ describe('sandbox pool on our snapshotter (integration)', () => {
     }
   });
 
+  // mkdir in the sandbox on demand: /try-X makes it run `mkdir` once and write its exit status
+  // and message to /tmp/rc-X and /tmp/err-X.
+  const MKDIR_ON_DEMAND = ['/bin/sh', '-c', `i=0
+while true; do
+  i=$((i+1)); echo $i > /tmp/counter
+  [ $i -ge 2 ] && [ ! -e /ready ] && touch /ready
+  for t in a b; do
+    if [ -e /try-$t ] && [ ! -e /tmp/rc-$t ]; then mkdir /tmp/made-$t 2>/tmp/err-$t; echo $? > /tmp/rc-$t; fi
+  done
+  sleep 0.05
+done`];
+  const SECCOMP = { ...TEMPLATE, image: '', command: MKDIR_ON_DEMAND, seccomp: { deny: ['mkdir', 'mkdirat'] } };
+  /** Runs mkdir in the sandbox (try `t`); its exit status and message. */
+  const mkdirIn = async (sb: Sandbox, t: string): Promise<{ rc: string; err: string }> => {
+    await writeFile(join(sb.rootfs, `try-${t}`), '');
+    const rc = join(sb.rootfs, `tmp/rc-${t}`);
+    await waitFor(`mkdir ${t} to have run`, async () => (await readFile(rc, 'utf8').catch(() => '')).endsWith('\n'), 10_000);
+    return { rc: (await readFile(rc, 'utf8')).trim(), err: await readFile(join(sb.rootfs, `tmp/err-${t}`), 'utf8') };
+  };
+
+  it('seccomp: the template\'s denied system calls fail with EPERM in the sandbox (a filter on its whole tree); an unknown name fails the start', async () => {
+    await withPool('seccomp', { initial_size: 1, min_size: 0, max_size: 1, template: SECCOMP }, async (pool) => {
+      const sb = await pool.acquire();
+      assert.match(await readFile(`/proc/${sb.pid}/status`, 'utf8'), /^Seccomp:\s+2$/m, 'a seccomp filter (mode 2) on the sandbox');
+      const r = await mkdirIn(sb, 'a');
+      assert.equal(r.rc, '1');
+      assert.match(r.err, /Operation not permitted/);
+      assert.equal(existsSync(join(sb.rootfs, 'tmp/made-a')), false);
+      await writeFile(join(sb.rootfs, 'tmp/allowed'), 'other system calls work');
+    });
+    const unknown = await newPool('seccomp-bad', { template: { ...SECCOMP, seccomp: { deny: ['mkdir', 'nosuchcall'] } } }, { start: false });
+    await assert.rejects(unknown.start(), (err: Error & { code?: string }) =>
+      err.code === 'ERR_INVALID_CONFIG' && /pool seccomp-bad: template\.seccomp\.deny: unknown system call "nosuchcall"/.test(err.message));
+    assert.deepEqual(await leftovers([], join(cgroupParent, 'seccomp-bad'), join(tmp, 'pools', 'seccomp-bad')), []);
+  });
+
   it('TestAcquireRelease and TestAcquireActivation: a thawed sandbox runs, a released one is frozen again and back in the pool', async () => {
     await withPool('acq', { initial_size: 2, min_size: 1, max_size: 2 }, async (pool) => {
       const sb = await pool.acquire();
@@ -284,15 +329,33 @@ describe('sandbox pool on our snapshotter (integration)', () => {
     await assert.rejects(pool.acquire(), (err: Error & { code?: string }) => err.code === 'ERR_FAILED_PRECONDITION');
   });
 
-  it('an unknown image, or limits on a controller cgroup v2 does not have here, fail the start with the reason', async () => {
+  it('an unknown image fails the start with the reason', async () => {
     const unknown = await newPool('unknown', { template: { ...TEMPLATE, image: `${stack!.registry.host}/src/counter:1` } }, { start: false });
     await assert.rejects(unknown.start(), (err: Error & { code?: string }) => err.code === 'ERR_NOT_FOUND' && /no committed snapshot sha256:[0-9a-f]{64}; pull it with the dedup snapshotter/.test(err.message));
-    const controllers = (await readFile(join(cgroup2Root(), 'cgroup.controllers'), 'utf8')).split(/\s+/);
-    if (!controllers.includes('pids')) {
-      const limited = await newPool('limited', { template: { ...TEMPLATE, image: '', cgroup: { limits: { 'pids.max': '16' } } } }, { start: false });
-      await assert.rejects(limited.start(), (err: Error & { code?: string }) => err.code === 'ERR_UNSUPPORTED' && /controller "pids" is not available in cgroup v2/.test(err.message));
-    }
     assert.deepEqual(await leftovers([], join(cgroupParent, 'unknown'), join(tmp, 'pools', 'unknown')), []);
+  });
+
+  it('template cgroup limits: written into every sandbox\'s cgroup where cgroup v2 has the controller; where it has not, the start fails saying the limit is not supported on this host', async (t) => {
+    const controllers = new Set((await readFile(join(cgroup2Root(), 'cgroup.controllers'), 'utf8')).split(/\s+/).filter(Boolean));
+    const limits: Record<string, string> = {};
+    if (controllers.has('hugetlb')) limits['hugetlb.2MB.max'] = '2097152';
+    if (controllers.has('pids')) limits['pids.max'] = '16';
+    if (controllers.has('memory')) limits['memory.max'] = '67108864';
+    if (Object.keys(limits).length) {
+      await withPool('limits', { initial_size: 1, min_size: 0, max_size: 1, template: { ...TEMPLATE, image: '', cgroup: { limits } } }, async (pool) => {
+        const [sb] = pool.sandboxes();
+        for (const [file, value] of Object.entries(limits)) assert.equal((await readFile(join(sb!.cgroup.path, file), 'utf8')).trim(), value, file);
+      });
+    }
+    const missing = ['pids', 'memory', 'cpu'].filter((c) => !controllers.has(c));
+    for (const c of missing) {
+      const file = { pids: 'pids.max', memory: 'memory.max', cpu: 'cpu.max' }[c]!;
+      const limited = await newPool(`no-${c}`, { template: { ...TEMPLATE, image: '', cgroup: { limits: { [file]: '16' } } } }, { start: false });
+      await assert.rejects(limited.start(), (err: Error & { code?: string }) => err.code === 'ERR_UNSUPPORTED'
+        && new RegExp(`^pool no-${c}: template\\.cgroup\\.limits: limits on "${c}" are not supported on this host: cgroup v2 at \\S+ has no ${c} controller`).test(err.message));
+      assert.deepEqual(await leftovers([], join(cgroupParent, `no-${c}`), join(tmp, 'pools', `no-${c}`)), []);
+    }
+    if (missing.length) t.skip(`${missing.join(', ')} limits not applied here: cgroup v2 at ${cgroup2Root()} has only ${[...controllers].join(', ') || 'no controllers'} (the others are bound to cgroup v1); their refusal was checked`);
   });
 
   it('a sandbox that exits 0 is a release, not a failure: destroyed, and the pool refills', async () => {
@@ -411,6 +474,18 @@ describe('sandbox pool on our snapshotter (integration)', () => {
       });
     });
 
+    it('seccomp with CRIU: a base checkpoint of a filtered sandbox restores with its filter (mkdir still fails with EPERM)', async (t) => {
+      if (!criu) return t.skip(criuMissing);
+      await withPool('seccomp-base', { initial_size: 1, min_size: 0, max_size: 1, from_checkpoint: true, template: SECCOMP }, async (pool) => {
+        const sb = await pool.acquire();
+        assert.equal(sb.from, pool.baseCheckpoint);
+        assert.match(await readFile(`/proc/${sb.pid}/status`, 'utf8'), /^Seccomp:\s+2$/m);
+        const r = await mkdirIn(sb, 'b');
+        assert.equal(r.rc, '1');
+        assert.match(r.err, /Operation not permitted/);
+      });
+    });
+
     it('a pool from a base checkpoint: sandboxes are restored warm from it; a new base rolls through the pool; the base is not removed while in use', async (t) => {
       if (!criu) return t.skip(criuMissing);
       await withPool('based', { initial_size: 2, min_size: 2, max_size: 2, refill_interval_ms: 50, from_checkpoint: true }, async (pool) => {
@@ -422,12 +497,18 @@ describe('sandbox pool on our snapshotter (integration)', () => {
         // Warm: the restored counter starts where the base's was, not from 1.
         const baseCounter = await counterOf(sb.rootfs).then(async (v) => v || (await new Promise((r) => setTimeout(r, 100)), counterOf(sb.rootfs)));
         assert.ok(baseCounter > 1, `counter ${baseCounter}`);
-        const next = await pool.checkpoint(sb.id);
-        pool.rollBase({ ...next, kind: 'base' });
-        assert.equal(await pool.release(sb.id), 'destroyed', 'a sandbox of the old base is not returned to the pool');
-        await waitFor('every frozen sandbox from the new base', async () => pool.size() === 2 && pool.sandboxes().every((s) => s.from === next.id), 60_000)
+        const next = await pool.checkpoint(sb.id, { asBase: true });
+        assert.equal(next.kind, 'base');
+        assert.equal(pool.baseCheckpoint, next.id);
+        // Frozen sandboxes of the old base are replaced (a batch of 2 per pass); the handed-out one runs on.
+        await waitFor('every frozen sandbox from the new base', async () => pool.size() === 2 && pool.sandboxes().filter((s) => s !== sb).every((s) => s.from === next.id), 60_000)
           .catch((err: Error) => assert.fail(`${err.message}; refill errors: ${refillErrors.join('; ') || 'none'}`));
-        await checkpoints!.remove(base);
+        assert.equal(sb.state, 'active');
+        assert.ok(await sb.alive());
+        await assert.rejects(checkpoints!.remove(base), (err: Error & { code?: string }) => err.code === 'ERR_FAILED_PRECONDITION', 'the old base is held while a sandbox of it runs');
+        assert.equal(await pool.release(sb.id), 'destroyed', 'a sandbox of the old base is not returned to the pool');
+        await waitFor('the old base released', async () => checkpoints!.remove(base).then(() => true, () => false), 10_000);
+        await assert.rejects(checkpoints!.remove(next.id), (err: Error & { code?: string }) => err.code === 'ERR_FAILED_PRECONDITION', 'the new base is held');
         seenPids.push(sb.pid);
       });
     });

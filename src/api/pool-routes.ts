@@ -12,7 +12,7 @@ export interface PoolsApi {
   create(config: unknown): Promise<unknown>;
   acquire(name: string, timeoutMs?: number): Promise<{ id: string; pid: number; ms: number }>;
   release(name: string, id: string, destroy?: boolean): Promise<'frozen' | 'destroyed'>;
-  checkpoint(name: string, id: string): Promise<unknown>;
+  checkpoint(name: string, id: string, asBase?: boolean): Promise<unknown>;
   remove(name: string): Promise<void>;
 }
 
@@ -22,6 +22,7 @@ const named = z.object({ name: z.string().min(1) }).strict();
 const acquireBody = named.extend({ timeout_ms: z.number().int().min(0).max(600_000).optional() }).strict();
 const sandboxBody = named.extend({ id: z.string().min(1) }).strict();
 const releaseBody = sandboxBody.extend({ destroy: z.boolean().optional() }).strict();
+const checkpointBody = sandboxBody.extend({ as_base: z.boolean().optional() }).strict();
 
 export function poolRoutes(pools: PoolsApi, audit: AuditLog, bodyLimit: () => number): Routes<Handler> {
   const audited = <T>(actor: string, action: string, target: string, details: Record<string, unknown>, fn: () => Promise<T>): Promise<T> =>
@@ -51,8 +52,8 @@ export function poolRoutes(pools: PoolsApi, audit: AuditLog, bodyLimit: () => nu
     },
     '/pools/checkpoint': {
       POST: async (req, _url, actor) => {
-        const b = await readValid(req, sandboxBody, bodyLimit());
-        return { body: await audited(actor, 'pool.checkpoint', `${b.name}/${b.id}`, {}, () => pools.checkpoint(b.name, b.id)) };
+        const b = await readValid(req, checkpointBody, bodyLimit());
+        return { body: await audited(actor, 'pool.checkpoint', `${b.name}/${b.id}`, { as_base: b.as_base ?? false }, () => pools.checkpoint(b.name, b.id, b.as_base)) };
       },
     },
     '/pools/remove': {

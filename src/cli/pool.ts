@@ -56,10 +56,14 @@ export function poolCommand(): Command {
     .option('--initial <n>', 'start with this many (default: --min)', parseIntFlag('--initial', 0, 1000))
     .option('--ready <file>', 'a sandbox is ready (and frozen) once this file exists in it')
     .option('--from-checkpoint', 'checkpoint one warmed-up sandbox and restore every sandbox from it (CRIU)')
-    .action(async (name: string, cmd: string[], flags: ApiFlags & { image: string; min?: number; max?: number; initial?: number; ready?: string; fromCheckpoint?: boolean }) => {
+    .option('--deny-syscalls <names>', 'a seccomp filter: these system calls (comma-separated) fail with EPERM in the sandboxes')
+    .action(async (name: string, cmd: string[], flags: ApiFlags & { image: string; min?: number; max?: number; initial?: number; ready?: string; fromCheckpoint?: boolean; denySyscalls?: string }) => {
       const body = {
         name, min_size: flags.min, max_size: flags.max, initial_size: flags.initial, from_checkpoint: flags.fromCheckpoint ?? false,
-        template: { image: flags.image, command: cmd, ...(flags.ready ? { ready: { file: flags.ready } } : {}) },
+        template: {
+          image: flags.image, command: cmd, ...(flags.ready ? { ready: { file: flags.ready } } : {}),
+          ...(flags.denySyscalls ? { seccomp: { deny: flags.denySyscalls.split(',').filter(Boolean) } } : {}),
+        },
       };
       const s = await call<Summary>(flags, 'POST', '/pools', body);
       if (flags.json) return printJson(s);
@@ -88,8 +92,9 @@ export function poolCommand(): Command {
     .description('checkpoint an active sandbox (CRIU); it keeps running and is restored from it if it fails')
     .argument('<name>')
     .argument('<id>')
-    .action(async (name: string, id: string, flags: ApiFlags) => {
-      const ck = await call<{ id: string; dir: string }>(flags, 'POST', '/pools/checkpoint', { name, id });
+    .option('--as-base', 'make it the pool\'s base: frozen sandboxes of the old base are replaced by ones restored from it')
+    .action(async (name: string, id: string, flags: ApiFlags & { asBase?: boolean }) => {
+      const ck = await call<{ id: string; dir: string }>(flags, 'POST', '/pools/checkpoint', { name, id, as_base: flags.asBase ?? false });
       if (flags.json) return printJson(ck);
       process.stdout.write(`${ck.id} ${ck.dir}\n`);
     }));

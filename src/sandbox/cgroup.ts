@@ -1,9 +1,12 @@
 // One cgroup v2 directory: create, limits, freeze and thaw, kill, remove, and its cgroup.events
 // (populated, frozen) followed through inotify (fs.watch) rather than polled: the kernel notifies
 // a change of that file, so an exit or a finished freeze is seen as soon as it happens.
-// cgroup.freeze and cgroup.events are read and written synchronously: they are in-kernel
-// (kernfs) files that answer in microseconds, and a trip through libuv's thread pool would add
-// milliseconds to every hand-out on a busy machine.
+// cgroup.events is read synchronously (an in-kernel file that answers in microseconds). A thaw
+// is written synchronously too: it is the hand-out itself, and a trip through libuv's thread
+// pool (shared with every other file operation of the daemon) costs more than it does. A freeze
+// (a release, a sandbox going into the pool) goes through the thread pool: a write to
+// cgroup.freeze takes the kernel's global cgroup mutex, which other cgroup users hold for
+// milliseconds at times, and on the event loop it would hold up the hand-outs waiting behind it.
 
 import { readFileSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
 import { mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
@@ -20,13 +23,17 @@ export async function availableControllers(dir: string): Promise<Set<string>> {
 
 /**
  * Enables `controllers` on the way from the hierarchy's root down to `path`'s parent, so `path`
- * can use them; UnsupportedError naming the first one this hierarchy does not have.
+ * can use them; UnsupportedError (`where` first) naming the first one this host's cgroup v2
+ * hierarchy does not have. A controller bound to a cgroup v1 hierarchy (a hybrid layout such as
+ * this machine's) cannot be had in v2 while that hierarchy is mounted.
  */
-export async function enableControllers(path: string, controllers: string[], root = cgroup2Root()): Promise<void> {
+export async function enableControllers(path: string, controllers: string[], where: string, root = cgroup2Root()): Promise<void> {
   if (controllers.length === 0) return;
   const available = await availableControllers(root);
   const missing = controllers.find((c) => !available.has(c));
-  if (missing) throw new UnsupportedError(`cgroup controller "${missing}" is not available in cgroup v2 at ${root} (available: ${[...available].join(', ') || 'none'}; the others are bound to cgroup v1)`);
+  if (missing) {
+    throw new UnsupportedError(`${where}: limits on "${missing}" are not supported on this host: cgroup v2 at ${root} has no ${missing} controller (it has: ${[...available].join(', ') || 'none'}; the others are bound to cgroup v1)`);
+  }
   const parts = relative(root, path).split('/').filter(Boolean);
   for (let i = 0; i < parts.length; i++) {
     const dir = join(root, ...parts.slice(0, i));
@@ -105,14 +112,23 @@ export class Cgroup {
     return this.waitFor((e) => !e.populated, undefined, 'empty');
   }
 
+  /** Resolves once every process is frozen (a freeze waits for each to reach the kernel's trap). */
   async freeze(timeoutMs = 5000): Promise<void> {
     await this.write('cgroup.freeze', '1');
     await this.waitFor((e) => e.frozen || !e.populated, timeoutMs, 'frozen');
   }
 
-  async thaw(timeoutMs = 5000): Promise<void> {
-    await this.write('cgroup.freeze', '0');
-    await this.waitFor((e) => !e.frozen, timeoutMs, 'thawed');
+  /**
+   * Thaws it. Nothing is waited for after the write: the kernel clears `frozen` within it (a
+   * thawed cgroup is no longer frozen; its processes are woken and run when scheduled).
+   */
+  thaw(): void {
+    const file = join(this.path, 'cgroup.freeze');
+    try {
+      writeFileSync(file, '0');
+    } catch (err) {
+      throw new SandboxError(`cannot write 0 to ${file}: ${(err as Error).message}`);
+    }
   }
 
   /** SIGKILL to every process in it, frozen ones included (cgroup.kill), and waits until it is empty. */
@@ -136,7 +152,7 @@ export class Cgroup {
 
   private async write(file: string, value: string): Promise<void> {
     try {
-      writeFileSync(join(this.path, file), value);
+      await writeFile(join(this.path, file), value);
     } catch (err) {
       throw new SandboxError(`cannot write ${value} to ${join(this.path, file)}: ${(err as Error).message}`);
     }

@@ -3,10 +3,10 @@
 // moves through. Everything the pool and the recovery manager receive has been validated here.
 
 import { z } from 'zod';
-import { FailedPreconditionError, InvalidConfigError, UnsupportedError } from '../errors.js';
+import { FailedPreconditionError, InvalidConfigError } from '../errors.js';
 
 const name = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,62}$/, 'must be 1-63 of a-z 0-9 _ . - starting with a letter or digit');
-const cgroupFile = z.string().regex(/^[a-z]+\.[a-z_.]+$/, 'must be a cgroup v2 interface file such as pids.max');
+const cgroupFile = z.string().regex(/^[a-z]+\.[A-Za-z0-9_.]+$/, 'must be a cgroup v2 interface file such as pids.max or hugetlb.2MB.max');
 
 export const sandboxTemplateSchema = z.object({
   /** The image whose top layer's chain id names the committed snapshot the rootfs is prepared from. */
@@ -30,7 +30,17 @@ export const sandboxTemplateSchema = z.object({
     file: z.string().regex(/^\/[^\0]*$/, 'must be an absolute path inside the sandbox').refine((p) => !p.split('/').includes('..'), 'must not contain ..'),
     timeout_ms: z.number().int().min(1).max(600_000).default(30_000),
   }).strict().optional(),
-  seccomp: z.unknown().optional(),
+  /**
+   * A seccomp filter installed on the tree before its command runs: the `deny` system calls fail
+   * with `errno`, every other one is allowed (names are checked against this machine's libseccomp
+   * when the pool starts). A restored tree gets its filter back from the checkpoint.
+   */
+  seccomp: z.object({
+    deny: z.array(z.string().regex(/^[a-z_][a-z0-9_]*$/, 'must be system call names such as mount'))
+      .min(1, 'needs at least one system call').max(500)
+      .refine((names) => new Set(names).size === names.length, 'names a system call twice'),
+    errno: z.enum(['EPERM', 'EACCES', 'ENOSYS']).default('EPERM'),
+  }).strict().optional(),
 }).strict();
 export type SandboxTemplate = z.infer<typeof sandboxTemplateSchema>;
 
@@ -76,7 +86,6 @@ export function parsePoolConfig(input: unknown): PoolConfig {
   const initial = c.initial_size ?? c.min_size;
   if (initial > c.max_size) throw new InvalidConfigError(`${where}: initial_size ${initial} is above max_size ${c.max_size}`);
   if (c.from_checkpoint && c.base_checkpoint) throw new InvalidConfigError(`${where}: from_checkpoint and base_checkpoint exclude each other`);
-  if (c.template.seccomp !== undefined) throw new UnsupportedError(`${where}: template.seccomp: seccomp profiles are not applied by this build; leave it out`);
   return { ...c, initial_size: initial };
 }
 
@@ -93,6 +102,13 @@ export function parseRecoveryStrategy(input: unknown = {}): RecoveryStrategy {
 /** The cgroup controllers the template's limits use (pids for pids.max, …). */
 export function limitControllers(template: SandboxTemplate): string[] {
   return [...new Set(Object.keys(template.cgroup.limits).map((f) => f.slice(0, f.indexOf('.'))).filter((c) => c !== 'cgroup'))];
+}
+
+const ERRNO = { EPERM: 1, EACCES: 13, ENOSYS: 38 } as const;
+
+/** The template's seccomp filter as the sandbox shim takes it: "-s ERRNO:NAME,NAME,...". */
+export function seccompArg(seccomp: NonNullable<SandboxTemplate['seccomp']>): string {
+  return `${ERRNO[seccomp.errno]}:${seccomp.deny.join(',')}`;
 }
 
 /**

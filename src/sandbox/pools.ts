@@ -179,8 +179,12 @@ export class SandboxPools {
     return this.get(name).pool.release(id, { destroy });
   }
 
-  checkpoint(name: string, id: string): Promise<CheckpointInfo> {
-    return this.get(name).pool.checkpoint(id);
+  /** `asBase`: the checkpoint becomes the pool's base (saved in its config) and rolls through it. */
+  async checkpoint(name: string, id: string, asBase = false): Promise<CheckpointInfo> {
+    const { pool } = this.get(name);
+    const ck = await pool.checkpoint(id, { asBase });
+    if (asBase) await this.save({ ...pool.config, from_checkpoint: false, base_checkpoint: ck.id });
+    return ck;
   }
 
   /** Closes the pool (every sandbox destroyed) and forgets it. */

@@ -88,6 +88,7 @@ export class SandboxResources {
     await this.o.snapshots.remove(this.snapshotKey(sb)).catch((err: unknown) => {
       if (!(isDedupError(err) && err.code === 'ERR_NOT_FOUND')) errors.push(err);
     });
+    await sb.recordsWritten();
     await rm(sb.dir, { recursive: true, force: true }).catch((err: unknown) => errors.push(err));
     if (errors.length) throw new SandboxError(`sandbox ${sb.id}: not all of it was removed: ${(errors[0] as Error).message}`, { cause: errors[0] });
   }

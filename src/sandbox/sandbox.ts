@@ -3,18 +3,31 @@
 // tree's parent and stays in the cgroup with it, so "the cgroup became empty" (cgroup.events,
 // through inotify) means the tree's root has exited and the shim has written its status file.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SandboxError } from '../errors.js';
+import { InvalidConfigError, SandboxError } from '../errors.js';
 import type { Cgroup } from './cgroup.js';
 import type { CheckpointInfo } from './checkpoints.js';
-import type { Criu } from './criu.js';
-import { assertTransition, type PooledState, type SandboxTemplate } from './pool-config.js';
+import { KDAT_DIR, type Criu } from './criu.js';
+import { assertTransition, seccompArg, type PooledState, type SandboxTemplate } from './pool-config.js';
 
 export const SHIM = fileURLToPath(new URL('../../../native/build/Release/dedup-sandbox-shim', import.meta.url));
+
+/**
+ * Checks that libseccomp here knows every system call the template's filter names (the shim
+ * builds the filter without installing it); InvalidConfigError naming the first it does not.
+ */
+export function checkSeccomp(template: SandboxTemplate, where: string): Promise<void> {
+  if (!template.seccomp) return Promise.resolve();
+  return new Promise((resolve, reject) => execFile(SHIM, ['-s', seccompArg(template.seccomp!), 'check'], (err, stdout) => {
+    if (!err) return resolve();
+    const why = stdout.trim().replace(/^error (seccomp: )?/, '');
+    reject(why ? new InvalidConfigError(`${where}: template.seccomp.deny: ${why}`) : new SandboxError(`cannot run ${SHIM}: ${err.message}; run scripts/setup.sh to build it`));
+  }));
+}
 
 /** How the tree's root ended: an exit code or a signal; both null when the shim itself was killed. */
 export interface ExitStatus {
@@ -70,6 +83,7 @@ export class Sandbox {
   shimPid = 0;
   shimReaped: Promise<void> = Promise.resolve();
   private launches = 0;
+  private recordWritten: Promise<void> = Promise.resolve();
 
   constructor(readonly id: string, readonly pool: string, readonly dir: string, readonly cgroup: Cgroup, private readonly memoryMerge: boolean,
     readonly createdAt = new Date()) {}
@@ -99,13 +113,14 @@ export class Sandbox {
     if ('run' in how) {
       const ns = how.run.namespaces;
       flags.push(...(ns.uts ? ['-u'] : []), ...(ns.ipc ? ['-i'] : []), ...(ns.network ? ['-n'] : []));
+      if (how.run.seccomp) flags.push('-s', seccompArg(how.run.seccomp));
       args = [...flags, this.cgroup.path, this.statusFile, 'run', this.rootfs, how.hostname, ...how.run.command];
       env = how.run.env;
       this.from = undefined;
     } else {
       const pidfile = join(this.dir, 'restored.pid');
       await rm(pidfile, { force: true });
-      args = [...flags, this.cgroup.path, this.statusFile, 'restore', pidfile, ...how.criu.restoreArgv(how.restore.dir, this.rootfs, pidfile, this.dir)];
+      args = [...flags, '-k', KDAT_DIR, this.cgroup.path, this.statusFile, 'restore', pidfile, ...how.criu.restoreArgv(how.restore.dir, this.rootfs, pidfile, this.dir)];
       env = process.env;
       this.from = how.restore.id;
     }
@@ -208,7 +223,11 @@ export class Sandbox {
       }
     }
     if (!(await this.cgroup.events().catch(() => undefined))?.populated) return;
-    await this.cgroup.thaw().catch(() => undefined);
+    try {
+      this.cgroup.thaw();
+    } catch {
+      // gone meanwhile
+    }
     await this.cgroup.waitFor((e) => !e.populated, 5000, 'empty').catch(() => this.cgroup.kill());
   }
 
@@ -230,10 +249,21 @@ export class Sandbox {
     };
   }
 
-  /** sandbox.json, replaced whole (a restarted daemon adopts the sandbox from it). */
-  async writeRecord(): Promise<void> {
-    const file = join(this.dir, 'sandbox.json');
-    await writeFile(`${file}.tmp`, JSON.stringify(this.record()));
-    await rename(`${file}.tmp`, file);
+  /**
+   * sandbox.json, replaced whole (a restarted daemon adopts the sandbox from it). Writes are
+   * chained: a hand-out does not wait for its write, and two at once would share the .tmp file.
+   */
+  writeRecord(): Promise<void> {
+    const write = async (): Promise<void> => {
+      const file = join(this.dir, 'sandbox.json');
+      await writeFile(`${file}.tmp`, JSON.stringify(this.record()));
+      await rename(`${file}.tmp`, file);
+    };
+    return (this.recordWritten = this.recordWritten.then(write, write));
+  }
+
+  /** Resolves when no write of sandbox.json is under way (before its directory goes). */
+  recordsWritten(): Promise<void> {
+    return this.recordWritten.catch(() => undefined);
   }
 }

@@ -16,7 +16,7 @@ import { Cgroup, enableControllers } from './cgroup.js';
 import type { CheckpointInfo, CheckpointStore } from './checkpoints.js';
 import type { Criu } from './criu.js';
 import { limitControllers, type PoolConfig } from './pool-config.js';
-import { isCleanExit, Sandbox, type ExitStatus, type Launch, type SandboxRecord } from './sandbox.js';
+import { checkSeccomp, isCleanExit, Sandbox, type ExitStatus, type Launch, type SandboxRecord } from './sandbox.js';
 import { SandboxResources, type SnapshotService } from './sandbox-resources.js';
 
 export interface PoolLog {
@@ -95,9 +95,14 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
       }
       throw err;
     });
+    await checkSeccomp(template, `pool ${this.name}`);
     const cgroupPath = join(this.deps.cgroupParent, this.name);
-    await enableControllers(join(cgroupPath, 'x'), limitControllers(template));
+    // The pool's cgroup first: the limits' controllers are enabled down to it (its subtree_control too).
     this.cgroup = await Cgroup.create(cgroupPath);
+    await enableControllers(join(cgroupPath, 'x'), limitControllers(template), `pool ${this.name}: template.cgroup.limits`).catch(async (err: unknown) => {
+      await this.cgroup!.remove().catch(() => undefined);
+      throw err;
+    });
     this.resources = new SandboxResources({
       pool: this.name, dir: join(this.deps.dir, 'sandboxes'), cgroup: cgroupPath, snapshots: this.deps.snapshots, chainId: this.chainId,
       limits: template.cgroup.limits, memoryMerge: this.deps.memoryMerge ?? false, checkpoints: this.deps.checkpoints,
@@ -137,6 +142,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
           this.log.warn({ pool: this.name, sandbox: id, err: (err as Error).message }, 'leftover sandbox not removed'));
         continue;
       }
+      await this.holdOldBase(sb);
       if (sb.state === 'frozen') {
         await sb.cgroup.freeze();
         this.frozen.push(sb);
@@ -147,6 +153,18 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
       this.log.info({ pool: this.name, sandbox: id, pid: sb.pid, state: sb.state }, 'sandbox adopted');
     }
     return this.frozen.length;
+  }
+
+  /**
+   * An adopted sandbox restored from a base that is no longer the pool's (rolled out before a
+   * restart) keeps that base referenced and is replaced like any other of it.
+   */
+  private async holdOldBase(sb: Sandbox): Promise<void> {
+    if (!sb.from || sb.from === this.base?.id || this.oldBases.has(sb.from) || !this.deps.checkpoints) return;
+    const ck = await this.deps.checkpoints.get(sb.from).catch(() => undefined);
+    if (ck?.kind !== 'base') return;
+    this.deps.checkpoints.ref(ck.id);
+    this.oldBases.add(ck.id);
   }
 
   /**
@@ -200,7 +218,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
       sb.setState('active');
       this.handedOut.set(sb.id, sb);
       try {
-        await sb.cgroup.thaw();
+        sb.cgroup.thaw();
         // Killed while frozen: its shim could not reap it until now.
         if (!(await sb.alive())) throw new SandboxError(`sandbox ${sb.id}: pid ${sb.pid} died while frozen`);
       } catch (err) {
@@ -240,8 +258,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
    */
   async release(id: string, opts: { destroy?: boolean } = {}): Promise<'frozen' | 'destroyed'> {
     const sb = this.get(id);
-    const stale = sb.from !== undefined && sb.from !== this.base?.id && this.oldBases.has(sb.from);
-    if (opts.destroy || sb.state !== 'active' || stale || this.closing || !(await sb.alive())) {
+    if (opts.destroy || sb.state !== 'active' || this.stale(sb) || this.closing || !(await sb.alive())) {
       await this.destroy(sb);
       this.emit('released', sb);
       return 'destroyed';
@@ -263,11 +280,16 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     return 'frozen';
   }
 
-  /** A checkpoint of an active sandbox, taken while it keeps running. */
-  async checkpoint(id: string): Promise<CheckpointInfo> {
+  /**
+   * A checkpoint of an active sandbox, taken while it keeps running. `asBase`: it becomes the
+   * pool's base and rolls through the pool (rollBase).
+   */
+  async checkpoint(id: string, opts: { asBase?: boolean } = {}): Promise<CheckpointInfo> {
     const sb = this.get(id);
     if (sb.state !== 'active') throw new FailedPreconditionError(`sandbox ${id} is ${sb.state}; only an active sandbox is checkpointed`);
-    return this.store().take(sb.pid, { sandbox: id, pool: this.name, kind: 'sandbox', from: sb.from }, true, sb.upper);
+    const ck = await this.store().take(sb.pid, { sandbox: id, pool: this.name, kind: opts.asBase ? 'base' : 'sandbox', from: sb.from }, true, sb.upper);
+    if (opts.asBase) this.rollBase(ck);
+    return ck;
   }
 
   /**
@@ -289,7 +311,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     sb.setState('active');
     sb.activatedAt = new Date();
     this.watchExit(sb);
-    await sb.writeRecord().catch(() => undefined);
+    void sb.writeRecord().catch(() => undefined);
   }
 
   /** Kills a failed sandbox's restored tree again (a failed health check). */
@@ -300,12 +322,20 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
 
   /**
    * Makes `ck` the pool's base: new sandboxes restore from it; frozen sandboxes of the old base
-   * are replaced one refill step at a time, handed-out ones are destroyed when released.
+   * (or started cold, in a pool that had none) are replaced refill_batch_size per refill pass,
+   * handed-out ones keep running and are destroyed when released; the old base's reference goes
+   * once no sandbox comes from it.
    */
-  rollBase(ck: CheckpointInfo): void {
+  private rollBase(ck: CheckpointInfo): void {
     if (this.base) this.oldBases.add(this.base.id);
     this.useBase(ck);
     this.wake();
+  }
+
+  /** From a base rolled out of the pool (a cold start is one, once the pool has a base). */
+  private stale(sb: Sandbox): boolean {
+    if (!this.base || sb.from === this.base.id) return false;
+    return sb.from === undefined || this.oldBases.has(sb.from);
   }
 
   /**
@@ -418,18 +448,20 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
 
   private async refill(): Promise<void> {
     const { min_size: min, max_size: max, refill_batch_size: batch } = this.config;
-    // Replace one frozen sandbox of an old base per pass, so the pool stays usable while it rolls.
-    const stale = this.frozen.find((s) => s.from !== undefined && s.from !== this.base?.id);
-    if (stale && this.frozen.length >= min) {
-      this.frozen.splice(this.frozen.indexOf(stale), 1);
-      await this.destroy(stale);
+    // A new base rolls through a batch per pass, new sandboxes first and then as many of the old
+    // base's frozen ones go: the pool never has fewer to hand out while it rolls.
+    const stale = this.frozen.filter((s) => this.stale(s)).slice(0, batch);
+    if (stale.length) {
+      await this.startSandboxes(stale.length);
+      for (const s of stale) if (s.state === 'frozen') await this.destroy(s);
     }
     const want = Math.max(min, this.waiters.length);
     const n = Math.min(batch, want - this.frozen.length, max - this.frozen.length);
     if (n > 0) await this.startSandboxes(n);
     while (this.frozen.length > max) await this.destroy(this.frozen.pop()!);
     this.releaseOldBases();
-    if (!this.closing && (this.frozen.length < Math.min(want, max) || this.frozen.length > max)) setImmediate(() => this.wake());
+    const more = this.frozen.length < Math.min(want, max) || this.frozen.length > max || this.frozen.some((s) => this.stale(s));
+    if (!this.closing && more) setImmediate(() => this.wake());
   }
 
   private releaseOldBases(): void {

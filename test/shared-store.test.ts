@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
+import { parseConfig } from '../src/config/config.js';
 import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
 import { snapshotName } from '../src/snapshot/snapshotter.js';
 import { StoreLayout, type ImageRecord, type LayerRecord } from '../src/shared-store/layout.js';
@@ -39,6 +40,16 @@ interface Host {
   snap: TestSnapshotter;
   ctd: TestContainerd;
 }
+
+describe('shared_stores config', () => {
+  it('takes absolute directories, each once, and a refresh period of 1 to 3600 s', () => {
+    const c = parseConfig({ shared_stores: ['/mnt/a', '/mnt/b'] }, 'test');
+    assert.deepEqual([c.shared_stores, c.shared_stores_refresh_seconds], [['/mnt/a', '/mnt/b'], 5]);
+    assert.throws(() => parseConfig({ shared_stores: ['mnt/a'] }, 'test'), /shared_stores\.0: must be an absolute path/);
+    assert.throws(() => parseConfig({ shared_stores: ['/mnt/a', '/mnt/a'] }, 'test'), /shared_stores: must not name a directory twice/);
+    assert.throws(() => parseConfig({ shared_stores_refresh_seconds: 0 }, 'test'), /shared_stores_refresh_seconds/);
+  });
+});
 
 describe('shared read-only layer store between two hosts', { skip }, () => {
   let tmp: string;

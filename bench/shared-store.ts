@@ -75,6 +75,7 @@ export async function sharedStoreScenario(tmp: string, reps: number, log: (s: st
           hosts[h]!.snap = await startSnapshotter(join(dir, name), [], config);
           hosts[h]!.ctd = await startContainerd(join(dir, name), { dedupSocket: hosts[h]!.snap!.socket });
         }
+        await mkdir(store, { recursive: true }); // a share is a directory before anything is published
         await mkdir(join(dir, 'c'), { recursive: true });
         hosts[2]!.ctd = await startContainerd(join(dir, 'c'));
         const [a, b, c] = hosts as Required<(typeof hosts)[number]>[];

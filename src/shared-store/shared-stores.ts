@@ -57,6 +57,8 @@ interface StoreState {
   /** Image record files not served, with the fingerprint they had (logged once per change). */
   rejected: Map<string, string>;
   watcher?: FSWatcher;
+  /** What the watcher watches: images/, or the store's directory until images/ exists. */
+  watched?: string;
 }
 
 /** Files' identity and version, cheap to take every period: inode, size, modification time. */
@@ -186,14 +188,13 @@ export class SharedStores {
       for (const img of s.served.values()) this.opts.log.info({ store: dir, image: img.ref }, 'shared image dropped: its store is unreadable');
       s.served.clear();
       s.rejected.clear();
-      s.watcher?.close();
-      s.watcher = undefined;
+      this.watch(s, dir); // a publisher's first mkdir of images/ shows there
       this.opts.metrics?.storeRead(dir, false, 0);
       return;
     }
     if (s.up === false) this.opts.log.info({ store: dir }, 'shared store readable again');
     s.up = true;
-    this.watch(s);
+    this.watch(s, s.layout.images);
     const seen = new Set<string>();
     for (const name of names) {
       const file = join(s.layout.images, name);
@@ -255,17 +256,21 @@ export class SharedStores {
     return (rec?.devices ?? []).map((p) => s.layout.pack(p));
   }
 
-  /** inotify on the store's images/ where the filesystem gives it; the periodic scan covers the rest. */
-  private watch(s: StoreState): void {
-    if (s.watcher || this.closed) return;
-    try {
-      s.watcher = watch(s.layout.images, { persistent: false }, () => this.trigger('inotify'));
-      s.watcher.on('error', () => {
-        s.watcher?.close();
-        s.watcher = undefined;
-      });
-    } catch {
+  /** inotify on `path` (images/, or the store until it has one) where the filesystem gives it; the periodic scan covers the rest. */
+  private watch(s: StoreState, path: string): void {
+    if ((s.watcher && s.watched === path) || this.closed) return;
+    const unwatch = (): void => {
+      s.watcher?.close();
       s.watcher = undefined;
+      s.watched = undefined;
+    };
+    unwatch();
+    try {
+      s.watcher = watch(path, { persistent: false }, () => this.trigger('inotify'));
+      s.watched = path;
+      s.watcher.on('error', unwatch);
+    } catch {
+      unwatch(); // not there (yet), or no inotify here
     }
   }
 

@@ -19,12 +19,14 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/config.js';
 import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
+import { mountAt, unmount } from '../src/mount/system-mounts.js';
 import { snapshotName } from '../src/snapshot/snapshotter.js';
 import { StoreLayout, type ImageRecord, type LayerRecord } from '../src/shared-store/layout.js';
 import type { PublishReport } from '../src/shared-store/publish.js';
 import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
-import { busyboxEntries, pushOci, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { walkInodes, type SeenInode } from './fixtures/erofs.js';
+import { busyboxEntries, pushOci, richLayers, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { waitFor } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -98,13 +100,15 @@ describe('shared read-only layer store between two hosts', { skip }, () => {
       [{ name: 'two/', type: 'directory' }, ...Array.from({ length: 16 }, (_, i): FileSpec => ({ name: `two/f${i}`, type: 'file', content: randomBytes(4 * MiB) }))],
       base,
     ]);
+    const rich = await richLayers(2 * MiB);
+    await build('rich', [rich.base, rich.upper]);
     for (const [h, name, config] of [[a, 'a', {}], [b, 'b', { shared_stores: [shared], shared_stores_refresh_seconds: 2 }]] as const) {
       const dir = join(tmp, name);
       await mkdir(dir);
       h.snap = await startSnapshotter(dir, [], config);
       h.ctd = await startContainerd(dir, { dedupSocket: h.snap.socket });
     }
-    for (const img of ['app', 'big']) {
+    for (const img of ['app', 'big', 'rich']) {
       const pull = await a.ctd!.ctr(['image', 'pull', '--plain-http', '--snapshotter', 'dedup', `${registry.host}/${images[img]!.name}`], 240_000);
       assert.equal(pull.code, 0, pull.stderr);
     }
@@ -188,7 +192,7 @@ describe('shared read-only layer store between two hosts', { skip }, () => {
     assert.equal((await b.ctd!.ctr(['task', 'rm', 'long'])).code, 0);
     assert.equal((await b.ctd!.ctr(['container', 'rm', 'long'])).code, 0);
     await logged(from, 'shared layer dropped: removed from its store and no longer used', '', 120_000);
-    assert.equal(await metric(b, 'dedup_shared_layers_held'), 0);
+    await waitFor('no layer held on B', async () => (await metric(b, 'dedup_shared_layers_held')) === 0, 60_000);
     const client = snapshotsClient(b.snap!.socket);
     try {
       const names = new Set((await client.list([])).map(snapshotName));
@@ -198,6 +202,41 @@ describe('shared read-only layer store between two hosts', { skip }, () => {
     } finally {
       client.close();
     }
+  });
+
+  it('the layers B mounts from the store show exactly what A\'s own do (modes, owners, times, links, devices, xattrs, whiteouts, opaque)', async () => {
+    const from = (await log(b)).length;
+    await publish('rich');
+    await logged(from, 'shared image added', images.rich!.name);
+    const rpull = await b.ctd!.rpull(`${proxy!.host}/${images.rich!.name}`);
+    assert.equal(rpull.code, 0, rpull.stderr);
+    const top = (JSON.parse(await readFile(new StoreLayout(shared).imageRecord(`${registry!.host}/${images.rich!.name}`), 'utf8')) as ImageRecord).layers.at(-1)!.chainId;
+    /** The image's root filesystem on host `h`: a view of its top layer through our Snapshots API, mounted here. */
+    const rootfs = async (h: Partial<Host>, name: string): Promise<Map<string, unknown>> => {
+      const client = snapshotsClient(h.snap!.socket);
+      const dir = join(tmp, `view-${name}`);
+      await mkdir(dir);
+      try {
+        const parent = (await client.list([])).find((k) => snapshotName(k) === top)!;
+        const { mounts } = await client.call('View', { key: `view-${name}`, parent }) as { mounts: { type: string; source: string; options: string[] }[] };
+        await mountAt(dir, mounts[0]!);
+        try {
+          // Inode numbers and directory sizes are each mount's own.
+          return new Map([...await walkInodes(dir)].map(([p, e]: [string, SeenInode]) => {
+            const { ino: _ino, ...rest } = e;
+            return [p, rest.type === 'dir' ? { ...rest, size: 0, nlink: 0 } : rest];
+          }));
+        } finally {
+          await unmount(dir);
+          await client.call('Remove', { key: `view-${name}` });
+        }
+      } finally {
+        client.close();
+      }
+    };
+    const onB = await rootfs(b, 'b');
+    assert.ok(onB.has('opq/c') && !onB.has('opq/a') && !onB.has('del/gone') && onB.has('del/kept'));
+    assert.deepEqual(onB, await rootfs(a, 'a'));
   });
 
   it('partial, corrupt and truncated images are never served; a store that disappears takes nothing down', async () => {

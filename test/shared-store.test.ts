@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/config.js';
 import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
-import { mountAt, unmount } from '../src/mount/system-mounts.js';
+import { mountAt, mountTable, unmount } from '../src/mount/system-mounts.js';
 import { snapshotName } from '../src/snapshot/snapshotter.js';
 import { StoreLayout, type ImageRecord, type LayerRecord } from '../src/shared-store/layout.js';
 import type { PublishReport } from '../src/shared-store/publish.js';
@@ -314,5 +314,23 @@ describe('shared read-only layer store between two hosts', { skip }, () => {
     await logged(gone, 'shared store readable again');
     await logged(gone, 'shared image added', images.big!.name);
     assert.equal(await metric(b, 'dedup_shared_store_up'), 1);
+  });
+
+  it('after a reboot (B killed, its mounts gone) B mounts its shared layers again from the store', async () => {
+    const erofsMounts = async (): Promise<string[]> => (await mountTable()).filter((m) => m.fstype === 'erofs' && m.target.startsWith(b.snap!.root)).map((m) => m.target);
+    const before = (await erofsMounts()).length;
+    assert.ok(before >= 5, `the big and rich images' layers are mounted (${before})`);
+    await b.snap!.kill9();
+    for (const m of await erofsMounts()) await unmount(m);
+    const from = (await log(b)).length;
+    b.snap = await startSnapshotter(join(tmp, 'b'));
+    assert.equal((await erofsMounts()).length, before);
+    assert.match((await log(b)).slice(from), /kernel layer mounted again/);
+    let run = { code: -1, stdout: '', stderr: '' };
+    await waitFor('containerd to reach the restarted daemon', async () => {
+      run = await b.ctd!.ctr(['run', '--rm', '--snapshotter', 'dedup', `${proxy!.host}/${images.big!.name}`, 's3', '/bin/sh', '-c', 'ls /two | wc -l'], 120_000);
+      return run.code === 0;
+    }, 60_000);
+    assert.equal(run.stdout.trim(), '16');
   });
 });

@@ -10,6 +10,7 @@
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { cp, mkdir, mkdtemp, readdir, readFile, rename, truncate, writeFile } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
@@ -22,7 +23,7 @@ import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
 import { mountAt, mountTable, unmount } from '../src/mount/system-mounts.js';
 import { snapshotName } from '../src/snapshot/snapshotter.js';
 import { StoreLayout, type ImageRecord, type LayerRecord } from '../src/shared-store/layout.js';
-import type { PublishReport } from '../src/shared-store/publish.js';
+import type { PublishReport, UnpublishReport } from '../src/shared-store/publish.js';
 import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { walkInodes, type SeenInode } from './fixtures/erofs.js';
@@ -126,6 +127,8 @@ describe('shared read-only layer store between two hosts', { skip }, () => {
     assert.equal(r.layers.length, 2);
     assert.ok(r.layers.every((l) => !l.reused) && r.bytesWritten >= 6 * MiB, JSON.stringify(r));
     await logged(from, 'shared image added', images.app!.name);
+    const listed = await dedupctlJson<ImageRecord[]>(['store', 'published', '--in', shared]);
+    assert.deepEqual(listed.map((i) => i.ref), [`${registry!.host}/${images.app!.name}`]);
     proxy!.reset();
     const ref = `${proxy!.host}/${images.app!.name}`;
     // containerd's pull with unpack (ctr-remote rpull; CRI and nerdctl pull the same way) fetches a
@@ -180,7 +183,11 @@ describe('shared read-only layer store between two hosts', { skip }, () => {
     assert.equal(start.code, 0, start.stderr);
     const appRecord = JSON.parse(await readFile(new StoreLayout(shared).imageRecord(`${registry!.host}/${images.app!.name}`), 'utf8')) as ImageRecord;
     const from = (await log(b)).length;
-    await dedupctlJson(['store', 'unpublish', `${registry!.host}/${images.app!.name}`, '--from', shared, '--root', a.snap!.root, '--config', a.snap!.config]);
+    const removed = await dedupctlJson<UnpublishReport>(['store', 'unpublish', `${registry!.host}/${images.app!.name}`, '--from', shared, '--root', a.snap!.root, '--config', a.snap!.config]);
+    // Its top layer goes; its base stays, the big image's too.
+    assert.equal(removed.layersRemoved, 1);
+    const layout = new StoreLayout(shared);
+    assert.ok(!existsSync(layout.layer(appRecord.layers[1]!.diffId)) && existsSync(layout.layer(appRecord.layers[0]!.diffId)));
     await logged(from, 'shared image removed from its store', images.app!.name);
     await logged(from, 'shared layer removed from its store: kept mounted while snapshots use it');
     assert.equal(await metric(b, 'dedup_shared_layers_held'), 2, 'both of its layers are held (their chain ids are the app image\'s only)');

@@ -129,7 +129,10 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     else if (config.shared_stores.length) {
       shared = new SharedStores({
         dirs: config.shared_stores, periodMs: config.shared_stores_refresh_seconds * 1000, log, metrics: sharedMetrics,
-        refreshed: () => release.run(),
+        refreshed: async () => {
+          await snapshotter.mountSharedAgain();
+          await release.run();
+        },
       });
     }
     const snapshotter = new Snapshotter({

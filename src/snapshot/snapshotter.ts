@@ -117,6 +117,8 @@ export class Snapshotter {
   readonly metadata: SnapshotMetadata;
   /** Ids of remote snapshots, whose fs directory the layer server mounts. */
   private readonly remoteIds = new Set<number>();
+  /** Ids of shared-store layers left unmounted at start: their store did not serve them then. */
+  private readonly sharedUnmounted = new Set<number>();
   private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
   private repairs: Promise<void> = Promise.resolve();
   /** Manifests by image reference (and manifest digest when the labels give it), in flight or resolved. */
@@ -168,12 +170,33 @@ export class Snapshotter {
       // A shared store's layer is mounted as its store has it now (verified), or not at all.
       const layer = s.kernel.shared ? this.sharedLayer(s.key)?.layer : s.kernel;
       if (!layer) {
-        this.opts.log.warn({ snapshot: s.key, store: s.kernel.shared }, 'shared layer not mounted: its store no longer has it');
+        this.sharedUnmounted.add(s.id);
+        this.opts.log.warn({ snapshot: s.key, store: s.kernel.shared }, 'shared layer not mounted: its store does not serve it now');
         continue;
       }
       await this.serveKernel(s.id, layer);
       this.opts.log.info({ snapshot: s.key, image: layer.image }, 'kernel layer mounted again');
     }
+  }
+
+  /**
+   * Mounts the shared-store layers start-up could not (their store unreadable then: a share
+   * mounted after the daemon started) once a store serves them; after each refresh of the stores.
+   */
+  mountSharedAgain(): Promise<void> {
+    if (this.sharedUnmounted.size === 0) return Promise.resolve();
+    return this.serially(async () => {
+      const byId = new Map(this.metadata.all().map((r) => [r.id, r]));
+      for (const id of this.sharedUnmounted) {
+        const s = byId.get(id);
+        const layer = s && this.sharedLayer(s.key)?.layer;
+        if (s && !layer) continue;
+        this.sharedUnmounted.delete(id);
+        if (!layer) continue; // removed meanwhile
+        await this.serveKernel(id, layer);
+        this.opts.log.info({ snapshot: s!.key, image: layer.image, reason: 'its shared store serves it again' }, 'kernel layer mounted again');
+      }
+    });
   }
 
   /** Mounts a kernel layer's image at its snapshot's fs (not mounted), in place of whatever is left there (its unpacked copy). */

@@ -20,6 +20,7 @@ import { poolScenario } from './pool.js';
 import { MODES, prefetchScenario } from './prefetch.js';
 import { pullRunScenario } from './snapshotter.js';
 import type { Summary } from './stats.js';
+import { sharedStoreScenario } from './shared-store.js';
 import { storageScenario } from './storage.js';
 
 interface Row {
@@ -123,6 +124,23 @@ const SCENARIOS: Record<string, Scenario> = {
       charts: { storage: [{ label: `${r.images.length} related images`, bars: [bar('ours: chunk store', r.dedup.storeBytes, MiB), bar('overlayfs snapshots', r.overlayfs.snapshotBytes, MiB)] }] },
     };
   },
+  async 'shared-store'(tmp, reps, _nets, log) {
+    const r = await sharedStoreScenario(tmp, reps, log);
+    const s = (x: Summary): string => `${x.median.toFixed(2)} (${range(x)})`;
+    const mib = (r.imageBytes / MiB).toFixed(0);
+    return {
+      result: r,
+      rows: [
+        { scenario: 'shared-store', metric: `publish of a ${mib} MiB image on host A, then from its end to host B having verified and added it (s; refresh period ${r.refreshSeconds} s, inotify on this host's filesystem)`,
+          ours: `publish ${s(r.publishSeconds)}; visible to added ${s(r.visibleToAddedSeconds)}`, baseline: `one refresh period ${r.refreshSeconds}`,
+          ratio: `${(r.visibleToAddedSeconds.median / r.refreshSeconds).toFixed(2)}x the period` },
+        { scenario: 'shared-store', metric: `host B: pull + ctr run to first output from the shared store (rpull; ${(r.sharedLayerBytes.median / MiB).toFixed(1)} MiB of layers fetched) vs the image in a host's own store (ctr run) and a full pull (overlayfs), page cache dropped (s)`,
+          ours: `shared ${s(r.start.shared)}`, baseline: `own store ${s(r.start.own)}; full pull ${s(r.start.fullPull)}`,
+          ratio: `${(r.start.fullPull.median / r.start.shared.median).toFixed(1)}x sooner than a full pull, ${(r.start.shared.median / r.start.own.median).toFixed(2)}x the own store's time` },
+      ],
+      charts: { 'first-output': [{ label: `container start, ${mib} MiB image, loopback`, bars: [bar('ours: shared store', r.start.shared), bar('ours: own store', r.start.own), bar('overlayfs, full pull', r.start.fullPull)] }] },
+    };
+  },
   async lazy(tmp, reps, _nets, log) {
     const r = await lazyScenarios(tmp, reps, log);
     const mib = (r.fileBytes / 1048576).toFixed(0);
@@ -219,7 +237,7 @@ const CHARTS: Record<ChartName, { title: string; unit: string; format: (v: numbe
   storage: { title: 'Disk used by related images', unit: 'MiB on disk (du), lower is better', format: (v) => `${v.toFixed(1)} MiB` },
 };
 
-const ORDER = ['pull-run', 'prefetch', 'lazy', 'convert', 'gzip-index', 'storage', 'commit', 'pool'];
+const ORDER = ['pull-run', 'prefetch', 'lazy', 'convert', 'gzip-index', 'storage', 'shared-store', 'commit', 'pool'];
 
 function table(rows: Row[]): string {
   return ['| scenario | metric | ours | baseline | ratio (ours vs baseline) |', '| --- | --- | --- | --- | --- |',

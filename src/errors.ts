@@ -35,7 +35,8 @@ export type ErrorCode =
   | 'ERR_SANDBOX'
   | 'ERR_POOL_EXHAUSTED'
   | 'ERR_CRIU'
-  | 'ERR_ADMIN_API';
+  | 'ERR_ADMIN_API'
+  | 'ERR_SHARED_STORE';
 
 export class DedupError extends Error {
   readonly code: ErrorCode;
@@ -261,6 +262,16 @@ export class CriuError extends DedupError {
 export class AdminApiError extends DedupError {
   constructor(readonly remoteCode: string, message: string) {
     super('ERR_ADMIN_API', `admin API: ${message} [${remoteCode}]`);
+  }
+}
+
+/** Why a shared store's image is not served (docs/shared-store.md); `reason` is the metric's label. */
+export type SharedStoreRejection = 'record' | 'incomplete' | 'image_digest' | 'chunk_digest' | 'unreadable';
+
+/** A shared store's image that is not served: incomplete, corrupt or unreadable; the message names the file. */
+export class SharedStoreError extends DedupError {
+  constructor(readonly reason: SharedStoreRejection, message: string, options?: { cause?: unknown }) {
+    super('ERR_SHARED_STORE', message, options);
   }
 }
 

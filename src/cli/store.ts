@@ -9,6 +9,7 @@ import { ChunkStore } from '../store/chunk-store.js';
 import type { Config } from '../config/config.js';
 import { audited, configFrom, formatBytes, parseIntFlag, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
 import { byteProgress } from './progress.js';
+import { sharedStoreCommands } from './shared-store.js';
 
 async function withStore<T>(flags: CommonFlags, fn: (store: ChunkStore, config: Config) => Promise<T>): Promise<T> {
   const config = await configFrom(flags);
@@ -63,6 +64,7 @@ export function storeCommand(): Command {
       for (const r of refs) await audited(config, 'store.rm', r, {}, async () => s.removeImage(r));
       if (flags.json) printJson({ removed: refs });
     })));
+  for (const c of sharedStoreCommands()) store.addCommand(c);
   return store;
 }
 

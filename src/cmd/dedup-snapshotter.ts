@@ -27,6 +27,9 @@ import { imageChainId } from '../sandbox/image-snapshot.js';
 import { PoolMetrics } from '../sandbox/pool-metrics.js';
 import { SandboxPools } from '../sandbox/pools.js';
 import { loadSnapshotsService, snapshotsHandlers } from '../snapshot/grpc-service.js';
+import { SharedStoreMetrics } from '../shared-store/metrics.js';
+import { SharedLayerRelease } from '../shared-store/release.js';
+import { SharedStores } from '../shared-store/shared-stores.js';
 import { FULL_PULL_REASONS, Snapshotter } from '../snapshot/snapshotter.js';
 import { ChunkStore } from '../store/chunk-store.js';
 import { VERSION } from '../version.js';
@@ -120,11 +123,26 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
         log.warn({ err: err.message }, 'kernel mode off: committed layers stay directories');
       }
     }
+    // Shared stores: layers other hosts published, mounted by the kernel (so only in kernel mode).
+    let shared: SharedStores | undefined;
+    const sharedMetrics = config.shared_stores.length ? new SharedStoreMetrics(metrics.registry) : undefined;
+    if (config.shared_stores.length && !kernel) log.warn({ stores: config.shared_stores }, 'shared stores not used: they need kernel mode (enable_erofs and an EROFS-capable kernel)');
+    else if (config.shared_stores.length) {
+      shared = new SharedStores({
+        dirs: config.shared_stores, periodMs: config.shared_stores_refresh_seconds * 1000, log, metrics: sharedMetrics,
+        refreshed: async () => {
+          await snapshotter.mountSharedAgain();
+          await release.run();
+        },
+      });
+    }
     const snapshotter = new Snapshotter({
       root: config.root, client, platform: parsePlatform(flags.platform), lazyPull: config.enable_lazy, layers: fused, log, kernel,
       audit: (action, target, details) => audit.record('containerd', action, target, details),
       fullPull: (reason) => metrics.fullPull(reason),
+      shared: shared && { find: (chainId) => shared!.find(chainId), mounted: () => sharedMetrics?.layerMounted() },
     });
+    const release = new SharedLayerRelease(snapshotter, { find: (chainId) => shared?.find(chainId), unreadable: (dir) => shared?.unreadable(dir) ?? false }, log, sharedMetrics);
     live.on('change', (change) => {
       const c = change.config;
       log.level = c.log_level;
@@ -172,6 +190,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     let api: AdminApi | undefined;
     let apiRetry: NodeJS.Timeout | undefined;
     try {
+      await shared?.start(); // before the snapshotter mounts its layers again
       await snapshotter.start();
       await pools.start();
       server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter));
@@ -202,7 +221,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
           log.info({ api: api!.address }, 'admin API serving');
         }, (err: unknown) => log.error({ err: (err as Error).message }, 'admin API failed')), API_RETRY_MS).unref();
       }
-      log.info({ socket: flags.socket, api: api?.address ?? null, root: config.root, version: VERSION, lazy: config.enable_lazy, kernel: kernel !== undefined, fused: fusedPid }, 'serving');
+      log.info({ socket: flags.socket, api: api?.address ?? null, root: config.root, version: VERSION, lazy: config.enable_lazy, kernel: kernel !== undefined, fused: fusedPid, sharedStores: shared ? config.shared_stores : [] }, 'serving');
       const signal = await stopped;
       log.info({ signal }, 'shutting down');
       await new Promise<void>((resolve) => {
@@ -219,6 +238,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       clearInterval(pruner);
       clearInterval(watcher);
       clearInterval(apiRetry);
+      shared?.close();
       await api?.close();
       await pools.detach();
       server.forceShutdown();

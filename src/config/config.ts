@@ -86,6 +86,10 @@ export const configSchema = z.object({
     max_body_bytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(1024 * 1024),
   }).strict().refine((a) => a.token !== '' || isLoopback(parseHostPort(a.addr)?.host ?? 'localhost'),
     { message: 'a non-loopback address needs api.token', path: ['addr'] }).default({}),
+  /** Shared read-only layer stores (docs/shared-store.md), in order of preference; the daemon never writes there. */
+  shared_stores: z.array(absolutePath).max(64).refine((a) => new Set(a).size === a.length, 'must not name a directory twice').default([]),
+  /** How often the shared stores are scanned, besides inotify (which sees only this host's writes). */
+  shared_stores_refresh_seconds: z.number().int().min(1).max(3600).default(5),
   /** The layer server (dedup-fused). */
   fused: z.object({
     /**

@@ -11,7 +11,7 @@ import { configOf, flattenConfig, readConfigDocument, type Config, type ConfigDo
 
 /** Keys (or key prefixes) the daemon reads only when it starts. */
 const RESTART_KEYS = ['root', 'enable_erofs', 'enable_fscache', 'enable_lazy', 'registry', 'registry_hosts_dir', 'registry_mirror_retry_seconds', 'prefetch.trace_dir',
-  'api.enabled', 'api.addr'];
+  'api.enabled', 'api.addr', 'shared_stores', 'shared_stores_refresh_seconds'];
 
 export interface ConfigChange {
   config: Config;

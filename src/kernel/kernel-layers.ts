@@ -23,6 +23,13 @@ const NEEDED = ['chunked_file', 'device_table'];
 export interface KernelLayer {
   image: string;
   devices: string[];
+  /** A shared store's layer (src/shared-store/): its devices are paths there, not packs of ours. */
+  shared?: string;
+}
+
+/** The files a kernel layer's devices are, in order: our packs (`packPath`), or a shared store's paths. */
+export function devicePaths(layer: KernelLayer, packPath: (pack: string) => string): string[] {
+  return layer.shared ? layer.devices : layer.devices.map(packPath);
 }
 
 /** Why this kernel cannot serve kernel layers, or undefined when it can. */
@@ -77,7 +84,7 @@ export class KernelLayers {
 
   /** Mounts the layer's image at `dir` (empty, not a mountpoint). */
   mount(layer: KernelLayer, dir: string): void {
-    mountErofs(layer.image, dir, layer.devices.map((p) => this.store.packPath(p)));
+    mountErofs(layer.image, dir, devicePaths(layer, (p) => this.store.packPath(p)));
   }
 
   /** Forgets snapshot `id`'s layer: its image file and its record (gc frees the chunks nothing else uses). */

@@ -33,6 +33,8 @@ export interface Snapshot extends SnapshotInfo {
 export interface KernelLayerRef {
   image: string;
   devices: string[];
+  /** Set for a layer mounted from a shared store (that directory): image and devices are paths in it. */
+  shared?: string;
 }
 
 interface Row {
@@ -144,8 +146,13 @@ export class SnapshotMetadata {
     return this.toInfo(r);
   }
 
-  /** Creates a snapshot; `parent` must be Committed. Returns its id. */
-  create(kind: Kind, key: string, parent: string, labels: Record<string, string>, remote?: RemoteLayerRef): number {
+  /**
+   * Creates a snapshot; `parent` must be Committed. Returns its id. A committed one is a layer
+   * served from elsewhere: a remote one (lazy) or a kernel one with its usage (a shared store's).
+   */
+  create(kind: Kind, key: string, parent: string, labels: Record<string, string>,
+    from: { remote?: RemoteLayerRef; kernel?: KernelLayerRef; usage?: { size: number; inodes: number } } = {}): number {
+    const { remote, kernel, usage } = from;
     if (!key) throw new InvalidArgumentError('snapshot key must not be empty');
     checkLabels(labels);
     return this.db.transaction(() => {
@@ -156,8 +163,10 @@ export class SnapshotMetadata {
         if (p.kind !== KIND_CODE.committed) throw new InvalidArgumentError(`parent "${parent}" is not a committed snapshot`);
       }
       const now = nowNs();
-      const r = this.db.prepare('INSERT INTO snapshots (key, parent, kind, labels, created_at, updated_at, size, inodes, remote) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
-        .run(key, parent || null, KIND_CODE[kind], JSON.stringify(labels), now, now, remote ? 0 : null, remote ? 0 : null, remote ? JSON.stringify(remote) : null);
+      const size = usage?.size ?? (remote ? 0 : null);
+      const inodes = usage?.inodes ?? (remote ? 0 : null);
+      const r = this.db.prepare('INSERT INTO snapshots (key, parent, kind, labels, created_at, updated_at, size, inodes, remote, kernel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
+        .run(key, parent || null, KIND_CODE[kind], JSON.stringify(labels), now, now, size, inodes, remote ? JSON.stringify(remote) : null, kernel ? JSON.stringify(kernel) : null);
       return Number(r.lastInsertRowid);
     }).immediate();
   }

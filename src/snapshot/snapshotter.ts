@@ -10,7 +10,7 @@
 // them.
 
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AlreadyExistsError, FailedPreconditionError, FusedError, isDedupError } from '../errors.js';
 import type { MountInfo, MountRequest, OpenAheadRequest } from '../fused/layer-server.js';
@@ -72,6 +72,30 @@ export interface SnapshotterOptions {
   fullPull?: (reason: FullPullReason) => void;
   /** Kernel mode (enable_erofs): committed layers go into the store and are served as EROFS images. */
   kernel?: KernelLayers;
+  /** Shared stores (config shared_stores, src/shared-store/): layers a Prepare mounts from there, by chain id. Needs `kernel`. */
+  shared?: SharedLayerSource;
+}
+
+/** A layer in a shared store: its EROFS image and packs (paths there), and its usage. */
+export interface SharedLayerRef {
+  store: string;
+  image: string;
+  devices: string[];
+  usage: { size: number; inodes: number };
+}
+
+/**
+ * The name containerd gave a snapshot, from our key: its metadata store prefixes every key with
+ * the namespace and a number ("default/12/sha256:..."), so a committed layer's key ends in its chain id.
+ */
+export function snapshotName(key: string): string {
+  return key.slice(key.lastIndexOf('/') + 1);
+}
+
+export interface SharedLayerSource {
+  find(chainId: string): SharedLayerRef | undefined;
+  /** A Prepare mounted a layer from a shared store. */
+  mounted?(): void;
 }
 
 /**
@@ -93,6 +117,8 @@ export class Snapshotter {
   readonly metadata: SnapshotMetadata;
   /** Ids of remote snapshots, whose fs directory the layer server mounts. */
   private readonly remoteIds = new Set<number>();
+  /** Ids of shared-store layers left unmounted at start: their store did not serve them then. */
+  private readonly sharedUnmounted = new Set<number>();
   private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
   private repairs: Promise<void> = Promise.resolve();
   /** Manifests by image reference (and manifest digest when the labels give it), in flight or resolved. */
@@ -141,9 +167,36 @@ export class Snapshotter {
         this.opts.log.warn({ snapshot: s.key }, 'kernel layer not mounted: enable_erofs is off or the kernel cannot mount it');
         continue;
       }
-      await this.serveKernel(s.id, s.kernel);
-      this.opts.log.info({ snapshot: s.key, image: s.kernel.image }, 'kernel layer mounted again');
+      // A shared store's layer is mounted as its store has it now (verified), or not at all.
+      const layer = s.kernel.shared ? this.sharedLayer(s.key)?.layer : s.kernel;
+      if (!layer) {
+        this.sharedUnmounted.add(s.id);
+        this.opts.log.warn({ snapshot: s.key, store: s.kernel.shared }, 'shared layer not mounted: its store does not serve it now');
+        continue;
+      }
+      await this.serveKernel(s.id, layer);
+      this.opts.log.info({ snapshot: s.key, image: layer.image }, 'kernel layer mounted again');
     }
+  }
+
+  /**
+   * Mounts the shared-store layers start-up could not (their store unreadable then: a share
+   * mounted after the daemon started) once a store serves them; after each refresh of the stores.
+   */
+  mountSharedAgain(): Promise<void> {
+    if (this.sharedUnmounted.size === 0) return Promise.resolve();
+    return this.serially(async () => {
+      const byId = new Map(this.metadata.all().map((r) => [r.id, r]));
+      for (const id of this.sharedUnmounted) {
+        const s = byId.get(id);
+        const layer = s && this.sharedLayer(s.key)?.layer;
+        if (s && !layer) continue;
+        this.sharedUnmounted.delete(id);
+        if (!layer) continue; // removed meanwhile
+        await this.serveKernel(id, layer);
+        this.opts.log.info({ snapshot: s!.key, image: layer.image, reason: 'its shared store serves it again' }, 'kernel layer mounted again');
+      }
+    });
   }
 
   /** Mounts a kernel layer's image at its snapshot's fs (not mounted), in place of whatever is left there (its unpacked copy). */
@@ -253,6 +306,7 @@ export class Snapshotter {
   }
 
   async prepare(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
+    if (await this.prepareShared(parent, labels)) throw new AlreadyExistsError(`target snapshot "${labels[LABEL.targetRef]}"`);
     if (this.opts.lazyPull && (await this.prepareRemote(parent, labels))) {
       throw new AlreadyExistsError(`target snapshot "${labels[LABEL.targetRef]}"`);
     }
@@ -276,6 +330,59 @@ export class Snapshotter {
     return this.servedMounts(this.metadata.get(key));
   }
 
+  /** The kernel layer a shared store serves for snapshot `name` (its chain id), with its usage; none without kernel mode. */
+  private sharedLayer(name: string): { layer: KernelLayerRef; usage: { size: number; inodes: number } } | undefined {
+    const l = this.opts.kernel ? this.opts.shared?.find(snapshotName(name)) : undefined;
+    return l && { layer: { image: l.image, devices: l.devices, shared: l.store }, usage: l.usage };
+  }
+
+  /**
+   * Mounts the target snapshot a Prepare names (containerd's chain id, on every Prepare of an
+   * unpack, plain or lazy) from a shared store that has it, as a committed kernel layer; false
+   * (unpack or lazy mount as usual) when none has it or it does not mount.
+   */
+  private async prepareShared(parent: string, labels: Record<string, string>): Promise<boolean> {
+    const target = labels[LABEL.targetRef];
+    const found = target ? this.sharedLayer(target) : undefined;
+    if (!target || !found) return false;
+    // AlreadyExists here is the right answer too: containerd then uses the existing snapshot.
+    const id = this.metadata.create('committed', target, parent, labels, { kernel: found.layer, usage: found.usage });
+    try {
+      await mkdir(this.dir(id), { recursive: true });
+      await this.serveKernel(id, found.layer);
+    } catch (err) {
+      this.metadata.remove(target);
+      await rm(this.dir(id), { recursive: true, force: true });
+      this.opts.log.warn({ snapshot: target, store: found.layer.shared, err: (err as Error).message }, 'cannot mount the layer from the shared store; pulling it instead');
+      return false;
+    }
+    this.sharedMounted(target, found.layer, 'prepare');
+    return true;
+  }
+
+  /** Mounts a shared layer in place of snapshot `id`'s unpacked copy; false (the copy left as it was) when it does not mount. */
+  private async swapInShared(id: number, layer: KernelLayerRef): Promise<boolean> {
+    const unpacked = join(this.dir(id), 'unpacked');
+    await rename(this.fs(id), unpacked);
+    await mkdir(this.fs(id));
+    try {
+      this.opts.kernel!.mount(layer, this.fs(id));
+    } catch (err) {
+      await rm(this.fs(id), { recursive: true, force: true });
+      await rename(unpacked, this.fs(id));
+      this.opts.log.warn({ id, store: layer.shared, err: (err as Error).message }, 'cannot mount the layer from the shared store; committing the unpacked copy');
+      return false;
+    }
+    await rm(unpacked, { recursive: true, force: true });
+    return true;
+  }
+
+  private sharedMounted(name: string, layer: KernelLayerRef, at: 'prepare' | 'commit'): void {
+    this.opts.shared!.mounted?.();
+    this.opts.log.info({ snapshot: name, store: layer.shared, image: layer.image, at }, 'layer mounted from the shared store');
+    this.opts.audit?.('image.pull', name, { snapshot: name, shared: layer.shared, at });
+  }
+
   /**
    * Mounts the layer a Prepare's labels name, if it is eStargz, as the committed target snapshot.
    * Returns false (normal unpack) when the labels do not name a layer or the layer is not eStargz.
@@ -296,7 +403,7 @@ export class Snapshotter {
       return this.fullPull('registry', imageRef, digest, `${err.message} [${err.code}]`);
     }
     // AlreadyExists here is the right answer too: containerd then uses the existing snapshot.
-    const id = this.metadata.create('committed', target, parent, { ...labels, [LABEL.remote]: 'remote snapshot' }, ref);
+    const id = this.metadata.create('committed', target, parent, { ...labels, [LABEL.remote]: 'remote snapshot' }, { remote: ref });
     try {
       await this.mountRemote(id, ref, labels);
     } catch (err) {
@@ -387,6 +494,18 @@ export class Snapshotter {
     if (s.kind !== 'active') throw new FailedPreconditionError(`requested snapshot ${key} not active`);
     const kernel = this.opts.kernel;
     if (!kernel) return void this.metadata.commit(name, key, labels, await diskUsage(this.fs(s.id)));
+    // ctr image pull downloads and unpacks every layer before any Prepare could skip it: a layer a
+    // shared store has is then served from there, and the unpacked copy dropped.
+    const shared = this.sharedLayer(name);
+    if (shared && await this.swapInShared(s.id, shared.layer)) {
+      try {
+        this.metadata.commit(name, key, labels, shared.usage, shared.layer);
+      } catch (err) {
+        await unmount(this.fs(s.id));
+        throw err;
+      }
+      return this.sharedMounted(name, shared.layer, 'commit');
+    }
     const started = performance.now();
     this.opts.log.info({ snapshot: name, key }, 'committing the layer into the store');
     const built = await kernel.build(s.id, this.fs(s.id)); // its walk also counts the usage

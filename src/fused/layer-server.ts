@@ -16,7 +16,7 @@ import { FUSE_FSTYPE, type FuseConnection } from '../fs/fuse-session.js';
 import { descriptorSchema, digestSchema } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
-import { mountTable, unmountFuse } from '../mount/system-mounts.js';
+import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';
 import { PromiseCache } from '../promise-cache.js';
 import type { RegistryClient } from '../registry/client.js';
 
@@ -199,6 +199,23 @@ export class LayerServer {
     this.served.delete(mountpoint);
     await s.mount.unmount().catch(() => unmountFuse(mountpoint));
     this.ctx.log?.info({ mountpoint, layer: s.request.layer.digest }, 'layer unmounted');
+  }
+
+  /**
+   * Lets go of the mount at `mountpoint` once nothing uses it: it leaves its mountpoint now
+   * (detached if busy), and its connection is served until the kernel ends it, when the last
+   * overlay above it or open file in it is gone; then its trace is written. For a layer that
+   * new snapshots get elsewhere (an EROFS image of the same layer).
+   */
+  async retire(mountpoint: string): Promise<void> {
+    this.checkNotFrozen();
+    await this.pending.get(mountpoint)?.catch(() => undefined);
+    const s = this.served.get(mountpoint);
+    if (!s) throw new NotFoundError(`mount at ${mountpoint}`);
+    this.served.delete(mountpoint);
+    this.detached.add(s);
+    await unmount(mountpoint);
+    this.ctx.log?.info({ mountpoint, layer: s.request.layer.digest }, 'layer left its mountpoint; served until its last user is gone');
   }
 
   /** The full teardown: every mount, and the connections of detached ones (their readers get ENOTCONN). */

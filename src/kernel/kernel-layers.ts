@@ -13,7 +13,7 @@ import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
 import { UnsupportedError } from '../errors.js';
-import { mountErofs } from '../mount/system-mounts.js';
+import { mountErofs, unmount } from '../mount/system-mounts.js';
 import type { Toc } from '../estargz/toc.js';
 import type { ChunkStore, ChunkVerifier } from '../store/chunk-store.js';
 import { buildDirectoryLayer } from './directory-layer.js';
@@ -117,8 +117,14 @@ export class KernelLayers {
     return { image, devices: layer.devices, files: layer.files, bytes: layer.bytes, chunks: layer.chunks.length };
   }
 
-  /** Mounts the layer's image at `dir` (empty, not a mountpoint). */
-  mount(layer: KernelLayer, dir: string): void {
+  /**
+   * Mounts the layer's image at `dir` (a snapshot's fs, or a remote snapshot's erofs), in place of
+   * whatever is left there (an unpacked copy, or a mount a crash left before it was recorded).
+   */
+  async mountAt(layer: KernelLayer, dir: string): Promise<void> {
+    await unmount(dir);
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir);
     mountErofs(layer.image, dir, layer.devices.map((p) => this.store.packPath(p)));
   }
 

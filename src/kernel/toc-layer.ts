@@ -23,6 +23,11 @@ import { ImageChunks, type LayerImage } from './layer-image.js';
 
 /** The largest chunk an EROFS chunk index can stand for (the chunk format's 5 bits over 4 KiB blocks). */
 const MAX_CHUNK = BLOCK_SIZE * 2 ** 31;
+/**
+ * Stored chunks read back and verified at once: a layer of many small files would otherwise wait
+ * for each read and each hop to the verifier in turn.
+ */
+const IN_FLIGHT = 8;
 
 /** Where the layer's chunks are: the store. */
 export interface StoredChunks {
@@ -85,15 +90,29 @@ export async function buildTocLayer(toc: Toc, chunkSize: number, store: StoredCh
     return extents;
   };
 
-  const file = async (node: TocNode): Promise<Pick<ErofsEntry, 'extents' | 'chunkSize' | 'data'>> => {
+  /** Files whose extents are filled in once the walk is over: their chunks as they are, or cut again. */
+  const fitting: { entry: ErofsEntry; node: TocNode }[] = [];
+  const unfit: { entry: ErofsEntry; node: TocNode }[] = [];
+  const file = (node: TocNode, entry: ErofsEntry): ErofsEntry => {
     files++;
     bytes += node.size;
-    if (node.size === 0) return { data: Buffer.alloc(0) };
+    if (node.size === 0) return { ...entry, data: Buffer.alloc(0) };
     const fit = fileChunkSize(node.chunks.map((c) => c.chunkSize));
-    if (fit === undefined) return { extents: await cutAgain(node), chunkSize };
-    const extents: ErofsExtent[] = [];
-    for (const c of node.chunks) extents.push(chunks.extent(c.chunkDigest!, c.chunkSize, (await stored(node, c.chunkDigest!, c.chunkSize)).at));
-    return { extents, chunkSize: fit };
+    const e = { ...entry, chunkSize: fit ?? chunkSize };
+    (fit === undefined ? unfit : fitting).push({ entry: e, node });
+    return e;
+  };
+
+  /** The places of every fitting file's chunks, in file order, read and verified IN_FLIGHT at a time. */
+  const placeAll = async (): Promise<PackLocation[]> => {
+    const todo = fitting.flatMap(({ node }) => node.chunks.map((c) => ({ node, c })));
+    const places: PackLocation[] = new Array(todo.length);
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      for (let i = next++; i < todo.length; i = next++) places[i] = (await stored(todo[i]!.node, todo[i]!.c.chunkDigest!, todo[i]!.c.chunkSize)).at;
+    };
+    await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, todo.length) }, worker));
+    return places;
   };
 
   const visit = async (path: string, node: TocNode): Promise<void> => {
@@ -123,9 +142,13 @@ export async function buildTocLayer(toc: Toc, chunkSize: number, store: StoredCh
       case 'fifo':
         return void entries.push({ ...base, type: 'fifo' });
       default:
-        return void entries.push({ ...base, type: 'reg', ...await file(node) });
+        return void entries.push(file(node, { ...base, type: 'reg' }));
     }
   };
   await visit('', toc.root);
+  const places = await placeAll();
+  let k = 0;
+  for (const { entry, node } of fitting) entry.extents = node.chunks.map((c) => chunks.extent(c.chunkDigest!, c.chunkSize, places[k++]!));
+  for (const { entry, node } of unfit) entry.extents = await cutAgain(node);
   return { ...await chunks.build(entries, chunkSize, (p) => store.packSize(p)), files, bytes, recut };
 }

@@ -7,23 +7,24 @@
 // is resolved once for all its layers, and its first layer's Prepare has the layer server read the
 // footers and TOCs of the layers the labels list, in parallel with the manifest and each other.
 // The mounts belong to the layer server: this process can stop, crash or restart without touching
-// them.
+// them. In kernel mode a remote snapshot whose layer is complete is served by an EROFS image to
+// the snapshots made from then on (complete-layers.ts).
 
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AlreadyExistsError, FailedPreconditionError, FusedError, InvalidErofsTreeError, isDedupError, TocDigestMismatchError } from '../errors.js';
-import { RemoteLayer } from '../fetch/remote-layer.js';
+import { AlreadyExistsError, FailedPreconditionError, FusedError, isDedupError } from '../errors.js';
 import type { MountInfo, MountRequest, OpenAheadRequest } from '../fused/layer-server.js';
 import type { ImageManifest, Platform } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';
 import { PromiseCache } from '../promise-cache.js';
 import type { RegistryClient } from '../registry/client.js';
+import { CompleteLayers } from './complete-layers.js';
 import { diskUsage } from './disk-usage.js';
 import { snapshotMatcher } from './filters.js';
 import type { KernelLayers } from '../kernel/kernel-layers.js';
-import { SnapshotMetadata, type KernelLayerRef, type Kind, type RemoteLayerRef, type Snapshot, type SnapshotInfo } from './metadata.js';
+import { SnapshotMetadata, type Kind, type RemoteLayerRef, type Snapshot, type SnapshotInfo } from './metadata.js';
 
 export const LABEL = {
   /** The name containerd wants the snapshot committed under (its chain id). */
@@ -90,23 +91,14 @@ export const FULL_PULL_REASONS: FullPullReason[] = ['not_estargz', 'not_in_manif
  */
 const MANIFESTS = { max: 64, byDigestMs: 10 * 60_000, byTagMs: 30_000 };
 
-/** How long a complete lazy layer whose EROFS image failed (a registry error, a chunk gone) waits before the next try. */
-const KERNEL_RETRY_MS = 60_000;
-
 type ResolvedManifest = { manifestDigest: string; manifest: ImageManifest };
 
 export class Snapshotter {
   readonly metadata: SnapshotMetadata;
   /** Ids of remote snapshots, whose fs directory the layer server mounts. */
   private readonly remoteIds = new Set<number>();
-  /** Remote snapshots whose complete layer is served by EROFS (at their erofs directory) to snapshots made since. */
-  private readonly kernelRemote = new Map<number, KernelLayerRef>();
-  /**
-   * Why the EROFS image of a complete lazy layer could not be made, by snapshot id (logged once
-   * each): tried again after KERNEL_RETRY_MS, or never when the layer is one EROFS cannot hold.
-   */
-  private readonly kernelFailures = new Map<number, { why: string; at: number; final: boolean }>();
-  private switching = false;
+  /** Kernel mode: remote snapshots whose complete layer EROFS serves to the snapshots made since. */
+  private readonly complete: CompleteLayers | undefined;
   private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
   private repairs: Promise<void> = Promise.resolve();
   /** Manifests by image reference (and manifest digest when the labels give it), in flight or resolved. */
@@ -114,6 +106,10 @@ export class Snapshotter {
 
   constructor(private opts: SnapshotterOptions) {
     this.metadata = new SnapshotMetadata(join(opts.root, 'metadata.db'));
+    if (opts.kernel) {
+      this.complete = new CompleteLayers({ metadata: this.metadata, kernel: opts.kernel, client: opts.client, layers: opts.layers, log: opts.log, audit: opts.audit,
+        fs: (id) => this.fs(id), erofs: (id) => this.erofsDir(id) });
+    }
   }
 
   private dir(id: number): string {
@@ -131,7 +127,7 @@ export class Snapshotter {
 
   /** A committed snapshot's layer for the snapshots above it: the EROFS mount of a complete lazy layer, else its fs. */
   private lowerDir(id: number): string {
-    return this.kernelRemote.has(id) ? this.erofsDir(id) : this.fs(id);
+    return this.complete?.has(id) ? this.erofsDir(id) : this.fs(id);
   }
 
   /**
@@ -143,7 +139,7 @@ export class Snapshotter {
     await this.removeOrphans(await this.served());
     await this.reattach();
     await this.mountKernelLayers();
-    await this.releaseFuse();
+    await this.complete?.releaseFuse();
   }
 
   /**
@@ -163,106 +159,25 @@ export class Snapshotter {
     for (const s of all) {
       if (!s.kernel) continue;
       // A lazy layer's image serves new snapshots only with kernel mode on; the FUSE mount serves the rest.
-      if (s.remote && kernel) this.kernelRemote.set(s.id, s.kernel);
+      if (s.remote) this.complete?.adopt(s.id, s.kernel);
       const dir = s.remote ? this.erofsDir(s.id) : this.fs(s.id);
       if (mounted.has(dir)) continue;
       if (!kernel) {
         this.opts.log.warn({ snapshot: s.key }, 'kernel layer not mounted: enable_erofs is off or the kernel cannot mount it');
         continue;
       }
-      await this.serveKernel(dir, s.kernel);
+      await kernel.mountAt(s.kernel, dir);
       this.opts.log.info({ snapshot: s.key, image: s.kernel.image }, 'kernel layer mounted again');
     }
   }
 
   /**
-   * Mounts a kernel layer's image at `dir` (a snapshot's fs, or a remote snapshot's erofs), in
-   * place of whatever is left there (an unpacked copy, or a mount a crash left before it was recorded).
-   */
-  private async serveKernel(dir: string, layer: KernelLayerRef): Promise<void> {
-    await unmount(dir);
-    await rm(dir, { recursive: true, force: true });
-    await mkdir(dir);
-    this.opts.kernel!.mount(layer, dir);
-  }
-
-  /**
-   * Kernel mode for lazily pulled layers: each remote snapshot whose layer's chunks are all in the
-   * store now (fetched in the background, by dedupd, or read) gets the layer's EROFS image, made
-   * from its TOC over those chunks, mounted at its erofs directory; snapshots made from then on
-   * get that as their lowerdir. The FUSE mount stays for those made before (containers running,
-   * or about to mount what Mounts answered them) and is let go once none is left (releaseFuse).
-   * Called now and then; one pass at a time.
+   * Kernel mode for lazily pulled layers: each remote snapshot whose layer is complete now gets
+   * its EROFS image, which the snapshots made from then on stand on (complete-layers.ts). Called
+   * now and then.
    */
   async serveCompleteLayers(): Promise<void> {
-    const kernel = this.opts.kernel;
-    if (!kernel || this.switching) return;
-    this.switching = true;
-    try {
-      for (const s of this.metadata.all()) {
-        const failed = this.kernelFailures.get(s.id);
-        if (failed && (failed.final || Date.now() - failed.at < KERNEL_RETRY_MS)) continue;
-        if (!s.remote || s.kernel || !kernel.complete(s.remote.layer.digest)) continue;
-        try {
-          await this.switchToKernel(s.id, s.key, s.remote);
-          this.kernelFailures.delete(s.id);
-        } catch (err) {
-          const why = (err as Error).message;
-          const final = err instanceof InvalidErofsTreeError || err instanceof TocDigestMismatchError;
-          if (failed?.why !== why) this.opts.log.warn({ snapshot: s.key, layer: s.remote.layer.digest, err: why, final }, 'complete lazy layer stays on FUSE: its EROFS image cannot be made');
-          this.kernelFailures.set(s.id, { why, at: Date.now(), final });
-        }
-      }
-    } finally {
-      this.switching = false;
-    }
-  }
-
-  private async switchToKernel(id: number, key: string, remote: RemoteLayerRef): Promise<void> {
-    const kernel = this.opts.kernel!;
-    const started = performance.now();
-    const layer = await RemoteLayer.open(new RegistryImage(this.opts.client, remote.image), remote.layer);
-    const served = kernel.tocDigest(remote.layer.digest);
-    if (served !== layer.tocDigest) throw new TocDigestMismatchError(remote.layer.digest, served ?? 'none recorded', layer.tocDigest);
-    const built = await kernel.buildLazy(id, layer.toc);
-    const ref: KernelLayerRef = { image: built.image, devices: built.devices };
-    await this.serveKernel(this.erofsDir(id), ref);
-    // From here on Mounts answers name the image; every snapshot up to `since` may have the FUSE mount.
-    this.kernelRemote.set(id, ref);
-    ref.since = this.metadata.lastId();
-    if (!this.metadata.setKernel(id, ref)) { // removed meanwhile
-      this.kernelRemote.delete(id);
-      await unmount(this.erofsDir(id));
-      await kernel.discard(id);
-      return;
-    }
-    const details = { layer: remote.layer.digest, files: built.files, bytes: built.bytes, chunks: built.chunks, packs: built.devices.length,
-      recutFiles: built.recut.files, recutBytes: built.recut.bytes, ms: Math.round(performance.now() - started) };
-    this.opts.log.info({ snapshot: key, ...details }, 'lazy layer complete; new snapshots get its EROFS image');
-    this.opts.audit?.('layer.kernel', key, details);
-    await this.releaseFuse();
-  }
-
-  /**
-   * Has the layer server let go of the FUSE mounts of layers that EROFS serves and that no Active
-   * or View snapshot made before the switch stands on any more (it serves on while an overlay
-   * mounted earlier still uses one: the kernel tells it when the last is gone).
-   */
-  private async releaseFuse(): Promise<void> {
-    if (this.kernelRemote.size === 0) return;
-    const all = this.metadata.all();
-    const byKey = new Map(all.map((s) => [s.key, s]));
-    const users = new Map<number, number[]>();
-    for (const s of all) {
-      if (s.kind === 'committed') continue;
-      for (let p = byKey.get(s.parent); p; p = byKey.get(p.parent)) users.set(p.id, [...users.get(p.id) ?? [], s.id]);
-    }
-    const served = await this.served();
-    for (const [id, ref] of this.kernelRemote) {
-      if (!served.has(this.fs(id)) || (users.get(id) ?? []).some((u) => u <= (ref.since ?? Infinity))) continue;
-      await this.opts.layers.retire(this.fs(id));
-      this.opts.log.info({ mountpoint: this.fs(id) }, 'FUSE mount of a layer served by EROFS let go: no snapshot made before the switch uses it');
-    }
+    await this.complete?.serve();
   }
 
   /**
@@ -281,7 +196,7 @@ export class Snapshotter {
       if (!s.remote) continue;
       this.remoteIds.add(s.id);
       // A layer EROFS serves: snapshots get the image; a FUSE mount lost is not needed again.
-      if (served.has(this.fs(s.id)) || s.kernel) continue;
+      if (served.has(this.fs(s.id)) || (s.kernel && this.opts.kernel)) continue;
       try {
         await this.mountAgain(s.id, s.key, s.remote, 'layer server restarted');
         mounted++;
@@ -304,7 +219,7 @@ export class Snapshotter {
    * removed behind its back, which it dropped), so the mounts handed to containerd are whole.
    */
   private async ensureServed(s: Snapshot): Promise<void> {
-    const remote = s.parentIds.filter((id) => this.remoteIds.has(id) && !this.kernelRemote.has(id));
+    const remote = s.parentIds.filter((id) => this.remoteIds.has(id) && !this.complete?.has(id));
     if (remote.length === 0) return;
     const unserved = async (): Promise<number[]> => {
       const served = await this.served();
@@ -510,7 +425,7 @@ export class Snapshotter {
       await kernel.discard(s.id);
       throw err;
     }
-    await this.serveKernel(this.fs(s.id), layer);
+    await kernel.mountAt(layer, this.fs(s.id));
     const details = { files: built.files, bytes: built.bytes, chunks: built.chunks, packs: built.devices.length, ms: Math.round(performance.now() - started) };
     this.opts.log.info({ snapshot: name, ...details }, 'layer committed into the store; served by the kernel (EROFS)');
     this.opts.audit?.('layer.commit', name, details);
@@ -519,14 +434,14 @@ export class Snapshotter {
   async remove(key: string): Promise<void> {
     const { id, kernel } = this.metadata.remove(key);
     const lazy = this.remoteIds.delete(id);
-    this.kernelRemote.delete(id);
+    this.complete?.forget(id);
     if (lazy) await this.unmountLayer(this.fs(id), new Set([this.fs(id)]));
     if (kernel) await unmount(this.fs(id));
     if (lazy) await unmount(this.erofsDir(id)); // its image, or one a crash left before it was recorded
     await rm(this.dir(id), { recursive: true, force: true });
     if (kernel) await this.opts.kernel?.discard(id);
     this.opts.audit?.('snapshot.remove', key, { lazy, kernel });
-    await this.releaseFuse();
+    await this.complete?.releaseFuse();
   }
 
   stat(key: string): SnapshotInfo {

@@ -1,22 +1,23 @@
 // Kernel mode for lazily pulled layers (issue "Kernel mode, part 1", item 5): once every chunk of
-// an eStargz layer is in the store (here: by use, a walk that reads every file), the snapshotter
-// makes the layer's EROFS image; a container started before keeps its FUSE lowerdirs and works on,
-// a new one gets the EROFS mounts, and both show the same tree (modes, owners, times, xattrs,
-// whiteouts, opaque directories). The FUSE mounts are let go once no snapshot made before the
-// switch is left; after a reboot the EROFS mounts come back. Real containerd, runc, registry and
-// kernel mounts.
+// an eStargz layer is in the store (here: by use, a walk that reads every file, and by dedupd),
+// the snapshotter makes the layer's EROFS image; a container started before keeps its FUSE
+// lowerdirs and works on, a new one gets the EROFS mounts, and both show the same tree (modes,
+// owners, times, xattrs, whiteouts, opaque directories). The FUSE mounts are let go once no
+// snapshot made before the switch is left; after a reboot the EROFS mounts come back. Real
+// containerd, runc, registry and kernel mounts.
 
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
 import { mountTable, unmount } from '../src/mount/system-mounts.js';
-import { dedupctlJson } from './fixtures/cli.js';
+import { binary, dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { walkInodes, type SeenInode } from './fixtures/erofs.js';
-import { pushOci, richLayers, tarOf, writeOciImage } from './fixtures/images.js';
+import { busyboxEntries, pushOci, richLayers, tarOf, writeOciImage } from './fixtures/images.js';
 import { mustRun, waitFor } from './fixtures/process.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
@@ -160,5 +161,25 @@ describe('kernel mode: a lazily pulled layer, once complete, is served by EROFS'
     assert.deepEqual(await erofsMounts(), []);
     const images = await dedupctlJson<{ ref: string }[]>(['store', 'ls', '--root', snap!.root]);
     assert.deepEqual(images.filter((i) => i.ref.startsWith('snapshot:')), [], 'their store images forgotten');
+  });
+
+  it('a layer dedupd fetched whole is served by EROFS to new containers; one started before keeps FUSE', async () => {
+    const otherRef = `${registry!.host}/lazy/other:1`;
+    await writeOciImage(join(tmp, 'other'), 'other', [{ tar: await tarOf([...await busyboxEntries(), { name: 'data', type: 'file', content: randomBytes(5 * MiB) }]), compression: 'gzip' }]);
+    await pushOci(join(tmp, 'other'), 'other', `${registry!.host}/src/other:1`);
+    await dedupctlJson(['convert', '--plain-http', `${registry!.host}/src/other:1`, otherRef]);
+    const pull = await ctd!.rpull(otherRef);
+    assert.equal(pull.code, 0, pull.stderr);
+    await ctr('run', '-d', '--snapshotter', 'dedup', otherRef, 'before-dedupd', '/bin/busybox', 'sleep', '600');
+    assert.ok((await lowerdirs('before-dedupd'))[0]!.endsWith('/fs'));
+    assert.deepEqual(await erofsMounts(), []);
+    const warm = await binary('dedupd', ['--root', snap!.root, '--config', snap!.config, '--plain-http', '--full', otherRef], { timeoutMs: 120_000 });
+    assert.equal(warm.code, 0, warm.stderr);
+    await waitFor('the layer to be served by EROFS', async () => (await erofsMounts()).length === 1, 60_000);
+    await ctr('run', '-d', '--snapshotter', 'dedup', otherRef, 'after-dedupd', '/bin/busybox', 'sleep', '600');
+    assert.ok((await lowerdirs('after-dedupd'))[0]!.endsWith('/erofs'));
+    assert.ok((await lowerdirs('before-dedupd'))[0]!.endsWith('/fs'));
+    const sums = await Promise.all(['before-dedupd', 'after-dedupd'].map((id, i) => ctr('task', 'exec', '--exec-id', `s${i}`, id, '/bin/busybox', 'sha256sum', '/data')));
+    assert.equal(sums[0], sums[1]);
   });
 });

@@ -163,7 +163,8 @@ export class Snapshotter {
       const dir = s.remote ? this.erofsDir(s.id) : this.fs(s.id);
       if (mounted.has(dir)) continue;
       if (!kernel) {
-        this.opts.log.warn({ snapshot: s.key }, 'kernel layer not mounted: enable_erofs is off or the kernel cannot mount it');
+        // A lazy layer is served by FUSE then (mountUnserved).
+        if (!s.remote) this.opts.log.warn({ snapshot: s.key }, 'kernel layer not mounted: enable_erofs is off or the kernel cannot mount it');
         continue;
       }
       await kernel.mountAt(s.kernel, dir);

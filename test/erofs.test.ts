@@ -223,6 +223,9 @@ describe('EROFS builder input', () => {
     ['a NUL in a path', [{ path: 'a\0b', type: 'reg' }], /NUL/],
     ['an unaligned extent', [{ path: 'f', type: 'reg', extents: [{ device: 0, offset: 100, length: 10 }] }], /offset 100 is not aligned to 4096/, dev],
     ['a chunk size mismatch', [{ path: 'f', type: 'reg', extents: [{ device: 0, offset: 0, length: 4096 }, { device: 0, offset: 8192, length: 10 }] }], /extent 0 is 4096 bytes, not a multiple of the chunk size 8192/, dev],
+    ['a file\'s chunk size its extents do not fit', [{ path: 'f', type: 'reg', chunkSize: 16384, extents: [{ device: 0, offset: 0, length: 8192 }, { device: 0, offset: 8192, length: 10 }] }], /extent 0 is 8192 bytes, not a multiple of the chunk size 16384/, dev],
+    ['a file\'s chunk size that is no power of two', [{ path: 'f', type: 'reg', chunkSize: 12288, extents: [{ device: 0, offset: 0, length: 10 }] }], /entry "f": chunk size 12288 is not a power of two/, dev],
+    ['a chunk size without extents', [{ path: 'f', type: 'reg', chunkSize: 4096, data: Buffer.from('x') }], /has a chunk size and no extents/],
     ['an extent beyond its device', [{ path: 'f', type: 'reg', extents: [{ device: 0, offset: 63 * 4096, length: 8192 }] }], /ends beyond device 0/, dev],
     // The kernel reads a chunk to the end of its last block, and fails (EIO) where the blob ends sooner.
     ['an extent whose last block the device does not hold whole', [{ path: 'f', type: 'reg', extents: [{ device: 0, offset: 0, length: 100 }] }], /\[0, 4096\) ends beyond device 0 \(4000 bytes\)/, { devices: [{ tag: 'b0', size: 4000 }] }],

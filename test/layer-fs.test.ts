@@ -6,7 +6,8 @@ import { describe, it } from 'node:test';
 import { parseToc, type TocEntryJson } from '../src/estargz/toc.js';
 import type { LazyLayer } from '../src/fetch/lazy-layer.js';
 import { ERRNO, FuseErrno } from '../src/fs/fuse-session.js';
-import { LayerFs, OPAQUE_XATTR } from '../src/fs/layer-fs.js';
+import { OPAQUE_XATTR } from '../src/estargz/whiteouts.js';
+import { LayerFs } from '../src/fs/layer-fs.js';
 
 const D = (c: string): string => 'sha256:' + c.repeat(64);
 const layerFs = (entries: TocEntryJson[]): LayerFs =>

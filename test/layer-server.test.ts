@@ -5,6 +5,7 @@
 // Real containerd, runc, FUSE and registry.
 
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -35,7 +36,10 @@ describe('layer server: mounts removed from outside, idle exit', () => {
   before(async () => {
     tmp = await mkdtemp(join(tmpdir(), 'dedup-fused-test-'));
     registry = await startRegistry(tmp);
-    await writeOciImage(join(tmp, 'src'), 'app', [{ tar: await tarOf([...await busyboxEntries(), { name: 'hello', type: 'file', content: Buffer.from('hello from a lazy layer\n') }]), compression: 'gzip' }]);
+    // A file no container reads keeps the layer incomplete, so FUSE serves it throughout (a complete
+    // one is served by EROFS from then on, docs/kernel.md).
+    const unread = { name: 'unread', type: 'file' as const, content: randomBytes(1024 * 1024) };
+    await writeOciImage(join(tmp, 'src'), 'app', [{ tar: await tarOf([...await busyboxEntries(), { name: 'hello', type: 'file', content: Buffer.from('hello from a lazy layer\n') }, unread]), compression: 'gzip' }]);
     await pushOci(join(tmp, 'src'), 'app', `${registry.host}/src/app:1`);
     ref = `${registry.host}/lazy/app:1`;
     await dedupctlJson(['convert', '--plain-http', `${registry.host}/src/app:1`, ref]);

@@ -85,7 +85,13 @@ describe('containerd proxy snapshotter', () => {
     layers = await richLayers(64 * MiB);
     await writeOciImage(join(tmp, 'src'), 'rich', [{ tar: await tarOf(layers.base), compression: 'gzip' }, { tar: await tarOf(layers.upper), compression: 'gzip' }]);
     await pushOci(join(tmp, 'src'), 'rich', `${registry.host}/src/rich:1`);
-    const conv = await dedupctlJson<{ layers: { size: number }[] }>(['convert', '--plain-http', `${registry.host}/src/rich:1`, `${registry.host}/lazy/rich:1`]);
+    // The lazy image has a file more, which no container reads and no other image holds (the plain
+    // pull below stores its layers' chunks): its upper layer stays incomplete, so FUSE serves both
+    // layers throughout (a complete one is served by EROFS from then on: test/lazy-erofs.test.ts).
+    const unread = [...layers.upper, { name: 'unread', type: 'file' as const, content: randomBytes(MiB) }];
+    await writeOciImage(join(tmp, 'lazy-src'), 'rich', [{ tar: await tarOf(layers.base), compression: 'gzip' }, { tar: await tarOf(unread), compression: 'gzip' }]);
+    await pushOci(join(tmp, 'lazy-src'), 'rich', `${registry.host}/lazy-src/rich:1`);
+    const conv = await dedupctlJson<{ layers: { size: number }[] }>(['convert', '--plain-http', `${registry.host}/lazy-src/rich:1`, `${registry.host}/lazy/rich:1`]);
     imageBytes = conv.layers.reduce((a, l) => a + l.size, 0);
     lazyRef = `${proxy.host}/lazy/rich:1`;
     snap = await startSnapshotter(tmp);

@@ -32,6 +32,7 @@ import { SharedLayerRelease } from '../shared-store/release.js';
 import { SharedStores } from '../shared-store/shared-stores.js';
 import { FULL_PULL_REASONS, Snapshotter } from '../snapshot/snapshotter.js';
 import { ChunkStore } from '../store/chunk-store.js';
+import { CodecPool } from '../codec/codec-pool.js';
 import { VERSION } from '../version.js';
 
 interface DaemonFlags extends CommonFlags {
@@ -61,6 +62,8 @@ const AUDIT_PRUNE_MS = 60 * 60 * 1000;
 const FUSED_WATCH_MS = 5000;
 /** How long the socket may be missing before the layer server counts as gone. */
 const FUSED_GONE_MS = 3000;
+/** How often the lazily pulled layers are checked for completeness (then served by EROFS). */
+const LAZY_CHECK_MS = 2000;
 /** How often an admin API that could not listen tries again. */
 const API_RETRY_MS = 5000;
 
@@ -114,11 +117,16 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     // Kernel mode: committed layers go into the chunk store and are served as EROFS images.
     let store: ChunkStore | undefined;
     let kernel: KernelLayers | undefined;
+    let codec: CodecPool | undefined;
     if (config.enable_erofs) {
       store = await ChunkStore.open(config.root);
       try {
-        kernel = KernelLayers.open(config.root, store, config.chunk_size);
+        // One thread: it verifies the chunks of lazy layers made EROFS images, off the gRPC thread.
+        codec = new CodecPool(1);
+        kernel = KernelLayers.open(config.root, store, config.chunk_size, codec);
       } catch (err) {
+        await codec?.close();
+        codec = undefined;
         if (!(err instanceof UnsupportedError)) throw err;
         log.warn({ err: err.message }, 'kernel mode off: committed layers stay directories');
       }
@@ -166,6 +174,9 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       attachedTo = pid;
       await snapshotter.reattach();
     };
+    // Lazily pulled layers whose chunks are all stored get their EROFS image (kernel mode).
+    const completeLayers = setInterval(() => void snapshotter.serveCompleteLayers()
+      .catch((err: unknown) => log.warn({ err: (err as Error).message }, 'cannot check lazy layers for completeness')), LAZY_CHECK_MS).unref();
     const watcher = setInterval(() => {
       if (watching) return;
       watching = true;
@@ -237,6 +248,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     } finally {
       clearInterval(pruner);
       clearInterval(watcher);
+      clearInterval(completeLayers);
       clearInterval(apiRetry);
       shared?.close();
       await api?.close();
@@ -244,6 +256,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       server.forceShutdown();
       snapshotter.close();
       await store?.close();
+      await codec?.close();
       audit.close();
       await client.close();
       await fused.close();

@@ -18,7 +18,7 @@ import {
   INODE_SLOT_SIZE, LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, NULL_ADDR, S_IFBLK, S_IFCHR, S_IFMT,
   SUPER_OFFSET, SUPER_SIZE,
 } from './format.js';
-import { buildTree, type ErofsEntry, type TreeInode } from './tree.js';
+import { buildTree, chunkSizeProblem, type ErofsEntry, type TreeInode } from './tree.js';
 import { SharedXattrs, xattrIcount } from './xattr.js';
 
 export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
@@ -109,10 +109,8 @@ function commonMtime(entries: readonly ErofsEntry[]): { seconds: number; nsec: n
 function validateOptions(entries: readonly ErofsEntry[], o: ErofsBuildOptions): Options {
   if (typeof o !== 'object' || o === null) fail('options is not an object');
   const chunkSize = o.chunkSize ?? DEFAULT_CHUNK_SIZE;
-  const chunkBits = Math.log2(chunkSize);
-  if (!Number.isInteger(chunkBits) || chunkBits < BLOCK_BITS || chunkBits - BLOCK_BITS > 31) {
-    fail(`chunk size ${chunkSize} is not a power of two from ${BLOCK_SIZE} to ${BLOCK_SIZE} << 31`);
-  }
+  const problem = chunkSizeProblem(chunkSize);
+  if (problem) fail(problem);
   if (o.devices !== undefined && !Array.isArray(o.devices)) fail('devices is not an array');
   const devices = (o.devices ?? []).map((d, i) => {
     const tag = typeof d?.tag === 'string' ? Buffer.from(d.tag, 'utf8') : d?.tag instanceof Uint8Array ? Buffer.from(d.tag) : fail(`device ${i} has no tag`);
@@ -195,10 +193,10 @@ function plan(node: TreeInode, ino: number, ibody: Buffer, dirents: Dirent<TreeI
   return p;
 }
 
-function iU(p: Placement, chunkBits: number): number {
+function iU(p: Placement): number {
   const kind = p.node.mode & S_IFMT;
   if (kind === S_IFCHR || kind === S_IFBLK) return encodeDev(p.node.rdev.major, p.node.rdev.minor);
-  if (p.layout === LAYOUT_CHUNK_BASED) return CHUNK_FORMAT_INDEXES | (chunkBits - BLOCK_BITS);
+  if (p.node.content.kind === 'chunks') return CHUNK_FORMAT_INDEXES | (p.node.content.chunkBits - BLOCK_BITS);
   return p.dataBlocks > 0 ? p.startblk : NULL_ADDR;
 }
 
@@ -240,14 +238,13 @@ export function buildErofs(entries: readonly ErofsEntry[], options: ErofsBuildOp
   const image = Buffer.alloc(nextBlock * BLOCK_SIZE);
   o.devices.forEach((d, i) => encodeDeviceSlot(d.tag, Math.ceil(d.size / BLOCK_SIZE)).copy(image, (devtSlotOff + i) * DEVICE_SLOT_SIZE));
   shared.area.copy(image, xattrBlkaddr * BLOCK_SIZE);
-  const chunkBits = Math.log2(o.chunkSize);
   let chunked = false;
   for (const p of placements) {
     const n = p.node;
     const at = p.nid * INODE_SLOT_SIZE;
     encodeInode({
       extended: p.extended, layout: p.layout, xattrIcount: xattrIcount(p.ibody.length), mode: n.mode, nlink: n.nlink,
-      size: n.size, u: iU(p, chunkBits), uIsChunkFormat: p.layout === LAYOUT_CHUNK_BASED, ino: p.ino, uid: n.uid, gid: n.gid,
+      size: n.size, u: iU(p), uIsChunkFormat: p.layout === LAYOUT_CHUNK_BASED, ino: p.ino, uid: n.uid, gid: n.gid,
       mtime: n.mtime, mtimeNsec: n.mtimeNsec,
     }).copy(image, at);
     p.ibody.copy(image, at + (p.extended ? EXTENDED_INODE_SIZE : COMPACT_INODE_SIZE));

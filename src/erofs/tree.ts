@@ -4,7 +4,7 @@
 // refusal is an InvalidErofsTreeError naming the entry. Pure.
 
 import { InvalidErofsTreeError } from '../errors.js';
-import { BLOCK_SIZE, NAME_MAX, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG } from './format.js';
+import { BLOCK_BITS, BLOCK_SIZE, NAME_MAX, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG } from './format.js';
 import { splitXattrName, XATTR_VALUE_MAX, type Xattr } from './xattr.js';
 
 export type ErofsEntryType = 'dir' | 'reg' | 'symlink' | 'hardlink' | 'char' | 'block' | 'fifo';
@@ -44,6 +44,8 @@ export interface ErofsEntry {
   extents?: readonly (ErofsExtent | ErofsHole)[];
   /** Regular file: when given, must equal the content's length. */
   size?: number;
+  /** Chunk-based regular file: its own chunk size (a power of two from 4096), in place of the build's. */
+  chunkSize?: number;
   /** Symlink: its target. Hard link: the path of the entry it is another name of. */
   linkTarget?: string;
   /** Character and block devices (a whiteout is a character device 0/0). */
@@ -56,8 +58,8 @@ export interface ErofsEntry {
 export type FileContent =
   | { kind: 'none' }
   | { kind: 'inline'; data: Buffer }
-  /** One element per chunk: a device id (1-based, as on disk) and block, or null for a hole. */
-  | { kind: 'chunks'; chunks: ({ deviceId: number; blkaddr: number } | null)[] };
+  /** One element per chunk of 2^chunkBits bytes: a device id (1-based, as on disk) and block, or null for a hole. */
+  | { kind: 'chunks'; chunkBits: number; chunks: ({ deviceId: number; blkaddr: number } | null)[] };
 
 export interface TreeInode {
   /** The path it was first listed under (errors name it). */
@@ -134,8 +136,20 @@ function parseXattrs(path: string, raw: ErofsEntry['xattrs']): Xattr[] {
   });
 }
 
-function parseExtents(path: string, extents: NonNullable<ErofsEntry['extents']>, t: TreeLimits): { size: number; content: FileContent } {
+/** A power of two from 4096 to 4096 << 31 (the chunk format's 5 bits), or undefined. */
+export function chunkSizeProblem(chunkSize: unknown): string | undefined {
+  const bits = typeof chunkSize === 'number' ? Math.log2(chunkSize) : NaN;
+  if (Number.isInteger(bits) && bits >= BLOCK_BITS && bits - BLOCK_BITS <= 31) return undefined;
+  return `chunk size ${String(chunkSize)} is not a power of two from ${BLOCK_SIZE} to ${BLOCK_SIZE} << 31`;
+}
+
+function parseExtents(path: string, extents: NonNullable<ErofsEntry['extents']>, chunkSize: number | undefined, t: TreeLimits): { size: number; content: FileContent } {
   if (!Array.isArray(extents)) throw new InvalidErofsTreeError(path, 'extents is not an array');
+  if (chunkSize !== undefined) {
+    const problem = chunkSizeProblem(chunkSize);
+    if (problem) throw new InvalidErofsTreeError(path, problem);
+  }
+  const chunk = chunkSize ?? t.chunkSize;
   const chunks: ({ deviceId: number; blkaddr: number } | null)[] = [];
   let size = 0;
   extents.forEach((e: ErofsExtent | ErofsHole, i) => {
@@ -143,10 +157,10 @@ function parseExtents(path: string, extents: NonNullable<ErofsEntry['extents']>,
     if (typeof e !== 'object' || e === null) throw new InvalidErofsTreeError(path, `${where} is not an object`);
     const length = uint(path, `${where} length`, e.length, Number.MAX_SAFE_INTEGER);
     if (length === 0) throw new InvalidErofsTreeError(path, `${where} is empty`);
-    if (i < extents.length - 1 && length % t.chunkSize !== 0) {
-      throw new InvalidErofsTreeError(path, `${where} is ${length} bytes, not a multiple of the chunk size ${t.chunkSize} (only the last extent may end inside a chunk)`);
+    if (i < extents.length - 1 && length % chunk !== 0) {
+      throw new InvalidErofsTreeError(path, `${where} is ${length} bytes, not a multiple of the chunk size ${chunk} (only the last extent may end inside a chunk)`);
     }
-    const n = Math.ceil(length / t.chunkSize);
+    const n = Math.ceil(length / chunk);
     if ('hole' in e && e.hole === true) {
       for (let k = 0; k < n; k++) chunks.push(null);
     } else {
@@ -160,22 +174,23 @@ function parseExtents(path: string, extents: NonNullable<ErofsEntry['extents']>,
       if (end > t.deviceSizes[device]!) {
         throw new InvalidErofsTreeError(path, `${where} [${offset}, ${end}) ends beyond device ${device} (${t.deviceSizes[device]} bytes): a blob must hold each extent's last block whole`);
       }
-      for (let k = 0; k < n; k++) chunks.push({ deviceId: device + 1, blkaddr: (offset + k * t.chunkSize) / BLOCK_SIZE });
+      for (let k = 0; k < n; k++) chunks.push({ deviceId: device + 1, blkaddr: (offset + k * chunk) / BLOCK_SIZE });
     }
     size += length;
   });
-  return { size, content: size === 0 ? { kind: 'none' } : { kind: 'chunks', chunks } };
+  return { size, content: size === 0 ? { kind: 'none' } : { kind: 'chunks', chunkBits: Math.log2(chunk), chunks } };
 }
 
 function fileContent(path: string, e: ErofsEntry, t: TreeLimits): { size: number; content: FileContent } {
   if (e.data !== undefined && e.extents !== undefined) throw new InvalidErofsTreeError(path, 'has both data and extents');
+  if (e.chunkSize !== undefined && e.extents === undefined) throw new InvalidErofsTreeError(path, 'has a chunk size and no extents');
   let r: { size: number; content: FileContent } = { size: 0, content: { kind: 'none' } };
   if (e.data !== undefined) {
     if (!(e.data instanceof Uint8Array)) throw new InvalidErofsTreeError(path, 'data is not bytes');
     const data = Buffer.from(e.data.buffer, e.data.byteOffset, e.data.byteLength);
     r = { size: data.length, content: data.length === 0 ? { kind: 'none' } : { kind: 'inline', data } };
   } else if (e.extents !== undefined) {
-    r = parseExtents(path, e.extents, t);
+    r = parseExtents(path, e.extents, e.chunkSize, t);
   }
   if (e.size !== undefined && e.size !== r.size) throw new InvalidErofsTreeError(path, `size ${e.size} does not match its content's ${r.size} bytes`);
   return r;

@@ -5,6 +5,7 @@
 // layer's TOC can also be read knowing only the blob's digest (its size comes with its tail), to
 // be checked against the layer's descriptor once that is known.
 
+import { indexable, layerIndex } from '../convert/gzip-indexer.js';
 import { MalformedEstargzError, TocDigestMismatchError } from '../errors.js';
 import { FOOTER_SIZE, parseFooter } from '../estargz/footer.js';
 import { readToc } from '../estargz/layer.js';
@@ -12,6 +13,7 @@ import { TOC_DIGEST_ANNOTATION, type Toc, type TocChunk, type TocNode } from '..
 import type { Descriptor } from '../image/oci.js';
 import type { RegistryImage } from '../image/registry-image.js';
 import type { ImageSource } from '../image/source.js';
+import type { RegistryClient } from '../registry/client.js';
 
 /** How much of a blob's end to read first: most TOCs fit, saving a round trip. */
 const TAIL_READ = 64 * 1024;
@@ -72,6 +74,20 @@ export class RemoteLayer {
    */
   static ofIndex(source: ImageSource, desc: Descriptor, toc: Toc, indexDigest: string): RemoteLayer {
     return new RemoteLayer(source, desc, toc, indexDigest, { start: desc.size, bytes: Buffer.alloc(0) });
+  }
+
+  /**
+   * The layer as a lazy mount serves it: an unmodified gzip layer through its gzip index when it
+   * has one (`root`'s indexes/, else the artifact beside the image `manifestDigest` names),
+   * otherwise as eStargz, opened by `estargz` (by default: its footer and TOC read now).
+   */
+  static async forMount(client: RegistryClient, image: RegistryImage, root: string, manifestDigest: string, desc: Descriptor,
+    estargz: () => Promise<RemoteLayer> = () => RemoteLayer.open(image, desc)): Promise<RemoteLayer> {
+    if (indexable(desc)) {
+      const index = await layerIndex(client, image, root, manifestDigest, desc);
+      if (index) return RemoteLayer.ofIndex(image, desc, index.toc, index.digest);
+    }
+    return estargz();
   }
 
   /** Every chunk of every regular file, in blob order; hard links are listed once. */

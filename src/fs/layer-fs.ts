@@ -7,14 +7,12 @@
 // promises.
 
 import type { Toc, TocNode } from '../estargz/toc.js';
+import { OPAQUE_XATTR, overlayChildren } from '../estargz/whiteouts.js';
 import type { LazyLayer } from '../fetch/lazy-layer.js';
 import { unmount } from '../mount/system-mounts.js';
 import { ERRNO, FuseErrno, FuseSession, type FuseAttr, type FuseConnection, type FuseDirEntry, type FuseFilesystem, type StatFs } from './fuse-session.js';
 
 const S_IFMT = { dir: 0o040000, reg: 0o100000, symlink: 0o120000, char: 0o020000, block: 0o060000, fifo: 0o010000 } as const;
-const WHITEOUT_PREFIX = '.wh.';
-const OPAQUE_MARKER = '.wh..wh..opq';
-export const OPAQUE_XATTR = 'trusted.overlay.opaque';
 const DIR_SIZE = 4096;
 /** How long an unmount waits for the kernel to end the connection before closing it anyway. */
 const UNMOUNT_WAIT_MS = 2000;
@@ -68,17 +66,13 @@ export class LayerFs implements FuseFilesystem {
       if (!node.children) return e;
       e.children = new Map();
       let subdirs = 0;
-      for (const [name, child] of node.children) {
-        if (name === OPAQUE_MARKER) {
-          e.opaque = this.hasXattrs = true;
-          continue;
-        }
+      const { opaque, children } = overlayChildren(node);
+      if (opaque) e.opaque = this.hasXattrs = true;
+      for (const { name, node: child } of children) {
         const childPath = path === '/' ? `/${name}` : `${path}/${name}`;
-        if (name.startsWith(WHITEOUT_PREFIX) && name.length > WHITEOUT_PREFIX.length) {
-          const hidden = name.slice(WHITEOUT_PREFIX.length);
-          if (node.children.has(hidden)) continue; // the entry itself wins over its whiteout
+        if (!child) {
           const attr: FuseAttr = { ino: whiteouts++, mode: S_IFMT.char, nlink: 1, uid: 0, gid: 0, rdev: 0, size: 0, blocks: 0, mtime: 0 };
-          e.children.set(hidden, add({ node: undefined, attr, children: undefined, listing: undefined, parent: e, opaque: false, path: childPath }));
+          e.children.set(name, add({ node: undefined, attr, children: undefined, listing: undefined, parent: e, opaque: false, path: childPath }));
           continue;
         }
         e.children.set(name, build(childPath, child, e));

@@ -64,6 +64,11 @@ export class FusedClient {
     await this.call('DELETE', '/mounts', { mountpoint });
   }
 
+  /** Has the layer server let go of a mount once nothing uses it (LayerServer.retire). */
+  async retire(mountpoint: string): Promise<void> {
+    await this.call('DELETE', '/mounts', { mountpoint, whenUnused: true });
+  }
+
   async list(): Promise<MountInfo[]> {
     return (await this.call<{ mounts: MountInfo[] }>('GET', '/mounts')).mounts;
   }

@@ -3,6 +3,7 @@
 //   GET    /mounts                  -> {mounts: [...]}
 //   POST   /mounts   MountRequest   -> 201 {mounted: true}, or 200 {mounted: false} when already served there
 //   DELETE /mounts   {mountpoint}   -> {unmounted: mountpoint}
+//                    {mountpoint, whenUnused: true} -> {retired: mountpoint}: leaves the mountpoint, served until unused
 //   POST   /tocs     {image, layers: [digest]} -> 202 {opening: n}: reads those layers' footers and TOCs ahead of their mounts
 //   GET    /metrics                 -> Prometheus text (fetches, store, mounts)
 //   POST   /reload                  -> re-reads the config file (prefetch settings, log level)
@@ -17,7 +18,7 @@ import { VERSION } from '../version.js';
 import { mountRequestSchema, openAheadRequestSchema, type LayerServer } from './layer-server.js';
 
 const MAX_BODY = 64 * 1024;
-const unmountSchema = z.object({ mountpoint: z.string().startsWith('/') }).strict();
+const unmountSchema = z.object({ mountpoint: z.string().startsWith('/'), whenUnused: z.boolean().default(false) }).strict();
 
 export interface ControlActions {
   metrics(): Promise<string>;
@@ -40,7 +41,11 @@ export class ControlApi {
           return { status: mounted ? 201 : 200, body: { mounted } };
         },
         DELETE: async (req) => {
-          const { mountpoint } = await readValid(req, unmountSchema, MAX_BODY);
+          const { mountpoint, whenUnused } = await readValid(req, unmountSchema, MAX_BODY);
+          if (whenUnused) {
+            await layers.retire(mountpoint);
+            return { body: { retired: mountpoint } };
+          }
           await layers.unmount(mountpoint);
           return { body: { unmounted: mountpoint } };
         },

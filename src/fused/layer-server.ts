@@ -10,14 +10,13 @@
 // manifest at the first layer's Prepare), so that no mount waits for a round trip of its own.
 
 import { z } from 'zod';
-import { indexable, layerIndex } from '../convert/gzip-indexer.js';
 import { AlreadyExistsError, MalformedEstargzError, NotFoundError, UnavailableError } from '../errors.js';
 import { RemoteLayer, type LayerToc } from '../fetch/remote-layer.js';
 import { FUSE_FSTYPE, type FuseConnection } from '../fs/fuse-session.js';
 import { descriptorSchema, digestSchema } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
-import { mountTable, unmountFuse } from '../mount/system-mounts.js';
+import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';
 import { PromiseCache } from '../promise-cache.js';
 import type { RegistryClient } from '../registry/client.js';
 
@@ -181,15 +180,12 @@ export class LayerServer {
    */
   private async open(request: MountRequest): Promise<RemoteLayer> {
     const image = new RegistryImage(this.ctx.client, request.image);
-    // An unmodified gzip layer is served through its gzip index when it has one.
-    if (indexable(request.layer)) {
-      const index = await layerIndex(this.ctx.client, image, this.ctx.store.root, request.manifestDigest, request.layer);
-      if (index) return RemoteLayer.ofIndex(image, request.layer, index.toc, index.digest);
-    }
-    const ahead = await this.readAhead.take(readAheadKey(request.image, request.layer.digest))?.catch((err: unknown) => {
-      if (err instanceof MalformedEstargzError) throw err;
+    return RemoteLayer.forMount(this.ctx.client, image, this.ctx.store.root, request.manifestDigest, request.layer, async () => {
+      const ahead = await this.readAhead.take(readAheadKey(request.image, request.layer.digest))?.catch((err: unknown) => {
+        if (err instanceof MalformedEstargzError) throw err;
+      });
+      return ahead ? RemoteLayer.of(image, request.layer, ahead) : RemoteLayer.open(image, request.layer);
     });
-    return ahead ? RemoteLayer.of(image, request.layer, ahead) : RemoteLayer.open(image, request.layer);
   }
 
   private withBackground(request: MountRequest): LayerMountContext {
@@ -205,6 +201,23 @@ export class LayerServer {
     this.served.delete(mountpoint);
     await s.mount.unmount().catch(() => unmountFuse(mountpoint));
     this.ctx.log?.info({ mountpoint, layer: s.request.layer.digest }, 'layer unmounted');
+  }
+
+  /**
+   * Lets go of the mount at `mountpoint` once nothing uses it: it leaves its mountpoint now
+   * (detached if busy), and its connection is served until the kernel ends it, when the last
+   * overlay above it or open file in it is gone; then its trace is written. For a layer that
+   * new snapshots get elsewhere (an EROFS image of the same layer).
+   */
+  async retire(mountpoint: string): Promise<void> {
+    this.checkNotFrozen();
+    await this.pending.get(mountpoint)?.catch(() => undefined);
+    const s = this.served.get(mountpoint);
+    if (!s) throw new NotFoundError(`mount at ${mountpoint}`);
+    this.served.delete(mountpoint);
+    this.detached.add(s);
+    await unmount(mountpoint);
+    this.ctx.log?.info({ mountpoint, layer: s.request.layer.digest }, 'layer left its mountpoint; served until its last user is gone');
   }
 
   /** The full teardown: every mount, and the connections of detached ones (their readers get ENOTCONN). */

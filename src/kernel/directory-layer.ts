@@ -7,13 +7,13 @@
 import { createHash } from 'node:crypto';
 import { lstat, open, readdir, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { buildErofs } from '../erofs/build.js';
 import type { ErofsEntry, ErofsExtent } from '../erofs/tree.js';
 import { MalformedLayerError } from '../errors.js';
+import { OPAQUE_XATTR } from '../estargz/whiteouts.js';
 import { isSysError, native } from '../native.js';
 import type { PackLocation } from '../store/pack-files.js';
+import { ImageChunks, type LayerImage } from './layer-image.js';
 
-const OPAQUE_XATTR = 'trusted.overlay.opaque';
 
 /** Files below this size live inside the image (tail-packed), not in packs. */
 export const INLINE_MAX = 4096;
@@ -26,14 +26,7 @@ export interface ChunkSink {
   packSize(pack: string): Promise<number>;
 }
 
-export interface LayerImage {
-  image: Buffer;
-  /** The packs the image's chunk indexes point into, in device-table order (mount them in this order). */
-  devices: string[];
-  /** Every chunk the layer's files use, in file order, with the place the image points at (the store's references). */
-  chunks: { digest: string; size: number; at: PackLocation }[];
-  files: number;
-  bytes: number;
+export interface DirectoryLayerImage extends LayerImage {
   /** The unpacked directory's disk usage as containerd counts it (snapshot/disk-usage.ts), from the same walk. */
   usage: { size: number; inodes: number };
 }
@@ -63,8 +56,7 @@ function xattrsOf(path: string): Record<string, Buffer> {
 }
 
 /** Cuts `path` into `chunkSize` chunks, storing each; the extents that point at them. */
-async function storeFile(path: string, size: number, chunkSize: number, sink: ChunkSink, devices: Map<string, number>,
-  chunks: LayerImage['chunks']): Promise<ErofsExtent[]> {
+async function storeFile(path: string, size: number, chunkSize: number, sink: ChunkSink, chunks: ImageChunks): Promise<ErofsExtent[]> {
   const fh = await open(path, 'r');
   try {
     const extents: ErofsExtent[] = [];
@@ -74,11 +66,7 @@ async function storeFile(path: string, size: number, chunkSize: number, sink: Ch
       const { bytesRead } = await fh.read(buf, 0, want, off);
       if (bytesRead !== want) throw new MalformedLayerError(path, `it changed while it was read (${bytesRead} of ${want} bytes at ${off})`);
       const digest = 'sha256:' + createHash('sha256').update(buf).digest('hex');
-      const at = await sink.storeChunk(digest, buf);
-      let device = devices.get(at.pack);
-      if (device === undefined) devices.set(at.pack, (device = devices.size));
-      extents.push({ device, offset: at.offset, length: want });
-      chunks.push({ digest, size: want, at });
+      extents.push(chunks.extent(digest, want, await sink.storeChunk(digest, buf)));
     }
     return extents;
   } finally {
@@ -92,10 +80,9 @@ async function storeFile(path: string, size: number, chunkSize: number, sink: Ch
  * hard links, devices and overlay whiteouts carry over as they are; sockets are left out (EROFS
  * images of layers have none: tar cannot hold them).
  */
-export async function buildDirectoryLayer(root: string, chunkSize: number, sink: ChunkSink): Promise<LayerImage> {
+export async function buildDirectoryLayer(root: string, chunkSize: number, sink: ChunkSink): Promise<DirectoryLayerImage> {
   const entries: ErofsEntry[] = [];
-  const devices = new Map<string, number>();
-  const chunks: LayerImage['chunks'] = [];
+  const chunks = new ImageChunks();
   const inodes = new Map<string, string>(); // "dev:ino" -> first path, for hard links
   const seen = new Set<string>();
   let files = 0;
@@ -143,11 +130,8 @@ export async function buildDirectoryLayer(root: string, chunkSize: number, sink:
       }
       return;
     }
-    entries.push({ ...base, size, extents: await storeFile(path, size, chunkSize, sink, devices, chunks) });
+    entries.push({ ...base, size, extents: await storeFile(path, size, chunkSize, sink, chunks) });
   };
   await visit('');
-  const order = [...devices.keys()];
-  const sizes = await Promise.all(order.map((p) => sink.packSize(p)));
-  const { image } = buildErofs(entries, { chunkSize, devices: order.map((tag, i) => ({ tag, size: sizes[i]! })) });
-  return { image, devices: order, chunks, files, bytes, usage: { size: allocated, inodes: seen.size } };
+  return { ...await chunks.build(entries, chunkSize, (p) => sink.packSize(p)), files, bytes, usage: { size: allocated, inodes: seen.size } };
 }

@@ -1,7 +1,8 @@
 // Kernel mode for committed layers: a layer containerd unpacked into one of our snapshots is cut
 // into chunks in the store, built into an EROFS image (<root>/images/<id>.erofs) and mounted by
 // the kernel (file-backed EROFS over the store's packs) where the unpacked copy was. Its reads
-// never leave the kernel, and its chunks are kept once across every image on the node.
+// never leave the kernel, and its chunks are kept once across every image on the node. A lazily
+// pulled eStargz layer gets its image the same way once all its chunks are stored (buildLazy).
 //
 // Each layer is recorded in the store as layer "snapshot:<id>" of image "snapshot:<id>", whose
 // chunk places are the ones its image points at (gc keeps them while it is recorded); removing
@@ -12,9 +13,12 @@ import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
 import { UnsupportedError } from '../errors.js';
-import { mountErofs } from '../mount/system-mounts.js';
-import type { ChunkStore } from '../store/chunk-store.js';
+import { mountErofs, unmount } from '../mount/system-mounts.js';
+import type { Toc } from '../estargz/toc.js';
+import type { ChunkStore, ChunkVerifier } from '../store/chunk-store.js';
 import { buildDirectoryLayer } from './directory-layer.js';
+import type { LayerImage } from './layer-image.js';
+import { buildTocLayer, type TocLayerImage } from './toc-layer.js';
 
 const FEATURES = '/sys/fs/erofs/features';
 const NEEDED = ['chunked_file', 'device_table'];
@@ -40,13 +44,17 @@ export function kernelModeUnsupported(): string | undefined {
 }
 
 export class KernelLayers {
-  private constructor(private readonly root: string, private readonly store: ChunkStore, private readonly chunkSize: number) {}
+  private constructor(private readonly root: string, private readonly store: ChunkStore, private readonly chunkSize: number,
+    private readonly verifier: ChunkVerifier) {}
 
-  /** Refused (UnsupportedError, naming what is missing) where the kernel cannot mount such images. */
-  static open(root: string, store: ChunkStore, chunkSize: number): KernelLayers {
+  /**
+   * Refused (UnsupportedError, naming what is missing) where the kernel cannot mount such images.
+   * `verifier` checks the lazily fetched chunks an image of a lazy layer is to point at.
+   */
+  static open(root: string, store: ChunkStore, chunkSize: number, verifier: ChunkVerifier): KernelLayers {
     const why = kernelModeUnsupported();
     if (why) throw new UnsupportedError(`kernel mode (enable_erofs): ${why}`);
-    return new KernelLayers(root, store, chunkSize);
+    return new KernelLayers(root, store, chunkSize, verifier);
   }
 
   private get dir(): string {
@@ -65,8 +73,42 @@ export class KernelLayers {
   async build(id: number, unpacked: string): Promise<KernelLayer & { files: number; bytes: number; chunks: number; usage: { size: number; inodes: number } }> {
     const layer = await buildDirectoryLayer(unpacked, this.chunkSize, {
       storeChunk: (digest, data) => this.store.placeForImage(digest, data),
-      packSize: async (pack) => (await stat(this.store.packPath(pack))).size,
+      packSize: (pack) => this.packSize(pack),
     });
+    return { ...await this.publish(id, layer), usage: layer.usage };
+  }
+
+  /**
+   * Builds the image of remote snapshot `id`'s lazily pulled layer, every chunk of which is
+   * stored: its TOC's tree over the chunks where the lazy path put them (each verified now).
+   * Published as build() does; refused (NotFoundError) while a chunk is missing.
+   */
+  async buildLazy(id: number, toc: Toc): Promise<KernelLayer & { files: number; bytes: number; chunks: number; recut: TocLayerImage['recut'] }> {
+    const layer = await buildTocLayer(toc, this.chunkSize, {
+      placeStored: (digest, size) => this.store.placeStored(digest, size, this.verifier),
+      storeChunk: (digest, data) => this.store.placeForImage(digest, data),
+      packSize: (pack) => this.packSize(pack),
+    });
+    return { ...await this.publish(id, layer), recut: layer.recut };
+  }
+
+  /** Whether every chunk of the lazily pulled layer `digest` is in the store (as far as the index says). */
+  complete(digest: string): boolean {
+    const p = this.store.layerProgress(digest);
+    return p.chunks > 0 && p.present === p.chunks;
+  }
+
+  /** The TOC digest the lazy mount of layer `digest` recorded (the TOC it serves). */
+  tocDigest(digest: string): string | undefined {
+    return this.store.layerTocDigest(digest);
+  }
+
+  private async packSize(pack: string): Promise<number> {
+    return (await stat(this.store.packPath(pack))).size;
+  }
+
+  /** Syncs what the image points at, records the layer and its places in the store, then writes the image (fsync, rename). */
+  private async publish(id: number, layer: LayerImage): Promise<KernelLayer & { files: number; bytes: number; chunks: number }> {
     await this.store.syncPacks();
     const ref = KernelLayers.ref(id);
     const image = join(this.dir, `${id}.erofs`);
@@ -79,11 +121,17 @@ export class KernelLayers {
       await this.discard(id);
       throw err;
     }
-    return { image, devices: layer.devices, files: layer.files, bytes: layer.bytes, chunks: layer.chunks.length, usage: layer.usage };
+    return { image, devices: layer.devices, files: layer.files, bytes: layer.bytes, chunks: layer.chunks.length };
   }
 
-  /** Mounts the layer's image at `dir` (empty, not a mountpoint). */
-  mount(layer: KernelLayer, dir: string): void {
+  /**
+   * Mounts the layer's image at `dir` (a snapshot's fs, or a remote snapshot's erofs), in place of
+   * whatever is left there (an unpacked copy, or a mount a crash left before it was recorded).
+   */
+  async mountAt(layer: KernelLayer, dir: string): Promise<void> {
+    await unmount(dir);
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir);
     mountErofs(layer.image, dir, devicePaths(layer, (p) => this.store.packPath(p)));
   }
 

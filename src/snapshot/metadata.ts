@@ -35,6 +35,11 @@ export interface KernelLayerRef {
   devices: string[];
   /** Set for a layer mounted from a shared store (that directory): image and devices are paths in it. */
   shared?: string;
+  /**
+   * A remote snapshot's image, made once its lazy layer was complete: the last snapshot id when
+   * snapshots began to get the image; those up to it may still use the FUSE mount.
+   */
+  since?: number;
 }
 
 interface Row {
@@ -233,9 +238,20 @@ export class SnapshotMetadata {
   }
 
   /** Every id, with the remote layer of remote snapshots and the image of kernel ones (restart reconciliation). */
-  all(): { id: number; key: string; remote: RemoteLayerRef | undefined; kernel: KernelLayerRef | undefined }[] {
+  all(): { id: number; key: string; kind: Kind; parent: string; remote: RemoteLayerRef | undefined; kernel: KernelLayerRef | undefined }[] {
     return this.rows('SELECT * FROM snapshots ORDER BY id').map((r) => ({
-      id: r.id, key: r.key, remote: r.remote ? (JSON.parse(r.remote) as RemoteLayerRef) : undefined, kernel: r.kernel ? (JSON.parse(r.kernel) as KernelLayerRef) : undefined,
+      id: r.id, key: r.key, kind: KIND_NAME[r.kind]!, parent: r.parent ?? '',
+      remote: r.remote ? (JSON.parse(r.remote) as RemoteLayerRef) : undefined, kernel: r.kernel ? (JSON.parse(r.kernel) as KernelLayerRef) : undefined,
     }));
+  }
+
+  /** The largest id given so far. */
+  lastId(): number {
+    return Number(this.db.prepare("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'snapshots'), 0)").pluck().get());
+  }
+
+  /** Records the EROFS image of remote snapshot `id`'s layer; false when it is gone (removed meanwhile). */
+  setKernel(id: number, kernel: KernelLayerRef): boolean {
+    return this.db.prepare('UPDATE snapshots SET kernel = ? WHERE id = ? AND remote IS NOT NULL AND kernel IS NULL').run(JSON.stringify(kernel), id).changes === 1;
   }
 }

@@ -7,7 +7,8 @@
 // is resolved once for all its layers, and its first layer's Prepare has the layer server read the
 // footers and TOCs of the layers the labels list, in parallel with the manifest and each other.
 // The mounts belong to the layer server: this process can stop, crash or restart without touching
-// them.
+// them. In kernel mode a remote snapshot whose layer is complete is served by an EROFS image to
+// the snapshots made from then on (complete-layers.ts).
 
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rename, rm } from 'node:fs/promises';
@@ -19,6 +20,7 @@ import { RegistryImage } from '../image/registry-image.js';
 import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';
 import { PromiseCache } from '../promise-cache.js';
 import type { RegistryClient } from '../registry/client.js';
+import { CompleteLayers } from './complete-layers.js';
 import { diskUsage } from './disk-usage.js';
 import { snapshotMatcher } from './filters.js';
 import type { KernelLayers } from '../kernel/kernel-layers.js';
@@ -55,6 +57,8 @@ export interface LayerService {
   /** Starts reading the footers and TOCs of layers that mounts will ask for soon; answers at once. */
   openAhead(request: OpenAheadRequest): Promise<number>;
   unmount(mountpoint: string): Promise<void>;
+  /** Lets go of a mount once nothing uses it (new snapshots get the layer elsewhere). */
+  retire(mountpoint: string): Promise<void>;
   list(): Promise<MountInfo[]>;
 }
 
@@ -119,6 +123,8 @@ export class Snapshotter {
   private readonly remoteIds = new Set<number>();
   /** Ids of shared-store layers left unmounted at start: their store did not serve them then. */
   private readonly sharedUnmounted = new Set<number>();
+  /** Kernel mode: remote snapshots whose complete layer EROFS serves to the snapshots made since. */
+  private readonly complete: CompleteLayers | undefined;
   private readonly overlayIndexOff = existsSync('/sys/module/overlay/parameters/index');
   private repairs: Promise<void> = Promise.resolve();
   /** Manifests by image reference (and manifest digest when the labels give it), in flight or resolved. */
@@ -126,6 +132,10 @@ export class Snapshotter {
 
   constructor(private opts: SnapshotterOptions) {
     this.metadata = new SnapshotMetadata(join(opts.root, 'metadata.db'));
+    if (opts.kernel) {
+      this.complete = new CompleteLayers({ metadata: this.metadata, kernel: opts.kernel, client: opts.client, root: opts.root, layers: opts.layers, log: opts.log, audit: opts.audit,
+        fs: (id) => this.fs(id), erofs: (id) => this.erofsDir(id) });
+    }
   }
 
   private dir(id: number): string {
@@ -134,6 +144,16 @@ export class Snapshotter {
 
   private fs(id: number): string {
     return join(this.dir(id), 'fs');
+  }
+
+  /** Where a remote snapshot's EROFS image is mounted once its lazy layer is complete. */
+  private erofsDir(id: number): string {
+    return join(this.dir(id), 'erofs');
+  }
+
+  /** A committed snapshot's layer for the snapshots above it: the EROFS mount of a complete lazy layer, else its fs. */
+  private lowerDir(id: number): string {
+    return this.complete?.has(id) ? this.erofsDir(id) : this.fs(id);
   }
 
   /**
@@ -145,6 +165,7 @@ export class Snapshotter {
     await this.removeOrphans(await this.served());
     await this.reattach();
     await this.mountKernelLayers();
+    await this.complete?.releaseFuse();
   }
 
   /**
@@ -162,9 +183,14 @@ export class Snapshotter {
     }
     const mounted = new Set((await mountTable()).map((m) => m.target)); // once, not once per layer
     for (const s of all) {
-      if (!s.kernel || mounted.has(this.fs(s.id))) continue;
+      if (!s.kernel) continue;
+      // A lazy layer's image serves new snapshots only with kernel mode on; the FUSE mount serves the rest.
+      if (s.remote) this.complete?.adopt(s.id, s.kernel);
+      const dir = s.remote ? this.erofsDir(s.id) : this.fs(s.id);
+      if (mounted.has(dir)) continue;
       if (!kernel) {
-        this.opts.log.warn({ snapshot: s.key }, 'kernel layer not mounted: enable_erofs is off or the kernel cannot mount it');
+        // A lazy layer is served by FUSE then (mountUnserved).
+        if (!s.remote) this.opts.log.warn({ snapshot: s.key }, 'kernel layer not mounted: enable_erofs is off or the kernel cannot mount it');
         continue;
       }
       // A shared store's layer is mounted as its store has it now (verified), or not at all.
@@ -174,7 +200,7 @@ export class Snapshotter {
         this.opts.log.warn({ snapshot: s.key, store: s.kernel.shared }, 'shared layer not mounted: its store does not serve it now');
         continue;
       }
-      await this.serveKernel(s.id, layer);
+      await kernel.mountAt(layer, dir);
       this.opts.log.info({ snapshot: s.key, image: layer.image }, 'kernel layer mounted again');
     }
   }
@@ -193,17 +219,19 @@ export class Snapshotter {
         if (s && !layer) continue;
         this.sharedUnmounted.delete(id);
         if (!layer) continue; // removed meanwhile
-        await this.serveKernel(id, layer);
+        await this.opts.kernel!.mountAt(layer, this.fs(id));
         this.opts.log.info({ snapshot: s!.key, image: layer.image, reason: 'its shared store serves it again' }, 'kernel layer mounted again');
       }
     });
   }
 
-  /** Mounts a kernel layer's image at its snapshot's fs (not mounted), in place of whatever is left there (its unpacked copy). */
-  private async serveKernel(id: number, layer: KernelLayerRef): Promise<void> {
-    await rm(this.fs(id), { recursive: true, force: true });
-    await mkdir(this.fs(id));
-    this.opts.kernel!.mount(layer, this.fs(id));
+  /**
+   * Kernel mode for lazily pulled layers: each remote snapshot whose layer is complete now gets
+   * its EROFS image, which the snapshots made from then on stand on (complete-layers.ts). Called
+   * now and then.
+   */
+  async serveCompleteLayers(): Promise<void> {
+    await this.complete?.serve();
   }
 
   /**
@@ -221,7 +249,8 @@ export class Snapshotter {
     for (const s of this.metadata.all()) {
       if (!s.remote) continue;
       this.remoteIds.add(s.id);
-      if (served.has(this.fs(s.id))) continue;
+      // A layer EROFS serves: snapshots get the image; a FUSE mount lost is not needed again.
+      if (served.has(this.fs(s.id)) || (s.kernel && this.opts.kernel)) continue;
       try {
         await this.mountAgain(s.id, s.key, s.remote, 'layer server restarted');
         mounted++;
@@ -244,7 +273,7 @@ export class Snapshotter {
    * removed behind its back, which it dropped), so the mounts handed to containerd are whole.
    */
   private async ensureServed(s: Snapshot): Promise<void> {
-    const remote = s.parentIds.filter((id) => this.remoteIds.has(id));
+    const remote = s.parentIds.filter((id) => this.remoteIds.has(id) && !this.complete?.has(id));
     if (remote.length === 0) return;
     const unserved = async (): Promise<number[]> => {
       const served = await this.served();
@@ -285,6 +314,7 @@ export class Snapshotter {
       if (/^\d+$/.test(name) && known.has(Number(name))) continue;
       const dir = join(this.opts.root, 'snapshots', name);
       await this.unmountLayer(join(dir, 'fs'), served);
+      await unmount(join(dir, 'erofs')); // a lazy layer's image, of a snapshot removed by a Remove a crash cut short
       await rm(dir, { recursive: true, force: true });
       removed.push(name);
     }
@@ -349,7 +379,7 @@ export class Snapshotter {
     const id = this.metadata.create('committed', target, parent, labels, { kernel: found.layer, usage: found.usage });
     try {
       await mkdir(this.dir(id), { recursive: true });
-      await this.serveKernel(id, found.layer);
+      await this.opts.kernel!.mountAt(found.layer, this.fs(id));
     } catch (err) {
       this.metadata.remove(target);
       await rm(this.dir(id), { recursive: true, force: true });
@@ -366,7 +396,7 @@ export class Snapshotter {
     await rename(this.fs(id), unpacked);
     await mkdir(this.fs(id));
     try {
-      this.opts.kernel!.mount(layer, this.fs(id));
+      await this.opts.kernel!.mountAt(layer, this.fs(id));
     } catch (err) {
       await rm(this.fs(id), { recursive: true, force: true });
       await rename(unpacked, this.fs(id));
@@ -470,7 +500,7 @@ export class Snapshotter {
 
   private mountsOf(s: Snapshot): Mount[] {
     if (s.kind === 'committed') throw new FailedPreconditionError(`requested snapshot ${s.name} not active or view`);
-    const lower = s.parentIds.map((id) => this.fs(id)).join(':');
+    const lower = s.parentIds.map((id) => this.lowerDir(id)).join(':');
     if (s.parentIds.length === 0) {
       return [{ type: 'bind', source: this.fs(s.id), target: '', options: [s.kind === 'view' ? 'ro' : 'rw', 'rbind'] }];
     }
@@ -516,7 +546,7 @@ export class Snapshotter {
       await kernel.discard(s.id);
       throw err;
     }
-    await this.serveKernel(s.id, layer);
+    await kernel.mountAt(layer, this.fs(s.id));
     const details = { files: built.files, bytes: built.bytes, chunks: built.chunks, packs: built.devices.length, ms: Math.round(performance.now() - started) };
     this.opts.log.info({ snapshot: name, ...details }, 'layer committed into the store; served by the kernel (EROFS)');
     this.opts.audit?.('layer.commit', name, details);
@@ -525,11 +555,14 @@ export class Snapshotter {
   async remove(key: string): Promise<void> {
     const { id, kernel } = this.metadata.remove(key);
     const lazy = this.remoteIds.delete(id);
+    this.complete?.forget(id);
     if (lazy) await this.unmountLayer(this.fs(id), new Set([this.fs(id)]));
     if (kernel) await unmount(this.fs(id));
+    if (lazy) await unmount(this.erofsDir(id)); // its image, or one a crash left before it was recorded
     await rm(this.dir(id), { recursive: true, force: true });
     if (kernel) await this.opts.kernel?.discard(id);
     this.opts.audit?.('snapshot.remove', key, { lazy, kernel });
+    await this.complete?.releaseFuse();
   }
 
   stat(key: string): SnapshotInfo {

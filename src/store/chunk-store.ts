@@ -221,7 +221,26 @@ export class ChunkStore {
   }
 
   /**
-   * Flushes to disk what the places handed out by placeForImage point at: this process's pack
+   * A place in a pack for an EROFS image to point at, of a chunk stored already (a lazily fetched
+   * one), with its bytes: read and verified now, as the kernel will not check them. A chunk file
+   * of the first layout is copied into this process's pack. Undefined when the chunk is not
+   * stored or fails the check (then it is forgotten, and fetched again when read).
+   */
+  async placeStored(digest: string, size: number, verifier: ChunkVerifier): Promise<{ at: PackLocation; data: Buffer } | undefined> {
+    const place = this.placeOf(digest);
+    if (place === undefined) return undefined;
+    const data = await this.get(digest, size, verifier).catch((err: unknown) => {
+      if (err instanceof ChunkDigestMismatchError) return undefined;
+      throw err;
+    });
+    if (!data) return undefined;
+    if (place === null) return { at: await this.append(digest, data), data };
+    this.reusedPacks.add(place.pack); // the lazy path never syncs
+    return { at: place, data };
+  }
+
+  /**
+   * Flushes to disk what the places handed out by placeForImage and placeStored point at: this process's pack
    * writes, and the packs of the stored copies it reused. Before an EROFS image is published.
    */
   async syncPacks(): Promise<void> {
@@ -273,6 +292,11 @@ export class ChunkStore {
     return this.db.prepare(`SELECT COUNT(*) AS chunks, COALESCE(SUM(c.present), 0) AS present, COALESCE(SUM(c.size), 0) AS bytes,
       COALESCE(SUM(c.size * c.present), 0) AS presentBytes FROM layer_chunks lc JOIN chunks c ON c.digest = lc.chunk_digest
       WHERE lc.layer_digest = ?`).get(digest) as never;
+  }
+
+  /** The TOC digest a layer was recorded with (a lazy mount records the TOC it serves), or undefined when it is not recorded. */
+  layerTocDigest(digest: string): string | undefined {
+    return this.db.prepare('SELECT toc_digest FROM layers WHERE digest = ?').pluck().get(digest) as string | undefined;
   }
 
   /** The store's figures, from a scan of the index on the index writer's thread. */

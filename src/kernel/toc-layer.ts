@@ -1,0 +1,154 @@
+// A lazily pulled eStargz layer whose chunks are all in the store, as an EROFS image: the tree the
+// FUSE layer filesystem (src/fs/layer-fs.ts) shows, from the same TOC (whiteouts and opaque
+// directories in overlay form, estargz/whiteouts.ts), with each file's chunk indexes pointing at
+// the places in the packs where the lazy path stored its chunks, read back and verified first (the
+// kernel reads them unchecked).
+//
+// EROFS wants one power-of-two chunk size per file, every chunk but the last of that size; an
+// extent that is a multiple of it will do (it is contiguous in its pack and takes several
+// indexes). So a file gets the largest power of two that divides each of its TOC chunks but the
+// last. Where that is under 4 KiB (a chunk before the last whose size is not a multiple of 4 KiB:
+// a TOC cut by another tool), the file's bytes are cut again into `chunkSize` chunks stored anew
+// (the store then holds that file twice: its TOC chunks, which lazy mounts and other layers use,
+// and the new ones).
+
+import { createHash } from 'node:crypto';
+import { BLOCK_SIZE } from '../erofs/format.js';
+import type { ErofsEntry, ErofsExtent } from '../erofs/tree.js';
+import { NotFoundError } from '../errors.js';
+import type { Toc, TocNode } from '../estargz/toc.js';
+import { OPAQUE_XATTR, overlayChildren } from '../estargz/whiteouts.js';
+import type { PackLocation } from '../store/pack-files.js';
+import { ImageChunks, type LayerImage } from './layer-image.js';
+
+/** The largest chunk an EROFS chunk index can stand for (the chunk format's 5 bits over 4 KiB blocks). */
+const MAX_CHUNK = BLOCK_SIZE * 2 ** 31;
+/**
+ * Stored chunks read back and verified at once: a layer of many small files would otherwise wait
+ * for each read and each hop to the verifier in turn.
+ */
+const IN_FLIGHT = 8;
+
+/** Where the layer's chunks are: the store. */
+export interface StoredChunks {
+  /** A stored chunk's place and verified bytes; undefined when it is not stored (or failed its check). */
+  placeStored(digest: string, size: number): Promise<{ at: PackLocation; data: Buffer } | undefined>;
+  /** Stores a chunk cut anew (the caller hashed it) unless stored already; where its bytes are. */
+  storeChunk(digest: string, data: Uint8Array): Promise<PackLocation>;
+  /** The current size of a pack (what the image's device table records). */
+  packSize(pack: string): Promise<number>;
+}
+
+export interface TocLayerImage extends LayerImage {
+  /** Files whose TOC chunks EROFS cannot point at, cut again, and their bytes. */
+  recut: { files: number; bytes: number };
+}
+
+/** The chunk size for a file whose TOC cuts it into `sizes`, or undefined when no power of two from 4 KiB fits. */
+export function fileChunkSize(sizes: readonly number[]): number | undefined {
+  if (sizes.length <= 1) return Math.min(MAX_CHUNK, 2 ** Math.ceil(Math.log2(Math.max(BLOCK_SIZE, sizes[0] ?? 0))));
+  let c = MAX_CHUNK;
+  for (let i = 0; i < sizes.length - 1; i++) while (sizes[i]! % c !== 0) c /= 2;
+  return c >= BLOCK_SIZE ? c : undefined;
+}
+
+/**
+ * Builds the EROFS image of `toc`'s layer over the store's packs. Refused (NotFoundError) when
+ * a chunk is not stored, or no longer verifies; the caller tries again once it is.
+ */
+export async function buildTocLayer(toc: Toc, chunkSize: number, store: StoredChunks): Promise<TocLayerImage> {
+  const entries: ErofsEntry[] = [];
+  const chunks = new ImageChunks();
+  const firstPath = new Map<TocNode, string>(); // hard links: the first name the walk meets
+  const recut = { files: 0, bytes: 0 };
+  let files = 0;
+  let bytes = 0;
+
+  const stored = async (node: TocNode, digest: string, size: number): Promise<{ at: PackLocation; data: Buffer }> => {
+    const got = await store.placeStored(digest, size);
+    if (!got) throw new NotFoundError(`chunk ${digest} of "${node.path}" in the store`, 'fetched and verified');
+    return got;
+  };
+
+  /** The file's bytes cut again into `chunkSize` chunks, each stored. */
+  const cutAgain = async (node: TocNode): Promise<ErofsExtent[]> => {
+    const extents: ErofsExtent[] = [];
+    let pending = Buffer.alloc(0);
+    const emit = async (n: number): Promise<void> => {
+      const piece = pending.subarray(0, n);
+      const digest = 'sha256:' + createHash('sha256').update(piece).digest('hex');
+      extents.push(chunks.extent(digest, n, await store.storeChunk(digest, piece)));
+      pending = pending.subarray(n);
+    };
+    for (const c of node.chunks) {
+      pending = Buffer.concat([pending, (await stored(node, c.chunkDigest!, c.chunkSize)).data]);
+      while (pending.length >= chunkSize) await emit(chunkSize);
+    }
+    if (pending.length) await emit(pending.length);
+    recut.files++;
+    recut.bytes += node.size;
+    return extents;
+  };
+
+  /** Files whose extents are filled in once the walk is over: their chunks as they are, or cut again. */
+  const fitting: { entry: ErofsEntry; node: TocNode }[] = [];
+  const unfit: { entry: ErofsEntry; node: TocNode }[] = [];
+  const file = (node: TocNode, entry: ErofsEntry): ErofsEntry => {
+    files++;
+    bytes += node.size;
+    if (node.size === 0) return { ...entry, data: Buffer.alloc(0) };
+    const fit = fileChunkSize(node.chunks.map((c) => c.chunkSize));
+    const e = { ...entry, chunkSize: fit ?? chunkSize };
+    (fit === undefined ? unfit : fitting).push({ entry: e, node });
+    return e;
+  };
+
+  /** The places of every fitting file's chunks, in file order, read and verified IN_FLIGHT at a time. */
+  const placeAll = async (): Promise<PackLocation[]> => {
+    const todo = fitting.flatMap(({ node }) => node.chunks.map((c) => ({ node, c })));
+    const places: PackLocation[] = new Array(todo.length);
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      for (let i = next++; i < todo.length; i = next++) places[i] = (await stored(todo[i]!.node, todo[i]!.c.chunkDigest!, todo[i]!.c.chunkSize)).at;
+    };
+    await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, todo.length) }, worker));
+    return places;
+  };
+
+  const visit = async (path: string, node: TocNode): Promise<void> => {
+    const first = firstPath.get(node);
+    if (first !== undefined) return void entries.push({ path, type: 'hardlink', linkTarget: first });
+    firstPath.set(node, path);
+    const base = {
+      path, mode: node.mode, uid: node.uid, gid: node.gid, mtime: node.mtime, xattrs: Object.fromEntries(node.xattrs),
+    };
+    switch (node.type) {
+      case 'dir': {
+        const { opaque, children } = overlayChildren(node);
+        entries.push({ ...base, type: 'dir', xattrs: opaque ? { ...base.xattrs, [OPAQUE_XATTR]: 'y' } : base.xattrs });
+        for (const c of children) {
+          const at = path ? `${path}/${c.name}` : c.name;
+          // A whiteout as the FUSE layer shows it: a 0/0 character device, root's, of time 0.
+          if (!c.node) entries.push({ path: at, type: 'char', mode: 0, uid: 0, gid: 0, mtime: 0, devMajor: 0, devMinor: 0 });
+          else await visit(at, c.node);
+        }
+        return;
+      }
+      case 'symlink':
+        return void entries.push({ ...base, type: 'symlink', linkTarget: node.linkName });
+      case 'char':
+      case 'block':
+        return void entries.push({ ...base, type: node.type, devMajor: node.devMajor, devMinor: node.devMinor });
+      case 'fifo':
+        return void entries.push({ ...base, type: 'fifo' });
+      default:
+        return void entries.push(file(node, { ...base, type: 'reg' }));
+    }
+  };
+  await visit('', toc.root);
+  const places = await placeAll();
+  let k = 0;
+  for (const { entry, node } of fitting) entry.extents = node.chunks.map((c) => chunks.extent(c.chunkDigest!, c.chunkSize, places[k++]!));
+  for (const { entry, node } of unfit) entry.extents = await cutAgain(node);
+  return { ...await chunks.build(entries, chunkSize, (p) => store.packSize(p)), files, bytes, recut };
+}

@@ -14,6 +14,7 @@ import { AuditLog } from '../audit/audit-log.js';
 import { commitWith } from '../cli/commit.js';
 import { registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
 import { daemonLogger } from '../cli/log.js';
+import { CodecPool } from '../codec/codec-pool.js';
 import { DEFAULT_SOCKET, type Config } from '../config/config.js';
 import { ApiBindError, UnsupportedError } from '../errors.js';
 import { KernelLayers } from '../kernel/kernel-layers.js';
@@ -109,12 +110,17 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     const metrics = new DaemonMetrics({ ksm: () => ksmStatus().catch(() => null), layers: () => fused.metrics().catch(() => ''), fullPullReasons: FULL_PULL_REASONS, commitOutcomes: COMMIT_OUTCOMES });
     // Kernel mode: committed layers go into the chunk store and are served as EROFS images.
     let store: ChunkStore | undefined;
+    let codecs: CodecPool | undefined;
     let kernel: KernelLayers | undefined;
     if (config.enable_erofs) {
       store = await ChunkStore.open(config.root);
       try {
-        kernel = KernelLayers.open(config.root, store, config.chunk_size);
+        // The commit's file reads and hashing run on the codec workers.
+        codecs = new CodecPool();
+        kernel = KernelLayers.open(config.root, store, config.chunk_size, codecs);
       } catch (err) {
+        await codecs?.close();
+        codecs = undefined;
         if (!(err instanceof UnsupportedError)) throw err;
         log.warn({ err: err.message }, 'kernel mode off: committed layers stay directories');
       }
@@ -223,6 +229,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       server.forceShutdown();
       snapshotter.close();
       await store?.close();
+      await codecs?.close();
       audit.close();
       await client.close();
       await fused.close();

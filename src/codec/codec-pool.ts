@@ -1,11 +1,14 @@
 // Pool side of the codec workers (piscina): gzip members for the converter, inflate and verify
-// chunks for the fetcher, verify chunks read from the store. One pool per process, sized to the machine.
+// chunks for the fetcher, verify chunks read from the store, read and hash the files of an
+// unpacked layer for kernel mode. One pool per process, sized to the machine.
 
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
-import { ChunkDigestMismatchError, MalformedEstargzError } from '../errors.js';
-import { checkDigest, inflateChunk, type GzipTask, type InflateTask, type VerifyTask } from '../../workers/codec-worker.js';
+import { ChunkDigestMismatchError, MalformedEstargzError, MalformedLayerError } from '../errors.js';
+import { checkDigest, inflateChunk, type FilePiece, type GzipTask, type InflateTask, type ReadFilePiecesResult, type VerifyTask } from '../../workers/codec-worker.js';
+
+export type { FilePiece } from '../../workers/codec-worker.js';
 
 const WORKER = fileURLToPath(new URL('../../workers/codec-worker.js', import.meta.url));
 
@@ -73,6 +76,18 @@ export class CodecPool {
       : (await this.pool.run({ data, expected } satisfies VerifyTask, { name: 'verify', transferList: [data.buffer] })) as Uint8Array | string;
     if (typeof out === 'string') throw new ChunkDigestMismatchError(expected, out, where);
     return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+  }
+
+  /**
+   * The bytes of each piece (views of one buffer), with its sha256 where asked for. A piece that
+   * cannot be read whole is a MalformedLayerError naming its file.
+   */
+  async readFilePieces(pieces: FilePiece[]): Promise<{ data: Buffer; digest: string | undefined }[]> {
+    const r = (await this.pool.run({ pieces }, { name: 'readFilePieces' })) as ReadFilePiecesResult;
+    if (r.failed) throw new MalformedLayerError(pieces[r.failed.piece]!.path, r.failed.reason);
+    const all = Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+    let at = 0;
+    return pieces.map((p, i) => ({ data: all.subarray(at, (at += p.length)), digest: r.digests[i] }));
   }
 
   async close(): Promise<void> {

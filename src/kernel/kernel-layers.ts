@@ -11,6 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
+import type { CodecPool } from '../codec/codec-pool.js';
 import { UnsupportedError } from '../errors.js';
 import { mountErofs } from '../mount/system-mounts.js';
 import type { ChunkStore } from '../store/chunk-store.js';
@@ -33,13 +34,16 @@ export function kernelModeUnsupported(): string | undefined {
 }
 
 export class KernelLayers {
-  private constructor(private readonly root: string, private readonly store: ChunkStore, private readonly chunkSize: number) {}
+  private constructor(private readonly root: string, private readonly store: ChunkStore, private readonly chunkSize: number, private readonly pool: CodecPool) {}
 
-  /** Refused (UnsupportedError, naming what is missing) where the kernel cannot mount such images. */
-  static open(root: string, store: ChunkStore, chunkSize: number): KernelLayers {
+  /**
+   * Refused (UnsupportedError, naming what is missing) where the kernel cannot mount such images.
+   * `pool` reads and hashes the files of the layers it builds.
+   */
+  static open(root: string, store: ChunkStore, chunkSize: number, pool: CodecPool): KernelLayers {
     const why = kernelModeUnsupported();
     if (why) throw new UnsupportedError(`kernel mode (enable_erofs): ${why}`);
-    return new KernelLayers(root, store, chunkSize);
+    return new KernelLayers(root, store, chunkSize, pool);
   }
 
   private get dir(): string {
@@ -59,7 +63,7 @@ export class KernelLayers {
     const layer = await buildDirectoryLayer(unpacked, this.chunkSize, {
       storeChunk: (digest, data) => this.store.placeForImage(digest, data),
       packSize: async (pack) => (await stat(this.store.packPath(pack))).size,
-    });
+    }, this.pool);
     await this.store.syncPacks();
     const ref = KernelLayers.ref(id);
     const image = join(this.dir, `${id}.erofs`);

@@ -10,7 +10,7 @@
 // them.
 
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AlreadyExistsError, FailedPreconditionError, FusedError, isDedupError } from '../errors.js';
 import type { MountInfo, MountRequest, OpenAheadRequest } from '../fused/layer-server.js';
@@ -97,6 +97,8 @@ export class Snapshotter {
   private repairs: Promise<void> = Promise.resolve();
   /** Manifests by image reference (and manifest digest when the labels give it), in flight or resolved. */
   private readonly manifests = new PromiseCache<ResolvedManifest>({ max: MANIFESTS.max, ttlMs: MANIFESTS.byDigestMs });
+  /** Kernel layers whose unpacked copy is being deleted, by id (Remove waits for it). */
+  private readonly deleting = new Map<number, Promise<void>>();
 
   constructor(private opts: SnapshotterOptions) {
     this.metadata = new SnapshotMetadata(join(opts.root, 'metadata.db'));
@@ -108,6 +110,11 @@ export class Snapshotter {
 
   private fs(id: number): string {
     return join(this.dir(id), 'fs');
+  }
+
+  /** Where a kernel layer's unpacked copy goes once its image is mounted, to be deleted. */
+  private unpackedCopy(id: number): string {
+    return join(this.dir(id), 'unpacked');
   }
 
   /**
@@ -136,6 +143,7 @@ export class Snapshotter {
     }
     const mounted = new Set((await mountTable()).map((m) => m.target)); // once, not once per layer
     for (const s of all) {
+      if (s.kernel && existsSync(this.unpackedCopy(s.id))) this.deleteUnpacked(s.id); // a crash cut its deletion short
       if (!s.kernel || mounted.has(this.fs(s.id))) continue;
       if (!kernel) {
         this.opts.log.warn({ snapshot: s.key }, 'kernel layer not mounted: enable_erofs is off or the kernel cannot mount it');
@@ -146,11 +154,27 @@ export class Snapshotter {
     }
   }
 
-  /** Mounts a kernel layer's image at its snapshot's fs (not mounted), in place of whatever is left there (its unpacked copy). */
+  /**
+   * Mounts a kernel layer's image at its snapshot's fs (not mounted), in place of whatever is left
+   * there (its unpacked copy): that is moved aside and deleted after, off the commit's path
+   * (containerd waits for the commit; a base layer's thousands of files take a while to delete).
+   */
   private async serveKernel(id: number, layer: KernelLayerRef): Promise<void> {
-    await rm(this.fs(id), { recursive: true, force: true });
+    await this.deleting.get(id);
+    await rm(this.unpackedCopy(id), { recursive: true, force: true });
+    await rename(this.fs(id), this.unpackedCopy(id));
     await mkdir(this.fs(id));
     this.opts.kernel!.mount(layer, this.fs(id));
+    this.deleteUnpacked(id);
+  }
+
+  /** Deletes the kernel layer's unpacked copy in the background; a failure is logged (the next start tries again). */
+  private deleteUnpacked(id: number): void {
+    if (this.deleting.has(id)) return;
+    const dir = this.unpackedCopy(id);
+    this.deleting.set(id, rm(dir, { recursive: true, force: true })
+      .catch((err: unknown) => this.opts.log.warn({ dir, err: (err as Error).message }, 'unpacked copy of a kernel layer not deleted'))
+      .finally(() => this.deleting.delete(id)));
   }
 
   /**
@@ -407,6 +431,7 @@ export class Snapshotter {
     const lazy = this.remoteIds.delete(id);
     if (lazy) await this.unmountLayer(this.fs(id), new Set([this.fs(id)]));
     if (kernel) await unmount(this.fs(id));
+    await this.deleting.get(id);
     await rm(this.dir(id), { recursive: true, force: true });
     if (kernel) await this.opts.kernel?.discard(id);
     this.opts.audit?.('snapshot.remove', key, { lazy, kernel });

@@ -4,6 +4,7 @@
 // stored once in the store's packs, and the image's chunk indexes point at them. Small files are
 // kept in the image itself (a 4 KiB block in a pack per tiny file would cost more than dedup saves).
 
+import type { BigIntStats } from 'node:fs';
 import { lstat, readdir, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildErofs } from '../erofs/build.js';
@@ -146,9 +147,13 @@ export async function buildDirectoryLayer(root: string, chunkSize: number, sink:
   let files = 0;
   let bytes = 0;
   let allocated = 0;
-  const visit = async (rel: string): Promise<void> => {
-    const path = rel ? join(root, rel) : root;
+  /** A path's lstat, and its target when it is a symlink. */
+  const inspect = async (path: string): Promise<{ st: BigIntStats; target?: string }> => {
     const st = await lstat(path, { bigint: true });
+    return st.isSymbolicLink() ? { st, target: await readlink(path) } : { st };
+  };
+  const visit = async (rel: string, { st, target }: { st: BigIntStats; target?: string }): Promise<void> => {
+    const path = rel ? join(root, rel) : root;
     const id = `${st.dev}:${st.ino}`;
     if (!seen.has(id)) {
       seen.add(id);
@@ -162,7 +167,10 @@ export async function buildDirectoryLayer(root: string, chunkSize: number, sink:
     };
     if (type === 'dir') {
       entries.push(base);
-      for (const name of (await readdir(path)).sort()) await visit(rel ? `${rel}/${name}` : name);
+      // A directory's children are looked at all at once (one after another, each waited on the thread pool), then visited in order.
+      const names = (await readdir(path)).sort();
+      const found = await Promise.all(names.map((name) => inspect(join(path, name))));
+      for (const [i, name] of names.entries()) await visit(rel ? `${rel}/${name}` : name, found[i]!);
       return;
     }
     if (type === 'reg' && st.nlink > 1n) {
@@ -170,7 +178,7 @@ export async function buildDirectoryLayer(root: string, chunkSize: number, sink:
       if (first !== undefined) return void entries.push({ path: rel, type: 'hardlink', linkTarget: first });
       inodes.set(id, rel);
     }
-    if (type === 'symlink') return void entries.push({ ...base, linkTarget: await readlink(path) });
+    if (type === 'symlink') return void entries.push({ ...base, linkTarget: target! });
     if (type === 'char' || type === 'block') return void entries.push({ ...base, ...devParts(st.rdev) });
     if (type !== 'reg') return void entries.push(base);
     const size = Number(st.size);
@@ -179,7 +187,7 @@ export async function buildDirectoryLayer(root: string, chunkSize: number, sink:
     jobs.push({ index: entries.length, path, size });
     entries.push(base);
   };
-  await visit('');
+  await visit('', await inspect(root));
   // One place per distinct chunk of the layer: batches stored at once may share a chunk, and one
   // this build placed needs no read-back to be pointed at again.
   const placed = new Map<string, Promise<PackLocation>>();

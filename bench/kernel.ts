@@ -7,18 +7,18 @@
 // container sees it), page cache dropped, the largest file and the standard library's tree of
 // small files read whole, and python3 starting and importing a few modules.
 
-import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startContainerd, unmountUnder, type TestContainerd } from '../test/fixtures/containerd.js';
-import { pushOci, writeOciImage } from '../test/fixtures/images.js';
+import { pushOci, sha256, writeOciImage } from '../test/fixtures/images.js';
 import { mustRun, run } from '../test/fixtures/process.js';
 import { startRegistry } from '../test/fixtures/registry.js';
 import { startSnapshotter } from '../test/fixtures/snapshotter.js';
 import { APPS, debianLayers } from './debian-images.js';
 import { dropCaches } from './network.js';
 import { summarize, timed, type Summary } from './stats.js';
+import { diskUsage } from './storage.js';
 
 const MODES = ['overlayfs', 'dedup'] as const;
 type Mode = (typeof MODES)[number];
@@ -50,15 +50,6 @@ export interface KernelResult {
   /** Ours / overlayfs: disk and times (lower is better); read throughput (higher is better). */
   ratios: { disk: number; pull: number; bigFileThroughput: number; smallFilesThroughput: number; pythonCold: number; pythonWarm: number };
 }
-
-/** Disk blocks used under `paths` (du -sB1: what the filesystem allocated). */
-async function diskUsage(paths: string[]): Promise<number> {
-  const r = await run('du', ['-scB1', ...paths]);
-  if (r.code !== 0) throw new Error(`du: ${r.stderr}`);
-  return Number(r.stdout.trim().split('\n').at(-1)!.split('\t')[0]);
-}
-
-const sha256 = (s: string | Buffer): string => 'sha256:' + createHash('sha256').update(s).digest('hex');
 
 /** The regular files under `dir` (relative paths) with their sizes. */
 async function filesUnder(dir: string, rel = ''): Promise<{ path: string; size: number }[]> {
@@ -114,7 +105,7 @@ export async function kernelScenario(tmp: string, reps: number, log: (s: string)
     }
     const logicalBytes = tars.base.length * IMAGES.length + tars.nginx.length + tars.python3.length;
     // The python3 image's top snapshot is named by its layers' chain id.
-    const pythonChain = sha256(`${sha256(tars.base)} ${sha256(tars.python3)}`);
+    const pythonChain = sha256(Buffer.from(`${sha256(tars.base)} ${sha256(tars.python3)}`));
     log(`kernel: ${IMAGES.length} Debian ${IMAGES.join(', ')} images, ${(logicalBytes / 2 ** 20).toFixed(0)} MiB of layers in all (tar)`);
     let bigFile = { path: '', bytes: 0 };
     let smallFiles = { path: STDLIB, files: 0, bytes: 0 };
@@ -136,9 +127,9 @@ export async function kernelScenario(tmp: string, reps: number, log: (s: string)
               if (r.code !== 0) throw new Error(`ctr image pull --snapshotter ${mode} ${name}: ${r.stderr}`);
             });
           }
-          const disk = await diskUsage(snap
+          const disk = await diskUsage(...(snap
             ? ['chunks', 'images', 'index.db', 'index.db-wal'].map((f) => join(snap.root, f)).filter((p) => existsSync(p))
-            : [join(ctd.root, 'root/io.containerd.snapshotter.v1.overlayfs')]);
+            : [join(ctd.root, 'root/io.containerd.snapshotter.v1.overlayfs')]));
           await mountView(ctd, mode, pythonChain, view);
           if (!bigFile.bytes) {
             const all = await filesUnder(view, 'usr');

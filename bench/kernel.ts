@@ -74,12 +74,14 @@ async function readWhole(path: string, buf: Buffer): Promise<number> {
   }
 }
 
-/** A read-only view of snapshot `parent`, mounted at `dir` as `ctr snapshots mounts` says. */
+/**
+ * A read-only view of snapshot `parent`, mounted at `dir`. One ctr call creates it and prints its
+ * mount: containerd's garbage collector may remove the view (no lease holds it) right after.
+ */
 async function mountView(ctd: TestContainerd, mode: Mode, parent: string, dir: string): Promise<void> {
-  const ctr = ['--address', ctd.socket, 'snapshots', '--snapshotter', mode];
-  await mustRun('ctr', [...ctr, 'view', 'bench-view', parent]);
   await mkdir(dir, { recursive: true });
-  await mustRun('sh', ['-c', (await mustRun('ctr', [...ctr, 'mounts', dir, 'bench-view'])).trim()]);
+  const mount = await mustRun('ctr', ['--address', ctd.socket, 'snapshots', '--snapshotter', mode, 'view', '--target', dir, 'bench-view', parent]);
+  await mustRun('sh', ['-c', mount.trim()]);
 }
 
 interface Rep {

@@ -3,7 +3,7 @@
 // same pulls with containerd's overlayfs snapshotter (layers unpacked on ext4), fresh state for
 // both in every repetition. Three real Debian images sharing their base layer (debian-images.ts):
 // minbase, minbase + nginx, minbase + python3. Measured: the time of the three pulls; the disk
-// they take; through a read-only view of the python3 image (overlayfs of its two layers, as a
+// they take, and the CPU time they cost (steadier than the wall time on a loaded machine); through a read-only view of the python3 image (overlayfs of its two layers, as a
 // container sees it), page cache dropped, the largest file and the standard library's tree of
 // small files read whole, and python3 starting and importing a few modules.
 
@@ -31,6 +31,8 @@ export interface ModeFigures {
   /** The three pulls one after another, and each. */
   pullSeconds: Summary;
   pullsByImage: Record<string, Summary>;
+  /** CPU time the pulls took: containerd's, and our snapshotter's (all its threads). */
+  pullCpuSeconds: Summary;
   /** du of the snapshots (overlayfs) or of the chunk store and the layers' images (ours). */
   diskBytes: Summary;
   bigFileSeconds: Summary;
@@ -48,7 +50,14 @@ export interface KernelResult {
   smallFiles: { path: string; files: number; bytes: number };
   modes: Record<Mode, ModeFigures>;
   /** Ours / overlayfs: disk and times (lower is better); read throughput (higher is better). */
-  ratios: { disk: number; pull: number; bigFileThroughput: number; smallFilesThroughput: number; pythonCold: number; pythonWarm: number };
+  ratios: { disk: number; pull: number; pullCpu: number; bigFileThroughput: number; smallFilesThroughput: number; pythonCold: number; pythonWarm: number };
+}
+
+/** CPU seconds (user + system, every thread) process `pid` has used so far; /proc counts in USER_HZ, 100 on Linux. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 /** The regular files under `dir` (relative paths) with their sizes. */
@@ -86,6 +95,7 @@ async function mountView(ctd: TestContainerd, mode: Mode, parent: string, dir: s
 
 interface Rep {
   pulls: Record<string, number>;
+  pullCpu: number;
   disk: number;
   bigFile: number;
   smallFiles: number;
@@ -123,12 +133,16 @@ export async function kernelScenario(tmp: string, reps: number, log: (s: string)
         const view = join(dir, 'view');
         try {
           const pulls: Record<string, number> = {};
+          const pids = [ctd.daemon.child.pid!, ...(snap ? [snap.daemon.child.pid!] : [])];
+          const cpu = async (): Promise<number> => (await Promise.all(pids.map(cpuSeconds))).reduce((a, b) => a + b, 0);
+          const cpuBefore = await cpu();
           for (const name of IMAGES) {
             pulls[name] = await timed(async () => {
               const r = await ctd.ctr(['image', 'pull', '--plain-http', '--snapshotter', mode, refs[name]!], 600_000);
               if (r.code !== 0) throw new Error(`ctr image pull --snapshotter ${mode} ${name}: ${r.stderr}`);
             });
           }
+          const pullCpu = (await cpu()) - cpuBefore;
           const disk = await diskUsage(...(snap
             ? ['chunks', 'images', 'index.db', 'index.db-wal'].map((f) => join(snap.root, f)).filter((p) => existsSync(p))
             : [join(ctd.root, 'root/io.containerd.snapshotter.v1.overlayfs')]));
@@ -150,9 +164,9 @@ export async function kernelScenario(tmp: string, reps: number, log: (s: string)
           await dropCaches();
           const pythonCold = await timed(() => mustRun('chroot', [view, ...PYTHON]));
           const pythonWarm = await timed(() => mustRun('chroot', [view, ...PYTHON]));
-          runs[mode].push({ pulls, disk, bigFile: big, smallFiles: small, pythonCold, pythonWarm });
+          runs[mode].push({ pulls, pullCpu, disk, bigFile: big, smallFiles: small, pythonCold, pythonWarm });
           const total = Object.values(pulls).reduce((a, b) => a + b, 0);
-          log(`  repetition ${i + 1} ${mode}: pulls ${total.toFixed(2)} s (${IMAGES.map((n) => `${n} ${pulls[n]!.toFixed(2)}`).join(', ')}), disk ${(disk / 2 ** 20).toFixed(1)} MiB, `
+          log(`  repetition ${i + 1} ${mode}: pulls ${total.toFixed(2)} s (${IMAGES.map((n) => `${n} ${pulls[n]!.toFixed(2)}`).join(', ')}; CPU ${pullCpu.toFixed(2)} s), disk ${(disk / 2 ** 20).toFixed(1)} MiB, `
             + `big file ${big.toFixed(3)} s, small files ${small.toFixed(3)} s, python cold ${pythonCold.toFixed(3)} s / warm ${pythonWarm.toFixed(3)} s`);
         } finally {
           await run('umount', [view]);
@@ -166,6 +180,7 @@ export async function kernelScenario(tmp: string, reps: number, log: (s: string)
     const figures = (rs: Rep[]): ModeFigures => ({
       pullSeconds: summarize(rs.map((r) => Object.values(r.pulls).reduce((a, b) => a + b, 0))),
       pullsByImage: Object.fromEntries(IMAGES.map((n) => [n, summarize(rs.map((r) => r.pulls[n]!))])),
+      pullCpuSeconds: summarize(rs.map((r) => r.pullCpu)),
       diskBytes: summarize(rs.map((r) => r.disk)),
       bigFileSeconds: summarize(rs.map((r) => r.bigFile)),
       smallFilesSeconds: summarize(rs.map((r) => r.smallFiles)),
@@ -177,7 +192,7 @@ export async function kernelScenario(tmp: string, reps: number, log: (s: string)
     return {
       images: [...IMAGES], logicalBytes, bigFile, smallFiles, modes: { overlayfs: o, dedup: d },
       ratios: {
-        disk: d.diskBytes.median / o.diskBytes.median, pull: d.pullSeconds.median / o.pullSeconds.median,
+        disk: d.diskBytes.median / o.diskBytes.median, pull: d.pullSeconds.median / o.pullSeconds.median, pullCpu: d.pullCpuSeconds.median / o.pullCpuSeconds.median,
         bigFileThroughput: o.bigFileSeconds.median / d.bigFileSeconds.median, smallFilesThroughput: o.smallFilesSeconds.median / d.smallFilesSeconds.median,
         pythonCold: d.pythonColdSeconds.median / o.pythonColdSeconds.median, pythonWarm: d.pythonWarmSeconds.median / o.pythonWarmSeconds.median,
       },

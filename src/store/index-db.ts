@@ -67,6 +67,8 @@ export type ChunkPlace = PackLocation | null;
 export interface Stored {
   size: number;
   at: PackLocation;
+  /** Stored again after this process found it missing or rotten: the place the index has is dropped first. */
+  replaces?: boolean;
 }
 
 /**
@@ -94,8 +96,8 @@ export function recordPresence(db: Database.Database, changes: PresenceChanges, 
   const { stored, absent } = sql;
   db.transaction(() => {
     for (const [digest, s] of changes) {
-      if (s === null) absent.run(digest);
-      else stored.run(digest, s.size, now, now, s.at.pack, s.at.offset);
+      if (s === null || s.replaces) absent.run(digest);
+      if (s !== null) stored.run(digest, s.size, now, now, s.at.pack, s.at.offset);
     }
   }).immediate();
 }

@@ -27,7 +27,7 @@ export interface StorageResult {
 }
 
 /** Disk blocks used under `paths` (du -sB1, what the filesystem actually allocated). */
-async function diskUsage(...paths: string[]): Promise<number> {
+export async function diskUsage(...paths: string[]): Promise<number> {
   const r = await run('du', ['-scB1', ...paths]);
   if (r.code !== 0) throw new Error(`du: ${r.stderr}`);
   return Number(r.stdout.trim().split('\n').at(-1)!.split('\t')[0]);

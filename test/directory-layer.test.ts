@@ -4,11 +4,13 @@
 // a chunk that two files share is stored once.
 
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { chmod, chown, link, lutimes, mkdir, mkdtemp, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { chmod, chown, link, lutimes, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { CodecPool } from '../src/codec/codec-pool.js';
+import { MalformedLayerError } from '../src/errors.js';
 import { buildDirectoryLayer, type ChunkSink } from '../src/kernel/directory-layer.js';
 import { diskUsage } from '../src/snapshot/disk-usage.js';
 import { mountErofs, unmount } from '../src/mount/system-mounts.js';
@@ -52,7 +54,10 @@ describe('an unpacked layer directory as an EROFS image over pack files', { skip
     await lutimes(f('data/block'), new Date(1_600_000_000_123), new Date(1_600_000_000_123));
   });
 
+  const pool = new CodecPool();
+
   after(async () => {
+    await pool.close();
     if (mounted) await unmount(mnt);
     await rm(tmp, { recursive: true, force: true });
   });
@@ -72,7 +77,7 @@ describe('an unpacked layer directory as an EROFS image over pack files', { skip
       },
       packSize: async (p) => (await stat(join(packsDir(tmp), p))).size,
     };
-    const layer = await buildDirectoryLayer(src, CHUNK, sink);
+    const layer = await buildDirectoryLayer(src, CHUNK, sink, pool);
     await packs.close();
     assert.deepEqual(layer.usage, await diskUsage(src), 'the walk counts the usage as containerd does');
     assert.equal(layer.devices.length, 1);
@@ -96,5 +101,22 @@ describe('an unpacked layer directory as an EROFS image over pack files', { skip
     assert.deepEqual(strip(got), strip(want));
     assert.equal(got.get('data/hardlink')!.ino, got.get('data/shared-a')!.ino, 'hard links share an inode');
     assert.equal(got.get('etc/opq')!.xattrs['trusted.overlay.opaque'], '79');
+  });
+
+  it('reads files on the codec workers: pieces whole with their digests, and a file that ends too soon is refused by name', async () => {
+    const path = join(src, 'data/odd');
+    const want = await readFile(path);
+    const got = await pool.readFilePieces([
+      { path, offset: 0, length: CHUNK, hash: true },
+      { path, offset: 3 * CHUNK, length: 17, hash: false },
+      { path: join(src, 'data/tiny'), offset: 0, length: 100, hash: false },
+    ]);
+    assert.deepEqual(got[0]!.data, want.subarray(0, CHUNK));
+    assert.equal(got[0]!.digest, 'sha256:' + createHash('sha256').update(want.subarray(0, CHUNK)).digest('hex'));
+    assert.deepEqual(got[1]!.data, want.subarray(3 * CHUNK));
+    assert.equal(got[1]!.digest, undefined);
+    assert.deepEqual(got[2]!.data, await readFile(join(src, 'data/tiny')));
+    await assert.rejects(pool.readFilePieces([{ path, offset: 3 * CHUNK, length: CHUNK, hash: true }]),
+      (err: unknown) => err instanceof MalformedLayerError && err.message.includes(path) && err.message.includes('17 of 65536 bytes'));
   });
 });

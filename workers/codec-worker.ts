@@ -1,9 +1,11 @@
 // Worker side of the codec pool: the CPU-heavy steps (gzip a member, inflate and verify a chunk,
-// verify a chunk read from the store) run here so the main thread keeps serving I/O. The pool side is src/codec/codec-pool.ts.
+// verify a chunk read from the store, read and hash the files of an unpacked layer) run here so
+// the main thread keeps serving I/O. The pool side is src/codec/codec-pool.ts.
 
 import { createHash } from 'node:crypto';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { constants, gunzipSync, gzipSync, inflateRawSync } from 'node:zlib';
-import { move } from 'piscina';
+import { move, transferableSymbol, valueSymbol } from 'piscina';
 
 export interface GzipTask {
   data: Uint8Array;
@@ -102,4 +104,69 @@ export function checkDigest(task: VerifyTask): string | undefined {
 /** The worker task: the bytes moved back when they match, else the digest they have. */
 export function verify(task: VerifyTask): Uint8Array | string {
   return checkDigest(task) ?? (move(task.data) as Uint8Array);
+}
+
+/** A byte range of a file; `hash`: its sha256 is wanted too. */
+export interface FilePiece {
+  path: string;
+  offset: number;
+  length: number;
+  hash: boolean;
+}
+
+export interface ReadFilePiecesTask {
+  pieces: FilePiece[];
+}
+
+export interface ReadFilePiecesResult {
+  /** The pieces' bytes, one after another. */
+  data: Uint8Array;
+  /** Per piece read, "sha256:<hex>" where asked for. */
+  digests: (string | undefined)[];
+  /** The first piece that could not be read whole, and why; those after it are not read. */
+  failed?: { piece: number; reason: string };
+}
+
+/** Reads `length` bytes at `offset` of the open file into `view`; fewer where the file ends sooner. */
+function readFully(fd: number, view: Uint8Array, offset: number): number {
+  let got = 0;
+  for (let n; got < view.length && (n = readSync(fd, view, got, view.length - got, offset + got)) > 0;) got += n;
+  return got;
+}
+
+/**
+ * Reads (and hashes) file pieces with blocking calls, consecutive pieces of a file through one
+ * descriptor: on a worker, the many small reads of a layer's files cost the main thread one task.
+ */
+export function readFilePieces(task: ReadFilePiecesTask): unknown {
+  const data = new Uint8Array(task.pieces.reduce((n, p) => n + p.length, 0));
+  const out: ReadFilePiecesResult = { data, digests: [] };
+  let file: { path: string; fd: number } | undefined;
+  let at = 0;
+  try {
+    for (const [i, p] of task.pieces.entries()) {
+      try {
+        if (file?.path !== p.path) {
+          if (file) closeSync(file.fd);
+          file = undefined;
+          file = { path: p.path, fd: openSync(p.path, 'r') };
+        }
+        const view = data.subarray(at, at + p.length);
+        const got = readFully(file.fd, view, p.offset);
+        if (got !== p.length) {
+          out.failed = { piece: i, reason: `it changed while it was read (${got} of ${p.length} bytes at ${p.offset})` };
+          break;
+        }
+        out.digests.push(p.hash ? 'sha256:' + createHash('sha256').update(view).digest('hex') : undefined);
+        at += p.length;
+      } catch (err) {
+        out.failed = { piece: i, reason: (err as Error).message };
+        break;
+      }
+    }
+  } finally {
+    if (file) closeSync(file.fd);
+  }
+  // The bytes are moved back, not copied.
+  return move({ get [transferableSymbol]() { return [data.buffer]; }, get [valueSymbol]() { return out; } });
 }

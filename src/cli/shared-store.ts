@@ -5,6 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
+import { CodecPool } from '../codec/codec-pool.js';
 import { FailedPreconditionError, NotFoundError } from '../errors.js';
 import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
@@ -49,6 +50,7 @@ export function sharedStoreCommands(): Command[] {
       const config = await configFrom(flags);
       const client = await registryClientFrom(flags, config);
       const metadata = new SnapshotMetadata(join(config.root, 'metadata.db'));
+      const pool = new CodecPool();
       try {
         const image = await openImage(ref, client).resolve(parsePlatform(flags.platform));
         const diffIds = image.config.rootfs.diff_ids;
@@ -60,13 +62,14 @@ export function sharedStoreCommands(): Command[] {
           if (!s) throw new NotFoundError(`layer ${i + 1} of ${ref} (chain id ${ids.chainId}) in ${config.root}: pull the image with --snapshotter dedup first`);
           return layerSource(config.root, s, ids);
         });
-        const r = await audited(config, 'store.publish', ref, { to: flags.to }, () => publishImage(flags.to, image, sources, config.chunk_size,
+        const r = await audited(config, 'store.publish', ref, { to: flags.to }, () => publishImage(flags.to, image, sources, config.chunk_size, pool,
           (i, reused) => !flags.json && process.stderr.write(`layer ${i + 1}/${sources.length} ${reused ? 'already in the store' : 'published'}\n`)));
         if (flags.json) return printJson(r);
         const reused = r.layers.filter((l) => l.reused).length;
         process.stdout.write(`${ref}: published to ${r.store}: ${r.layers.length} layers (${reused} already there), ${formatBytes(r.bytesWritten)} of new chunks, ${r.seconds.toFixed(2)} s\n`);
       } finally {
         metadata.close();
+        await pool.close();
         await client.close();
       }
     });

@@ -14,6 +14,7 @@ import { AuditLog } from '../audit/audit-log.js';
 import { commitWith } from '../cli/commit.js';
 import { registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
 import { daemonLogger } from '../cli/log.js';
+import { CodecPool } from '../codec/codec-pool.js';
 import { DEFAULT_SOCKET, type Config } from '../config/config.js';
 import { ApiBindError, UnsupportedError } from '../errors.js';
 import { KernelLayers } from '../kernel/kernel-layers.js';
@@ -32,7 +33,6 @@ import { SharedLayerRelease } from '../shared-store/release.js';
 import { SharedStores } from '../shared-store/shared-stores.js';
 import { FULL_PULL_REASONS, Snapshotter } from '../snapshot/snapshotter.js';
 import { ChunkStore } from '../store/chunk-store.js';
-import { CodecPool } from '../codec/codec-pool.js';
 import { VERSION } from '../version.js';
 
 interface DaemonFlags extends CommonFlags {
@@ -116,17 +116,17 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       registryHosts: () => client.stats.hosts });
     // Kernel mode: committed layers go into the chunk store and are served as EROFS images.
     let store: ChunkStore | undefined;
+    let codecs: CodecPool | undefined;
     let kernel: KernelLayers | undefined;
-    let codec: CodecPool | undefined;
     if (config.enable_erofs) {
       store = await ChunkStore.open(config.root);
       try {
-        // One thread: it verifies the chunks of lazy layers made EROFS images, off the gRPC thread.
-        codec = new CodecPool(1);
-        kernel = KernelLayers.open(config.root, store, config.chunk_size, codec);
+        // The commit's file reads and hashing, and the verification of lazy layers' chunks made EROFS images, run on the codec workers.
+        codecs = new CodecPool();
+        kernel = KernelLayers.open(config.root, store, config.chunk_size, codecs);
       } catch (err) {
-        await codec?.close();
-        codec = undefined;
+        await codecs?.close();
+        codecs = undefined;
         if (!(err instanceof UnsupportedError)) throw err;
         log.warn({ err: err.message }, 'kernel mode off: committed layers stay directories');
       }
@@ -256,7 +256,7 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
       server.forceShutdown();
       snapshotter.close();
       await store?.close();
-      await codec?.close();
+      await codecs?.close();
       audit.close();
       await client.close();
       await fused.close();

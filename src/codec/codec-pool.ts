@@ -1,5 +1,6 @@
 // Pool side of the codec workers (piscina): gzip members for the converter, inflate and verify
-// chunks for the fetcher, verify chunks read from the store. One pool per process, sized to the machine.
+// chunks for the fetcher, verify chunks read from the store, read and hash the files of an
+// unpacked layer for kernel mode. One pool per process, sized to the machine.
 
 import { randomBytes } from 'node:crypto';
 import { availableParallelism } from 'node:os';
@@ -7,8 +8,10 @@ import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { Piscina } from 'piscina';
 import { sha256Digest } from '../estargz/toc.js';
-import { ChunkDigestMismatchError, MalformedEstargzError } from '../errors.js';
-import { checkDigest, inflateChunk, inflateSpan, type GzipTask, type InflateTask, type SpanTask, type VerifyTask } from '../../workers/codec-worker.js';
+import { ChunkDigestMismatchError, MalformedEstargzError, MalformedLayerError } from '../errors.js';
+import { checkDigest, inflateChunk, inflateSpan, type FilePiece, type GzipTask, type InflateTask, type ReadFilePiecesResult, type SpanTask, type VerifyTask } from '../../workers/codec-worker.js';
+
+export type { FilePiece } from '../../workers/codec-worker.js';
 
 const WORKER = fileURLToPath(new URL('../../workers/codec-worker.js', import.meta.url));
 
@@ -98,6 +101,18 @@ export class CodecPool {
   async warm(): Promise<void> {
     const data = randomBytes(INLINE_MAX + 1); // incompressible: its member is big enough for a worker
     await this.inflate(gzipSync(data), { innerOffset: 0, chunkSize: data.length }, sha256Digest(data), 'the warm-up chunk');
+  }
+
+  /**
+   * The bytes of each piece (views of one buffer), with its sha256 where asked for. A piece that
+   * cannot be read whole is a MalformedLayerError naming its file.
+   */
+  async readFilePieces(pieces: FilePiece[]): Promise<{ data: Buffer; digest: string | undefined }[]> {
+    const r = (await this.pool.run({ pieces }, { name: 'readFilePieces' })) as ReadFilePiecesResult;
+    if (r.failed) throw new MalformedLayerError(pieces[r.failed.piece]!.path, r.failed.reason);
+    const all = Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+    let at = 0;
+    return pieces.map((p, i) => ({ data: all.subarray(at, (at += p.length)), digest: r.digests[i] }));
   }
 
   async close(): Promise<void> {

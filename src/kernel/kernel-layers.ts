@@ -12,10 +12,11 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
+import type { CodecPool } from '../codec/codec-pool.js';
 import { UnsupportedError } from '../errors.js';
 import { mountErofs, unmount } from '../mount/system-mounts.js';
 import type { Toc } from '../estargz/toc.js';
-import type { ChunkStore, ChunkVerifier } from '../store/chunk-store.js';
+import type { ChunkStore } from '../store/chunk-store.js';
 import { buildDirectoryLayer } from './directory-layer.js';
 import type { LayerImage } from './layer-image.js';
 import { buildTocLayer, type TocLayerImage } from './toc-layer.js';
@@ -44,17 +45,17 @@ export function kernelModeUnsupported(): string | undefined {
 }
 
 export class KernelLayers {
-  private constructor(private readonly root: string, private readonly store: ChunkStore, private readonly chunkSize: number,
-    private readonly verifier: ChunkVerifier) {}
+  private constructor(private readonly root: string, private readonly store: ChunkStore, private readonly chunkSize: number, private readonly pool: CodecPool) {}
 
   /**
    * Refused (UnsupportedError, naming what is missing) where the kernel cannot mount such images.
-   * `verifier` checks the lazily fetched chunks an image of a lazy layer is to point at.
+   * `pool` reads and hashes the files of the layers it builds, and verifies the lazily fetched
+   * chunks an image of a lazy layer is to point at.
    */
-  static open(root: string, store: ChunkStore, chunkSize: number, verifier: ChunkVerifier): KernelLayers {
+  static open(root: string, store: ChunkStore, chunkSize: number, pool: CodecPool): KernelLayers {
     const why = kernelModeUnsupported();
     if (why) throw new UnsupportedError(`kernel mode (enable_erofs): ${why}`);
-    return new KernelLayers(root, store, chunkSize, verifier);
+    return new KernelLayers(root, store, chunkSize, pool);
   }
 
   private get dir(): string {
@@ -74,7 +75,7 @@ export class KernelLayers {
     const layer = await buildDirectoryLayer(unpacked, this.chunkSize, {
       storeChunk: (digest, data) => this.store.placeForImage(digest, data),
       packSize: (pack) => this.packSize(pack),
-    });
+    }, this.pool);
     return { ...await this.publish(id, layer), usage: layer.usage };
   }
 
@@ -85,7 +86,7 @@ export class KernelLayers {
    */
   async buildLazy(id: number, toc: Toc): Promise<KernelLayer & { files: number; bytes: number; chunks: number; recut: TocLayerImage['recut'] }> {
     const layer = await buildTocLayer(toc, this.chunkSize, {
-      placeStored: (digest, size) => this.store.placeStored(digest, size, this.verifier),
+      placeStored: (digest, size) => this.store.placeStored(digest, size, this.pool),
       storeChunk: (digest, data) => this.store.placeForImage(digest, data),
       packSize: (pack) => this.packSize(pack),
     });

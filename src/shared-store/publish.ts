@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
 import { NotFoundError } from '../errors.js';
 import type { ResolvedImage } from '../image/oci.js';
+import type { CodecPool } from '../codec/codec-pool.js';
 import { buildDirectoryLayer } from '../kernel/directory-layer.js';
 import { alignUp, type PackLocation } from '../store/pack-files.js';
 import { imageRecordSchema, layerRecordSchema, LAYOUT_VERSION, readRecord, StoreLayout, type ImageRecord, type LayerRecord } from './layout.js';
@@ -132,7 +133,7 @@ async function existingLayer(layout: StoreLayout, diffId: string): Promise<Layer
  * from `sources` (bottom first, as in the manifest) and built into EROFS images of `chunkSize`
  * chunks. Layers the store has already are kept as they are.
  */
-export async function publishImage(dir: string, image: ResolvedImage, sources: LayerSource[], chunkSize: number,
+export async function publishImage(dir: string, image: ResolvedImage, sources: LayerSource[], chunkSize: number, pool: CodecPool,
   onLayer?: (i: number, reused: boolean) => void): Promise<PublishReport> {
   const started = performance.now();
   const layout = new StoreLayout(dir);
@@ -161,7 +162,7 @@ export async function publishImage(dir: string, image: ResolvedImage, sources: L
             return placed;
           },
           packSize: async (name) => (name === pack.name ? pack.end : (await stat(layout.pack(name))).size),
-        });
+        }, pool);
       } finally {
         await from.close();
       }

@@ -129,6 +129,8 @@ export class Snapshotter {
   private repairs: Promise<void> = Promise.resolve();
   /** Manifests by image reference (and manifest digest when the labels give it), in flight or resolved. */
   private readonly manifests = new PromiseCache<ResolvedManifest>({ max: MANIFESTS.max, ttlMs: MANIFESTS.byDigestMs });
+  /** Kernel layers whose unpacked copy is being deleted, by id (Remove waits for it). */
+  private readonly deleting = new Map<number, Promise<void>>();
 
   constructor(private opts: SnapshotterOptions) {
     this.metadata = new SnapshotMetadata(join(opts.root, 'metadata.db'));
@@ -154,6 +156,11 @@ export class Snapshotter {
   /** A committed snapshot's layer for the snapshots above it: the EROFS mount of a complete lazy layer, else its fs. */
   private lowerDir(id: number): string {
     return this.complete?.has(id) ? this.erofsDir(id) : this.fs(id);
+  }
+
+  /** Where a kernel layer's unpacked copy goes once its image is mounted, to be deleted. */
+  private unpackedCopy(id: number): string {
+    return join(this.dir(id), 'unpacked');
   }
 
   /**
@@ -183,6 +190,7 @@ export class Snapshotter {
     }
     const mounted = new Set((await mountTable()).map((m) => m.target)); // once, not once per layer
     for (const s of all) {
+      if (s.kernel && existsSync(this.unpackedCopy(s.id))) this.deleteUnpacked(s.id); // a crash cut its deletion short
       if (!s.kernel) continue;
       // A lazy layer's image serves new snapshots only with kernel mode on; the FUSE mount serves the rest.
       if (s.remote) this.complete?.adopt(s.id, s.kernel);
@@ -232,6 +240,29 @@ export class Snapshotter {
    */
   async serveCompleteLayers(): Promise<void> {
     await this.complete?.serve();
+  }
+
+  /**
+   * Mounts a kernel layer's image at its snapshot's fs (not mounted), in place of whatever is left
+   * there (its unpacked copy): that is moved aside and deleted after, off the commit's path
+   * (containerd waits for the commit; a base layer's thousands of files take a while to delete).
+   */
+  private async serveKernel(id: number, layer: KernelLayerRef): Promise<void> {
+    await this.deleting.get(id);
+    await rm(this.unpackedCopy(id), { recursive: true, force: true });
+    await rename(this.fs(id), this.unpackedCopy(id));
+    await mkdir(this.fs(id));
+    await this.opts.kernel!.mountAt(layer, this.fs(id));
+    this.deleteUnpacked(id);
+  }
+
+  /** Deletes the kernel layer's unpacked copy in the background; a failure is logged (the next start tries again). */
+  private deleteUnpacked(id: number): void {
+    if (this.deleting.has(id)) return;
+    const dir = this.unpackedCopy(id);
+    this.deleting.set(id, rm(dir, { recursive: true, force: true })
+      .catch((err: unknown) => this.opts.log.warn({ dir, err: (err as Error).message }, 'unpacked copy of a kernel layer not deleted'))
+      .finally(() => this.deleting.delete(id)));
   }
 
   /**
@@ -546,7 +577,7 @@ export class Snapshotter {
       await kernel.discard(s.id);
       throw err;
     }
-    await kernel.mountAt(layer, this.fs(s.id));
+    await this.serveKernel(s.id, layer);
     const details = { files: built.files, bytes: built.bytes, chunks: built.chunks, packs: built.devices.length, ms: Math.round(performance.now() - started) };
     this.opts.log.info({ snapshot: name, ...details }, 'layer committed into the store; served by the kernel (EROFS)');
     this.opts.audit?.('layer.commit', name, details);
@@ -559,6 +590,7 @@ export class Snapshotter {
     if (lazy) await this.unmountLayer(this.fs(id), new Set([this.fs(id)]));
     if (kernel) await unmount(this.fs(id));
     if (lazy) await unmount(this.erofsDir(id)); // its image, or one a crash left before it was recorded
+    await this.deleting.get(id);
     await rm(this.dir(id), { recursive: true, force: true });
     if (kernel) await this.opts.kernel?.discard(id);
     this.opts.audit?.('snapshot.remove', key, { lazy, kernel });

@@ -67,6 +67,8 @@ export type ChunkPlace = PackLocation | null;
 export interface Stored {
   size: number;
   at: PackLocation;
+  /** Stored again after this process found it missing or rotten: the place the index has is dropped first. */
+  replaces?: boolean;
 }
 
 /**
@@ -94,16 +96,23 @@ export function recordPresence(db: Database.Database, changes: PresenceChanges, 
   const { stored, absent } = sql;
   db.transaction(() => {
     for (const [digest, s] of changes) {
-      if (s === null) absent.run(digest);
-      else stored.run(digest, s.size, now, now, s.at.pack, s.at.offset);
+      if (s === null || s.replaces) absent.run(digest);
+      if (s !== null) stored.run(digest, s.size, now, now, s.at.pack, s.at.offset);
     }
   }).immediate();
 }
 
+/** placesAmong's statement, prepared once per connection (a kernel-mode commit asks once per chunk: preparing cost more than the query). */
+const placesStatements = new WeakMap<Database.Database, Database.Statement>();
+
 /** The digests among `digests` whose bytes the index says are stored, with their places: one query, however many. */
 export function placesAmong(db: Database.Database, digests: string[]): Map<string, ChunkPlace> {
-  const rows = db.prepare('SELECT c.digest, c.pack, c.pack_offset AS offset FROM json_each(?) j JOIN chunks c ON c.digest = j.value WHERE c.present = 1')
-    .all(JSON.stringify(digests)) as { digest: string; pack: string | null; offset: number | null }[];
+  let sql = placesStatements.get(db);
+  if (!sql) {
+    sql = db.prepare('SELECT c.digest, c.pack, c.pack_offset AS offset FROM json_each(?) j JOIN chunks c ON c.digest = j.value WHERE c.present = 1');
+    placesStatements.set(db, sql);
+  }
+  const rows = sql.all(JSON.stringify(digests)) as { digest: string; pack: string | null; offset: number | null }[];
   return new Map(rows.map((r) => [r.digest, r.pack === null ? null : { pack: r.pack, offset: r.offset! }]));
 }
 

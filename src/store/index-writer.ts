@@ -46,7 +46,10 @@ export class IndexWriter {
   }
 
   private queue(digest: string, change: Stored | null): void {
-    this.queued.set(digest, change);
+    // Found rotten, then stored again before the batch went: one change, and it must replace the
+    // index's place (a plain "stored" keeps a place another process recorded first).
+    const replaces = change !== null && this.queued.get(digest) === null;
+    this.queued.set(digest, replaces ? { ...change, replaces } : change);
     if (this.scheduled) return;
     // Wait one turn: the changes of one turn (a Range request's chunks) go in one batch.
     this.scheduled = true;

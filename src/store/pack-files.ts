@@ -39,6 +39,9 @@ export async function readPieces(fh: FileHandle, offset: number, size: number): 
   return got === size ? buf : buf.subarray(0, got);
 }
 
+/** A block of zeros, never written to: the padding after a chunk. */
+const ZEROS = new Uint8Array(PACK_ALIGN);
+
 export function alignUp(n: number): number {
   return Math.ceil(n / PACK_ALIGN) * PACK_ALIGN;
 }
@@ -73,38 +76,53 @@ export async function listPacks(root: string): Promise<string[]> {
   return (await readdir(packsDir(root)).catch(() => [] as string[])).filter((n) => PACK_NAME.test(n)).sort();
 }
 
-/** This process's appends: one pack at a time, appends serialised, the file always ending aligned. */
+/**
+ * This process's appends: one pack at a time. Places are handed out in order, each chunk's
+ * padded to the next aligned offset; the writes themselves run at once (one after another, a
+ * layer's commit waited on the disk for each of its thousands of chunks in turn).
+ */
 export class PackWriter {
   private current: { name: string; fh: FileHandle; end: number } | undefined;
   private readonly id = `${process.pid}-${startTime(process.pid) ?? '0'}`;
   private seq = 0;
+  /** The places handed out so far (each waits for the one before: a new pack may be opened). */
   private tail: Promise<unknown> = Promise.resolve();
+  /** Writes not ended yet. */
+  private readonly writing = new Set<Promise<unknown>>();
   /** Packs written to since the last sync. */
   private readonly dirty = new Map<string, FileHandle>();
   private readonly closing: Promise<void>[] = [];
 
   constructor(private readonly root: string) {}
 
-  /** Appends `data` at the next aligned offset; resolves once it is written (not yet synced). */
+  /** Appends `data` (unchanged until this resolves) at the next aligned offset; resolves once it is written (not yet synced). */
   append(data: Uint8Array): Promise<PackLocation> {
-    const done = this.tail.then(() => this.write(data));
-    this.tail = done.catch(() => undefined);
-    return done;
+    const placed = this.tail.then(() => this.place(data.length));
+    this.tail = placed.catch(() => undefined);
+    const written = placed.then((at) => this.write(at, data));
+    const settled = written.catch(() => undefined).finally(() => this.writing.delete(settled));
+    this.writing.add(settled);
+    return written;
   }
 
-  private async write(data: Uint8Array): Promise<PackLocation> {
-    const pack = await this.pack(data.length);
+  /** The next aligned offset for `bytes`; a write that then fails leaves a hole nothing points at. */
+  private async place(bytes: number): Promise<{ pack: { name: string; fh: FileHandle }; offset: number }> {
+    const pack = await this.pack(bytes);
     const offset = pack.end;
+    pack.end = alignUp(offset + bytes);
+    this.dirty.set(pack.name, pack.fh);
+    return { pack, offset };
+  }
+
+  private async write({ pack, offset }: { pack: { name: string; fh: FileHandle }; offset: number }, data: Uint8Array): Promise<PackLocation> {
     try {
-      await pack.fh.write(data, 0, data.length, offset);
-      const end = alignUp(offset + data.length);
-      // The kernel reads a chunk's last block whole: the file must reach its end (sparse).
-      if (end > offset + data.length) await pack.fh.truncate(end);
-      pack.end = end;
+      // The kernel reads a chunk's last block whole: the file must reach its end, so the block's
+      // rest is written as zeros in the same call (that block is allocated either way).
+      const pad = alignUp(offset + data.length) - offset - data.length;
+      await pack.fh.writev(pad ? [data, ZEROS.subarray(0, pad)] : [data], offset);
     } catch (err) {
       throw new StoreError(`cannot write ${data.length} bytes to pack ${pack.name}: ${(err as Error).message}`, { cause: err });
     }
-    this.dirty.set(pack.name, pack.fh);
     return { pack: pack.name, offset };
   }
 
@@ -130,6 +148,7 @@ export class PackWriter {
   /** Flushes every pack written to since the last call: what an EROFS image points at must be on disk. */
   async sync(): Promise<void> {
     await this.tail;
+    await Promise.all(this.writing);
     const dirty = [...this.dirty.values()];
     this.dirty.clear();
     await Promise.all(dirty.map((fh) => fh.datasync()));

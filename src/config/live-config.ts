@@ -62,7 +62,8 @@ export class LiveConfig extends EventEmitter<{ change: [ConfigChange] }> {
     configOf({ file: 'config update', doc });
     const next = configOf({ file: 'config update', doc }, this.overrides);
     const before = flattenConfig(this.current);
-    const changed = [...flattenConfig(next)].filter(([k, v]) => before.get(k) !== v).map(([k]) => k);
+    // Leaves are compared by value: a list (shared_stores) is a new array in every parse.
+    const changed = [...flattenConfig(next)].filter(([k, v]) => JSON.stringify(before.get(k)) !== JSON.stringify(v)).map(([k]) => k);
     await mkdir(dirname(this.document.file), { recursive: true });
     await writeFileAtomic(this.document.file, Buffer.from(JSON.stringify(doc, null, 2) + '\n'));
     this.document = { file: this.document.file, doc };

@@ -141,6 +141,13 @@ async function main(): Promise<void> {
     const kst = JSON.parse((await dedupctl(['stats', '--root', snapshotter.root, '--json'])).stdout) as { chunks: number; storedBytes: number; logicalBytes: number };
     say(`   the daemon's store: ${kst.chunks} chunks, ${formatBytes(kst.storedBytes)} stored for ${formatBytes(kst.logicalBytes)} of layers`);
 
+    say('\n== dedupctl store publish: the kernel-mode image into a read-only store other hosts mount from (shared_stores)');
+    const shared = join(tmp, 'shared-store');
+    const published = await dedupctl(['store', 'publish', '--root', snapshotter.root, '--plain-http', '--json', '--to', shared, plainRef]);
+    if (published.code !== 0) throw new Error(`dedupctl store publish: ${published.stderr}`);
+    const pub = JSON.parse(published.stdout) as { layers: { reused: boolean }[]; bytesWritten: number; seconds: number };
+    say(`   ${pub.layers.length} layers published to ${shared.slice(tmp.length + 1)} in ${pub.seconds.toFixed(2)} s (${formatBytes(pub.bytesWritten)} of chunks), each visible only once whole; a daemon with shared_stores: ["${shared.slice(tmp.length + 1)}"] mounts them without a byte from the registry`);
+
     say('\n== dedupctl index: an unmodified gzip image made lazily pullable without converting it (its digest stays): a gzip index pushed beside it');
     const gzPlain = `${registry.host}/demo/worker:plain`;
     const indexRun = await dedupctl(['index', 'create', '--plain-http', '--root', join(tmp, 'indexer'), '--push', '--json', gzPlain]);

@@ -54,10 +54,10 @@ describe('kernel mode: ordinary images in the store, served as EROFS', { skip },
     const parents = new Set(rows.map((r) => r[1]));
     const top = rows.find((r) => r[2] === 'Committed' && !parents.has(r[0]))![0]!;
     const key = `view-${snapshotter}`;
-    await mustRun('ctr', ['--address', ctd!.socket, 'snapshots', '--snapshotter', snapshotter, 'view', key, top]);
     const dir = join(tmp, key);
     await mkdir(dir);
-    const cmd = (await mustRun('ctr', ['--address', ctd!.socket, 'snapshots', '--snapshotter', snapshotter, 'mounts', dir, key])).trim();
+    // One call makes the view and prints its mount: between two, containerd's gc may remove the unleased view.
+    const cmd = (await mustRun('ctr', ['--address', ctd!.socket, 'snapshots', '--snapshotter', snapshotter, 'view', '--target', dir, key, top])).trim();
     await mustRun('sh', ['-c', cmd]);
     views.push(dir);
     return walkInodes(dir);

@@ -52,7 +52,7 @@ async function storedChunks(layout: StoreLayout): Promise<Map<string, Placed>> {
 /** A pack being written under tmp/ by this publisher: appended at aligned offsets, then synced and renamed into packs/. */
 class NewPack {
   readonly name = `${randomBytes(16).toString('hex')}.pack`;
-  private fh: FileHandle | undefined;
+  private opened: Promise<FileHandle> | undefined;
   end = 0;
 
   constructor(private readonly layout: StoreLayout) {}
@@ -61,28 +61,31 @@ class NewPack {
     return join(this.layout.tmp, this.name);
   }
 
+  /** Where `data` goes, taken before any wait: the layer builder places chunks at once. */
   async append(data: Uint8Array): Promise<number> {
-    this.fh ??= await open(this.tmp, 'wx');
     const offset = this.end;
-    for (let done = 0; done < data.length;) done += (await this.fh.write(data, done, data.length - done, offset + done)).bytesWritten;
     this.end = alignUp(offset + data.length);
+    const fh = await (this.opened ??= open(this.tmp, 'wx'));
+    for (let done = 0; done < data.length;) done += (await fh.write(data, done, data.length - done, offset + done)).bytesWritten;
     return offset;
   }
 
   /** Makes it visible (false when nothing was written): ends on a block boundary, synced, renamed. */
   async publish(): Promise<boolean> {
-    if (!this.fh) return false;
-    await this.fh.truncate(this.end); // the kernel reads a chunk's last block whole
-    await this.fh.sync();
-    await this.fh.close();
-    this.fh = undefined;
+    if (!this.opened) return false;
+    const fh = await this.opened;
+    this.opened = undefined;
+    await fh.truncate(this.end); // the kernel reads a chunk's last block whole
+    await fh.sync();
+    await fh.close();
     await rename(this.tmp, this.layout.pack(this.name));
     return true;
   }
 
   async discard(): Promise<void> {
-    await this.fh?.close();
-    this.fh = undefined;
+    const opened = this.opened;
+    this.opened = undefined;
+    await (await opened?.catch(() => undefined))?.close();
     await rm(this.tmp, { force: true });
   }
 }

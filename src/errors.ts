@@ -118,6 +118,13 @@ export class MalformedLayerError extends DedupError {
   }
 }
 
+/** A gzip layer of several gzip members (concatenated), which a gzip index cannot describe. */
+export class MultipleGzipMembersError extends MalformedLayerError {
+  constructor(layer: string) {
+    super(layer, 'holds more than one gzip member, which its index cannot describe');
+  }
+}
+
 /** The eStargz footer, TOC or an entry of it is broken; `where` says which part. */
 export class MalformedEstargzError extends DedupError {
   constructor(where: string, why: string) {

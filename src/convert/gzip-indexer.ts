@@ -5,7 +5,7 @@
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
-import { MalformedLayerError, NotFoundError } from '../errors.js';
+import { MultipleGzipMembersError, NotFoundError } from '../errors.js';
 import { buildGzipIndex } from '../gzip-index/build.js';
 import { decodeGzipIndex, encodeGzipIndex, GZIP_INDEX_MEDIA_TYPE, type ParsedGzipIndex } from '../gzip-index/format.js';
 import { sha256Digest, TOC_DIGEST_ANNOTATION } from '../estargz/toc.js';
@@ -83,7 +83,7 @@ export async function indexImage(source: ImageSource, root: string, opts: IndexI
           report();
         }));
       } catch (err) {
-        if (!(err instanceof MalformedLayerError && /more than one gzip member/.test(err.message))) throw err;
+        if (!(err instanceof MultipleGzipMembersError)) throw err;
         skipped.push({ layer: desc.digest, reason: 'more than one gzip member' });
       }
     }
@@ -182,12 +182,12 @@ export function indexable(desc: Descriptor): boolean {
  * digest as it is read); decoded and checked against the layer. Undefined when there is none;
  * MalformedGzipIndexError for one that is broken or for another layer.
  */
-export async function layerIndex(client: RegistryClient, image: RegistryImage, root: string, manifestDigest: string,
-  layer: Descriptor): Promise<ParsedGzipIndex & { digest: string } | undefined> {
+export async function layerIndex(client: RegistryClient, image: RegistryImage, root: string, manifestDigest: string, layer: Descriptor,
+  find: () => Promise<FoundArtifact | undefined> = () => findIndexes(client, image, { manifestDigest })): Promise<ParsedGzipIndex & { digest: string } | undefined> {
   const record = await readFile(join(recordsDir(root), `${manifestDigest.slice(7)}.json`), 'utf8').then((t) => JSON.parse(t) as ImageIndexRecord, () => undefined);
   const local = record?.layers.find((l) => l.layer === layer.digest);
   if (local) return { ...decodeGzipIndex(await readIndexBlob(root, local.index), layer, `${blobPath(root, local.index)} (local index of ${image.name})`), digest: local.index };
-  const found = await findIndexes(client, image, { manifestDigest });
+  const found = await find();
   const blob = found?.manifest.layers.find((l) => l.annotations?.[INDEXED_LAYER_ANNOTATION] === layer.digest);
   if (!found || !blob) return undefined;
   const bytes = await client.getBlob(image.ref, blob.digest);

@@ -6,6 +6,7 @@
 // be checked against the layer's descriptor once that is known.
 
 import { indexable, layerIndex } from '../convert/gzip-indexer.js';
+import type { FoundArtifact } from '../image/artifacts.js';
 import { MalformedEstargzError, TocDigestMismatchError } from '../errors.js';
 import { FOOTER_SIZE, parseFooter } from '../estargz/footer.js';
 import { readToc } from '../estargz/layer.js';
@@ -80,11 +81,12 @@ export class RemoteLayer {
    * The layer as a lazy mount serves it: an unmodified gzip layer through its gzip index when it
    * has one (`root`'s indexes/, else the artifact beside the image `manifestDigest` names),
    * otherwise as eStargz, opened by `estargz` (by default: its footer and TOC read now).
+   * `findIndexes` looks up the image's index artifact (a caller mounting several layers shares it).
    */
   static async forMount(client: RegistryClient, image: RegistryImage, root: string, manifestDigest: string, desc: Descriptor,
-    estargz: () => Promise<RemoteLayer> = () => RemoteLayer.open(image, desc)): Promise<RemoteLayer> {
+    estargz: () => Promise<RemoteLayer> = () => RemoteLayer.open(image, desc), findIndexes?: () => Promise<FoundArtifact | undefined>): Promise<RemoteLayer> {
     if (indexable(desc)) {
-      const index = await layerIndex(client, image, root, manifestDigest, desc);
+      const index = await layerIndex(client, image, root, manifestDigest, desc, findIndexes);
       if (index) return RemoteLayer.ofIndex(image, desc, index.toc, index.digest);
     }
     return estargz();

@@ -10,9 +10,11 @@
 // manifest at the first layer's Prepare), so that no mount waits for a round trip of its own.
 
 import { z } from 'zod';
+import { findIndexes } from '../convert/gzip-indexer.js';
 import { AlreadyExistsError, MalformedEstargzError, NotFoundError, UnavailableError } from '../errors.js';
 import { RemoteLayer, type LayerToc } from '../fetch/remote-layer.js';
 import { FUSE_FSTYPE, type FuseConnection } from '../fs/fuse-session.js';
+import type { FoundArtifact } from '../image/artifacts.js';
 import { descriptorSchema, digestSchema } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
@@ -41,6 +43,8 @@ export type OpenAheadRequest = z.infer<typeof openAheadRequestSchema>;
 
 /** TOCs read ahead and not mounted yet: an abandoned pull's are dropped after this long. */
 const READ_AHEAD = { max: 128, ttlMs: 5 * 60_000 };
+/** About one pull: an index pushed after it is found by the next. */
+const INDEX_ARTIFACTS = { max: 64, ttlMs: 30_000 };
 
 /** The blob a mount's TOC read ahead came from. */
 function readAheadKey(image: string, digest: string): string {
@@ -87,6 +91,8 @@ export class LayerServer {
   private readonly pending = new Map<string, Promise<boolean>>();
   /** Footers and TOCs read ahead of their mounts (openAhead), each until a mount takes it. */
   private readonly readAhead = new PromiseCache<LayerToc>(READ_AHEAD);
+  /** An image's gzip index artifact (or none), looked up once for all of its layers' mounts. */
+  private readonly indexArtifacts = new PromiseCache<{ found: FoundArtifact | undefined }>(INDEX_ARTIFACTS);
   /** Set while the mounts are being handed over: the set of mounts must not change meanwhile. */
   private frozen = false;
   /**
@@ -185,7 +191,8 @@ export class LayerServer {
         if (err instanceof MalformedEstargzError) throw err;
       });
       return ahead ? RemoteLayer.of(image, request.layer, ahead) : RemoteLayer.open(image, request.layer);
-    });
+    }, async () => (await this.indexArtifacts.get(`${request.image}@${request.manifestDigest}`,
+      async () => ({ found: await findIndexes(this.ctx.client, image, request) })).promise).found);
   }
 
   private withBackground(request: MountRequest): LayerMountContext {

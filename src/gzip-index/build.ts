@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { constants } from 'node:zlib';
 import { inflate, inflateEnd, inflateInit2 } from 'pako/lib/zlib/inflate.js';
 import ZStream from 'pako/lib/zlib/zstream.js';
-import { MalformedLayerError } from '../errors.js';
+import { MalformedLayerError, MultipleGzipMembersError } from '../errors.js';
 import { readTar, TarFormatError } from '../estargz/tar-reader.js';
 import { tocEntryOfTar, type TocEntryJson } from '../estargz/toc.js';
 import { WINDOW_BYTES, type Checkpoint, type GzipIndex } from './format.js';
@@ -47,7 +47,7 @@ class CheckpointingInflater {
         this.hash.update(piece);
         this.compressedBytes += piece.length;
         if (ended) {
-          if (piece.some((b) => b !== 0)) throw new MalformedLayerError(this.layer, 'holds more than one gzip member, which its index cannot describe');
+          if (piece.some((b) => b !== 0)) throw new MultipleGzipMembersError(this.layer);
           continue;
         }
         strm.input = piece;
@@ -66,7 +66,7 @@ class CheckpointingInflater {
           if (strm.next_out > 0) yield this.keep(Buffer.from(out.subarray(0, strm.next_out)));
           if (ret === constants.Z_STREAM_END) {
             ended = true;
-            if (piece.subarray(strm.next_in).some((b) => b !== 0)) throw new MalformedLayerError(this.layer, 'holds more than one gzip member, which its index cannot describe');
+            if (piece.subarray(strm.next_in).some((b) => b !== 0)) throw new MultipleGzipMembersError(this.layer);
           } else {
             this.checkpointAt(strm);
           }

@@ -13,7 +13,7 @@ import { MalformedGzipIndexError, MalformedLayerError } from '../src/errors.js';
 import type { TocNode } from '../src/estargz/toc.js';
 import { buildGzipIndex } from '../src/gzip-index/build.js';
 import { decodeGzipIndex, encodeGzipIndex, WINDOW_BYTES } from '../src/gzip-index/format.js';
-import { inflateChunk } from '../workers/codec-worker.js';
+import { inflateSpan } from '../workers/codec-worker.js';
 import { findIndexes, readIndexBlob, type ImageIndexRecord } from '../src/convert/gzip-indexer.js';
 import { RegistryImage } from '../src/image/registry-image.js';
 import { RegistryClient } from '../src/registry/client.js';
@@ -51,9 +51,9 @@ async function layerOf(level: number): Promise<{ gz: Buffer; desc: { digest: str
 /** Every file read back chunk by chunk from the compressed bytes each chunk's place names. */
 function readBack(gz: Buffer, node: TocNode): Buffer {
   return Buffer.concat(node.chunks.map((c) => {
-    const out = inflateChunk({ member: gz.subarray(c.offset, c.compressedEnd), innerOffset: c.innerOffset, chunkSize: c.chunkSize, expected: c.chunkDigest, window: c.window });
+    const [out] = inflateSpan({ member: gz.subarray(c.offset, c.compressedEnd), window: c.window!, chunks: [{ innerOffset: c.innerOffset, chunkSize: c.chunkSize, expected: c.chunkDigest! }] });
     if (typeof out === 'string') assert.fail(`${node.path} at ${c.chunkOffset}: ${out}`);
-    return out;
+    return Buffer.from(out!);
   }));
 }
 

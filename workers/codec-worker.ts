@@ -23,11 +23,6 @@ export interface InflateTask {
   chunkSize: number;
   /** "sha256:<hex>" the chunk must hash to, or undefined for stargz chunks without digests. */
   expected: string | undefined;
-  /**
-   * Set for a chunk of an unmodified gzip layer: `member` is raw deflate data from a checkpoint of
-   * its index, to be inflated with this window as dictionary, up to where the bytes end.
-   */
-  window?: Uint8Array;
 }
 
 /**
@@ -38,10 +33,7 @@ export interface InflateTask {
 export function inflateChunk(task: InflateTask): Buffer | string {
   let out: Buffer;
   try {
-    const maxOutputLength = task.innerOffset + task.chunkSize + 64 * 1024 * 1024;
-    out = task.window
-      ? inflateRawSync(task.member, { dictionary: task.window, finishFlush: constants.Z_SYNC_FLUSH, maxOutputLength })
-      : gunzipSync(task.member, { maxOutputLength });
+    out = gunzipSync(task.member, { maxOutputLength: task.innerOffset + task.chunkSize + 64 * 1024 * 1024 });
   } catch (err) {
     return `inflate: ${(err as Error).message}`;
   }

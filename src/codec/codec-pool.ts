@@ -78,8 +78,12 @@ export class CodecPool {
    */
   async inflateSpan(span: Uint8Array, window: Uint8Array, chunks: { innerOffset: number; chunkSize: number; expected: string; where: string }[]): Promise<(Buffer | Error)[]> {
     const task: SpanTask = { member: span, window, chunks: chunks.map(({ innerOffset, chunkSize, expected }) => ({ innerOffset, chunkSize, expected })) };
-    const out = span.byteLength <= INLINE_MAX ? inflateSpan(task)
-      : (await this.pool.run({ ...task, member: ownCopy(span) }, { name: 'inflateSpan' })) as (Uint8Array | string)[];
+    let out: (Uint8Array | string)[];
+    if (span.byteLength <= INLINE_MAX) out = inflateSpan(task);
+    else {
+      const own = ownCopy(span);
+      out = (await this.pool.run({ ...task, member: own }, { name: 'inflateSpan', transferList: [own.buffer] })) as (Uint8Array | string)[];
+    }
     return out.map((r, i) => (typeof r === 'string' ? refused(r, chunks[i]!.expected, chunks[i]!.where) : Buffer.from(r.buffer, r.byteOffset, r.byteLength)));
   }
 

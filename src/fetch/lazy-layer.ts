@@ -160,8 +160,9 @@ export class LazyLayer {
     }
     for (const r of this.refs) {
       const c = r.file.chunks[r.index]!;
-      if (c.window) this.bySpan.set(c.offset, [...(this.bySpan.get(c.offset) ?? []), r]);
-      else this.byOffset.set(c.offset, r);
+      if (!c.window) this.byOffset.set(c.offset, r);
+      else if (this.bySpan.has(c.offset)) this.bySpan.get(c.offset)!.push(r);
+      else this.bySpan.set(c.offset, [r]);
     }
     const digests = this.refs.map((r) => r.file.chunks[r.index]!.chunkDigest ?? '').filter((d) => d);
     const missing = store.missing(digests);

@@ -522,7 +522,7 @@ export class RegistryClient {
     }
     if (res.statusCode !== 200) return this.fail(res, `referrers of ${digest} in ${ref.repository}`);
     const bytes = Buffer.from(await res.body.arrayBuffer());
-    this.stats.bytesReceived += bytes.length;
+    this.received(res, bytes.length);
     return bytes;
   }
 

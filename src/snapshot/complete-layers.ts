@@ -127,14 +127,15 @@ export class CompleteLayers {
   private async retireUnused(): Promise<void> {
     const all = this.ctx.metadata.all();
     const byKey = new Map(all.map((s) => [s.key, s]));
-    const users = new Map<number, number[]>();
+    // Per layer, the oldest Active or View snapshot above it: only that one's id matters.
+    const firstUser = new Map<number, number>();
     for (const s of all) {
       if (s.kind === 'committed') continue;
-      for (let p = byKey.get(s.parent); p; p = byKey.get(p.parent)) users.set(p.id, [...users.get(p.id) ?? [], s.id]);
+      for (let p = byKey.get(s.parent); p; p = byKey.get(p.parent)) firstUser.set(p.id, Math.min(firstUser.get(p.id) ?? Infinity, s.id));
     }
     const mounted = new Set((await this.ctx.layers.list()).map((m) => m.mountpoint));
     for (const [id, ref] of this.served) {
-      if (!mounted.has(this.ctx.fs(id)) || (users.get(id) ?? []).some((u) => u <= (ref.since ?? Infinity))) continue;
+      if (!mounted.has(this.ctx.fs(id)) || (firstUser.get(id) ?? Infinity) <= (ref.since ?? Infinity)) continue;
       await this.ctx.layers.retire(this.ctx.fs(id));
       this.ctx.log.info({ mountpoint: this.ctx.fs(id) }, 'FUSE mount of a layer served by EROFS let go: no snapshot made before the switch uses it');
     }

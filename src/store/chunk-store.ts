@@ -122,7 +122,8 @@ export class ChunkStore {
   missing(digests: Iterable<string>): Set<string> {
     const all = [...new Set(digests)];
     const present = placesAmong(this.db, all);
-    for (const [d, place] of present) if (!this.places.has(d)) this.places.set(d, place);
+    // A place the index still lists but this process found rotten (its absence not committed yet) is not taken back.
+    for (const [d, place] of present) if (!this.places.has(d) && this.writer?.pending(d) !== false) this.places.set(d, place);
     const out = new Set<string>();
     for (const d of all) if (!(this.writer?.pending(d) ?? present.has(d))) out.add(d);
     return out;

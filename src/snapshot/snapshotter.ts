@@ -248,12 +248,23 @@ export class Snapshotter {
    * (containerd waits for the commit; a base layer's thousands of files take a while to delete).
    */
   private async serveKernel(id: number, layer: KernelLayerRef): Promise<void> {
+    await this.moveUnpackedAside(id);
+    await this.opts.kernel!.mountAt(layer, this.fs(id));
+    this.deleteUnpacked(id);
+  }
+
+  /** Moves snapshot `id`'s unpacked copy out of its fs (left empty) to where deleteUnpacked finds it. */
+  private async moveUnpackedAside(id: number): Promise<void> {
     await this.deleting.get(id);
     await rm(this.unpackedCopy(id), { recursive: true, force: true });
     await rename(this.fs(id), this.unpackedCopy(id));
     await mkdir(this.fs(id));
-    await this.opts.kernel!.mountAt(layer, this.fs(id));
-    this.deleteUnpacked(id);
+  }
+
+  /** Puts back the unpacked copy moveUnpackedAside moved (fs not mounted). */
+  private async putUnpackedBack(id: number): Promise<void> {
+    await rm(this.fs(id), { recursive: true, force: true });
+    await rename(this.unpackedCopy(id), this.fs(id));
   }
 
   /** Deletes the kernel layer's unpacked copy in the background; a failure is logged (the next start tries again). */
@@ -421,20 +432,19 @@ export class Snapshotter {
     return true;
   }
 
-  /** Mounts a shared layer in place of snapshot `id`'s unpacked copy; false (the copy left as it was) when it does not mount. */
+  /**
+   * Mounts a shared layer in place of snapshot `id`'s unpacked copy, which is kept aside until
+   * the commit is recorded; false (the copy left as it was) when it does not mount.
+   */
   private async swapInShared(id: number, layer: KernelLayerRef): Promise<boolean> {
-    const unpacked = join(this.dir(id), 'unpacked');
-    await rename(this.fs(id), unpacked);
-    await mkdir(this.fs(id));
+    await this.moveUnpackedAside(id);
     try {
       await this.opts.kernel!.mountAt(layer, this.fs(id));
     } catch (err) {
-      await rm(this.fs(id), { recursive: true, force: true });
-      await rename(unpacked, this.fs(id));
+      await this.putUnpackedBack(id);
       this.opts.log.warn({ id, store: layer.shared, err: (err as Error).message }, 'cannot mount the layer from the shared store; committing the unpacked copy');
       return false;
     }
-    await rm(unpacked, { recursive: true, force: true });
     return true;
   }
 
@@ -563,8 +573,10 @@ export class Snapshotter {
         this.metadata.commit(name, key, labels, shared.usage, shared.layer);
       } catch (err) {
         await unmount(this.fs(s.id));
+        await this.putUnpackedBack(s.id); // the Active snapshot as it was
         throw err;
       }
+      this.deleteUnpacked(s.id);
       return this.sharedMounted(name, shared.layer, 'commit');
     }
     const started = performance.now();

@@ -5,7 +5,7 @@
 // said so; a corrupted span is EIO for the file in it, and the rest still reads.
 
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +17,7 @@ import { RegistryImage } from '../src/image/registry-image.js';
 import { RegistryClient } from '../src/registry/client.js';
 import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
-import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { busyboxEntries, pushOci, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { auditedPulls, startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
@@ -25,7 +25,8 @@ import { teardownStack } from './fixtures/teardown.js';
 
 const MiB = 1024 * 1024;
 const PLATFORM = { os: 'linux', architecture: 'amd64' };
-const hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+/** The digest as sha256sum prints it. */
+const hex = (b: Buffer): string => sha256(b).slice('sha256:'.length);
 
 describe('lazy pulls of unmodified gzip images through their gzip index', () => {
   let tmp: string;

@@ -341,6 +341,7 @@ done`];
     if (controllers.has('hugetlb')) limits['hugetlb.2MB.max'] = '2097152';
     if (controllers.has('pids')) limits['pids.max'] = '16';
     if (controllers.has('memory')) limits['memory.max'] = '67108864';
+    if (controllers.has('cpu')) limits['cpu.max'] = '50000 100000';
     if (Object.keys(limits).length) {
       await withPool('limits', { initial_size: 1, min_size: 0, max_size: 1, template: { ...TEMPLATE, image: '', cgroup: { limits } } }, async (pool) => {
         const [sb] = pool.sandboxes();

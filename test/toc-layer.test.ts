@@ -4,7 +4,7 @@
 // directories, hard links, and the refusal while a chunk is missing or rotten.
 
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -14,13 +14,13 @@ import { buildTocLayer, fileChunkSize, type StoredChunks } from '../src/kernel/t
 import { ChunkStore, type ChunkVerifier } from '../src/store/chunk-store.js';
 import { erofsSkipReason, erofsWorkdir, walkInodes } from './fixtures/erofs.js';
 import { mountErofs, unmount } from '../src/mount/system-mounts.js';
+import { sha256 } from './fixtures/images.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const digestOf = (b: Buffer): string => 'sha256:' + createHash('sha256').update(b).digest('hex');
 const verifier: ChunkVerifier = {
   async verify(data, expected) {
-    assert.equal(digestOf(Buffer.from(data)), expected);
+    assert.equal(sha256(Buffer.from(data)), expected);
     return Buffer.from(data);
   },
 };
@@ -51,8 +51,8 @@ describe('EROFS image of a lazy layer', { skip: erofsSkipReason() }, () => {
     files.set(name, data);
     for (let at = 0, i = 0; at < data.length || i === 0; at += cuts, i++) {
       const piece = data.subarray(at, Math.min(data.length, at + cuts));
-      if (piece.length) await store.put(digestOf(piece), piece);
-      const chunk = { offset: (offset += 100), chunkOffset: at, chunkSize: piece.length, chunkDigest: piece.length ? digestOf(piece) : undefined };
+      if (piece.length) await store.put(sha256(piece), piece);
+      const chunk = { offset: (offset += 100), chunkOffset: at, chunkSize: piece.length, chunkDigest: piece.length ? sha256(piece) : undefined };
       entries.push(i === 0 ? { name, type: 'reg', size: data.length, mode: 0o644, modtime: '2024-01-02T03:04:05Z', ...chunk, ...extra } : { name, type: 'chunk', ...chunk });
       if (!data.length) break;
     }
@@ -130,7 +130,7 @@ describe('EROFS image of a lazy layer', { skip: erofsSkipReason() }, () => {
 
   it('is refused while a chunk is missing, naming it', async () => {
     const data = randomBytes(5000);
-    const toc = parseToc(Buffer.from(JSON.stringify({ version: 1, entries: [{ name: 'x', type: 'reg', size: 5000, offset: 10, chunkDigest: digestOf(data) }] })), { tocOffset: 100 });
-    await assert.rejects(buildTocLayer(toc, 4 * MiB, source()), (err: unknown) => err instanceof NotFoundError && err.message.includes(`chunk ${digestOf(data)} of "x"`));
+    const toc = parseToc(Buffer.from(JSON.stringify({ version: 1, entries: [{ name: 'x', type: 'reg', size: 5000, offset: 10, chunkDigest: sha256(data) }] })), { tocOffset: 100 });
+    await assert.rejects(buildTocLayer(toc, 4 * MiB, source()), (err: unknown) => err instanceof NotFoundError && err.message.includes(`chunk ${sha256(data)} of "x"`));
   });
 });

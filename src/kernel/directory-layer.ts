@@ -13,7 +13,7 @@ import { MalformedLayerError } from '../errors.js';
 import { OPAQUE_XATTR } from '../estargz/whiteouts.js';
 import { isSysError, native } from '../native.js';
 import type { PackLocation } from '../store/pack-files.js';
-import { ImageChunks, type LayerImage } from './layer-image.js';
+import { eachLimited, ImageChunks, type LayerImage } from './layer-image.js';
 
 /** Files below this size live inside the image (tail-packed), not in packs. */
 export const INLINE_MAX = 4096;
@@ -102,27 +102,6 @@ function batchesOf(jobs: FileJob[], chunkSize: number): Piece[][] {
   return batches;
 }
 
-/**
- * Runs `fn` on every item, `limit` at a time. After a failure no further item starts, and the
- * first error is thrown once those running have ended (nothing is left writing to the store).
- */
-async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failed = false;
-  const runner = async (): Promise<void> => {
-    while (!failed && next < items.length) {
-      try {
-        await fn(items[next++]!);
-      } catch (err) {
-        failed = true;
-        throw err;
-      }
-    }
-  };
-  const results = await Promise.allSettled(Array.from({ length: Math.min(limit, items.length) }, runner));
-  const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failure) throw failure.reason;
-}
 
 /**
  * Builds the EROFS image of the layer unpacked at `root`, storing its file data in chunks of

@@ -1,6 +1,6 @@
 // What the builders of a layer's EROFS image share: the chunks its files point at, gathered file
 // by file into extents of the packs they lie in (one device per pack, in the order first met),
-// then the image built over those packs at their current sizes.
+// then the image built over those packs at their current sizes; and running their reads a few at a time.
 
 import { buildErofs } from '../erofs/build.js';
 import type { ErofsEntry, ErofsExtent } from '../erofs/tree.js';
@@ -36,4 +36,26 @@ export class ImageChunks {
     const { image } = buildErofs(entries, { chunkSize, devices: order.map((tag, i) => ({ tag, size: sizes[i]! })) });
     return { image, devices: order, chunks: this.chunks };
   }
+}
+
+/**
+ * Runs `fn` on every item, `limit` at a time. After a failure no further item starts, and the
+ * first error is thrown once those running have ended (nothing is left writing to the store).
+ */
+export async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed = false;
+  const runner = async (): Promise<void> => {
+    while (!failed && next < items.length) {
+      try {
+        await fn(items[next++]!);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  const results = await Promise.allSettled(Array.from({ length: Math.min(limit, items.length) }, runner));
+  const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
 }

@@ -12,14 +12,13 @@
 // (the store then holds that file twice: its TOC chunks, which lazy mounts and other layers use,
 // and the new ones).
 
-import { createHash } from 'node:crypto';
 import { BLOCK_SIZE } from '../erofs/format.js';
 import type { ErofsEntry, ErofsExtent } from '../erofs/tree.js';
 import { NotFoundError } from '../errors.js';
-import type { Toc, TocNode } from '../estargz/toc.js';
+import { sha256Digest, type Toc, type TocNode } from '../estargz/toc.js';
 import { OPAQUE_XATTR, overlayChildren } from '../estargz/whiteouts.js';
 import type { PackLocation } from '../store/pack-files.js';
-import { ImageChunks, type LayerImage } from './layer-image.js';
+import { eachLimited, ImageChunks, type LayerImage } from './layer-image.js';
 
 /** The largest chunk an EROFS chunk index can stand for (the chunk format's 5 bits over 4 KiB blocks). */
 const MAX_CHUNK = BLOCK_SIZE * 2 ** 31;
@@ -76,7 +75,7 @@ export async function buildTocLayer(toc: Toc, chunkSize: number, store: StoredCh
     let pending = Buffer.alloc(0);
     const emit = async (n: number): Promise<void> => {
       const piece = pending.subarray(0, n);
-      const digest = 'sha256:' + createHash('sha256').update(piece).digest('hex');
+      const digest = sha256Digest(piece);
       extents.push(chunks.extent(digest, n, await store.storeChunk(digest, piece)));
       pending = pending.subarray(n);
     };
@@ -103,15 +102,20 @@ export async function buildTocLayer(toc: Toc, chunkSize: number, store: StoredCh
     return e;
   };
 
-  /** The places of every fitting file's chunks, in file order, read and verified IN_FLIGHT at a time. */
+  /**
+   * The places of every fitting file's chunks, in file order, read and verified IN_FLIGHT at a
+   * time; a chunk that occurs more than once is read and verified once.
+   */
   const placeAll = async (): Promise<PackLocation[]> => {
     const todo = fitting.flatMap(({ node }) => node.chunks.map((c) => ({ node, c })));
     const places: PackLocation[] = new Array(todo.length);
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      for (let i = next++; i < todo.length; i = next++) places[i] = (await stored(todo[i]!.node, todo[i]!.c.chunkDigest!, todo[i]!.c.chunkSize)).at;
-    };
-    await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, todo.length) }, worker));
+    const placed = new Map<string, Promise<PackLocation>>();
+    await eachLimited([...todo.keys()], IN_FLIGHT, async (i) => {
+      const { node, c } = todo[i]!;
+      let at = placed.get(c.chunkDigest!);
+      if (!at) placed.set(c.chunkDigest!, (at = stored(node, c.chunkDigest!, c.chunkSize).then((r) => r.at)));
+      places[i] = await at;
+    });
     return places;
   };
 

@@ -2,6 +2,7 @@
 // filesystem and its access trace. Image mounts and the snapshotter's remote snapshots both use it.
 
 import type { CodecPool } from '../codec/codec-pool.js';
+import type { PrefetchOptions } from '../config/config.js';
 import type { ChunkCache } from '../fetch/chunk-cache.js';
 import { existsSync } from 'node:fs';
 import { DEFAULT_LAZY, LazyLayer, type ChunkRef, type LazyLayerObserver, type LazyLayerOptions } from '../fetch/lazy-layer.js';
@@ -22,7 +23,7 @@ export interface LayerMountContext {
   traceDir: string;
   lazy?: Partial<LazyLayerOptions>;
   /** What to fetch ahead of readers once mounted (config "prefetch"). */
-  prefetch?: { enabled: boolean; queueSize: number; background: boolean; smallLayerBytes: number };
+  prefetch?: PrefetchOptions;
   log?: { info(o: object, m: string): void; warn(o: object, m: string): void };
   onReadError?: (layer: string, path: string, err: unknown) => void;
   observer?: LazyLayerObserver;
@@ -110,17 +111,22 @@ export class LayerMount {
       chunks = planFromLandmark(this.remote.toc);
       source = 'landmark';
     }
-    // With nothing to say what start-up reads, a small layer of small files comes whole in one
-    // request and start-up reads it from memory as it arrives: no round trip per file, and only
-    // what is read is inflated.
+    // With nothing to say what start-up reads, a layer of at most whole_layer_bytes comes whole in
+    // one request while the pull goes on, and all of it is inflated, verified and stored: the
+    // first read finds it in memory instead of paying a round trip.
+    // A small layer of small files comes whole too, and start-up reads it from memory as it
+    // arrives: no round trip per file, and only what is read is inflated.
     // Only for a layer of many small files that the store has (almost) none of: chunks already
     // there were fetched for a reason (dedupd warmed the start-up set, an earlier start, another
     // image sharing them), and downloading the rest slowed a warmed start (python at 20 ms:
     // 1.35 s with 20 MiB fetched, against 0.89 s with 0.1 MiB without the download).
-    const hold = source === 'none' && this.remote.desc.size <= (ctx.prefetch?.smallLayerBytes ?? 0) && manySmallFiles(this.remote.toc)
-      && this.lazy.missingBytes() > this.remote.desc.size * 0.9;
-    if (hold) ctx.log?.info({ layer, bytes: this.remote.desc.size }, 'holding the whole layer in memory for start-up');
+    const size = this.remote.desc.size;
+    const missing = source === 'none' ? this.lazy.missingBytes() : 0;
+    const whole = missing > 0 && size <= (ctx.prefetch?.wholeLayerBytes ?? 0);
+    const hold = whole || (missing > size * 0.9 && size <= (ctx.prefetch?.smallLayerBytes ?? 0) && manySmallFiles(this.remote.toc));
+    if (hold) ctx.log?.info({ layer, bytes: size, all: whole }, 'holding the whole layer in memory for start-up');
     const held = hold ? await this.lazy.holdWholeBlob(HOLD_WHOLE_LAYER_MS) : false;
+    if (whole && held) chunks = planAll(this.remote.toc);
     const queue = ctx.prefetch?.queueSize ?? 1000;
     const r = await this.lazy.prefetch(chunks, queue);
     const background = ctx.prefetch?.background ? (await this.lazy.prefetch(planAll(this.remote.toc), queue)).fetched : 0;

@@ -71,7 +71,7 @@ const SCENARIOS: Record<string, Scenario> = {
         { scenario: 'pull-run', metric: `pull start to first container output, ${mib(r.imageBytes)} MiB image of ${r.layers} layers, ${n.label} (s)`,
           ours: `${n.dedup.seconds.median.toFixed(2)} (${range(n.dedup.seconds)})`, baseline: `overlayfs ${n.overlayfs.seconds.median.toFixed(2)} (${range(n.overlayfs.seconds)})`,
           ratio: `${n.speedup.toFixed(1)}x sooner (${(1 / n.speedup).toFixed(3)}x the time)` },
-        { scenario: 'pull-run', metric: `pull phase alone (rpull vs ctr image pull), ${n.label} (s; registry requests until it returned: all, ours${overNetwork ? '; round trips waited for' : ''})`,
+        { scenario: 'pull-run', metric: `pull phase alone (rpull vs ctr image pull), ${n.label} (s; registry requests until it returned: all, ours${overNetwork ? '; longest chain of requests one after another, the downloads of tiny layers at mount among them' : ''})`,
           ours: `${n.dedup.pullSeconds.median.toFixed(3)} (${range(n.dedup.pullSeconds, 3)}); ${n.dedup.pullRequests.median}, ${n.dedup.ourPullRequests.median}`
             + (overNetwork ? `; ${n.dedup.pullRoundTrips.median} (time beyond loopback's: ${beyondLoopback.toFixed(1)})` : ''),
           baseline: `ctr image pull ${n.overlayfs.pullSeconds.median.toFixed(2)} (${range(n.overlayfs.pullSeconds)})`,

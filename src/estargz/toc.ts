@@ -67,6 +67,11 @@ export interface TocChunk {
    * block boundary, inflated with this window as dictionary; absent for eStargz gzip members.
    */
   window?: Buffer;
+  /**
+   * A gzip-indexed chunk: where in the tar stream its checkpoint (`offset`) is. Inflating from an
+   * earlier checkpoint at `from` reaches the chunk at innerOffset + checkpointOut - from.
+   */
+  checkpointOut?: number;
 }
 
 export interface TocNode {

@@ -124,6 +124,8 @@ export class LazyLayer {
    * one request and one inflate serve all of those a fetch takes.
    */
   private readonly bySpan = new Map<number, ChunkRef[]>();
+  /** Each checkpoint that chunks are inflated from, to the next one in the layer. */
+  private readonly nextSpan = new Map<number, number>();
   /** Every chunk of the layer, hard links once. */
   private readonly refs: ChunkRef[] = [];
   /** Chunks fetched by cross-file read-ahead that no reader has asked for yet. */
@@ -164,6 +166,8 @@ export class LazyLayer {
       else if (this.bySpan.has(c.offset)) this.bySpan.get(c.offset)!.push(r);
       else this.bySpan.set(c.offset, [r]);
     }
+    const starts = [...this.bySpan.keys()].sort((a, b) => a - b);
+    starts.forEach((at, i) => i + 1 < starts.length && this.nextSpan.set(at, starts[i + 1]!));
     const digests = this.refs.map((r) => r.file.chunks[r.index]!.chunkDigest ?? '').filter((d) => d);
     const missing = store.missing(digests);
     this.stored = new Set(digests.filter((d) => !missing.has(d)));
@@ -449,28 +453,36 @@ export class LazyLayer {
   }
 
   /**
-   * A gzip-indexed chunk with the other chunks inflated from its checkpoint: those queued, and
-   * for a reader the missing ones whose bytes the request brings anyway (the small files around
-   * it: an interpreter's start reads its neighbours next).
+   * A gzip-indexed chunk with the other chunks its request can bring: those queued whose spans
+   * begin inside the bytes the group fetches or right after them (their checkpoints lie on the
+   * way: one request and one inflate from the first checkpoint serve them all; a trace replay
+   * then asks for neighbouring spans in one request, never for bytes twice), within the bound;
+   * and for a reader the missing ones whose bytes the request brings anyway (the small files
+   * around it: an interpreter's start reads its neighbours next).
    */
   private takeSpan(group: Pending[]): Pending[] {
     const first = group[0]!;
-    const end = first.chunk.compressedEnd;
-    for (const at of this.bySpan.get(first.chunk.offset) ?? []) {
-      const c = at.file.chunks[at.index]!;
-      const digest = c.chunkDigest!;
-      const next = this.queued.get(digest);
-      if (next) {
-        this.queued.delete(digest);
-        Object.assign(next, { file: at.file, index: at.index, chunk: c });
-        group.push(next);
-      } else if (first.priority === PRIORITY.demand && c.compressedEnd <= end && this.missing(digest)) {
-        let pending!: Pending;
-        this.share(digest, new Promise<Buffer>((resolve, reject) => {
-          pending = { file: at.file, index: at.index, chunk: c, priority: PRIORITY.readahead, seq: this.seq++, resolve, reject };
-        }));
-        this.crossAhead.add(digest);
-        group.push(pending);
+    const demand = first.priority === PRIORITY.demand;
+    const max = first.priority === PRIORITY.prefetch ? this.opts.maxPrefetchRangeBytes : this.opts.maxRangeBytes;
+    let end = first.chunk.compressedEnd;
+    for (let at: number | undefined = first.chunk.offset; at !== undefined && at <= end; at = this.nextSpan.get(at)) {
+      for (const ref of this.bySpan.get(at) ?? []) {
+        const c = ref.file.chunks[ref.index]!;
+        const digest = c.chunkDigest!;
+        const next = this.queued.get(digest);
+        if (next && c.compressedEnd - first.chunk.offset <= max) {
+          this.queued.delete(digest);
+          Object.assign(next, { file: ref.file, index: ref.index, chunk: c });
+          group.push(next);
+          end = Math.max(end, c.compressedEnd);
+        } else if (!next && demand && c.compressedEnd <= end && this.missing(digest)) {
+          let pending!: Pending;
+          this.share(digest, new Promise<Buffer>((resolve, reject) => {
+            pending = { file: ref.file, index: ref.index, chunk: c, priority: PRIORITY.readahead, seq: this.seq++, resolve, reject };
+          }));
+          this.crossAhead.add(digest);
+          group.push(pending);
+        }
       }
     }
     return group;
@@ -532,9 +544,11 @@ export class LazyLayer {
     }
     if (end > before) bytes = Buffer.concat([bytes, this.tail.bytes.subarray(before - this.tail.start, end - this.tail.start)]);
     const where = (g: Pending): string => `"${g.file.path}" at ${g.chunk.chunkOffset} in layer ${this.desc.digest}`;
-    // A gzip-indexed group shares its checkpoint: its span is inflated once for all its chunks.
-    const window = group[0]!.chunk.window;
-    const span = window ? this.pool.inflateSpan(bytes, window, group.map((g) => ({ ...g.chunk, expected: g.chunk.chunkDigest!, where: where(g) }))) : undefined;
+    // A gzip-indexed group is inflated once, from its first chunk's checkpoint, for all its chunks.
+    const { window, checkpointOut: from = 0 } = group[0]!.chunk;
+    const span = window ? this.pool.inflateSpan(bytes, window, group.map((g) => ({
+      innerOffset: g.chunk.innerOffset + (g.chunk.checkpointOut ?? 0) - from, chunkSize: g.chunk.chunkSize, expected: g.chunk.chunkDigest!, where: where(g),
+    }))) : undefined;
     await Promise.all(group.map(async (g, i) => {
       const c = g.chunk;
       try {

@@ -113,7 +113,7 @@ function placeChunk(index: GzipIndex, c: TocChunk, where: string): void {
   if (end > index.uncompressedSize) throw new MalformedGzipIndexError(where, `a chunk at ${start} runs past the stream's ${index.uncompressedSize} bytes`);
   const to = index.checkpoints.find((cp) => cp.out >= end);
   const cp = index.checkpoints[lastAtOrBefore(index.checkpoints, start)]!;
-  Object.assign(c, { offset: cp.in, compressedEnd: to ? to.in : index.layer.size - GZIP_TRAILER_BYTES, innerOffset: start - cp.out, window: cp.window });
+  Object.assign(c, { offset: cp.in, compressedEnd: to ? to.in : index.layer.size - GZIP_TRAILER_BYTES, innerOffset: start - cp.out, window: cp.window, checkpointOut: cp.out });
 }
 
 /** CRC-32 and size after the deflate data of a gzip member. */

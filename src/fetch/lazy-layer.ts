@@ -124,8 +124,9 @@ export class LazyLayer {
    * one request and one inflate serve all of those a fetch takes.
    */
   private readonly bySpan = new Map<number, ChunkRef[]>();
-  /** Each checkpoint that chunks are inflated from, to the next one in the layer. */
+  /** Each checkpoint that chunks are inflated from, to the next and the previous one in the layer. */
   private readonly nextSpan = new Map<number, number>();
+  private readonly prevSpan = new Map<number, number>();
   /** Every chunk of the layer, hard links once. */
   private readonly refs: ChunkRef[] = [];
   /** Chunks fetched by cross-file read-ahead that no reader has asked for yet. */
@@ -167,7 +168,10 @@ export class LazyLayer {
       else this.bySpan.set(c.offset, [r]);
     }
     const starts = [...this.bySpan.keys()].sort((a, b) => a - b);
-    starts.forEach((at, i) => i + 1 < starts.length && this.nextSpan.set(at, starts[i + 1]!));
+    starts.forEach((at, i) => {
+      if (i + 1 < starts.length) this.nextSpan.set(at, starts[i + 1]!);
+      if (i > 0) this.prevSpan.set(at, starts[i - 1]!);
+    });
     const digests = this.refs.map((r) => r.file.chunks[r.index]!.chunkDigest ?? '').filter((d) => d);
     const missing = store.missing(digests);
     this.stored = new Set(digests.filter((d) => !missing.has(d)));
@@ -454,23 +458,32 @@ export class LazyLayer {
 
   /**
    * A gzip-indexed chunk with the other chunks its request can bring: those queued whose spans
-   * begin inside the bytes the group fetches or right after them (their checkpoints lie on the
-   * way: one request and one inflate from the first checkpoint serve them all; a trace replay
+   * overlap the bytes the group fetches or come right after them (their checkpoints lie on the
+   * way: one request and one inflate from the earliest checkpoint serve them all; a trace replay
    * then asks for neighbouring spans in one request, never for bytes twice), within the bound;
    * and for a reader the missing ones whose bytes the request brings anyway (the small files
-   * around it: an interpreter's start reads its neighbours next).
+   * around it: an interpreter's start reads its neighbours next). The group comes back in layer
+   * order: the first chunk's checkpoint is where the request begins.
    */
   private takeSpan(group: Pending[]): Pending[] {
     const first = group[0]!;
     const demand = first.priority === PRIORITY.demand;
     const max = first.priority === PRIORITY.prefetch ? this.opts.maxPrefetchRangeBytes : this.opts.maxRangeBytes;
+    const chunkOf = (r: ChunkRef): TocChunk => r.file.chunks[r.index]!;
+    // Queued chunks of the spans before whose bytes run into this one's or end where it begins: the request starts at theirs.
+    let start = first.chunk.offset;
+    for (let p = this.prevSpan.get(start); p !== undefined && first.chunk.compressedEnd - p <= max; p = this.prevSpan.get(p)) {
+      const from = p;
+      if (!(this.bySpan.get(p) ?? []).some((r) => chunkOf(r).compressedEnd >= start && chunkOf(r).compressedEnd - from <= max && this.queued.has(chunkOf(r).chunkDigest!))) break;
+      start = p;
+    }
     let end = first.chunk.compressedEnd;
-    for (let at: number | undefined = first.chunk.offset; at !== undefined && at <= end; at = this.nextSpan.get(at)) {
+    for (let at: number | undefined = start; at !== undefined && at <= end; at = this.nextSpan.get(at)) {
       for (const ref of this.bySpan.get(at) ?? []) {
-        const c = ref.file.chunks[ref.index]!;
+        const c = chunkOf(ref);
         const digest = c.chunkDigest!;
         const next = this.queued.get(digest);
-        if (next && c.compressedEnd - first.chunk.offset <= max) {
+        if (next && c.compressedEnd - start <= max) {
           this.queued.delete(digest);
           Object.assign(next, { file: ref.file, index: ref.index, chunk: c });
           group.push(next);
@@ -485,7 +498,7 @@ export class LazyLayer {
         }
       }
     }
-    return group;
+    return group.sort((a, b) => a.chunk.offset - b.chunk.offset);
   }
 
   /** Adds the missing chunks that follow the group in the layer, within the cross-file window. */

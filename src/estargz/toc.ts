@@ -221,6 +221,11 @@ export function parseToc(json: Buffer, opts: ParseTocOptions): Toc {
   } catch (err) {
     throw new MalformedEstargzError('TOC', `not valid JSON (${(err as Error).message})`);
   }
+  return tocOfJson(doc, opts);
+}
+
+/** parseToc of a TOC already parsed from JSON (a gzip index carries one inside its own document). */
+export function tocOfJson(doc: unknown, opts: ParseTocOptions): Toc {
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new MalformedEstargzError('TOC', 'not a JSON object');
   const { version, entries } = doc as { version?: unknown; entries?: unknown };
   if (version !== 1) throw new MalformedEstargzError('TOC', `version ${JSON.stringify(version)} is not supported (expected 1)`);

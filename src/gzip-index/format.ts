@@ -7,7 +7,7 @@
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { z } from 'zod';
 import { MalformedGzipIndexError } from '../errors.js';
-import { parseToc, type Toc, type TocChunk, type TocJson } from '../estargz/toc.js';
+import { tocOfJson, type Toc, type TocChunk, type TocJson } from '../estargz/toc.js';
 
 export const GZIP_INDEX_MEDIA_TYPE = 'application/vnd.dedup-snapshotter.gzip-index.v1+json+gzip';
 /** Deflate's window: the most a back-reference reaches. */
@@ -91,7 +91,7 @@ export function decodeGzipIndex(bytes: Buffer, layer: { digest: string; size: nu
   const index: GzipIndex = { ...d, layer: d.layer, checkpoints, toc: d.toc as TocJson };
   let toc: Toc;
   try {
-    toc = parseToc(Buffer.from(JSON.stringify(d.toc)), { tocOffset: d.uncompressedSize });
+    toc = tocOfJson(d.toc, { tocOffset: d.uncompressedSize });
   } catch (err) {
     throw new MalformedGzipIndexError(where, (err as Error).message);
   }
@@ -111,7 +111,8 @@ function placeChunk(index: GzipIndex, c: TocChunk, where: string): void {
   const start = c.offset;
   const end = start + c.chunkSize;
   if (end > index.uncompressedSize) throw new MalformedGzipIndexError(where, `a chunk at ${start} runs past the stream's ${index.uncompressedSize} bytes`);
-  const to = index.checkpoints.find((cp) => cp.out >= end);
+  const before = lastAtOrBefore(index.checkpoints, end);
+  const to = index.checkpoints[index.checkpoints[before]!.out >= end ? before : before + 1];
   const cp = index.checkpoints[lastAtOrBefore(index.checkpoints, start)]!;
   Object.assign(c, { offset: cp.in, compressedEnd: to ? to.in : index.layer.size - GZIP_TRAILER_BYTES, innerOffset: start - cp.out, window: cp.window, checkpointOut: cp.out });
 }

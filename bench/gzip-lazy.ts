@@ -105,7 +105,7 @@ async function startsOver(tmp: string, proxy: TestProxy, ref: string, cmd: strin
     for (const mode of GZIP_LAZY_MODES) {
       const root = join(tmp, `root-${n}`);
       await dropCaches();
-      const r = await coldStart(tmp, proxy, ref, mode === 'full pull (overlayfs)' ? undefined : ['--root', root, '--trace-dir', traces], cmd, `gz-${n++}`);
+      const r = await coldStart(tmp, proxy, ref, mode === 'full pull (overlayfs)' ? undefined : { root, traceDir: traces }, cmd, `gz-${n++}`);
       await rm(root, { recursive: true, force: true });
       for (const k of ['seconds', 'bytes', 'requests'] as const) samples[mode][k].push(r[k]);
       log(`  repetition ${i + 1}, ${mode}: first output after ${r.seconds.toFixed(2)} s, ${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${r.requests} blob requests`);

@@ -32,13 +32,14 @@ export interface PrefetchNetworkResult {
 }
 
 /**
- * One cold start: fresh containerd state (and, with `snapshotterArgs`, our snapshotter, pulling
- * with ctr-remote rpull; else a full pull with ctr image pull into overlayfs), then `ctr run` of
- * `cmd` to its first output. Seconds from the start of the pull; the registry's blob bytes and requests.
+ * One cold start: fresh containerd state (and, with `lazy`, our snapshotter on that state root
+ * and trace directory, pulling with ctr-remote rpull; else a full pull with ctr image pull into
+ * overlayfs), then `ctr run` of `cmd` to its first output. Seconds from the start of the pull; the
+ * registry's blob bytes and requests. What the snapshotter mounted under its root is unmounted after.
  */
-export async function coldStart(tmp: string, proxy: TestProxy, ref: string, snapshotterArgs: string[] | undefined, cmd: string[], name: string): Promise<{ seconds: number; bytes: number; requests: number }> {
+export async function coldStart(tmp: string, proxy: TestProxy, ref: string, lazy: { root: string; traceDir: string } | undefined, cmd: string[], name: string): Promise<{ seconds: number; bytes: number; requests: number }> {
   const dir = await mkdtemp(join(tmp, 'run-'));
-  const snap = snapshotterArgs ? await startSnapshotter(dir, snapshotterArgs) : undefined;
+  const snap = lazy ? await startSnapshotter(dir, ['--root', lazy.root, '--trace-dir', lazy.traceDir]) : undefined;
   const ctd = await startContainerd(dir, snap ? { dedupSocket: snap.socket } : {});
   try {
     proxy.reset();
@@ -53,6 +54,7 @@ export async function coldStart(tmp: string, proxy: TestProxy, ref: string, snap
     await ctd.stop();
     await snap?.stop();
     await unmountUnder(dir);
+    if (lazy) await unmountUnder(lazy.root);
     await rm(dir, { recursive: true, force: true });
   }
 }
@@ -92,7 +94,7 @@ async function prefetchOver(tmp: string, proxy: TestProxy, ref: string, label: s
       // Only the trace-replay start reads the traces; the others record theirs elsewhere.
       const traceDir = mode === 'lazy, no trace' || mode === 'lazy, trace replay' ? traces : join(tmp, `unused-traces-${n}`);
       await dropCaches();
-      const r = await coldStart(tmp, proxy, ref, mode === 'full pull (overlayfs)' ? undefined : ['--root', root, '--trace-dir', traceDir], ['/usr/bin/python3', '/app/main.py'], `py-${n++}`);
+      const r = await coldStart(tmp, proxy, ref, mode === 'full pull (overlayfs)' ? undefined : { root, traceDir }, ['/usr/bin/python3', '/app/main.py'], `py-${n++}`);
       samples[mode].seconds.push(r.seconds);
       samples[mode].bytes.push(r.bytes);
       await rm(root, { recursive: true, force: true });

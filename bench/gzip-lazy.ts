@@ -5,7 +5,9 @@
 // file, the prefetch scenario's python3.11 image starting a script, and the kernel scenario's
 // real Debian root filesystem with python3 importing modules. From the start of the pull to the
 // first output, fresh state and a dropped page cache for each: ctr image pull into overlayfs,
-// ctr-remote rpull without a trace (it records one), and rpull replaying that trace.
+// ctr-remote rpull without a trace (it records one), rpull replaying that trace, and, for
+// reference, rpull of an eStargz copy of the image (dedupctl convert; no trace): what converting
+// would give on the same machine in the same run.
 
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -22,7 +24,7 @@ import { coldStart } from './prefetch.js';
 import { BIG_APP_CMD, bigAppLayers } from './snapshotter.js';
 import { summarize, type Summary } from './stats.js';
 
-export const GZIP_LAZY_MODES = ['full pull (overlayfs)', 'lazy', 'lazy, trace replay'] as const;
+export const GZIP_LAZY_MODES = ['full pull (overlayfs)', 'lazy', 'lazy, trace replay', 'lazy, eStargz copy'] as const;
 type Mode = (typeof GZIP_LAZY_MODES)[number];
 
 export const GZIP_LAZY_IMAGES = ['big', 'python', 'debian'] as const;
@@ -75,6 +77,7 @@ export async function gzipLazyScenario(tmp: string, reps: number, nets: Network[
       await pushOci(layout, name, `${registry.host}/bench/${name}:gzip`);
       await rm(layout, { recursive: true, force: true });
       indexed[name] = await dedupctlJson<ImageIndexRecord>(['index', 'create', '--plain-http', '--root', join(tmp, 'indexer'), '--push', `${registry.host}/bench/${name}:gzip`]);
+      await dedupctlJson(['convert', '--plain-http', `${registry.host}/bench/${name}:gzip`, `${registry.host}/bench/${name}:esgz`]);
     }
     const out = await overNetworks(registry.host, wan, async (net, proxy) => {
       const images = {} as Record<ImageName, GzipLazyImageResult>;
@@ -84,7 +87,7 @@ export async function gzipLazyScenario(tmp: string, reps: number, nets: Network[
         log(`gzip-lazy (${net.label}): ${IMAGES[name].describe}; ${rec.layers.length} gzip layers of ${(sum((l) => l.layerSize) / 2 ** 20).toFixed(1)} MiB, index ${(sum((l) => l.indexSize) / 2 ** 20).toFixed(2)} MiB`);
         images[name] = {
           describe: IMAGES[name].describe, layerBytes: sum((l) => l.layerSize), indexBytes: sum((l) => l.indexSize), layers: rec.layers.length, checkpoints: sum((l) => l.checkpoints),
-          modes: await startsOver(join(tmp, `${net.name}-${name}`), proxy, `${proxy.host}/bench/${name}:gzip`, IMAGES[name].cmd, reps, log),
+          modes: await startsOver(join(tmp, `${net.name}-${name}`), proxy, `${proxy.host}/bench/${name}`, IMAGES[name].cmd, reps, log),
         };
       }
       return images;
@@ -95,7 +98,8 @@ export async function gzipLazyScenario(tmp: string, reps: number, nets: Network[
   }
 }
 
-async function startsOver(tmp: string, proxy: TestProxy, ref: string, cmd: string[], reps: number, log: (s: string) => void): Promise<GzipLazyImageResult['modes']> {
+/** `repo`: the image's repository behind the proxy, tagged gzip (indexed) and esgz (the eStargz copy). */
+async function startsOver(tmp: string, proxy: TestProxy, repo: string, cmd: string[], reps: number, log: (s: string) => void): Promise<GzipLazyImageResult['modes']> {
   await mkdir(tmp, { recursive: true });
   const samples = Object.fromEntries(GZIP_LAZY_MODES.map((m) => [m, { seconds: [] as number[], bytes: [] as number[], requests: [] as number[] }])) as Record<Mode, Record<'seconds' | 'bytes' | 'requests', number[]>>;
   let n = 0;
@@ -105,7 +109,8 @@ async function startsOver(tmp: string, proxy: TestProxy, ref: string, cmd: strin
     for (const mode of GZIP_LAZY_MODES) {
       const root = join(tmp, `root-${n}`);
       await dropCaches();
-      const r = await coldStart(tmp, proxy, ref, mode === 'full pull (overlayfs)' ? undefined : { root, traceDir: traces }, cmd, `gz-${n++}`);
+      const ref = `${repo}:${mode === 'lazy, eStargz copy' ? 'esgz' : 'gzip'}`;
+      const r = await coldStart(tmp, proxy, ref, mode === 'full pull (overlayfs)' ? undefined : { root, traceDir: mode === 'lazy, eStargz copy' ? join(tmp, `esgz-traces-${n}`) : traces }, cmd, `gz-${n++}`);
       await rm(root, { recursive: true, force: true });
       for (const k of ['seconds', 'bytes', 'requests'] as const) samples[mode][k].push(r[k]);
       log(`  repetition ${i + 1}, ${mode}: first output after ${r.seconds.toFixed(2)} s, ${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${r.requests} blob requests`);

@@ -72,6 +72,8 @@ export interface TocChunk {
    * earlier checkpoint at `from` reaches the chunk at innerOffset + checkpointOut - from.
    */
   checkpointOut?: number;
+  /** A gzip-indexed chunk: the compressed bytes it needs end here (at or before compressedEnd, the span's end). */
+  dataEnd?: number;
 }
 
 export interface TocNode {

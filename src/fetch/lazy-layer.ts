@@ -109,6 +109,9 @@ interface Pending {
   reject(e: unknown): void;
 }
 
+/** The end of the compressed bytes a chunk needs: a gzip-indexed one's may stop short of its span's end. */
+const needs = (c: TocChunk): number => c.dataEnd ?? c.compressedEnd;
+
 export class LazyLayer {
   readonly stats: LazyLayerStats = { requests: 0, bytesFetched: 0, chunksFetched: 0, demandFetches: 0, prefetched: 0, fromStore: 0, errors: 0, storeErrors: 0 };
   private seq = 0;
@@ -461,34 +464,47 @@ export class LazyLayer {
    * overlap the bytes the group fetches or come right after them (their checkpoints lie on the
    * way: one request and one inflate from the earliest checkpoint serve them all; a trace replay
    * then asks for neighbouring spans in one request, never for bytes twice), within the bound;
-   * and for a reader the missing ones whose bytes the request brings anyway (the small files
-   * around it: an interpreter's start reads its neighbours next). The group comes back in layer
-   * order: the first chunk's checkpoint is where the request begins.
+   * and for a reader the missing ones whose bytes the request brings anyway, the request going
+   * on past the chunk's own bytes (its dataEnd) by the cross-file window, as far as its span goes
+   * (the small files around it: an interpreter's start reads its neighbours next; the window
+   * widens each time that pays off). A layer held whole in memory is inflated a span at a time.
+   * The group comes back in layer order: the first chunk's checkpoint is where the request begins.
    */
   private takeSpan(group: Pending[]): Pending[] {
     const first = group[0]!;
-    const demand = first.priority === PRIORITY.demand;
     const max = first.priority === PRIORITY.prefetch ? this.opts.maxPrefetchRangeBytes : this.opts.maxRangeBytes;
     const chunkOf = (r: ChunkRef): TocChunk => r.file.chunks[r.index]!;
     // Queued chunks of the spans before whose bytes run into this one's or end where it begins: the request starts at theirs.
     let start = first.chunk.offset;
-    for (let p = this.prevSpan.get(start); p !== undefined && first.chunk.compressedEnd - p <= max; p = this.prevSpan.get(p)) {
+    for (let p = this.prevSpan.get(start); p !== undefined && needs(first.chunk) - p <= max; p = this.prevSpan.get(p)) {
       const from = p;
-      if (!(this.bySpan.get(p) ?? []).some((r) => chunkOf(r).compressedEnd >= start && chunkOf(r).compressedEnd - from <= max && this.queued.has(chunkOf(r).chunkDigest!))) break;
+      if (!(this.bySpan.get(p) ?? []).some((r) => needs(chunkOf(r)) >= start && needs(chunkOf(r)) - from <= max && this.queued.has(chunkOf(r).chunkDigest!))) break;
       start = p;
     }
-    let end = first.chunk.compressedEnd;
+    /** Takes the queued chunk `ref` into the group, if it is queued. */
+    const take = (ref: ChunkRef): boolean => {
+      const c = chunkOf(ref);
+      const next = this.queued.get(c.chunkDigest!);
+      if (!next) return false;
+      this.queued.delete(c.chunkDigest!);
+      Object.assign(next, { file: ref.file, index: ref.index, chunk: c });
+      group.push(next);
+      return true;
+    };
+    let end = needs(first.chunk);
     for (let at: number | undefined = start; at !== undefined && at <= end; at = this.nextSpan.get(at)) {
       for (const ref of this.bySpan.get(at) ?? []) {
-        const c = chunkOf(ref);
-        const digest = c.chunkDigest!;
-        const next = this.queued.get(digest);
-        if (next && c.compressedEnd - start <= max) {
-          this.queued.delete(digest);
-          Object.assign(next, { file: ref.file, index: ref.index, chunk: c });
-          group.push(next);
-          end = Math.max(end, c.compressedEnd);
-        } else if (!next && demand && c.compressedEnd <= end && this.missing(digest)) {
+        if (needs(chunkOf(ref)) - start <= max && take(ref)) end = Math.max(end, needs(chunkOf(ref)));
+      }
+    }
+    if (first.priority === PRIORITY.demand) {
+      const held = this.whole && !this.whole.failed;
+      const reach = Math.max(end, Math.min(first.chunk.compressedEnd, held ? Infinity : first.chunk.offset + this.crossWindow));
+      for (let at: number | undefined = start; at !== undefined && at < reach; at = this.nextSpan.get(at)) {
+        for (const ref of this.bySpan.get(at) ?? []) {
+          const c = chunkOf(ref);
+          const digest = c.chunkDigest!;
+          if (needs(c) > reach || take(ref) || !this.missing(digest)) continue;
           let pending!: Pending;
           this.share(digest, new Promise<Buffer>((resolve, reject) => {
             pending = { file: ref.file, index: ref.index, chunk: c, priority: PRIORITY.readahead, seq: this.seq++, resolve, reject };
@@ -532,7 +548,7 @@ export class LazyLayer {
 
   private async fetchGroup(group: Pending[]): Promise<void> {
     const start = group[0]!.chunk.offset;
-    const end = Math.max(...group.map((g) => g.chunk.compressedEnd));
+    const end = Math.max(...group.map((g) => needs(g.chunk)));
     // The bytes from the tail on are in memory: only those before it are to be read or fetched.
     const before = Math.min(end, Math.max(start, this.tail.start));
     const observer = this.hooks.observer;

@@ -8,9 +8,9 @@
 // small files read whole, and python3 starting and importing a few modules.
 
 import { existsSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises';
+import { lstat, mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startContainerd, unmountUnder, type TestContainerd } from '../test/fixtures/containerd.js';
+import { mountView, startContainerd, unmountUnder } from '../test/fixtures/containerd.js';
 import { pushOci, sha256, writeOciImage } from '../test/fixtures/images.js';
 import { mustRun, run } from '../test/fixtures/process.js';
 import { startRegistry } from '../test/fixtures/registry.js';
@@ -25,7 +25,8 @@ type Mode = (typeof MODES)[number];
 const IMAGES = ['base', ...APPS] as const;
 /** Where the python3 image keeps its standard library: the tree of small files. */
 const STDLIB = 'usr/lib/python3.11';
-const PYTHON = ['/usr/bin/python3', '-c', 'import json, email.parser, http.client, asyncio, decimal, sqlite3, argparse, logging'];
+export const PYTHON_IMPORTS = 'import json, email.parser, http.client, asyncio, decimal, sqlite3, argparse, logging';
+const PYTHON = ['/usr/bin/python3', '-c', PYTHON_IMPORTS];
 
 export interface ModeFigures {
   /** The three pulls one after another, and each. */
@@ -83,16 +84,6 @@ async function readWhole(path: string, buf: Buffer): Promise<number> {
   }
 }
 
-/**
- * A read-only view of snapshot `parent`, mounted at `dir`. One ctr call creates it and prints its
- * mount: containerd's garbage collector may remove the view (no lease holds it) right after.
- */
-async function mountView(ctd: TestContainerd, mode: Mode, parent: string, dir: string): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  const mount = await mustRun('ctr', ['--address', ctd.socket, 'snapshots', '--snapshotter', mode, 'view', '--target', dir, 'bench-view', parent]);
-  await mustRun('sh', ['-c', mount.trim()]);
-}
-
 interface Rep {
   pulls: Record<string, number>;
   pullCpu: number;
@@ -146,7 +137,7 @@ export async function kernelScenario(tmp: string, reps: number, log: (s: string)
           const disk = await diskUsage(...(snap
             ? ['chunks', 'images', 'index.db', 'index.db-wal'].map((f) => join(snap.root, f)).filter((p) => existsSync(p))
             : [join(ctd.root, 'root/io.containerd.snapshotter.v1.overlayfs')]));
-          await mountView(ctd, mode, pythonChain, view);
+          await mountView(ctd, mode, 'bench-view', pythonChain, view);
           if (!bigFile.bytes) {
             const all = await filesUnder(view, 'usr');
             const big = all.reduce((a, b) => (b.size > a.size ? b : a));

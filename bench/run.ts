@@ -14,6 +14,7 @@ import { barChartSvg, type BarGroup } from './chart.js';
 import { commitScenario } from './commit.js';
 import { convertScenario } from './convert.js';
 import { gzipIndexScenario } from './gzip-index.js';
+import { GZIP_LAZY_IMAGES, GZIP_LAZY_MODES, gzipLazyScenario } from './gzip-lazy.js';
 import { kernelScenario } from './kernel.js';
 import { lazyScenarios } from './lazy.js';
 import { networks, type Network } from './network.js';
@@ -256,6 +257,36 @@ SCENARIOS['gzip-index'] = async (tmp, reps, _nets, log) => {
   };
 };
 
+const GZIP_LAZY_GOALS = { big: 0.12, python: 0.8, debian: 0.5 } as const;
+
+SCENARIOS['gzip-lazy'] = async (tmp, reps, nets, log) => {
+  const r = await gzipLazyScenario(tmp, reps, nets, log);
+  const out: ScenarioOutput = { result: r, rows: [], charts: { 'first-output': [], 'bytes-fetched': [] } };
+  const mib = (b: number): string => (b / MiB).toFixed(1);
+  for (const name of GZIP_LAZY_IMAGES) {
+    const im = r.images[name];
+    const full = im.modes[GZIP_LAZY_MODES[0]];
+    const image = `${im.describe}; ${mib(im.layerBytes)} MiB unmodified gzip image of ${im.layers} layers, index ${(im.indexBytes / MiB).toFixed(2)} MiB (${(100 * im.indexBytes / im.layerBytes).toFixed(2)}%, ${im.checkpoints} checkpoints at ${r.spacing / MiB} MiB)`;
+    const what: Record<string, string> = { lazy: 'ctr-remote rpull (no trace)', 'lazy, trace replay': 'ctr-remote rpull replaying the first start\'s trace',
+      'lazy, eStargz copy': 'for reference, ctr-remote rpull of an eStargz copy (converted, so another digest; no trace)' };
+    out.rows.push(...GZIP_LAZY_MODES.slice(1).map((m) => {
+      const x = im.modes[m];
+      const ratio = x.seconds.median / full.seconds.median;
+      const reference = m === 'lazy, eStargz copy';
+      return {
+        scenario: 'gzip-lazy', metric: `${image}, ${r.network}: pull start to first output, ${what[m]} (s; MiB fetched${reference ? '' : ', index included'}; blob requests${reference ? '' : `; goal ≤ ${GZIP_LAZY_GOALS[name]}x`})`,
+        ours: `${x.seconds.median.toFixed(2)} (${range(x.seconds)}); ${mib(x.bytes.median)} MiB; ${x.requests.median}`,
+        baseline: `ctr image pull (overlayfs) ${full.seconds.median.toFixed(2)} (${range(full.seconds)}); ${mib(full.bytes.median)} MiB`,
+        ratio: `${ratio.toFixed(2)}x the time${reference ? '' : ` (goal ${ratio <= GZIP_LAZY_GOALS[name] ? 'met' : 'missed'})`}`,
+      };
+    }));
+    const label = `${name}, unmodified gzip, ${r.network}`;
+    out.charts['first-output']!.push({ label, bars: GZIP_LAZY_MODES.map((m) => bar(m, im.modes[m].seconds)) });
+    out.charts['bytes-fetched']!.push({ label, bars: GZIP_LAZY_MODES.map((m) => bar(m, im.modes[m].bytes, MiB)) });
+  }
+  return out;
+};
+
 async function machine(): Promise<Record<string, string>> {
   const version = async (cmd: string, args: string[]): Promise<string> => (await run(cmd, args).catch(() => ({ stdout: '?' }))).stdout.split('\n')[0]!.trim();
   return {
@@ -271,7 +302,7 @@ const CHARTS: Record<ChartName, { title: string; unit: string; format: (v: numbe
   storage: { title: 'Disk used by related images', unit: 'MiB on disk (du), lower is better', format: (v) => `${v.toFixed(1)} MiB` },
 };
 
-const ORDER = ['pull-run', 'prefetch', 'lazy', 'convert', 'gzip-index', 'storage', 'kernel', 'shared-store', 'commit', 'pool'];
+const ORDER = ['pull-run', 'prefetch', 'lazy', 'convert', 'gzip-index', 'gzip-lazy', 'storage', 'kernel', 'shared-store', 'commit', 'pool'];
 
 function table(rows: Row[]): string {
   return ['| scenario | metric | ours | baseline | ratio (ours vs baseline) |', '| --- | --- | --- | --- | --- |',

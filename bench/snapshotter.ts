@@ -86,13 +86,20 @@ export function firstOutput(socket: string, args: string[], started: bigint): Pr
   });
 }
 
+/**
+ * The layer tars of the big image: two, as most images have at least: a base (busybox) and the
+ * application's (a large model file it does not read at start-up, and the small file it prints,
+ * BIG_APP_CMD).
+ */
+export async function bigAppLayers(): Promise<Buffer[]> {
+  return [await tarOf(await busyboxEntries()), await tarOf([{ name: 'etc/', type: 'directory' }, { name: 'etc/motd', type: 'file', content: Buffer.from('ready\n') },
+    { name: 'opt/', type: 'directory' }, { name: 'opt/model.bin', type: 'file', content: randomBytes(200 * MiB) }])];
+}
+
+export const BIG_APP_CMD = ['/bin/cat', '/etc/motd'];
+
 export async function pullRunScenario(tmp: string, reps: number, nets: Network[], log: (s: string) => void): Promise<PullRunResult> {
-  // Two layers, as most images have at least: a base (busybox) and the application's (a large
-  // model file it does not read at start-up, and the small file it prints).
-  const base = await tarOf(await busyboxEntries());
-  const app = await tarOf([{ name: 'etc/', type: 'directory' }, { name: 'etc/motd', type: 'file', content: Buffer.from('ready\n') },
-    { name: 'opt/', type: 'directory' }, { name: 'opt/model.bin', type: 'file', content: randomBytes(200 * MiB) }]);
-  await writeOciImage(join(tmp, 'src'), 'src', [{ tar: base, compression: 'gzip' }, { tar: app, compression: 'gzip' }]);
+  await writeOciImage(join(tmp, 'src'), 'src', (await bigAppLayers()).map((tar) => ({ tar, compression: 'gzip' as const })));
   const registry = await startRegistry(tmp);
   try {
     await pushOci(join(tmp, 'src'), 'src', `${registry.host}/bench/app:src`);
@@ -116,7 +123,7 @@ async function pullRunFloor(ctd: TestContainerd, mode: 'overlayfs' | 'dedup', re
   const started = process.hrtime.bigint();
   const again = mode === 'dedup' ? await ctd.rpull(ref, 300_000) : await ctd.ctr(['image', 'pull', '--plain-http', ref], 300_000);
   if (again.code !== 0) throw new Error(`${mode} pull again: ${again.stderr}`);
-  return firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-floor-${i}`, '/bin/cat', '/etc/motd'], started);
+  return firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-floor-${i}`, ...BIG_APP_CMD], started);
 }
 
 async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, net: Network, reps: number, log: (s: string) => void): Promise<Omit<PullRunNetworkResult, 'mirror'>> {
@@ -141,7 +148,7 @@ async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, net: Netw
         const ours = proxy.stats.log.filter((r) => r.userAgent.startsWith('dedup-snapshotter')).length;
         const roundTrips = roundTripsInSequence(proxy.stats.log);
         const pullBytes = proxy.stats.blobBytes;
-        const t = await firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-${i}`, '/bin/cat', '/etc/motd'], started);
+        const t = await firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-${i}`, ...BIG_APP_CMD], started);
         floor[mode].push(await pullRunFloor(ctd, mode, ref, i));
         if (mode === 'dedup') {
           d.pullRequests.push(requests);

@@ -93,6 +93,8 @@ export class LayerServer {
   private readonly readAhead = new PromiseCache<LayerToc>(READ_AHEAD);
   /** An image's gzip index artifact (or none), looked up once for all of its layers' mounts. */
   private readonly indexArtifacts = new PromiseCache<{ found: FoundArtifact | undefined }>(INDEX_ARTIFACTS);
+  /** Index blobs of the artifacts found, fetched ahead of their layers' mounts, each taken by its mount. */
+  private readonly indexBlobs = new PromiseCache<Buffer>(INDEX_ARTIFACTS);
   /** Set while the mounts are being handed over: the set of mounts must not change meanwhile. */
   private frozen = false;
   /**
@@ -191,8 +193,15 @@ export class LayerServer {
         if (err instanceof MalformedEstargzError) throw err;
       });
       return ahead ? RemoteLayer.of(image, request.layer, ahead) : RemoteLayer.open(image, request.layer);
-    }, async () => (await this.indexArtifacts.get(`${request.image}@${request.manifestDigest}`,
-      async () => ({ found: await findIndexes(this.ctx.client, image, request) })).promise).found);
+    }, {
+      find: async () => (await this.indexArtifacts.get(`${request.image}@${request.manifestDigest}`, async () => {
+        const found = await findIndexes(this.ctx.client, image, request);
+        // Every layer's index on its way now: containerd asks for the layers one after another.
+        for (const l of found?.manifest.layers ?? []) this.indexBlobs.get(`${request.image}@${l.digest}`, () => this.ctx.client.getBlob(image.ref, l.digest)).promise.catch(() => undefined);
+        return { found };
+      }).promise).found,
+      blob: (digest) => this.indexBlobs.take(`${request.image}@${digest}`) ?? this.ctx.client.getBlob(image.ref, digest),
+    });
   }
 
   private withBackground(request: MountRequest): LayerMountContext {

@@ -16,6 +16,8 @@ const FAN_CLASS_PRE_CONTENT = 0x8;
 const FAN_MARK_ADD = 0x1;
 const FAN_MARK_REMOVE = 0x2;
 export const FAN_PRE_ACCESS = 0x0010_0000;
+/** A directory's mark covers the files in it. */
+const FAN_EVENT_ON_CHILD = 0x0800_0000;
 const O_LARGEFILE = 0o100000;
 const EIO = 5;
 
@@ -55,10 +57,16 @@ export class PreContentGroup {
     if (isSysError(r)) throw new UnsupportedError(`fanotify mark on ${path}: ${r.call}: ${r.message}`);
   }
 
-  /** Removes the mark of `path`: its reads are no longer held (only for a blob that is complete). */
-  unmark(path: string): void {
-    const r = native().fanotifyMark(this.fd, FAN_MARK_REMOVE, FAN_PRE_ACCESS, path);
-    if (isSysError(r)) throw new UnsupportedError(`fanotify unmark of ${path}: ${r.call}: ${r.message}`);
+  /** Marks every file in directory `dir` (FAN_EVENT_ON_CHILD), with the same rule as mark(). */
+  markChildren(dir: string): void {
+    const r = native().fanotifyMark(this.fd, FAN_MARK_ADD, FAN_PRE_ACCESS | FAN_EVENT_ON_CHILD, dir);
+    if (isSysError(r)) throw new UnsupportedError(`fanotify mark on ${dir}: ${r.call}: ${r.message}`);
+  }
+
+  /** Removes markChildren's mark: reads of files in `dir` are no longer held. */
+  unmarkChildren(dir: string): void {
+    const r = native().fanotifyMark(this.fd, FAN_MARK_REMOVE, FAN_PRE_ACCESS | FAN_EVENT_ON_CHILD, dir);
+    if (isSysError(r)) throw new UnsupportedError(`fanotify unmark of ${dir}: ${r.call}: ${r.message}`);
   }
 
   /**

@@ -11,11 +11,11 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { resolveMountMode } from '../src/kernel/lazy-erofs.js';
 import { isAlive, readRecords } from '../src/mount/mount-records.js';
 import { mountTable } from '../src/mount/system-mounts.js';
 import { dedupctl, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';
+import { erofsModeSkipReason } from './fixtures/erofs.js';
 import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { run } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
@@ -25,19 +25,6 @@ import { canonicalLinks, expectedTree, walkTree } from './fixtures/tree.js';
 
 const MiB = 1024 * 1024;
 const hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-async function skipReason(): Promise<string | undefined> {
-  if (process.getuid?.() !== 0) return 'mounting needs root';
-  const probe = await mkdtemp(join(tmpdir(), 'erofs-mode-probe-'));
-  try {
-    await resolveMountMode('erofs', false, probe);
-    return undefined;
-  } catch (err) {
-    return (err as Error).message;
-  } finally {
-    await rm(probe, { recursive: true, force: true });
-  }
-}
 
 /** `file` read in order by another process until the end or an error: how many bytes, their sha256, the error's code. */
 async function readUntilError(file: string): Promise<{ bytes: number; sha256: string; err?: string }> {
@@ -55,7 +42,7 @@ async function ddRead(file: string, direct = false): Promise<{ code: number; std
   return { code: r.code, stderr: r.stderr.trim(), bytes: Number(r.stdout.trim()) };
 }
 
-describe('lazy layers in mount mode erofs', { skip: await skipReason() }, () => {
+describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() }, () => {
   let tmp: string;
   let registry: TestRegistry | undefined;
   let proxy: TestProxy | undefined;

@@ -89,15 +89,13 @@ export async function resolveMountMode(mountMode: 'auto' | 'erofs' | 'fuse', ena
  * where it can be, else the reason (it is served by FUSE then).
  */
 export function kernelLayerFs(store: ChunkStore, pool: CodecPool, chunkSize: number, onReadError?: (layer: string, path: string, err: unknown) => void):
-  (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string) => Promise<{ fs: LazyErofsFs; adopted: boolean } | { refused: string }> {
-  return async (remote, lazy, mountpoint) => {
-    const refused = lazyErofsRefusal(remote.toc);
-    if (refused) return { refused };
+  (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string, detached: boolean) => Promise<{ fs: LazyErofsFs; adopted: boolean } | { refused: string }> {
+  return async (remote, lazy, mountpoint, detached) => {
     const layer = remote.desc.digest;
     try {
-      return await LazyErofsFs.mount(remote.toc, layer, lazy, store, pool, chunkSize, mountpoint, (path, err) => onReadError?.(layer, path, err));
+      return await LazyErofsFs.mount(remote.toc, layer, lazy, store, pool, chunkSize, mountpoint, detached, (path, err) => onReadError?.(layer, path, err));
     } catch (err) {
-      if (err instanceof UnsupportedError) return { refused: err.message }; // nothing is left mounted
+      if (err instanceof UnsupportedError) return { refused: err.message }; // lazyErofsRefusal's, or the kernel's; nothing is left mounted
       throw err;
     }
   };
@@ -113,9 +111,9 @@ class Listener {
       Listener.group = PreContentGroup.open();
       Listener.group.listen(async (range) => {
         const path = await readlink(`/proc/self/fd/${range.fd}`);
-        const handler = Listener.dirs.get(join(path, '..'));
-        if (!handler) throw new UnsupportedError(`no lazy layer serves ${path}`);
-        await handler(basename(path), range);
+        // A directory this process has let go of (a successor serves it): allowed, which is safe
+        // as a chunk file is never a hole; the successor's group fills it, or the read fails.
+        await Listener.dirs.get(join(path, '..'))?.(basename(path), range);
       });
     }
     Listener.dirs.set(dir, fill);
@@ -137,8 +135,9 @@ export class LazyErofsFs {
   /** Fills under way, by chunk file name: readers of one chunk wait on one fetch. */
   private readonly filling = new Map<string, Promise<void>>();
   private readonly byName = new Map<string, { node: TocNode; chunk: TocChunk }>();
+  private released = false;
   private end!: (code: number) => void;
-  /** Settles once unmounted or released (there is no connection for the kernel to end). */
+  /** Settles once unmounted by this process (there is no connection for the kernel to end; a release leaves it to the successor). */
   readonly ended = new Promise<number>((resolve) => (this.end = resolve));
 
   private constructor(readonly mountpoint: string, private readonly toc: Toc, private readonly lazy: LazyLayer,
@@ -161,14 +160,15 @@ export class LazyErofsFs {
    * Serves `toc`'s layer at `mountpoint`: the mount already there if it is this layer's (made by
    * an earlier process), else a new image over the store and empty chunk files, mounted once
    * the chunk directory is marked (a file the mount opens before it is marked never raises an
-   * event). Refused (UnsupportedError) when the layer cannot be served this way.
+   * event). `detached`: the mount has left its mountpoint (it is still in use): its chunk files
+   * are served where they are. Refused (UnsupportedError) when the layer cannot be served this way.
    */
   static async mount(toc: Toc, layerDigest: string, lazy: LazyLayer, store: ChunkStore, pool: CodecPool, chunkSize: number, mountpoint: string,
-    onReadError?: (path: string, err: unknown) => void): Promise<{ fs: LazyErofsFs; adopted: boolean }> {
+    detached: boolean, onReadError?: (path: string, err: unknown) => void): Promise<{ fs: LazyErofsFs; adopted: boolean }> {
     const why = lazyErofsRefusal(toc);
     if (why) throw new UnsupportedError(`lazy EROFS layer ${layerDigest}: ${why}`);
     const fs = new LazyErofsFs(mountpoint, toc, lazy, onReadError);
-    const adopted = await fs.servesAlready(layerDigest);
+    const adopted = await fs.servesAlready(layerDigest, detached);
     if (!adopted) {
       await unmount(mountpoint);
       await rm(fs.dir, { recursive: true, force: true });
@@ -188,9 +188,10 @@ export class LazyErofsFs {
     return { fs, adopted };
   }
 
-  private async servesAlready(layerDigest: string): Promise<boolean> {
+  private async servesAlready(layerDigest: string, detached: boolean): Promise<boolean> {
     const recorded = await readFile(join(this.dir, 'layer'), 'utf8').catch(() => undefined);
-    return recorded === layerDigest && (await mountTable()).some((m) => m.target === this.mountpoint && m.fstype === 'erofs');
+    if (detached && recorded !== layerDigest) throw new UnsupportedError(`detached lazy EROFS mount of ${layerDigest}: ${this.dir} is not its`);
+    return recorded === layerDigest && (detached || (await mountTable()).some((m) => m.target === this.mountpoint && m.fstype === 'erofs'));
   }
 
   /** The image: stored chunks where the store has them (verified now), every other chunk an empty file of its own. */
@@ -220,6 +221,7 @@ export class LazyErofsFs {
 
   /** A read of chunk file `name` waits: fetch the chunk (verified) and write it whole, padded to its last block. */
   private async fill(name: string, range: PreContentRange): Promise<void> {
+    if (this.released) return; // as for a directory let go of (Listener)
     const ref = this.byName.get(name);
     this.stats.reads++;
     this.stats.bytesRead += range.count;
@@ -250,10 +252,11 @@ export class LazyErofsFs {
     this.stats.filled++;
   }
 
-  /** Stops serving (a successor marks the directory itself); the mount stays. */
+  /** Stops serving once the fills under way are answered (a successor has marked the directory itself); the mount stays. */
   async release(): Promise<void> {
+    this.released = true;
+    await Promise.allSettled([...this.filling.values()]);
     await Listener.remove(this.chunkDir);
-    this.end(0);
   }
 
   /** Unmounts and removes the chunk files (their chunks are in the store). */

@@ -32,7 +32,7 @@ export interface LayerMountContext {
    * Mount mode `erofs` (config "mount_mode"): serves a layer by the kernel where it allows it
    * (src/kernel/lazy-erofs.ts, handed in by the wiring), or says why not; without it, FUSE.
    */
-  kernelFs?: (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string) => Promise<{ fs: KernelLayerFs; adopted: boolean } | { refused: string }>;
+  kernelFs?: (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string, detached: boolean) => Promise<{ fs: KernelLayerFs; adopted: boolean } | { refused: string }>;
 }
 
 /** A layer's filesystem served by the kernel: no connection; it ends when unmounted or released. */
@@ -74,15 +74,16 @@ export class LayerMount {
    * Records the layer in the chunk store and mounts it at `mountpoint`: by FUSE, or in mount mode
    * `erofs` by the kernel where the layer allows it (an EROFS mount of this layer left there by an
    * earlier process is served as it is, so its users keep it). The mode each layer got and why is
-   * logged.
+   * logged. `detached`: a kernel EROFS mount handed over that has left its mountpoint (still in
+   * use), to be served where it is and never mounted again.
    */
-  static async mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext): Promise<LayerMount> {
+  static async mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext, detached = false): Promise<LayerMount> {
     await LayerMount.record(remote, ctx.store);
     const layer = remote.desc.digest;
     let why = 'mount_mode fuse';
     if (ctx.kernelFs) {
       const { lazy, trace } = LayerMount.lazyLayer(remote, image, ctx);
-      const made = await ctx.kernelFs(remote, lazy, mountpoint).catch((err: unknown) => {
+      const made = await ctx.kernelFs(remote, lazy, mountpoint, detached).catch((err: unknown) => {
         lazy.close();
         throw err;
       });
@@ -177,6 +178,10 @@ export class LayerMount {
     const outcome = { source, chunks: chunks.length, fetched: r.fetched, failed: r.failed, background, held };
     if (source !== 'none' || background || held) ctx.log?.info({ layer, ...outcome }, 'prefetch done');
     return outcome;
+  }
+
+  get mode(): 'fuse' | 'erofs' {
+    return this.fs instanceof LayerFs ? 'fuse' : 'erofs';
   }
 
   /** The FUSE connection the mount is served on (none for a kernel EROFS mount: a successor serves it as it finds it). */

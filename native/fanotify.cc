@@ -3,11 +3,11 @@
 // until the group answers the event, which carries the byte range read. Node has no binding for
 // fanotify_init, fanotify_mark or the event records, and the system headers here predate
 // pre-content events, so their numbers are defined below (include/uapi/linux/fanotify.h).
-// FanotifyReader watches a group's descriptor on Node's event loop, as DeviceReader watches
-// /dev/fuse, and hands each event to JavaScript at once.
+// FanotifyReader watches a group's descriptor on Node's event loop (fd_reader.h) and hands each
+// event to JavaScript at once.
 
 #include <napi.h>
-#include <uv.h>
+#include "fd_reader.h"
 #include "sys_error.h"
 #include <fcntl.h>
 #include <sys/fanotify.h>
@@ -103,7 +103,7 @@ Napi::Value PidfdGetfd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-class FanotifyReader : public Napi::ObjectWrap<FanotifyReader> {
+class FanotifyReader : public FdReader<FanotifyReader> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "FanotifyReader", {InstanceMethod("stop", &FanotifyReader::Stop)});
@@ -113,43 +113,14 @@ class FanotifyReader : public Napi::ObjectWrap<FanotifyReader> {
   // An event is {mask, fd, pid, offset, count} (offset and count -1 without a range record);
   // its fd is the reader's own descriptor of the file, to close once answered. onEvent(null,
   // errno) comes once reading has ended, on a later turn, errno 0 after stop().
-  explicit FanotifyReader(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FanotifyReader>(info) {
+  explicit FanotifyReader(const Napi::CallbackInfo& info) : FdReader<FanotifyReader>(info) {
     Napi::Env env = info.Env();
     if (info.Length() != 2 || !info[0].IsNumber() || !info[1].IsFunction()) {
       Napi::TypeError::New(env, "new FanotifyReader(fd, onEvent)").ThrowAsJavaScriptException();
       return;
     }
-    fd_ = info[0].As<Napi::Number>().Int32Value();
     buf_.resize(64 * 1024);
-    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
-    context_ = std::make_unique<Napi::AsyncContext>(env, "fanotify-reader");
-    uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env, &loop) != napi_ok) {
-      Napi::Error::New(env, "no event loop").ThrowAsJavaScriptException();
-      return;
-    }
-    auto* poll = new uv_poll_t;
-    int err = uv_poll_init(loop, poll, fd_);
-    if (err != 0) {
-      delete poll;
-    } else {
-      poll->data = this;
-      err = uv_poll_start(poll, UV_READABLE, OnReadable);
-      if (err != 0) uv_close(reinterpret_cast<uv_handle_t*>(poll), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-    }
-    if (err != 0) {
-      Napi::Error::New(env, std::string("poll fanotify: ") + uv_strerror(err)).ThrowAsJavaScriptException();
-      return;
-    }
-    poll_ = poll;
-    Ref();
-  }
-
- private:
-  static void OnReadable(uv_poll_t* handle, int status, int) {
-    auto* self = static_cast<FanotifyReader*>(handle->data);
-    if (status < 0) return self->End(-status);
-    self->Drain();
+    Start(env, info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Function>(), "fanotify");
   }
 
   // One read per wake-up (up to 64 KiB of events), so a busy group leaves the loop to others.
@@ -161,9 +132,8 @@ class FanotifyReader : public Napi::ObjectWrap<FanotifyReader> {
       if (errno == EAGAIN || errno == EINTR) return;
       return End(errno);
     }
-    auto* p = buf_.data();
     size_t left = static_cast<size_t>(n);
-    auto* meta = reinterpret_cast<fanotify_event_metadata*>(p);
+    auto* meta = reinterpret_cast<fanotify_event_metadata*>(buf_.data());
     for (; FAN_EVENT_OK(meta, left) && !ending_; meta = FAN_EVENT_NEXT(meta, left)) {
       Napi::Object e = Napi::Object::New(env);
       e.Set("mask", Napi::Number::New(env, static_cast<double>(meta->mask)));
@@ -187,40 +157,8 @@ class FanotifyReader : public Napi::ObjectWrap<FanotifyReader> {
     }
   }
 
-  void Deliver(Napi::Value event, int err) {
-    Napi::Env env = Env();
-    callback_.MakeCallback(env.Global(), {event, Napi::Number::New(env, err)}, *context_);
-    if (env.IsExceptionPending()) napi_fatal_exception(env, env.GetAndClearPendingException().Value());
-  }
-
-  void End(int err) {
-    if (ending_) return;
-    ending_ = true;
-    end_ = err;
-    uv_close(reinterpret_cast<uv_handle_t*>(poll_), OnClosed);
-  }
-
-  static void OnClosed(uv_handle_t* handle) {
-    auto* self = static_cast<FanotifyReader*>(handle->data);
-    delete reinterpret_cast<uv_poll_t*>(handle);
-    self->poll_ = nullptr;
-    Napi::HandleScope scope(self->Env());
-    self->Deliver(self->Env().Null(), self->end_);
-    self->Unref();
-  }
-
-  Napi::Value Stop(const Napi::CallbackInfo& info) {
-    End(0);
-    return info.Env().Undefined();
-  }
-
-  int fd_ = -1;
+ private:
   std::vector<uint8_t> buf_;
-  Napi::FunctionReference callback_;
-  std::unique_ptr<Napi::AsyncContext> context_;
-  uv_poll_t* poll_ = nullptr;
-  bool ending_ = false;
-  int end_ = 0;
 };
 
 }  // namespace

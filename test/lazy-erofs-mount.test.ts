@@ -18,7 +18,7 @@ import { unmountUnder } from './fixtures/containerd.js';
 import { erofsModeSkipReason } from './fixtures/erofs.js';
 import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { run } from './fixtures/process.js';
-import { startProxy, type TestProxy } from './fixtures/proxy.js';
+import { startProxy, type Fault, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { forgeChunkDigest } from './fixtures/tamper.js';
 import { canonicalLinks, expectedTree, walkTree } from './fixtures/tree.js';
@@ -47,6 +47,7 @@ describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() 
   let registry: TestRegistry | undefined;
   let proxy: TestProxy | undefined;
   let slow: TestProxy | undefined;
+  let faulty: TestProxy | undefined;
   let layers: { base: FileSpec[]; upper: FileSpec[] };
   let config: string;
   const mounted: { dir: string; root: string }[] = [];
@@ -72,6 +73,9 @@ describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() 
     registry = await startRegistry(tmp);
     proxy = await startProxy(registry.host);
     slow = await startProxy(registry.host, { latencyMs: 1500 });
+    // One request in ten fails, in turn with a 500, a reset before the answer, a reset in its body.
+    const faults: Fault[] = ['500', 'reset', 'reset-mid-body'];
+    faulty = await startProxy(registry.host, { fault: (_req, n) => (n % 10 === 0 ? faults[(n / 10) % faults.length]! : 'ok') });
     layers = await richLayers(24 * MiB);
     await writeOciImage(join(tmp, 'src'), 'rich', [{ tar: await tarOf(layers.base), compression: 'gzip' }, { tar: await tarOf(layers.upper), compression: 'gzip' }]);
     await pushOci(join(tmp, 'src'), 'rich', `${registry.host}/src/rich:1`);
@@ -82,7 +86,7 @@ describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() 
     for (const m of [...mounted]) await dedupctl(['umount', '--root', m.root, m.dir]).catch(() => undefined);
     for (const pid of pids) if (isAlive(pid)) process.kill(pid, 'SIGKILL');
     await unmountUnder(tmp);
-    await Promise.all([proxy?.stop(), slow?.stop()]);
+    await Promise.all([proxy?.stop(), slow?.stop(), faulty?.stop()]);
     await registry?.stop();
     await rm(tmp, { recursive: true, force: true });
   });
@@ -114,6 +118,18 @@ describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() 
     proxy!.reset();
     assert.equal(hex(await readFile(join(dir, 'data/big'))), hex(content('data/big')));
     assert.equal(proxy!.stats.blobBytes, 0);
+    await umount(dir, root);
+  });
+
+  it('reads every file back exactly with one registry request in ten failing', async () => {
+    const root = join(tmp, 'root-faults');
+    const dir = join(tmp, 'mnt-faults');
+    faulty!.reset();
+    await mount(`${faulty!.host}/lazy/rich:1`, dir, root);
+    const actual = canonicalLinks(await walkTree(dir));
+    const expected = canonicalLinks(expectedTree([layers.base, layers.upper]));
+    for (const [p, e] of expected) assert.deepEqual(actual.get(p), e, p);
+    assert.ok(faulty!.stats.faults > 0, 'faults were injected');
     await umount(dir, root);
   });
 

@@ -13,8 +13,11 @@ import { isSysError, native, type FanotifyEvent, type FanotifyReader } from '../
 const FAN_CLOEXEC = 0x1;
 const FAN_NONBLOCK = 0x2;
 const FAN_CLASS_PRE_CONTENT = 0x8;
+const FAN_UNLIMITED_MARKS = 0x20;
 const FAN_MARK_ADD = 0x1;
 const FAN_MARK_REMOVE = 0x2;
+const FAN_MARK_IGNORED_MASK = 0x20;
+const FAN_MARK_IGNORED_SURV_MODIFY = 0x40;
 export const FAN_PRE_ACCESS = 0x0010_0000;
 /** A directory's mark covers the files in it. */
 const FAN_EVENT_ON_CHILD = 0x0800_0000;
@@ -35,7 +38,8 @@ export class PreContentGroup {
    * through them (a descriptor the kernel opens for an event raises no events itself).
    */
   static open(): PreContentGroup {
-    const fd = native().fanotifyInit(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, constants.O_RDWR | O_LARGEFILE);
+    // Unlimited marks (root): each complete file of a marked directory gets an ignore mark of its own (ignore()).
+    const fd = native().fanotifyInit(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_MARKS, constants.O_RDWR | O_LARGEFILE);
     if (isSysError(fd)) throw new UnsupportedError(`fanotify pre-content group: ${fd.call}: ${fd.message}`);
     return new PreContentGroup(fd);
   }
@@ -61,6 +65,15 @@ export class PreContentGroup {
   markChildren(dir: string): void {
     const r = native().fanotifyMark(this.fd, FAN_MARK_ADD, FAN_PRE_ACCESS | FAN_EVENT_ON_CHILD, dir);
     if (isSysError(r)) throw new UnsupportedError(`fanotify mark on ${dir}: ${r.call}: ${r.message}`);
+  }
+
+  /**
+   * Reads of `path` raise no more events in this group (an ignore mask that survives writes): for
+   * a file that is complete, whose every read would otherwise still cost a round trip here.
+   * False when the kernel refused it (the events then go on coming, and are answered as before).
+   */
+  ignore(path: string): boolean {
+    return native().fanotifyMark(this.fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, FAN_PRE_ACCESS, path) === true;
   }
 
   /** Removes markChildren's mark: reads of files in `dir` are no longer held. */

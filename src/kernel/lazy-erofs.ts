@@ -16,7 +16,7 @@
 // the mount as it is: it marks the directory again; running containers keep their mount.
 
 import { fstat, write } from 'node:fs';
-import { mkdir, open, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { basename, join } from 'node:path';
 import type { CodecPool } from '../codec/codec-pool.js';
@@ -110,7 +110,6 @@ class Listener {
     if (!Listener.group) {
       Listener.group = PreContentGroup.open();
       Listener.group.listen(async (range) => {
-        if (range.pid === process.pid) return; // our own write of a chunk file (fillAhead): no read of a hole
         const path = await readlink(`/proc/self/fd/${range.fd}`);
         // A directory this process has let go of (a successor serves it): allowed, which is safe
         // as a chunk file is never a hole; the successor's group fills it, or the read fails.
@@ -136,21 +135,11 @@ class Listener {
   }
 }
 
-/** A chunk of a file, and where it is in the file's list. */
-interface ChunkAt {
-  node: TocNode;
-  chunk: TocChunk;
-  index: number;
-}
-
-/** Chunk files written ahead of a sequential reader, after each chunk it waited for. */
-const FILL_AHEAD = 2;
-
 export class LazyErofsFs {
   readonly stats: LazyErofsStats = { reads: 0, bytesRead: 0, readErrors: 0, filled: 0 };
   /** Fills under way, by chunk file name: readers of one chunk wait on one fetch. */
   private readonly filling = new Map<string, Promise<void>>();
-  private readonly byName = new Map<string, ChunkAt>();
+  private readonly byName = new Map<string, { node: TocNode; chunk: TocChunk }>();
   private released = false;
   private end!: (code: number) => void;
   /** Settles once unmounted by this process (there is no connection for the kernel to end; a release leaves it to the successor). */
@@ -160,7 +149,7 @@ export class LazyErofsFs {
     private readonly onReadError?: (path: string, err: unknown) => void) {
     for (const node of new Set(toc.nodes.values())) {
       if (node.type !== 'reg') continue;
-      node.chunks.forEach((chunk, index) => chunk.chunkDigest && this.byName.set(chunk.chunkDigest.slice(7), { node, chunk, index }));
+      for (const chunk of node.chunks) if (chunk.chunkDigest) this.byName.set(chunk.chunkDigest.slice(7), { node, chunk });
     }
   }
 
@@ -242,60 +231,35 @@ export class LazyErofsFs {
     this.stats.reads++;
     this.stats.bytesRead += range.count;
     if (!ref) throw new UnsupportedError(`chunk file ${name} of ${this.mountpoint}`);
+    const padded = Math.ceil(ref.chunk.chunkSize / BLOCK_SIZE) * BLOCK_SIZE;
+    let f = this.filling.get(name);
+    if (!f) {
+      f = this.write(range.fd, ref, padded).finally(() => this.filling.delete(name));
+      this.filling.set(name, f);
+    }
     try {
-      await this.filled(name, () => this.write(range.fd, ref));
+      await f;
     } catch (err) {
       this.stats.readErrors++;
       this.onReadError?.(ref.node.path, err);
       throw err;
     }
-    for (let k = 1; k <= FILL_AHEAD; k++) this.fillAhead(ref.node, ref.index + k);
   }
 
-  /** The one fill of chunk file `name` under way, or `start` it. */
-  private filled(name: string, start: () => Promise<void>): Promise<void> {
-    let f = this.filling.get(name);
-    if (!f) {
-      f = start().finally(() => this.filling.delete(name));
-      this.filling.set(name, f);
-    }
-    return f;
-  }
-
-  /**
-   * Writes the file's chunk `index` to its chunk file, if it has one, before a reader asks: the
-   * LazyLayer's read-ahead is fetching it already. The write raises an event of this process's
-   * own, which the listener allows (Listener); a failure is left to the reader's own fill.
-   */
-  private fillAhead(node: TocNode, index: number): void {
-    const chunk = node.chunks[index];
-    const name = chunk?.chunkDigest?.slice(7);
-    if (!chunk || !name || this.released || this.filling.has(name)) return;
-    void this.filled(name, async () => {
-      const h = await open(join(this.chunkDir, name), 'r+').catch(() => undefined); // none: a stored chunk, in a pack
-      if (!h) return;
-      try {
-        await this.write(h.fd, { node, chunk, index });
-      } finally {
-        await h.close();
-      }
-    }).catch(() => undefined);
-  }
-
-  /** Writes the chunk whole through `fd` unless the file has it already; then its reads raise no more events here. */
-  private async write(fd: number, ref: ChunkAt): Promise<void> {
-    const padded = Math.ceil(ref.chunk.chunkSize / BLOCK_SIZE) * BLOCK_SIZE;
+  private async write(fd: number, ref: { node: TocNode; chunk: TocChunk }, padded: number): Promise<void> {
+    const file = join(this.chunkDir, ref.chunk.chunkDigest!.slice(7));
     if ((await fstatAsync(fd)).size < padded) { // else filled by an earlier event, or another process
       const data = await this.lazy.read(ref.node, ref.chunk.chunkOffset, ref.chunk.chunkSize);
       const out = Buffer.alloc(padded);
       data.copy(out);
-      // An event's descriptor raises no events; any other of ours raises one that is allowed.
+      // Through the event's descriptor, which raises no events: a write through any other
+      // descriptor of the file would wait for this very listener.
       await writeAsync(fd, out, 0, padded, 0);
       this.stats.filled++;
     }
     // Complete: the kernel reads it in 128 KiB requests, each an event otherwise (a 4 MiB
     // chunk, 32 round trips where one is needed).
-    Listener.ignore(join(this.chunkDir, ref.chunk.chunkDigest!.slice(7)));
+    Listener.ignore(file);
   }
 
   /** Stops serving once the fills under way are answered (a successor has marked the directory itself); the mount stays. */

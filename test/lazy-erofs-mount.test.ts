@@ -98,6 +98,7 @@ describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() 
     const m = await mount(`${proxy!.host}/lazy/rich:1`, dir, root);
     const log = await readFile(m.log, 'utf8');
     assert.match(log, /"mode":"erofs".*"msg":"lazy layers mount mode"/);
+    assert.match(log, /"msg":"enable_fscache: EROFS over fscache \(\/dev\/cachefiles\) is not used; lazy EROFS layers use file-backed mounts/);
     assert.equal((log.match(/"msg":"layer mode erofs: kernel EROFS, filled on demand"/g) ?? []).length, 2);
     const rec = (await readRecords(root)).find((r) => r.dir === dir)!;
     const table = await mountTable();

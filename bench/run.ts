@@ -157,6 +157,12 @@ const SCENARIOS: Record<string, Scenario> = {
           ours: `${r.coldRead.lazyMiBps.toFixed(1)} (${range(r.coldRead.lazySeconds)})`, baseline: `GET ${r.coldRead.httpGetMiBps.toFixed(1)} (${range(r.coldRead.httpGetSeconds)})`, ratio: `${r.coldRead.ratio.toFixed(2)}x` },
         { scenario: 'lazy-warm-read', metric: `${mib} MiB file, chunks stored, page cache dropped, vs local disk (MiB/s)`,
           ours: `${r.warmRead.lazyMiBps.toFixed(1)} (${range(r.warmRead.lazySeconds)})`, baseline: `ext4 ${r.warmRead.localDiskMiBps.toFixed(1)} (${range(r.warmRead.localDiskSeconds)})`, ratio: `${r.warmRead.ratio.toFixed(2)}x` },
+        ...(r.erofs ? [
+          { scenario: 'lazy-cold-read (erofs)', metric: `the same in mount mode erofs: kernel EROFS filled on demand (MiB/s)`,
+            ours: `${r.erofs.coldRead.lazyMiBps.toFixed(1)} (${range(r.erofs.coldRead.lazySeconds)})`, baseline: `GET ${r.erofs.coldRead.httpGetMiBps.toFixed(1)} (${range(r.erofs.coldRead.httpGetSeconds)})`, ratio: `${r.erofs.coldRead.ratio.toFixed(2)}x` },
+          { scenario: 'lazy-warm-read (erofs)', metric: `the same in mount mode erofs: the image over the packs (MiB/s)`,
+            ours: `${r.erofs.warmRead.lazyMiBps.toFixed(1)} (${range(r.erofs.warmRead.lazySeconds)})`, baseline: `ext4 ${r.erofs.warmRead.localDiskMiBps.toFixed(1)} (${range(r.erofs.warmRead.localDiskSeconds)})`, ratio: `${r.erofs.warmRead.ratio.toFixed(2)}x` },
+        ] : []),
         { scenario: 'mount-first-byte', metric: 'mount to first byte of a small file vs full pull (s, lower is better)',
           ours: `${r.firstByte.lazySeconds.median.toFixed(3)} (${range(r.firstByte.lazySeconds, 3)})`, baseline: `ctr pull ${r.firstByte.fullPullSeconds.median.toFixed(2)} (${range(r.firstByte.fullPullSeconds)})`, ratio: `${r.firstByte.ratio.toFixed(1)}x faster` },
       ],

@@ -32,6 +32,11 @@ export const configSchema = z.object({
   root: absolutePath.default(DEFAULT_ROOT),
   enable_erofs: z.boolean().default(true),
   enable_fscache: z.boolean().default(true),
+  /**
+   * How lazily pulled layers are served: `fuse`, `erofs` (the kernel, filled on demand through
+   * fanotify pre-content events) or `auto` (erofs where the kernel and the state root allow it).
+   */
+  mount_mode: z.enum(['auto', 'erofs', 'fuse']).default('fuse'),
   enable_lazy: z.boolean().default(true),
   enable_mem_dedup: z.boolean().default(true),
   /** Default registry host for references without one; "" keeps docker.io. */

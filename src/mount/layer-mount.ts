@@ -1,5 +1,7 @@
-// One eStargz layer mounted lazily at a directory: its LazyLayer (fetching), its FUSE layer
-// filesystem and its access trace. Image mounts and the snapshotter's remote snapshots both use it.
+// One eStargz layer mounted lazily at a directory: its LazyLayer (fetching), its filesystem (the
+// FUSE layer filesystem, or with mount mode `erofs` a kernel EROFS mount filled on demand,
+// src/kernel/lazy-erofs.ts) and its access trace. Image mounts and the snapshotter's remote
+// snapshots both use it.
 
 import type { CodecPool } from '../codec/codec-pool.js';
 import type { PrefetchOptions } from '../config/config.js';
@@ -27,6 +29,20 @@ export interface LayerMountContext {
   log?: { info(o: object, m: string): void; warn(o: object, m: string): void };
   onReadError?: (layer: string, path: string, err: unknown) => void;
   observer?: LazyLayerObserver;
+  /**
+   * Mount mode `erofs` (config "mount_mode"): serves a layer by the kernel where it allows it
+   * (src/kernel/lazy-erofs.ts, handed in by the wiring), or says why not; without it, FUSE.
+   */
+  kernelFs?: (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string, detached: boolean) => Promise<{ fs: KernelLayerFs; adopted: boolean } | { refused: string }>;
+}
+
+/** A layer's filesystem served by the kernel: no connection; it ends when unmounted or released. */
+export interface KernelLayerFs {
+  readonly ended: Promise<number>;
+  readonly stats: { reads: number; readErrors: number };
+  /** Stops serving; the mount stays for a successor. */
+  release(): Promise<void>;
+  unmount(): Promise<void>;
 }
 
 export interface PrefetchOutcome {
@@ -43,7 +59,7 @@ export class LayerMount {
   /** Settles when the prefetch that started with the mount is over. */
   prefetched: Promise<PrefetchOutcome> = Promise.resolve({ source: 'none', chunks: 0, fetched: 0, failed: 0, background: 0, held: false });
 
-  private constructor(readonly remote: RemoteLayer, readonly lazy: LazyLayer, readonly fs: LayerFs, readonly trace: AccessTrace,
+  private constructor(readonly remote: RemoteLayer, readonly lazy: LazyLayer, readonly fs: LayerFs | KernelLayerFs, readonly trace: AccessTrace,
     readonly mountpoint: string, private readonly ctx: LayerMountContext) {}
 
   /**
@@ -55,9 +71,32 @@ export class LayerMount {
       chunks: remote.chunks().map((c) => ({ digest: c.digest, size: c.chunkSize })) });
   }
 
-  /** Records the layer in the chunk store and mounts it at `mountpoint`. */
-  static async mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext): Promise<LayerMount> {
+  /**
+   * Records the layer in the chunk store and mounts it at `mountpoint`: by FUSE, or in mount mode
+   * `erofs` by the kernel where the layer allows it (an EROFS mount of this layer left there by an
+   * earlier process is served as it is, so its users keep it). The mode each layer got and why is
+   * logged. `detached`: a kernel EROFS mount handed over that has left its mountpoint (still in
+   * use), to be served where it is and never mounted again.
+   */
+  static async mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext, detached = false): Promise<LayerMount> {
     await LayerMount.record(remote, ctx.store);
+    const layer = remote.desc.digest;
+    let why = 'mount_mode fuse';
+    if (ctx.kernelFs) {
+      const { lazy, trace } = LayerMount.lazyLayer(remote, image, ctx);
+      const made = await ctx.kernelFs(remote, lazy, mountpoint, detached).catch((err: unknown) => {
+        lazy.close();
+        throw err;
+      });
+      if ('fs' in made) {
+        ctx.log?.info({ layer, mountpoint, mode: 'erofs', adopted: made.adopted },
+          made.adopted ? 'layer mode erofs: serving the EROFS mount already there' : 'layer mode erofs: kernel EROFS, filled on demand');
+        return LayerMount.started(remote, lazy, made.fs, trace, mountpoint, image, ctx);
+      }
+      lazy.close();
+      why = made.refused;
+    }
+    ctx.log?.info({ layer, mountpoint, mode: 'fuse', why }, 'layer mode fuse');
     return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.mount(mountpoint, remote.desc.digest.slice(7, 19)));
   }
 
@@ -71,6 +110,14 @@ export class LayerMount {
 
   private static serve(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext,
     attach: (fs: LayerFs) => void): LayerMount {
+    const { lazy, trace } = LayerMount.lazyLayer(remote, image, ctx);
+    const fs = new LayerFs(remote.toc, lazy, (path, err) => ctx.onReadError?.(remote.desc.digest, path, err));
+    attach(fs);
+    return LayerMount.started(remote, lazy, fs, trace, mountpoint, image, ctx);
+  }
+
+  /** The layer's LazyLayer, recording first reads in its access trace. */
+  private static lazyLayer(remote: RemoteLayer, image: { name: string; manifestDigest: string }, ctx: LayerMountContext): { lazy: LazyLayer; trace: AccessTrace } {
     const trace = new AccessTrace(image.name, image.manifestDigest, remote.desc.digest);
     const lazy = new LazyLayer(remote.source, remote.desc, remote.toc, remote.tail, ctx.store, ctx.pool, ctx.cache, { ...DEFAULT_LAZY, ...ctx.lazy },
       {
@@ -81,8 +128,12 @@ export class LayerMount {
           if (lazy.stats.storeErrors === 1) ctx.log?.warn({ layer: remote.desc.digest, chunk: digest, err: (err as Error).message }, 'cannot store fetched chunks; serving them from memory');
         },
       });
-    const fs = new LayerFs(remote.toc, lazy, (path, err) => ctx.onReadError?.(remote.desc.digest, path, err));
-    attach(fs);
+    return { lazy, trace };
+  }
+
+  /** The mount, its prefetch started. */
+  private static started(remote: RemoteLayer, lazy: LazyLayer, fs: LayerFs | KernelLayerFs, trace: AccessTrace, mountpoint: string,
+    image: { name: string; manifestDigest: string }, ctx: LayerMountContext): LayerMount {
     const m = new LayerMount(remote, lazy, fs, trace, mountpoint, ctx);
     if (ctx.prefetch?.enabled) m.prefetched = m.prefetch(image.manifestDigest, ctx);
     return m;
@@ -135,9 +186,13 @@ export class LayerMount {
     return outcome;
   }
 
-  /** The FUSE connection the mount is served on. */
+  get mode(): 'fuse' | 'erofs' {
+    return this.fs instanceof LayerFs ? 'fuse' : 'erofs';
+  }
+
+  /** The FUSE connection the mount is served on (none for a kernel EROFS mount: a successor serves it as it finds it). */
   get connection(): FuseConnection | undefined {
-    return this.fs.connection;
+    return this.fs instanceof LayerFs ? this.fs.connection : undefined;
   }
 
   /** Stops serving, leaving the mount to the process that adopted it. */

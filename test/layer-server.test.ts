@@ -37,8 +37,9 @@ describe('layer server: mounts removed from outside, idle exit', () => {
     tmp = await mkdtemp(join(tmpdir(), 'dedup-fused-test-'));
     registry = await startRegistry(tmp);
     // A file no container reads keeps the layer incomplete, so FUSE serves it throughout (a complete
-    // one is served by EROFS from then on, docs/kernel.md).
-    const unread = { name: 'unread', type: 'file' as const, content: randomBytes(1024 * 1024) };
+    // one is served by EROFS from then on, docs/kernel.md); it makes the layer too large to be
+    // fetched whole at mount (prefetch.whole_layer_bytes) too.
+    const unread = { name: 'unread', type: 'file' as const, content: randomBytes(6 * 1024 * 1024) };
     await writeOciImage(join(tmp, 'src'), 'app', [{ tar: await tarOf([...await busyboxEntries(), { name: 'hello', type: 'file', content: Buffer.from('hello from a lazy layer\n') }, unread]), compression: 'gzip' }]);
     await pushOci(join(tmp, 'src'), 'app', `${registry.host}/src/app:1`);
     ref = `${registry.host}/lazy/app:1`;

@@ -92,8 +92,9 @@ for (const mode of ['fuse', 'erofs'] as const) describe(`running containers surv
     await pushOci(join(tmp, 'src'), 'reader', `${registry.host}/src/reader:1`);
     await dedupctlJson(['convert', '--plain-http', `${registry.host}/src/reader:1`, `${registry.host}/lazy/reader:1`]);
     // A file no container reads keeps this layer incomplete, so FUSE serves it to the end (a complete
-    // one, as the reader's becomes, is served by EROFS from then on and its FUSE mount let go: docs/kernel.md).
-    const unread: FileSpec = { name: 'unread', type: 'file', content: randomBytes(MiB) };
+    // one, as the reader's becomes, is served by EROFS from then on and its FUSE mount let go: docs/kernel.md);
+    // it makes the layer too large to be fetched whole at mount (prefetch.whole_layer_bytes) too.
+    const unread: FileSpec = { name: 'unread', type: 'file', content: randomBytes(6 * MiB) };
     await writeOciImage(join(tmp, 'src2'), 'other', [{ tar: await tarOf([...bb, { name: 'hello', type: 'file', content: Buffer.from('other image\n') }, unread]), compression: 'gzip' }]);
     await pushOci(join(tmp, 'src2'), 'other', `${registry.host}/src/other:1`);
     await dedupctlJson(['convert', '--plain-http', `${registry.host}/src/other:1`, `${registry.host}/lazy/other:1`]);

@@ -6,7 +6,7 @@
 // running container is committed to a new image.
 
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CodecPool } from '../src/codec/codec-pool.js';
@@ -21,6 +21,7 @@ import { ChunkStore } from '../src/store/chunk-store.js';
 import { dedupctl } from '../test/fixtures/cli.js';
 import { startContainerd, unmountUnder, type TestContainerd } from '../test/fixtures/containerd.js';
 import { run } from '../test/fixtures/process.js';
+import { erofsModeSkipReason } from '../test/fixtures/erofs.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from '../test/fixtures/images.js';
 import { startProxy, type TestProxy } from '../test/fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from '../test/fixtures/registry.js';
@@ -90,6 +91,24 @@ async function main(): Promise<void> {
     for (const line of (await dedupctl(['status', '--root', root])).stdout.trim().split('\n')) say(`   ${line}`);
     await dedupctl(['umount', '--root', root, rootfs]);
     mountedAt = undefined;
+
+    say('\n== mount_mode erofs: the same lazy root filesystem served by the kernel, each layer an EROFS image filled on demand through fanotify pre-content events');
+    const noErofsMode = await erofsModeSkipReason();
+    if (noErofsMode) say(`   skipped: ${noErofsMode}`);
+    else {
+      const erofsRoot = join(tmp, 'root-erofs');
+      const erofsConfig = join(tmp, 'erofs-mode.json');
+      await writeFile(erofsConfig, JSON.stringify({ mount_mode: 'erofs' }));
+      proxy.reset();
+      const m = await dedupctl(['mount', '--root', erofsRoot, '--config', erofsConfig, '--plain-http', `${proxy.host}/demo/web:estargz`, rootfs]);
+      if (m.code !== 0) throw new Error(`dedupctl mount (mount_mode erofs): ${m.stderr}`);
+      mountedAt = rootfs;
+      const out = await run('chroot', [rootfs, '/bin/sh', '-c', 'cat /etc/motd']);
+      const kernelMounts = (await mountTable()).filter((e) => e.fstype === 'erofs' && e.target.startsWith(erofsRoot)).length;
+      say(`   chroot printed "${out.stdout.trim()}"; ${kernelMounts} EROFS mounts (lookups, stat and readdir never leave the kernel); ${formatBytes(proxy.stats.blobBytes)} fetched`);
+      await dedupctl(['umount', '--root', erofsRoot, rootfs]);
+      mountedAt = undefined;
+    }
 
     say('\n== dedupctl store ingest: every chunk into the content-addressed store, each distinct chunk once');
     store = await ChunkStore.open(root);

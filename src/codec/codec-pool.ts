@@ -9,7 +9,8 @@ import { gzipSync } from 'node:zlib';
 import { Piscina } from 'piscina';
 import { sha256Digest } from '../estargz/toc.js';
 import { ChunkDigestMismatchError, MalformedEstargzError, MalformedLayerError } from '../errors.js';
-import { checkDigest, inflateChunk, inflateSpan, type FilePiece, type GzipTask, type InflateTask, type ReadFilePiecesResult, type SpanTask, type VerifyTask } from '../../workers/codec-worker.js';
+import { checkDigest, inflateChunk, inflateSpan, type FilePiece, type GzipTask, type InflateTask, type ReadFilePiecesResult, type SpanTask, type VerifyTask, type WalkTask } from '../../workers/codec-worker.js';
+import type { LayerWalk } from '../kernel/layer-walk.js';
 
 export type { FilePiece } from '../../workers/codec-worker.js';
 
@@ -117,6 +118,13 @@ export class CodecPool {
     const all = Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
     let at = 0;
     return pieces.map((p, i) => ({ data: all.subarray(at, (at += p.length)), digest: r.digests[i] }));
+  }
+
+  /** The walk of the layer unpacked at `root` (src/kernel/layer-walk.ts); a path it cannot look at is a MalformedLayerError naming it. */
+  async walkLayer(root: string): Promise<LayerWalk> {
+    const r = (await this.pool.run({ root } satisfies WalkTask, { name: 'walk' })) as LayerWalk | { failed: { path: string; reason: string } };
+    if ('failed' in r) throw new MalformedLayerError(r.failed.path, r.failed.reason);
+    return r;
   }
 
   async close(): Promise<void> {

@@ -30,12 +30,11 @@ int FsConfig(int fd, unsigned cmd, const char* key, const char* value) { return 
 int FsMount(int fd, unsigned attrs) { return static_cast<int>(syscall(SYS_fsmount, fd, FSMOUNT_CLOEXEC, attrs)); }
 int MoveMount(int from, const char* to) { return static_cast<int>(syscall(SYS_move_mount, from, "", AT_FDCWD, to, MOVE_MOUNT_F_EMPTY_PATH)); }
 
-// mountErofs(image, target, devices: string[], flags: string[]): true, or an error object (its
-// call names the step: "fsconfig(<flag>)" for a flag this kernel does not know).
+// mountErofs(image, target, devices: string[]): true, or an error object (its call names the step).
 Napi::Value MountErofs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() != 4 || !info[0].IsString() || !info[1].IsString() || !info[2].IsArray() || !info[3].IsArray()) {
-    Napi::TypeError::New(env, "mountErofs(image, target, devices, flags)").ThrowAsJavaScriptException();
+  if (info.Length() != 3 || !info[0].IsString() || !info[1].IsString() || !info[2].IsArray()) {
+    Napi::TypeError::New(env, "mountErofs(image, target, devices)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   std::string image = info[0].As<Napi::String>();
@@ -43,9 +42,6 @@ Napi::Value MountErofs(const Napi::CallbackInfo& info) {
   Napi::Array list = info[2].As<Napi::Array>();
   std::vector<std::string> devices;
   for (uint32_t i = 0; i < list.Length(); i++) devices.push_back(list.Get(i).As<Napi::String>());
-  Napi::Array flagList = info[3].As<Napi::Array>();
-  std::vector<std::string> flags;
-  for (uint32_t i = 0; i < flagList.Length(); i++) flags.push_back(flagList.Get(i).As<Napi::String>());
 
   int fs = FsOpen("erofs");
   if (fs < 0) return SysError(env, "fsopen(erofs)", errno);
@@ -59,10 +55,6 @@ Napi::Value MountErofs(const Napi::CallbackInfo& info) {
     if (FsConfig(fs, FSCONFIG_SET_STRING, "device", d.c_str()) < 0) return fail("fsconfig(device)");
   }
   if (FsConfig(fs, FSCONFIG_SET_FLAG, "ro", nullptr) < 0) return fail("fsconfig(ro)");
-  for (const auto& f : flags) {
-    std::string call = "fsconfig(" + f + ")";
-    if (FsConfig(fs, FSCONFIG_SET_FLAG, f.c_str(), nullptr) < 0) return fail(call.c_str());
-  }
   if (FsConfig(fs, FSCONFIG_CMD_CREATE, nullptr, nullptr) < 0) return fail("fsconfig(create)");
   int mnt = FsMount(fs, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
   if (mnt < 0) return fail("fsmount");

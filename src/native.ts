@@ -22,8 +22,8 @@ export interface Native {
   getMemoryMerge(): boolean | SysError;
   pageSize(): number;
   mount(source: string, target: string, fstype: string, flags: number, data: string): true | SysError;
-  /** A file-backed EROFS image with its blob devices, read-only, through fsopen/fsconfig/fsmount/move_mount, with `flags` set (e.g. `directio`). */
-  mountErofs(image: string, target: string, devices: string[], flags: string[]): true | SysError;
+  /** A file-backed EROFS image with its blob devices, read-only, through fsopen/fsconfig/fsmount/move_mount. */
+  mountErofs(image: string, target: string, devices: string[]): true | SysError;
   /** The name under /sys/fs of the filesystem holding `path` (`erofs/erofs-12`; FS_IOC_GETFSSYSFSPATH, Linux 6.10). */
   sysfsName(path: string): string | SysError;
   /** A file's extended attributes, symlinks not followed ({} where the filesystem has none). */

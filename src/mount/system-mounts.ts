@@ -25,14 +25,6 @@ export async function mountOverlay(dir: string, lowers: string[], upper?: { uppe
   if (r.code !== 0) throw new MountError(`cannot mount overlay at ${dir}: ${r.stderr}`);
 }
 
-/**
- * Whether this kernel's EROFS reads its blob files with direct I/O (`directio`, 6.13 and later):
- * found out at the first mount. Buffered, a cold read of a few KiB from a pack made the backing
- * file's readahead (the disk's read_ahead_kb, 8 MiB here) pull in the chunks around it as well,
- * and every byte read was cached twice (the pack's page cache and the EROFS file's).
- */
-let directIo: boolean | undefined;
-
 /** read_ahead_kb of the disk holding `path` (a partition's is its disk's), or undefined where it is on none (tmpfs, overlay). */
 function diskReadahead(path: string): string | undefined {
   const dev = statSync(path, { bigint: true }).dev;
@@ -51,9 +43,13 @@ function diskReadahead(path: string): string | undefined {
 /**
  * Gives the EROFS mount at `dir` the readahead of the disk its blobs are on. A file-backed mount
  * gets a backing device of its own with the kernel's default of 128 KiB, where ext4 on this disk
- * reads ahead 8 MiB: a cold python start through EROFS issued 384 block requests against 262
- * through overlayfs on ext4, for the same bytes (mapped libraries faulted in 128 KiB at a time).
- * Before Linux 6.10 the mount's device cannot be named (it keeps 128 KiB).
+ * reads ahead 8 MiB: a cold python start through EROFS issued 384 block requests against 263
+ * through overlayfs on ext4 (mapped libraries faulted in 128 KiB at a time); now 115. The packs
+ * are read buffered (not `directio`): their own readahead then brings in the files next to the
+ * one read (a directory's files lie one after another in the pack), which the next reads find
+ * cached; with direct I/O the start took 226 requests, and reading /usr/lib/python3.11 whole 990
+ * against 220 (ext4: 1,143). The price is that those bytes are cached twice, in the pack's page
+ * cache and the EROFS file's. Before Linux 6.10 the mount's device cannot be named (it keeps 128 KiB).
  */
 function matchReadahead(dir: string, blob: string): void {
   const name = native().sysfsName(dir);
@@ -65,17 +61,12 @@ function matchReadahead(dir: string, blob: string): void {
 /**
  * Mounts the file-backed EROFS `image` read-only at `dir`, with `devices` (the blob files its
  * chunk indexes point into, in device-table order) each passed on its own (fsconfig), so their
- * number is not bounded by mount(2)'s one page of options; direct I/O and the disk's readahead
- * where the kernel has them.
+ * number is not bounded by mount(2)'s one page of options; with the readahead of the disk the
+ * blobs are on.
  */
 export function mountErofs(image: string, dir: string, devices: readonly string[]): void {
-  let r = native().mountErofs(image, dir, [...devices], directIo === false ? [] : ['directio']);
-  if (isSysError(r) && r.call === 'fsconfig(directio)') {
-    directIo = false;
-    r = native().mountErofs(image, dir, [...devices], []);
-  }
+  const r = native().mountErofs(image, dir, [...devices]);
   if (isSysError(r)) throw new MountError(`cannot mount EROFS image ${image} at ${dir}: ${r.call}: ${r.message}`);
-  directIo ??= true;
   try {
     matchReadahead(dir, devices[0] ?? image);
   } catch {

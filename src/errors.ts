@@ -156,9 +156,11 @@ export class ChunkDigestMismatchError extends DedupError {
 /** An entry given to the EROFS builder cannot be written: `entry` is its path ("" for the root, "options" for the build options). */
 export class InvalidErofsTreeError extends DedupError {
   readonly entry: string;
+  readonly why: string;
   constructor(entry: string, why: string) {
     super('ERR_INVALID_EROFS_TREE', `EROFS ${entry === 'options' ? 'build options' : `entry "${entry}"`}: ${why}`);
     this.entry = entry;
+    this.why = why;
   }
 }
 

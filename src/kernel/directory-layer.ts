@@ -18,6 +18,8 @@ export interface ChunkSink {
   storeChunk(digest: string, data: Uint8Array): Promise<PackLocation>;
   /** The current size of a pack (what the image's device table records). */
   packSize(pack: string): Promise<number>;
+  /** Flushes the chunks stored so far to disk; run while the image is built (the publish syncs again, then with little left). */
+  flush?(): Promise<void>;
 }
 
 export interface DirectoryLayerImage extends LayerImage {
@@ -94,5 +96,6 @@ export async function buildDirectoryLayer(root: string, chunkSize: number, sink:
   jobs.forEach((j, i) => {
     if (j.size >= INLINE_MAX) entries[j.index] = { ...entries[j.index]!, size: j.size, extents: placesOf[i]!.map((c) => chunks.extent(c.digest, c.size, c.at)) };
   });
-  return { ...await chunks.build(entries, chunkSize, (p) => sink.packSize(p)), files: jobs.length, bytes: jobs.reduce((n, j) => n + j.size, 0), usage };
+  const [built] = await Promise.all([chunks.build(entries, chunkSize, (p) => sink.packSize(p), (e, o) => pool.buildErofs(e, o)), sink.flush?.()]);
+  return { ...built, files: jobs.length, bytes: jobs.reduce((n, j) => n + j.size, 0), usage };
 }

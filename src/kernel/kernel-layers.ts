@@ -75,6 +75,7 @@ export class KernelLayers {
     const layer = await buildDirectoryLayer(unpacked, this.chunkSize, {
       storeChunk: (digest, data) => this.store.placeForImage(digest, data),
       packSize: (pack) => this.packSize(pack),
+      flush: () => this.store.syncPacks(),
     }, this.pool);
     return { ...await this.publish(id, layer), usage: layer.usage };
   }

@@ -8,6 +8,8 @@
 // small files read whole, and python3 starting and importing a few modules. Then the same three
 // root filesystems as three single-layer images (built separately, or squashed: no layer shared),
 // pulled into fresh state: their disk, where only deduplication across images can save anything.
+// Disk and reads are measured once our snapshotter has deleted the unpacked copies (in the
+// background, after each commit returned); the pull times do not wait for that.
 
 import { existsSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises';
@@ -111,6 +113,19 @@ interface FreshPulls {
 }
 
 /**
+ * Waits (up to a minute) until our snapshotter has deleted the unpacked copies of the layers it
+ * committed (snapshots/<id>/unpacked, deleted in the background after each commit returned), so
+ * the disk is measured and the reads timed without that deletion's I/O beside them.
+ */
+async function unpackedCopiesGone(root: string): Promise<void> {
+  const left = async (): Promise<boolean> => (await readdir(join(root, 'snapshots'))).some((id) => existsSync(join(root, 'snapshots', id, 'unpacked')));
+  for (const deadline = Date.now() + 60_000; await left();) {
+    if (Date.now() > deadline) throw new Error(`unpacked copies still under ${root}/snapshots a minute after the pulls`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
  * Fresh state in `dir` (page cache dropped): containerd, with our snapshotter for `dedup`, and
  * the images of `refs` pulled one after another; each pull's time, their CPU time, the disk they take.
  */
@@ -138,6 +153,7 @@ async function pullFresh(mode: Mode, dir: string, refs: Record<string, string>):
       });
     }
     const used = (await cpu()) - cpuBefore;
+    if (snap) await unpackedCopiesGone(snap.root);
     const disk = await diskUsage(...(snap
       ? ['chunks', 'images', 'index.db', 'index.db-wal'].map((f) => join(snap.root, f)).filter((p) => existsSync(p))
       : [join(ctd.root, 'root/io.containerd.snapshotter.v1.overlayfs')]));

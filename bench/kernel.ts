@@ -12,9 +12,9 @@
 // background, after each commit returned); the pull times do not wait for that.
 
 import { existsSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises';
+import { lstat, mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startContainerd, unmountUnder, type TestContainerd } from '../test/fixtures/containerd.js';
+import { mountView, startContainerd, unmountUnder, type TestContainerd } from '../test/fixtures/containerd.js';
 import { pushOci, sha256, writeOciImage } from '../test/fixtures/images.js';
 import { mustRun, run } from '../test/fixtures/process.js';
 import { startRegistry } from '../test/fixtures/registry.js';
@@ -29,7 +29,8 @@ type Mode = (typeof MODES)[number];
 const IMAGES = ['base', ...APPS] as const;
 /** Where the python3 image keeps its standard library: the tree of small files. */
 const STDLIB = 'usr/lib/python3.11';
-const PYTHON = ['/usr/bin/python3', '-c', 'import json, email.parser, http.client, asyncio, decimal, sqlite3, argparse, logging'];
+export const PYTHON_IMPORTS = 'import json, email.parser, http.client, asyncio, decimal, sqlite3, argparse, logging';
+const PYTHON = ['/usr/bin/python3', '-c', PYTHON_IMPORTS];
 
 export interface ModeFigures {
   /** The three pulls one after another, and each. */
@@ -90,16 +91,6 @@ async function readWhole(path: string, buf: Buffer): Promise<number> {
   } finally {
     await fh.close();
   }
-}
-
-/**
- * A read-only view of snapshot `parent`, mounted at `dir`. One ctr call creates it and prints its
- * mount: containerd's garbage collector may remove the view (no lease holds it) right after.
- */
-async function mountView(ctd: TestContainerd, mode: Mode, parent: string, dir: string): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  const mount = await mustRun('ctr', ['--address', ctd.socket, 'snapshots', '--snapshotter', mode, 'view', '--target', dir, 'bench-view', parent]);
-  await mustRun('sh', ['-c', mount.trim()]);
 }
 
 interface FreshPulls {
@@ -215,7 +206,7 @@ export async function kernelScenario(tmp: string, reps: number, log: (s: string)
         const view = join(dir, 'view');
         let rep: Omit<Rep, 'squashedDisk' | 'squashedPull'>;
         try {
-          await mountView(state.ctd, mode, pythonChain, view);
+          await mountView(state.ctd, mode, 'bench-view', pythonChain, view);
           if (!bigFile.bytes) {
             const all = await filesUnder(view, 'usr');
             const big = all.reduce((a, b) => (b.size > a.size ? b : a));

@@ -3,6 +3,7 @@
 //                     of the same layer blob from the same registry (throughput ratio);
 //  lazy-warm-read:    the same file with every chunk in the store, page cache dropped, vs reading
 //                     a copy of it on the local disk (throughput ratio);
+//                     both again in mount mode erofs where it can run (docs/kernel.md), same baselines;
 //  mount-first-byte:  `dedupctl mount` to the first byte of a small file vs a full pull
 //                     (`ctr image pull`, containerd's overlayfs snapshotter) of the same image.
 
@@ -12,6 +13,7 @@ import { open, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { binary, dedupctlJson } from '../test/fixtures/cli.js';
 import { startContainerd } from '../test/fixtures/containerd.js';
+import { erofsModeSkipReason } from '../test/fixtures/erofs.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from '../test/fixtures/images.js';
 import { startRegistry, type TestRegistry } from '../test/fixtures/registry.js';
 import { dropCaches } from './network.js';
@@ -19,11 +21,16 @@ import { summarize, timed, type Summary } from './stats.js';
 
 const MiB = 1024 * 1024;
 
-export interface LazyResults {
-  fileBytes: number;
-  blobBytes: number;
+interface ReadResults {
   coldRead: { lazySeconds: Summary; httpGetSeconds: Summary; lazyMiBps: number; httpGetMiBps: number; ratio: number };
   warmRead: { lazySeconds: Summary; localDiskSeconds: Summary; lazyMiBps: number; localDiskMiBps: number; ratio: number };
+}
+
+export interface LazyResults extends ReadResults {
+  fileBytes: number;
+  blobBytes: number;
+  /** The same reads in mount mode erofs; absent where it cannot run (the reason is logged). */
+  erofs?: ReadResults;
   firstByte: { lazySeconds: Summary; fullPullSeconds: Summary; ratio: number };
 }
 
@@ -65,9 +72,9 @@ async function prepare(tmp: string, log: (s: string) => void): Promise<Ctx> {
   return { tmp, registry, ref, blobDigest: conv.layers[0]!.digest, blobBytes: conv.layers[0]!.size, fileBytes: big.length };
 }
 
-async function withMount<T>(ctx: Ctx, root: string, fn: (dir: string) => Promise<T>): Promise<T> {
+async function withMount<T>(ctx: Ctx, root: string, config: string, fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = join(ctx.tmp, 'mnt');
-  const m = await dedupctlJson<{ pid: number }>(['mount', '--root', root, '--plain-http', ctx.ref, dir]);
+  const m = await dedupctlJson<{ pid: number }>(['mount', '--root', root, '--config', config, '--plain-http', ctx.ref, dir]);
   try {
     return await fn(dir);
   } finally {
@@ -76,29 +83,48 @@ async function withMount<T>(ctx: Ctx, root: string, fn: (dir: string) => Promise
   }
 }
 
+/** Cold and warm reads of the big file in mount mode `mode`, `reps` times, with their baselines measured alongside. */
+async function reads(ctx: Ctx, mode: 'fuse' | 'erofs', reps: number, log: (s: string) => void): Promise<ReadResults> {
+  const config = join(ctx.tmp, `config-${mode}.json`);
+  await writeFile(config, JSON.stringify({ mount_mode: mode }));
+  const cold: number[] = [];
+  const get: number[] = [];
+  const warm: number[] = [];
+  const disk: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const root = join(ctx.tmp, `root-${mode}-${i}`);
+    cold.push(await withMount(ctx, root, config, (dir) => timed(() => readAll(join(dir, 'data/big')))));
+    get.push(await timed(async () => {
+      const res = await fetch(`http://${ctx.registry.host}/v2/bench/lazy/blobs/${ctx.blobDigest}`);
+      for await (const _ of res.body!) { /* consume */ }
+    }));
+    warm.push(await withMount(ctx, root, config, async (dir) => {
+      await dropCaches();
+      return timed(() => readAll(join(dir, 'data/big')));
+    }));
+    await dropCaches();
+    disk.push(await timed(() => readAll(join(ctx.tmp, 'local-copy'))));
+    await rm(root, { recursive: true, force: true });
+    log(`  ${mode} repetition ${i + 1}: cold ${cold.at(-1)!.toFixed(2)} s (GET ${get.at(-1)!.toFixed(2)} s), warm ${warm.at(-1)!.toFixed(2)} s (disk ${disk.at(-1)!.toFixed(2)} s)`);
+  }
+  const c = summarize(cold);
+  const g = summarize(get);
+  const w = summarize(warm);
+  const d = summarize(disk);
+  const mib = ctx.fileBytes / MiB;
+  return {
+    coldRead: { lazySeconds: c, httpGetSeconds: g, lazyMiBps: mib / c.median, httpGetMiBps: ctx.blobBytes / MiB / g.median, ratio: (mib / c.median) / (ctx.blobBytes / MiB / g.median) },
+    warmRead: { lazySeconds: w, localDiskSeconds: d, lazyMiBps: mib / w.median, localDiskMiBps: mib / d.median, ratio: d.median / w.median },
+  };
+}
+
 export async function lazyScenarios(tmp: string, reps: number, log: (s: string) => void): Promise<LazyResults> {
   const ctx = await prepare(tmp, log);
   try {
-    const cold: number[] = [];
-    const get: number[] = [];
-    const warm: number[] = [];
-    const disk: number[] = [];
-    for (let i = 0; i < reps; i++) {
-      const root = join(tmp, `root-${i}`);
-      cold.push(await withMount(ctx, root, (dir) => timed(() => readAll(join(dir, 'data/big')))));
-      get.push(await timed(async () => {
-        const res = await fetch(`http://${ctx.registry.host}/v2/bench/lazy/blobs/${ctx.blobDigest}`);
-        for await (const _ of res.body!) { /* consume */ }
-      }));
-      warm.push(await withMount(ctx, root, async (dir) => {
-        await dropCaches();
-        return timed(() => readAll(join(dir, 'data/big')));
-      }));
-      await dropCaches();
-      disk.push(await timed(() => readAll(join(tmp, 'local-copy'))));
-      await rm(root, { recursive: true, force: true });
-      log(`  repetition ${i + 1}: cold ${cold.at(-1)!.toFixed(2)} s (GET ${get.at(-1)!.toFixed(2)} s), warm ${warm.at(-1)!.toFixed(2)} s (disk ${disk.at(-1)!.toFixed(2)} s)`);
-    }
+    const fuse = await reads(ctx, 'fuse', reps, log);
+    const erofsSkip = await erofsModeSkipReason();
+    if (erofsSkip) log(`  mount mode erofs not measured: ${erofsSkip}`);
+    const erofs = erofsSkip ? undefined : await reads(ctx, 'erofs', reps, log);
     const lazyFirst: number[] = [];
     const fullPull: number[] = [];
     const containerd = await startContainerd(tmp);
@@ -123,17 +149,10 @@ export async function lazyScenarios(tmp: string, reps: number, log: (s: string) 
     } finally {
       await containerd.stop();
     }
-    const c = summarize(cold);
-    const g = summarize(get);
-    const w = summarize(warm);
-    const d = summarize(disk);
     const f = summarize(lazyFirst);
     const p = summarize(fullPull);
-    const mib = ctx.fileBytes / MiB;
     return {
-      fileBytes: ctx.fileBytes, blobBytes: ctx.blobBytes,
-      coldRead: { lazySeconds: c, httpGetSeconds: g, lazyMiBps: mib / c.median, httpGetMiBps: ctx.blobBytes / MiB / g.median, ratio: (mib / c.median) / (ctx.blobBytes / MiB / g.median) },
-      warmRead: { lazySeconds: w, localDiskSeconds: d, lazyMiBps: mib / w.median, localDiskMiBps: mib / d.median, ratio: d.median / w.median },
+      fileBytes: ctx.fileBytes, blobBytes: ctx.blobBytes, ...fuse, erofs,
       firstByte: { lazySeconds: f, fullPullSeconds: p, ratio: p.median / f.median },
     };
   } finally {

@@ -31,24 +31,30 @@ export interface PrefetchNetworkResult {
   warmUpSeconds: Summary;
 }
 
-async function startOnce(tmp: string, proxy: TestProxy, ref: string, mode: Mode, root: string, traceDir: string, n: number): Promise<{ seconds: number; bytes: number }> {
+/**
+ * One cold start: fresh containerd state (and, with `lazy`, our snapshotter on that state root
+ * and trace directory, pulling with ctr-remote rpull; else a full pull with ctr image pull into
+ * overlayfs), then `ctr run` of `cmd` to its first output. Seconds from the start of the pull; the
+ * registry's blob bytes and requests. What the snapshotter mounted under its root is unmounted after.
+ */
+export async function coldStart(tmp: string, proxy: TestProxy, ref: string, lazy: { root: string; traceDir: string } | undefined, cmd: string[], name: string): Promise<{ seconds: number; bytes: number; requests: number }> {
   const dir = await mkdtemp(join(tmp, 'run-'));
-  const lazy = mode !== 'full pull (overlayfs)';
-  const snap = lazy ? await startSnapshotter(dir, ['--root', root, '--trace-dir', traceDir]) : undefined;
+  const snap = lazy ? await startSnapshotter(dir, ['--root', lazy.root, '--trace-dir', lazy.traceDir]) : undefined;
   const ctd = await startContainerd(dir, snap ? { dedupSocket: snap.socket } : {});
   try {
     proxy.reset();
     const started = process.hrtime.bigint();
-    const pull = lazy
+    const pull = snap
       ? await ctd.rpull(ref, 300_000)
       : await ctd.ctr(['image', 'pull', '--plain-http', ref], 300_000);
-    if (pull.code !== 0) throw new Error(`${mode}: pull: ${pull.stderr}`);
-    const seconds = await firstOutput(ctd.socket, ['--snapshotter', lazy ? 'dedup' : 'overlayfs', ref, `py-${n}`, '/usr/bin/python3', '/app/main.py'], started);
-    return { seconds, bytes: proxy.stats.blobBytes };
+    if (pull.code !== 0) throw new Error(`${snap ? 'rpull' : 'ctr image pull'} ${ref}: ${pull.stderr}`);
+    const seconds = await firstOutput(ctd.socket, ['--snapshotter', snap ? 'dedup' : 'overlayfs', ref, name, ...cmd], started);
+    return { seconds, bytes: proxy.stats.blobBytes, requests: proxy.stats.blobRanges.length };
   } finally {
     await ctd.stop();
     await snap?.stop();
     await unmountUnder(dir);
+    if (lazy) await unmountUnder(lazy.root);
     await rm(dir, { recursive: true, force: true });
   }
 }
@@ -88,7 +94,7 @@ async function prefetchOver(tmp: string, proxy: TestProxy, ref: string, label: s
       // Only the trace-replay start reads the traces; the others record theirs elsewhere.
       const traceDir = mode === 'lazy, no trace' || mode === 'lazy, trace replay' ? traces : join(tmp, `unused-traces-${n}`);
       await dropCaches();
-      const r = await startOnce(tmp, proxy, ref, mode, root, traceDir, n++);
+      const r = await coldStart(tmp, proxy, ref, mode === 'full pull (overlayfs)' ? undefined : { root, traceDir }, ['/usr/bin/python3', '/app/main.py'], `py-${n++}`);
       samples[mode].seconds.push(r.seconds);
       samples[mode].bytes.push(r.bytes);
       await rm(root, { recursive: true, force: true });

@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { dedupctlJson } from '../test/fixtures/cli.js';
-import { startContainerd, unmountUnder } from '../test/fixtures/containerd.js';
+import { startContainerd, unmountUnder, type TestContainerd } from '../test/fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from '../test/fixtures/images.js';
 import type { ProxyRequest, TestProxy } from '../test/fixtures/proxy.js';
 import { startRegistry } from '../test/fixtures/registry.js';
@@ -36,6 +36,12 @@ export interface PullRunNetworkResult {
   bandwidth: number | undefined;
   /** seconds: pull start to first output; pullSeconds: the pull command alone. */
   overlayfs: { seconds: Summary; pullSeconds: Summary; bytes: Summary };
+  /**
+   * What a pull and run cost once nothing is left to fetch, in each mode: the same pull command
+   * again (process start, resolving the manifest, the snapshots found) plus another container's
+   * start to its first output. A first start cannot come sooner than its mode's floor.
+   */
+  floor: { overlayfs: Summary; dedup: Summary };
   /**
    * pullRequests: registry requests until the pull command returned; ourPullRequests: those our
    * daemons sent; pullRoundTrips: how many of them the pull waited for one after another.
@@ -80,13 +86,20 @@ export function firstOutput(socket: string, args: string[], started: bigint): Pr
   });
 }
 
+/**
+ * The layer tars of the big image: two, as most images have at least: a base (busybox) and the
+ * application's (a large model file it does not read at start-up, and the small file it prints,
+ * BIG_APP_CMD).
+ */
+export async function bigAppLayers(): Promise<Buffer[]> {
+  return [await tarOf(await busyboxEntries()), await tarOf([{ name: 'etc/', type: 'directory' }, { name: 'etc/motd', type: 'file', content: Buffer.from('ready\n') },
+    { name: 'opt/', type: 'directory' }, { name: 'opt/model.bin', type: 'file', content: randomBytes(200 * MiB) }])];
+}
+
+export const BIG_APP_CMD = ['/bin/cat', '/etc/motd'];
+
 export async function pullRunScenario(tmp: string, reps: number, nets: Network[], log: (s: string) => void): Promise<PullRunResult> {
-  // Two layers, as most images have at least: a base (busybox) and the application's (a large
-  // model file it does not read at start-up, and the small file it prints).
-  const base = await tarOf(await busyboxEntries());
-  const app = await tarOf([{ name: 'etc/', type: 'directory' }, { name: 'etc/motd', type: 'file', content: Buffer.from('ready\n') },
-    { name: 'opt/', type: 'directory' }, { name: 'opt/model.bin', type: 'file', content: randomBytes(200 * MiB) }]);
-  await writeOciImage(join(tmp, 'src'), 'src', [{ tar: base, compression: 'gzip' }, { tar: app, compression: 'gzip' }]);
+  await writeOciImage(join(tmp, 'src'), 'src', (await bigAppLayers()).map((tar) => ({ tar, compression: 'gzip' as const })));
   const registry = await startRegistry(tmp);
   try {
     await pushOci(join(tmp, 'src'), 'src', `${registry.host}/bench/app:src`);
@@ -105,8 +118,17 @@ export async function pullRunScenario(tmp: string, reps: number, nets: Network[]
   }
 }
 
+/** `mode`'s pull again, then another container to its first output (seconds), with `ref` pulled and run already. */
+async function pullRunFloor(ctd: TestContainerd, mode: 'overlayfs' | 'dedup', ref: string, i: number): Promise<number> {
+  const started = process.hrtime.bigint();
+  const again = mode === 'dedup' ? await ctd.rpull(ref, 300_000) : await ctd.ctr(['image', 'pull', '--plain-http', ref], 300_000);
+  if (again.code !== 0) throw new Error(`${mode} pull again: ${again.stderr}`);
+  return firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-floor-${i}`, ...BIG_APP_CMD], started);
+}
+
 async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, net: Network, reps: number, log: (s: string) => void): Promise<Omit<PullRunNetworkResult, 'mirror'>> {
   const o = { seconds: [] as number[], pullSeconds: [] as number[], bytes: [] as number[] };
+  const floor = { overlayfs: [] as number[], dedup: [] as number[] };
   const d = { seconds: [] as number[], pullSeconds: [] as number[], bytes: [] as number[], pullRequests: [] as number[], ourPullRequests: [] as number[], pullRoundTrips: [] as number[], pullBytes: [] as number[] };
   for (let i = 0; i < reps; i++) {
     for (const mode of ['overlayfs', 'dedup'] as const) {
@@ -126,7 +148,8 @@ async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, net: Netw
         const ours = proxy.stats.log.filter((r) => r.userAgent.startsWith('dedup-snapshotter')).length;
         const roundTrips = roundTripsInSequence(proxy.stats.log);
         const pullBytes = proxy.stats.blobBytes;
-        const t = await firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-${i}`, '/bin/cat', '/etc/motd'], started);
+        const t = await firstOutput(ctd.socket, ['--snapshotter', mode, ref, `bench-${i}`, ...BIG_APP_CMD], started);
+        floor[mode].push(await pullRunFloor(ctd, mode, ref, i));
         if (mode === 'dedup') {
           d.pullRequests.push(requests);
           d.ourPullRequests.push(ours);
@@ -153,7 +176,7 @@ async function pullRunOver(tmp: string, proxy: TestProxy, ref: string, net: Netw
   const db = summarize(d.bytes);
   return {
     label: net.label, latencyMs: net.proxy.latencyMs ?? 0, bandwidth: net.proxy.bandwidth,
-    overlayfs: { seconds: os, pullSeconds: summarize(o.pullSeconds), bytes: ob },
+    overlayfs: { seconds: os, pullSeconds: summarize(o.pullSeconds), bytes: ob }, floor: { overlayfs: summarize(floor.overlayfs), dedup: summarize(floor.dedup) },
     dedup: { seconds: ds, pullSeconds: summarize(d.pullSeconds), bytes: db, pullRequests: summarize(d.pullRequests), ourPullRequests: summarize(d.ourPullRequests), pullRoundTrips: summarize(d.pullRoundTrips), pullBytes: summarize(d.pullBytes) },
     speedup: os.median / ds.median, bytesRatio: ob.median / Math.max(1, db.median),
   };

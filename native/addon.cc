@@ -7,6 +7,7 @@ Napi::Object InitFuseDevice(Napi::Env env, Napi::Object exports);
 Napi::Object InitFileSpace(Napi::Env env, Napi::Object exports);
 Napi::Object InitErofsMount(Napi::Env env, Napi::Object exports);
 Napi::Object InitXattrs(Napi::Env env, Napi::Object exports);
+Napi::Object InitFanotify(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -15,6 +16,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFileSpace(env, exports);
   InitErofsMount(env, exports);
   InitXattrs(env, exports);
+  InitFanotify(env, exports);
   return InitFuseDevice(env, exports);
 }
 

@@ -17,6 +17,23 @@ export interface DeviceReader {
   stop(): void;
 }
 
+/** A fanotify event as FanotifyReader hands it over. */
+export interface FanotifyEvent {
+  mask: number;
+  /** The listener's own descriptor of the file (opened with the group's event flags): close it once answered. */
+  fd: number;
+  /** The process whose access raised it. */
+  pid: number;
+  /** A pre-content event's range; -1 where the event has none (count 0: the whole file). */
+  offset: number;
+  count: number;
+}
+
+export interface FanotifyReader {
+  /** Reads nothing more; the last message follows on a later turn. */
+  stop(): void;
+}
+
 export interface Native {
   setMemoryMerge(on: boolean): true | SysError;
   getMemoryMerge(): boolean | SysError;
@@ -30,6 +47,13 @@ export interface Native {
   readXattrs(path: string): Record<string, Buffer> | SysError;
   /** fallocate(PUNCH_HOLE | KEEP_SIZE): frees the blocks of [offset, offset + length). */
   punchHole(fd: number, offset: number, length: number): true | SysError;
+  fanotifyInit(flags: number, eventFlags: number): number | SysError;
+  fanotifyMark(fd: number, flags: number, mask: number, path: string): true | SysError;
+  /** Answers a permission event: errno 0 allows, any other denies with that errno (FAN_DENY | FAN_ERRNO). */
+  fanotifyRespond(fd: number, eventFd: number, errno: number): true | SysError;
+  /** A descriptor of this process for `pid`'s descriptor `fd` (pidfd_getfd): the same open file. */
+  pidfdGetfd(pid: number, fd: number): number | SysError;
+  FanotifyReader: new (fd: number, onEvent: (event: FanotifyEvent | null, errno: number) => void) => FanotifyReader;
   DeviceReader: new (fd: number, bufferSize: number, onMessage: (request: Buffer | null, errno: number) => void) => DeviceReader;
 }
 

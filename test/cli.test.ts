@@ -41,7 +41,10 @@ describe('command line', () => {
     assert.throws(() => parseConfig({ chunk_size: 3 * 1024 * 1024 }, 'c.json'), /chunk_size: must be a power of two/);
     assert.throws(() => parseConfig({ root: 'relative' }, 'c.json'), /root: must be an absolute path/);
     assert.throws(() => parseConfig({ ksm: { enabled: 'yes' } }, 'c.json'), /ksm.enabled: Expected boolean/);
+    assert.throws(() => parseConfig({ mount_mode: 'kernel' }, 'c.json'), /mount_mode: Invalid enum value. Expected 'auto' \| 'erofs' \| 'fuse'/);
+    assert.equal(parseConfig({ mount_mode: 'auto' }, 'c.json').mount_mode, 'auto');
     const c = parseConfig({ root: '/srv/dedup' }, 'c.json');
+    assert.equal(c.mount_mode, 'fuse');
     assert.equal(c.prefetch.trace_dir, '/srv/dedup/traces');
     assert.equal(c.chunk_size, 4 * 1024 * 1024);
 

@@ -13,6 +13,11 @@ import { MalformedGzipIndexError, MalformedLayerError } from '../src/errors.js';
 import type { TocNode } from '../src/estargz/toc.js';
 import { buildGzipIndex } from '../src/gzip-index/build.js';
 import { decodeGzipIndex, encodeGzipIndex, WINDOW_BYTES } from '../src/gzip-index/format.js';
+import { CodecPool } from '../src/codec/codec-pool.js';
+import { ChunkCache } from '../src/fetch/chunk-cache.js';
+import { LazyLayer } from '../src/fetch/lazy-layer.js';
+import type { ImageSource } from '../src/image/source.js';
+import { ChunkStore } from '../src/store/chunk-store.js';
 import { inflateSpan } from '../workers/codec-worker.js';
 import { findIndexes, readIndexBlob, type ImageIndexRecord } from '../src/convert/gzip-indexer.js';
 import { RegistryImage } from '../src/image/registry-image.js';
@@ -48,10 +53,11 @@ async function layerOf(level: number): Promise<{ gz: Buffer; desc: { digest: str
   return { gz, desc: { digest: sha256(gz), size: gz.length }, files };
 }
 
-/** Every file read back chunk by chunk from the compressed bytes each chunk's place names. */
+/** Every file read back chunk by chunk from the compressed bytes each chunk's place names: its span up to its dataEnd, no further. */
 function readBack(gz: Buffer, node: TocNode): Buffer {
   return Buffer.concat(node.chunks.map((c) => {
-    const [out] = inflateSpan({ member: gz.subarray(c.offset, c.compressedEnd), window: c.window!, chunks: [{ innerOffset: c.innerOffset, chunkSize: c.chunkSize, expected: c.chunkDigest! }] });
+    assert.ok(c.dataEnd! <= c.compressedEnd);
+    const [out] = inflateSpan({ member: gz.subarray(c.offset, c.dataEnd), window: c.window!, chunks: [{ innerOffset: c.innerOffset, chunkSize: c.chunkSize, expected: c.chunkDigest! }] });
     if (typeof out === 'string') assert.fail(`${node.path} at ${c.chunkOffset}: ${out}`);
     return Buffer.from(out!);
   }));
@@ -67,6 +73,8 @@ describe('gzip index', () => {
         assert.equal(cp.window.length, Math.min(WINDOW_BYTES, cp.out));
         if (i > 0) assert.ok(cp.out - index.checkpoints[i - 1]!.out >= MiB);
       }
+      // Marks (block ends of any kind) between the checkpoints, each at least 1/16 of the spacing after the one before.
+      assert.ok(index.marks!.length >= 5 * index.checkpoints.length, `${index.marks!.length} marks, ${index.checkpoints.length} checkpoints`);
       const encoded = encodeGzipIndex(index);
       assert.ok(encoded.length < gz.length / 10, `index ${encoded.length} bytes for a ${gz.length}-byte layer`);
       const { toc } = decodeGzipIndex(encoded, desc, 'test index');
@@ -83,6 +91,9 @@ describe('gzip index', () => {
       assert.equal(toc.nodes.get('data/null')?.devMinor, 3);
       assert.equal(toc.nodes.get('data/xattr')?.xattrs.get('user.foo')?.toString(), 'bar');
       assert.equal(toc.nodes.get('bin/abs')?.linkName, '/bin/busybox');
+      // Most small files need their span only up to a mark after them, not to the next checkpoint.
+      const small = [...toc.nodes.values()].filter((n) => n.type === 'reg' && n.size > 0 && n.size < 64 * 1024).map((n) => n.chunks[0]!);
+      assert.ok(small.filter((c) => c.dataEnd! < c.compressedEnd).length > small.length / 2, `${small.filter((c) => c.dataEnd! < c.compressedEnd).length} of ${small.length}`);
     });
   }
 
@@ -97,6 +108,7 @@ describe('gzip index', () => {
     refused(Buffer.from('not gzip'), desc, /not gzip-compressed JSON/);
     refused(encodeGzipIndex({ ...index, checkpoints: [...index.checkpoints].reverse() }), desc, /checkpoint|start of the stream/);
     refused(encodeGzipIndex({ ...index, checkpoints: index.checkpoints.map((c) => ({ ...c, window: c.window.subarray(1) })) }), desc, /window of/);
+    refused(encodeGzipIndex({ ...index, marks: [{ in: 10, out: 100 }, { in: 5, out: 200 }] }), desc, /mark 1 is not after mark 0/);
     refused(encodeGzipIndex({ ...index, toc: { version: 1, entries: [{ name: '../escape', type: 'reg', size: 1, offset: 0 }] } }), desc, /escapes the layer root/);
   });
 
@@ -110,6 +122,57 @@ describe('gzip index', () => {
     await refused(buildGzipIndex(pieces(two), { digest: sha256(two), size: two.length }, opts), /more than one gzip member/);
     const cut = gz.subarray(0, gz.length - 100);
     await refused(buildGzipIndex(pieces(cut), { digest: sha256(cut), size: cut.length }, opts), /ends early|truncated/);
+  });
+});
+
+describe('a gzip-indexed layer read lazily', () => {
+  it('a replay of many chunks across checkpoints: neighbouring spans in one request each, no byte fetched twice, every chunk verified', async () => {
+    const { gz, desc, files } = await layerOf(6);
+    const index = await buildGzipIndex(pieces(gz), desc, { spacing: 256 * 1024, chunkSize: 256 * 1024 });
+    const { toc } = decodeGzipIndex(encodeGzipIndex(index), desc, 'test index');
+    const ranges: [number, number][] = [];
+    const source = {
+      name: 'in memory', location: undefined,
+      resolve: () => assert.fail('not resolved'), blobStream: () => assert.fail('not streamed'),
+      readBlobRange: async (_d: unknown, start: number, end: number): Promise<Buffer> => (ranges.push([start, end]), gz.subarray(start, end)),
+    } as unknown as ImageSource;
+    const dir = await mkdtemp(join(tmpdir(), 'dedup-gzip-span-test-'));
+    const store = await ChunkStore.open(dir);
+    const pool = new CodecPool(2);
+    try {
+      const layer = new LazyLayer(source, { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...desc }, toc, { start: desc.size, bytes: Buffer.alloc(0) },
+        store, pool, new ChunkCache(64 * MiB));
+      // A reader of a small file, the index at 4 MiB: its span only up to a mark past it and the
+      // cross-file window (256 KiB at first), not to the next checkpoint.
+      const wide = decodeGzipIndex(encodeGzipIndex(await buildGzipIndex(pieces(gz), desc, { spacing: 4 * MiB, chunkSize: 256 * 1024 })), desc, 'wide index').toc;
+      const reader = new LazyLayer(source, { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...desc }, wide, { start: desc.size, bytes: Buffer.alloc(0) },
+        store, pool, new ChunkCache(64 * MiB));
+      const small = [...wide.nodes.values()].find((n) => n.type === 'reg' && n.size > 0 && n.size < 1024 && n.chunks[0]!.compressedEnd - n.chunks[0]!.dataEnd! > 512 * 1024)!;
+      assert.ok((await reader.read(small, 0, small.size)).equals(files.get(small.path)!), small.path);
+      const [c] = small.chunks;
+      assert.deepEqual(ranges, [[c!.offset, Math.max(c!.dataEnd!, Math.min(c!.compressedEnd, c!.offset + 256 * 1024))]]);
+      assert.ok(ranges[0]![1] < c!.compressedEnd - 256 * 1024);
+      ranges.length = 0;
+      // Every chunk, in an order of their own (as a trace's, the order of first reads): by digest.
+      const refs = [...new Set(toc.nodes.values())].filter((n) => n.type === 'reg').flatMap((file) => file.chunks.map((_, index) => ({ file, index })))
+        .sort((a, b) => a.file.chunks[a.index]!.chunkDigest!.localeCompare(b.file.chunks[b.index]!.chunkDigest!));
+      const spans = new Set(refs.map((r) => r.file.chunks[r.index]!.offset)).size;
+      const report = await layer.prefetch(refs);
+      assert.equal(report.failed, 0);
+      assert.ok(report.fetched > 20, `${report.fetched} chunks`);
+      assert.ok(ranges.length * 4 <= spans, `${ranges.length} requests for ${spans} spans`);
+      const sorted = [...ranges].sort((a, b) => a[0] - b[0]);
+      for (let i = 1; i < sorted.length; i++) assert.ok(sorted[i]![0] >= sorted[i - 1]![1], `ranges ${JSON.stringify(sorted[i - 1])} and ${JSON.stringify(sorted[i])} overlap`);
+      for (const [name, content] of files) {
+        const node = toc.nodes.get(name)!;
+        assert.ok((await layer.read(node, 0, node.size)).equals(content), name);
+      }
+      assert.equal(layer.stats.fromStore + layer.stats.chunksFetched >= report.fetched, true);
+    } finally {
+      await pool.close();
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -1,8 +1,10 @@
 // Lazy pulls of unmodified gzip images through their gzip index (docs/gzip-index.md): real
 // containerd, registry, FUSE and runc. The image is not converted (its digest is what was pushed);
 // `dedupctl index create --push` put its index beside it; ctr-remote rpull then mounts its layers
-// lazily, each chunk a span between checkpoints, verified. A broken index means a full pull,
-// said so; a corrupted span is EIO for the file in it, and the rest still reads.
+// lazily, each chunk a span between checkpoints, verified. The root filesystem is the one
+// containerd's overlayfs snapshotter shows, and once every chunk is in, each layer is an EROFS
+// image (kernel mode) showing it too. A broken index means a full pull, said so; a corrupted span
+// is EIO for the file in it, and the rest still reads.
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -10,14 +12,18 @@ import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
+import { mountTable, unmount } from '../src/mount/system-mounts.js';
 import { GZIP_INDEX_ARTIFACT_TYPE, INDEXED_LAYER_ANNOTATION, readIndexBlob, type ImageIndexRecord } from '../src/convert/gzip-indexer.js';
 import { pushArtifact } from '../src/image/artifacts.js';
 import { GZIP_INDEX_MEDIA_TYPE, decodeGzipIndex } from '../src/gzip-index/format.js';
 import { RegistryImage } from '../src/image/registry-image.js';
 import { RegistryClient } from '../src/registry/client.js';
 import { dedupctlJson } from './fixtures/cli.js';
-import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
-import { busyboxEntries, pushOci, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { mountView, startContainerd, type TestContainerd } from './fixtures/containerd.js';
+import { comparableTree, walkInodes, type SeenInode } from './fixtures/erofs.js';
+import { busyboxEntries, pushOci, richLayers, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { waitFor } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { auditedPulls, startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
@@ -59,6 +65,18 @@ describe('lazy pulls of unmodified gzip images through their gzip index', () => 
   const run = (ref: string, script: string): Promise<{ code: number; stdout: string; stderr: string }> =>
     ctd!.ctr(['run', '--rm', '--snapshotter', 'dedup', ref, `g${n++}`, '/bin/sh', '-c', script], 120_000);
   const pulls = (image: string): { lazy?: boolean; reason?: string }[] => auditedPulls(snap!.root, image);
+  /** Mounted views, unmounted before the daemons stop. */
+  const views: string[] = [];
+  /** The rich image (richLayers), its top snapshot (the chain id of its two layers), and what containerd's overlayfs snapshotter shows of it. */
+  let rich: { ref: string; top: string; layers: string[]; overlayfs: Map<string, SeenInode> } | undefined;
+  /** A view of snapshot `top` of `snapshotter`, walked; the view's lowerdirs too. */
+  const viewOf = async (snapshotter: string, top: string): Promise<{ tree: Map<string, SeenInode>; lowers: string[] }> => {
+    const dir = join(tmp, `view-${n++}`);
+    await mountView(ctd!, snapshotter, `view-${n}`, top, dir);
+    views.push(dir);
+    const m = (await mountTable()).find((e) => e.target === dir);
+    return { tree: await walkInodes(dir), lowers: /lowerdir=([^,]+)/.exec(m?.options ?? '')?.[1]?.split(':') ?? [] };
+  };
 
   before(async () => {
     tmp = await mkdtemp(join(tmpdir(), 'dedup-gzip-lazy-test-'));
@@ -69,6 +87,7 @@ describe('lazy pulls of unmodified gzip images through their gzip index', () => 
   });
 
   after(async () => {
+    for (const v of views) await unmount(v).catch(() => undefined);
     await teardownStack(tmp, { ctd, snap, servers: [proxy, registry] });
   });
 
@@ -134,5 +153,42 @@ describe('lazy pulls of unmodified gzip images through their gzip index', () => 
     } finally {
       corruptFrom = Infinity;
     }
+  });
+  it('shows the same tree as containerd\'s overlayfs snapshotter: types, modes, owners, sizes, contents, links, xattrs, whiteouts', async () => {
+    const layers = await richLayers(9 * MiB);
+    const tars = [await tarOf(layers.base), await tarOf(layers.upper)];
+    await writeOciImage(join(tmp, 'rich'), 'rich', tars.map((tar) => ({ tar, compression: 'gzip' as const })));
+    await pushOci(join(tmp, 'rich'), 'rich', `${registry!.host}/plain/rich:1`);
+    const record = await index('rich');
+    assert.equal(record.layers.length, 2);
+    const ref = `${proxy!.host}/plain/rich:1`;
+    const pull = await ctd!.rpull(ref);
+    assert.equal(pull.code, 0, pull.stderr);
+    assert.ok(pulls(ref).length === 2 && pulls(ref).every((p) => p.lazy === true), JSON.stringify(pulls(ref)));
+    const full = await ctd!.ctr(['image', 'pull', '--plain-http', ref], 180_000);
+    assert.equal(full.code, 0, full.stderr);
+    const top = sha256(Buffer.from(`${sha256(tars[0]!)} ${sha256(tars[1]!)}`));
+    const overlayfs = (await viewOf('overlayfs', top)).tree;
+    // Reading every file of the lazy view fetches every chunk of both layers.
+    const lazy = await viewOf('dedup', top);
+    assert.ok(lazy.lowers.length === 2 && lazy.lowers.every((d) => d.endsWith('/fs')), `lazy (FUSE) lowerdirs: ${lazy.lowers.join(':')}`);
+    assert.ok(lazy.tree.has('opq/c') && !lazy.tree.has('opq/a') && !lazy.tree.has('del/gone') && lazy.tree.has('del/kept'), 'whiteouts and opaque directories applied');
+    assert.equal(lazy.tree.get('data/hard')!.nlink, 2);
+    assert.ok(Object.keys(lazy.tree.get('data/xattr')!.xattrs).length === 2);
+    assert.deepEqual(comparableTree(lazy.tree), comparableTree(overlayfs));
+    rich = { ref, top, layers: record.layers.map((l) => l.layer), overlayfs };
+  });
+
+  it('an indexed layer, once all its chunks are in, is an EROFS image for new snapshots, showing the same tree', { skip: kernelModeUnsupported() }, async (t) => {
+    if (!rich) return t.skip('the tree test before did not get this far');
+    // The layer's TOC comes from its index (the local one, or the artifact), not from the blob.
+    const served = async (): Promise<string[]> => (await readFile(snap!.log, 'utf8')).split('\n')
+      .filter((l) => l.includes('lazy layer complete; new snapshots get its EROFS image')).flatMap((l) => rich!.layers.filter((d) => l.includes(d)));
+    await waitFor('both layers of the rich image to be served by EROFS', async () => new Set(await served()).size === 2, 60_000);
+    const after = await viewOf('dedup', rich.top);
+    assert.ok(after.lowers.length === 2 && after.lowers.every((d) => d.endsWith('/erofs')), `lowerdirs after the switch: ${after.lowers.join(':')}`);
+    assert.deepEqual(comparableTree(after.tree), comparableTree(rich.overlayfs));
+    const r = await run(rich.ref, 'cat /etc/hostname; ls /opq; /data/setuid');
+    assert.equal(r.stdout, 'rich-upper\nc\nsuid\n', r.stderr);
   });
 });

@@ -7,7 +7,7 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,9 +16,9 @@ import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
 import { mountTable, unmount } from '../src/mount/system-mounts.js';
 import type { StoreStats } from '../src/store/chunk-store.js';
 import { dedupctlJson } from './fixtures/cli.js';
-import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
+import { mountView, startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { teardownStack } from './fixtures/teardown.js';
-import { walkInodes, type SeenInode } from './fixtures/erofs.js';
+import { comparableTree, walkInodes, type SeenInode } from './fixtures/erofs.js';
 import { busyboxEntries, pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { mustRun, waitFor } from './fixtures/process.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -55,10 +55,7 @@ describe('kernel mode: ordinary images in the store, served as EROFS', { skip },
     const top = rows.find((r) => r[2] === 'Committed' && !parents.has(r[0]))![0]!;
     const key = `view-${snapshotter}`;
     const dir = join(tmp, key);
-    await mkdir(dir);
-    // One call makes the view and prints its mount: between two, containerd's gc may remove the unleased view.
-    const cmd = (await mustRun('ctr', ['--address', ctd!.socket, 'snapshots', '--snapshotter', snapshotter, 'view', '--target', dir, key, top])).trim();
-    await mustRun('sh', ['-c', cmd]);
+    await mountView(ctd!, snapshotter, key, top, dir);
     views.push(dir);
     return walkInodes(dir);
   };
@@ -94,16 +91,10 @@ describe('kernel mode: ordinary images in the store, served as EROFS', { skip },
   it('shows exactly what containerd\'s overlayfs snapshotter shows', async () => {
     const pull = await ctd!.ctr(['image', 'pull', '--plain-http', ref], 180_000);
     assert.equal(pull.code, 0, pull.stderr);
-    const strip = (m: Map<string, SeenInode>): Map<string, unknown> => new Map([...m].map(([p, e]) => {
-      const { ino: _ino, ...rest } = e;
-      // A directory's size and link count are the filesystem's own (EROFS: its dirents; overlay:
-      // merged); the root, which the top layer's tar does not list, has the time it was unpacked.
-      return [p, rest.type === 'dir' ? { ...rest, size: 0, nlink: 0, mtimeNs: p === '' ? 0n : rest.mtimeNs } : rest];
-    }));
     const ours = await rootfs('dedup');
     const theirs = await rootfs('overlayfs');
     assert.ok(ours.has('opq/c') && !ours.has('opq/a') && !ours.has('del/gone') && ours.has('del/kept'));
-    assert.deepEqual(strip(ours), strip(theirs));
+    assert.deepEqual(comparableTree(ours), comparableTree(theirs));
   });
 
   it('three related images: chunks shared, counted by the seed\'s SQL, the store smaller than the overlayfs snapshots', async () => {

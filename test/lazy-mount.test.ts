@@ -184,9 +184,9 @@ describe('lazy root filesystem', () => {
 
   it('gives EIO when the registry goes away mid-read, and reads again once it is back', async () => {
     const dir = join(tmp, 'mnt-outage');
-    // Reads must go to the registry: small layers are not fetched whole in the background here.
+    // Reads must go to the registry: small layers are not fetched whole at mount here.
     const config = join(tmp, 'no-small-layer-fetch.json');
-    await writeFile(config, '{"prefetch": {"small_layer_bytes": 0}}');
+    await writeFile(config, '{"prefetch": {"small_layer_bytes": 0, "whole_layer_bytes": 0}}');
     await mount(image, dir, ['--root', join(tmp, 'root-outage'), '--config', config]);
     assert.equal(await readFile(join(dir, 'data/small'), 'utf8'), 'abc');
     fault = 'reset';

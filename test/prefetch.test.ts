@@ -58,12 +58,12 @@ describe('prefetch', () => {
   const LIBRARY = Array.from({ length: 600 }, (_, i) => `stdlib/m${String(i).padStart(3, '0')}.py`);
 
   /** `dedupctl mount --foreground` as a long-running process, as the snapshotter would host it. */
-  const mount = async (ref: string, root: string, traceDir: string, smallLayerBytes = 0): Promise<Mounted> => {
+  const mount = async (ref: string, root: string, traceDir: string, smallLayerBytes = 0, wholeLayerBytes = 0): Promise<Mounted> => {
     const dir = join(tmp, `mnt-${n}`);
     const log = join(tmp, `mount-${n++}.log`);
     // By default small layers are not fetched whole here: most tests measure what traces and landmarks do.
     const config = join(tmp, `config-${n}.json`);
-    await writeFile(config, JSON.stringify({ prefetch: { small_layer_bytes: smallLayerBytes } }));
+    await writeFile(config, JSON.stringify({ prefetch: { small_layer_bytes: smallLayerBytes, whole_layer_bytes: wholeLayerBytes } }));
     const daemon = startDaemon(process.execPath, [DEDUPCTL, 'mount', '--foreground', '--config', config, '--root', root, '--trace-dir', traceDir, '--plain-http', ref, dir], log);
     daemons.push(daemon);
     const lines = async (): Promise<Record<string, unknown>[]> => (await readFile(log, 'utf8').catch(() => '')).split('\n')
@@ -163,6 +163,31 @@ describe('prefetch', () => {
       assert.ok(!holding(await again.lines()), `${ref}: not held`);
       await again.stop();
     }
+  });
+
+  it('without a trace or landmark, a layer of at most whole_layer_bytes is fetched whole at mount and all of it stored: its first read sends no request', async () => {
+    proxy!.reset();
+    const root = join(tmp, 'root-whole');
+    const m = await mount(libraryRef, root, join(tmp, 'traces-whole'), 0, 4 * MiB);
+    await waitFor('prefetch', async () => (await m.lines()).some((l) => l.msg === 'prefetch done'));
+    const done = (await m.lines()).find((l) => l.msg === 'prefetch done') as { source: string; held: boolean; fetched: number };
+    assert.equal(done.source, 'none');
+    assert.equal(done.held, true);
+    assert.equal(done.fetched, LIBRARY.length, 'every file of the layer fetched');
+    const afterMount = proxy!.stats.rangeRequests;
+    assert.ok((await readFile(join(m.dir, LIBRARY[123]!), 'utf8')).startsWith('# 123\n'));
+    assert.equal(proxy!.stats.rangeRequests, afterMount, 'the first read sent no request');
+    const traffic = heldLayerTraffic(proxy!, await m.lines());
+    assert.equal(traffic.twice, 0, 'no byte of the layer came twice');
+    assert.equal(traffic.sent, traffic.size, 'the layer came once, whole');
+    const layers = await m.stop();
+    assert.equal(layers[0]!.demandFetches, 0, 'no reader waited on the registry');
+    const stored = await dedupctlJson<{ chunks: number }>(['stats', '--root', root]);
+    assert.ok(stored.chunks >= LIBRARY.length, `all of it is stored (${stored.chunks} chunks)`);
+    // A layer above the limit (plainRef, 32 MiB of data) is read lazily as before.
+    const plain = await mount(plainRef, join(tmp, 'root-whole-plain'), join(tmp, 'traces-whole'), 0, 4 * MiB);
+    assert.ok(!(await plain.lines()).some((l) => l.msg === 'holding the whole layer in memory for start-up'), 'the large layer is not held');
+    await plain.stop();
   });
 
   it('without a trace, reads that come while the layer is still coming in whole wait for it and send no request of their own: no byte comes twice', async () => {

@@ -2,7 +2,7 @@
 // the snapshotter's lazy mounts. `upgrade` replaces its process without dropping a mount;
 // `cleanup` is the full teardown a plain stop never does.
 
-import { readdir } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import type { Config } from '../config/config.js';
@@ -33,7 +33,7 @@ export function fusedCommand(): Command {
       if (flags.json) return printJson({ ...health, mounts });
       process.stdout.write(`dedup-fused ${health.version}, pid ${health.pid}, ${mounts.length} layers mounted\n`);
       for (const m of mounts) {
-        process.stdout.write(`${m.mountpoint}  ${m.layer.digest.slice(0, 19)}  ${m.image}  ${formatBytes(m.missingBytes)} not fetched, ${m.reads} reads${m.readErrors ? `, ${m.readErrors} failed` : ''}\n`);
+        process.stdout.write(`${m.mountpoint}  ${m.layer.digest.slice(0, 19)}  ${m.image}  ${formatBytes(m.missingBytes)} not fetched, ${m.reads} reads${m.readErrors ? `, ${m.readErrors} failed` : ''}, ${m.mode}\n`);
       }
     })));
   fused.addCommand(withCommonFlags(new Command('upgrade'))
@@ -68,6 +68,7 @@ export function cleanupCommand(): Command {
           const fs = join(snapshots, name, 'fs');
           if (!(await isMountpoint(fs))) continue;
           await unmountFuse(fs);
+          await rm(`${fs}.lazy`, { recursive: true, force: true }); // mount mode erofs: its image and chunk files
           unmounted++;
         }
         const summary = { stopped: health?.pid ?? null, unmounted };

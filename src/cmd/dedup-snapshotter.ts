@@ -109,6 +109,8 @@ const program = withCommonFlags(new Command('dedup-snapshotter'))
     await applyKsm(config);
 
     const client = await registryClientFrom(flags, config, log);
+    // The layer server resolves it and logs each layer's mode and why (fused.log; GET /mounts).
+    log.info({ mount_mode: config.mount_mode, enable_fscache: config.enable_fscache }, 'lazy layers are mounted by the layer server in this mount mode');
     const fused = new FusedClient(fusedSocket(config.root));
     const fusedPid = flags.spawnFused ? await fused.ensureRunning(fusedArgs(flags, config.root), join(config.root, 'fused.log'))
       : (await fused.health()).pid;

@@ -32,6 +32,11 @@ export const configSchema = z.object({
   root: absolutePath.default(DEFAULT_ROOT),
   enable_erofs: z.boolean().default(true),
   enable_fscache: z.boolean().default(true),
+  /**
+   * How lazily pulled layers are served: `fuse`, `erofs` (the kernel, filled on demand through
+   * fanotify pre-content events) or `auto` (erofs where the kernel and the state root allow it).
+   */
+  mount_mode: z.enum(['auto', 'erofs', 'fuse']).default('fuse'),
   enable_lazy: z.boolean().default(true),
   enable_mem_dedup: z.boolean().default(true),
   /** Default registry host for references without one; "" keeps docker.io. */
@@ -60,6 +65,13 @@ export const configSchema = z.object({
      * layer costs a round trip per file. 0 turns it off.
      */
     small_layer_bytes: z.number().int().min(0).max(1024 ** 4).default(64 * 1024 * 1024),
+    /**
+     * A layer with neither a trace nor a landmark and at most this many (compressed) bytes is
+     * fetched whole at mount and all of it inflated, verified and stored: a layer this small (a
+     * base's shell and libc, a configuration layer) is likely read at start, and one request for
+     * all of it, made while the pull goes on, costs less than the first read's round trip. 0: off.
+     */
+    whole_layer_bytes: z.number().int().min(0).max(1024 ** 3).default(4 * 1024 * 1024),
   }).strict().default({}),
   gzip_index: z.object({
     /** Uncompressed bytes between an index's checkpoints: a read inflates at most about this much before its chunk. */
@@ -120,9 +132,12 @@ export function parseConfig(doc: unknown, source: string): Config {
   return { ...c, prefetch: { ...c.prefetch, trace_dir: c.prefetch.trace_dir ?? join(c.root, 'traces') } };
 }
 
+export interface PrefetchOptions { enabled: boolean; queueSize: number; background: boolean; smallLayerBytes: number; wholeLayerBytes: number }
+
 /** What a layer mount is told to prefetch (LayerMountContext.prefetch), from the "prefetch" section. */
-export function prefetchOptions(c: Config): { enabled: boolean; queueSize: number; background: boolean; smallLayerBytes: number } {
-  return { enabled: c.prefetch.enabled, queueSize: c.prefetch.queue_size, background: c.prefetch.background, smallLayerBytes: c.prefetch.small_layer_bytes };
+export function prefetchOptions(c: Config): PrefetchOptions {
+  return { enabled: c.prefetch.enabled, queueSize: c.prefetch.queue_size, background: c.prefetch.background, smallLayerBytes: c.prefetch.small_layer_bytes,
+    wholeLayerBytes: c.prefetch.whole_layer_bytes };
 }
 
 /** Checkpoint spacing and chunk size of `dedupctl index create`: its flags, else the config; each in the config's range. */

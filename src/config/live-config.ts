@@ -10,7 +10,7 @@ import { InvalidConfigError } from '../errors.js';
 import { configOf, flattenConfig, readConfigDocument, type Config, type ConfigDocument, type ConfigOverrides } from './config.js';
 
 /** Keys (or key prefixes) the daemon reads only when it starts. */
-const RESTART_KEYS = ['root', 'enable_erofs', 'enable_fscache', 'enable_lazy', 'registry', 'registry_hosts_dir', 'registry_mirror_retry_seconds', 'prefetch.trace_dir',
+const RESTART_KEYS = ['root', 'enable_erofs', 'enable_fscache', 'mount_mode', 'enable_lazy', 'registry', 'registry_hosts_dir', 'registry_mirror_retry_seconds', 'prefetch.trace_dir',
   'api.enabled', 'api.addr', 'shared_stores', 'shared_stores_refresh_seconds'];
 
 export interface ConfigChange {

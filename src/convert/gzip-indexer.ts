@@ -176,6 +176,13 @@ export function indexable(desc: Descriptor): boolean {
   return notIndexable(desc) === undefined;
 }
 
+/** How a mount finds an image's index artifact and its blobs (a caller mounting several layers shares them). */
+export interface IndexLookup {
+  find(): Promise<FoundArtifact | undefined>;
+  /** An index blob of the artifact, by digest, checked against it as it is read. */
+  blob(digest: string): Promise<Buffer>;
+}
+
 /**
  * The gzip index of `layer` of the image `manifestDigest` names: from the state root's indexes if
  * it has one, else from the artifact pushed beside the image (its blob is checked against its
@@ -183,13 +190,14 @@ export function indexable(desc: Descriptor): boolean {
  * MalformedGzipIndexError for one that is broken or for another layer.
  */
 export async function layerIndex(client: RegistryClient, image: RegistryImage, root: string, manifestDigest: string, layer: Descriptor,
-  find: () => Promise<FoundArtifact | undefined> = () => findIndexes(client, image, { manifestDigest })): Promise<ParsedGzipIndex & { digest: string } | undefined> {
+  lookup: Partial<IndexLookup> = {}): Promise<ParsedGzipIndex & { digest: string } | undefined> {
+  const { find = () => findIndexes(client, image, { manifestDigest }), blob: fetchBlob = (d: string) => client.getBlob(image.ref, d) } = lookup;
   const record = await readFile(join(recordsDir(root), `${manifestDigest.slice(7)}.json`), 'utf8').then((t) => JSON.parse(t) as ImageIndexRecord, () => undefined);
   const local = record?.layers.find((l) => l.layer === layer.digest);
   if (local) return { ...decodeGzipIndex(await readIndexBlob(root, local.index), layer, `${blobPath(root, local.index)} (local index of ${image.name})`), digest: local.index };
   const found = await find();
   const blob = found?.manifest.layers.find((l) => l.annotations?.[INDEXED_LAYER_ANNOTATION] === layer.digest);
   if (!found || !blob) return undefined;
-  const bytes = await client.getBlob(image.ref, blob.digest);
+  const bytes = await fetchBlob(blob.digest);
   return { ...decodeGzipIndex(bytes, layer, `${blob.digest} (the gzip index artifact of ${image.name}, found by ${found.via})`), digest: blob.digest };
 }

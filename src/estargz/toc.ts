@@ -67,6 +67,13 @@ export interface TocChunk {
    * block boundary, inflated with this window as dictionary; absent for eStargz gzip members.
    */
   window?: Buffer;
+  /**
+   * A gzip-indexed chunk: where in the tar stream its checkpoint (`offset`) is. Inflating from an
+   * earlier checkpoint at `from` reaches the chunk at innerOffset + checkpointOut - from.
+   */
+  checkpointOut?: number;
+  /** A gzip-indexed chunk: the compressed bytes it needs end here (at or before compressedEnd, the span's end). */
+  dataEnd?: number;
 }
 
 export interface TocNode {
@@ -216,6 +223,11 @@ export function parseToc(json: Buffer, opts: ParseTocOptions): Toc {
   } catch (err) {
     throw new MalformedEstargzError('TOC', `not valid JSON (${(err as Error).message})`);
   }
+  return tocOfJson(doc, opts);
+}
+
+/** parseToc of a TOC already parsed from JSON (a gzip index carries one inside its own document). */
+export function tocOfJson(doc: unknown, opts: ParseTocOptions): Toc {
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new MalformedEstargzError('TOC', 'not a JSON object');
   const { version, entries } = doc as { version?: unknown; entries?: unknown };
   if (version !== 1) throw new MalformedEstargzError('TOC', `version ${JSON.stringify(version)} is not supported (expected 1)`);

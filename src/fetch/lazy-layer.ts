@@ -109,6 +109,9 @@ interface Pending {
   reject(e: unknown): void;
 }
 
+/** The end of the compressed bytes a chunk needs: a gzip-indexed one's may stop short of its span's end. */
+const needs = (c: TocChunk): number => c.dataEnd ?? c.compressedEnd;
+
 export class LazyLayer {
   readonly stats: LazyLayerStats = { requests: 0, bytesFetched: 0, chunksFetched: 0, demandFetches: 0, prefetched: 0, fromStore: 0, errors: 0, storeErrors: 0 };
   private seq = 0;
@@ -124,6 +127,9 @@ export class LazyLayer {
    * one request and one inflate serve all of those a fetch takes.
    */
   private readonly bySpan = new Map<number, ChunkRef[]>();
+  /** Each checkpoint that chunks are inflated from, to the next and the previous one in the layer. */
+  private readonly nextSpan = new Map<number, number>();
+  private readonly prevSpan = new Map<number, number>();
   /** Every chunk of the layer, hard links once. */
   private readonly refs: ChunkRef[] = [];
   /** Chunks fetched by cross-file read-ahead that no reader has asked for yet. */
@@ -164,6 +170,11 @@ export class LazyLayer {
       else if (this.bySpan.has(c.offset)) this.bySpan.get(c.offset)!.push(r);
       else this.bySpan.set(c.offset, [r]);
     }
+    const starts = [...this.bySpan.keys()].sort((a, b) => a - b);
+    starts.forEach((at, i) => {
+      if (i + 1 < starts.length) this.nextSpan.set(at, starts[i + 1]!);
+      if (i > 0) this.prevSpan.set(at, starts[i - 1]!);
+    });
     const digests = this.refs.map((r) => r.file.chunks[r.index]!.chunkDigest ?? '').filter((d) => d);
     const missing = store.missing(digests);
     this.stored = new Set(digests.filter((d) => !missing.has(d)));
@@ -449,31 +460,61 @@ export class LazyLayer {
   }
 
   /**
-   * A gzip-indexed chunk with the other chunks inflated from its checkpoint: those queued, and
-   * for a reader the missing ones whose bytes the request brings anyway (the small files around
-   * it: an interpreter's start reads its neighbours next).
+   * A gzip-indexed chunk with the other chunks its request can bring: those queued whose spans
+   * overlap the bytes the group fetches or come right after them (their checkpoints lie on the
+   * way: one request and one inflate from the earliest checkpoint serve them all; a trace replay
+   * then asks for neighbouring spans in one request, never for bytes twice), within the bound;
+   * and for a reader the missing ones whose bytes the request brings anyway, the request going
+   * on past the chunk's own bytes (its dataEnd) by the cross-file window, as far as its span goes
+   * (the small files around it: an interpreter's start reads its neighbours next; the window
+   * widens each time that pays off). A layer held whole in memory is inflated a span at a time.
+   * The group comes back in layer order: the first chunk's checkpoint is where the request begins.
    */
   private takeSpan(group: Pending[]): Pending[] {
     const first = group[0]!;
-    const end = first.chunk.compressedEnd;
-    for (const at of this.bySpan.get(first.chunk.offset) ?? []) {
-      const c = at.file.chunks[at.index]!;
-      const digest = c.chunkDigest!;
-      const next = this.queued.get(digest);
-      if (next) {
-        this.queued.delete(digest);
-        Object.assign(next, { file: at.file, index: at.index, chunk: c });
-        group.push(next);
-      } else if (first.priority === PRIORITY.demand && c.compressedEnd <= end && this.missing(digest)) {
-        let pending!: Pending;
-        this.share(digest, new Promise<Buffer>((resolve, reject) => {
-          pending = { file: at.file, index: at.index, chunk: c, priority: PRIORITY.readahead, seq: this.seq++, resolve, reject };
-        }));
-        this.crossAhead.add(digest);
-        group.push(pending);
+    const max = first.priority === PRIORITY.prefetch ? this.opts.maxPrefetchRangeBytes : this.opts.maxRangeBytes;
+    const chunkOf = (r: ChunkRef): TocChunk => r.file.chunks[r.index]!;
+    // Queued chunks of the spans before whose bytes run into this one's or end where it begins: the request starts at theirs.
+    let start = first.chunk.offset;
+    for (let p = this.prevSpan.get(start); p !== undefined && needs(first.chunk) - p <= max; p = this.prevSpan.get(p)) {
+      const from = p;
+      if (!(this.bySpan.get(p) ?? []).some((r) => needs(chunkOf(r)) >= start && needs(chunkOf(r)) - from <= max && this.queued.has(chunkOf(r).chunkDigest!))) break;
+      start = p;
+    }
+    /** Takes the queued chunk `ref` into the group, if it is queued. */
+    const take = (ref: ChunkRef): boolean => {
+      const c = chunkOf(ref);
+      const next = this.queued.get(c.chunkDigest!);
+      if (!next) return false;
+      this.queued.delete(c.chunkDigest!);
+      Object.assign(next, { file: ref.file, index: ref.index, chunk: c });
+      group.push(next);
+      return true;
+    };
+    let end = needs(first.chunk);
+    for (let at: number | undefined = start; at !== undefined && at <= end; at = this.nextSpan.get(at)) {
+      for (const ref of this.bySpan.get(at) ?? []) {
+        if (needs(chunkOf(ref)) - start <= max && take(ref)) end = Math.max(end, needs(chunkOf(ref)));
       }
     }
-    return group;
+    if (first.priority === PRIORITY.demand) {
+      const held = this.whole && !this.whole.failed;
+      const reach = Math.max(end, Math.min(first.chunk.compressedEnd, held ? Infinity : first.chunk.offset + this.crossWindow));
+      for (let at: number | undefined = start; at !== undefined && at < reach; at = this.nextSpan.get(at)) {
+        for (const ref of this.bySpan.get(at) ?? []) {
+          const c = chunkOf(ref);
+          const digest = c.chunkDigest!;
+          if (needs(c) > reach || take(ref) || !this.missing(digest)) continue;
+          let pending!: Pending;
+          this.share(digest, new Promise<Buffer>((resolve, reject) => {
+            pending = { file: ref.file, index: ref.index, chunk: c, priority: PRIORITY.readahead, seq: this.seq++, resolve, reject };
+          }));
+          this.crossAhead.add(digest);
+          group.push(pending);
+        }
+      }
+    }
+    return group.sort((a, b) => a.chunk.offset - b.chunk.offset);
   }
 
   /** Adds the missing chunks that follow the group in the layer, within the cross-file window. */
@@ -507,7 +548,7 @@ export class LazyLayer {
 
   private async fetchGroup(group: Pending[]): Promise<void> {
     const start = group[0]!.chunk.offset;
-    const end = Math.max(...group.map((g) => g.chunk.compressedEnd));
+    const end = Math.max(...group.map((g) => needs(g.chunk)));
     // The bytes from the tail on are in memory: only those before it are to be read or fetched.
     const before = Math.min(end, Math.max(start, this.tail.start));
     const observer = this.hooks.observer;
@@ -532,9 +573,11 @@ export class LazyLayer {
     }
     if (end > before) bytes = Buffer.concat([bytes, this.tail.bytes.subarray(before - this.tail.start, end - this.tail.start)]);
     const where = (g: Pending): string => `"${g.file.path}" at ${g.chunk.chunkOffset} in layer ${this.desc.digest}`;
-    // A gzip-indexed group shares its checkpoint: its span is inflated once for all its chunks.
-    const window = group[0]!.chunk.window;
-    const span = window ? this.pool.inflateSpan(bytes, window, group.map((g) => ({ ...g.chunk, expected: g.chunk.chunkDigest!, where: where(g) }))) : undefined;
+    // A gzip-indexed group is inflated once, from its first chunk's checkpoint, for all its chunks.
+    const { window, checkpointOut: from = 0 } = group[0]!.chunk;
+    const span = window ? this.pool.inflateSpan(bytes, window, group.map((g) => ({
+      innerOffset: g.chunk.innerOffset + (g.chunk.checkpointOut ?? 0) - from, chunkSize: g.chunk.chunkSize, expected: g.chunk.chunkDigest!, where: where(g),
+    }))) : undefined;
     await Promise.all(group.map(async (g, i) => {
       const c = g.chunk;
       try {

@@ -5,8 +5,7 @@
 // layer's TOC can also be read knowing only the blob's digest (its size comes with its tail), to
 // be checked against the layer's descriptor once that is known.
 
-import { indexable, layerIndex } from '../convert/gzip-indexer.js';
-import type { FoundArtifact } from '../image/artifacts.js';
+import { indexable, layerIndex, type IndexLookup } from '../convert/gzip-indexer.js';
 import { MalformedEstargzError, TocDigestMismatchError } from '../errors.js';
 import { FOOTER_SIZE, parseFooter } from '../estargz/footer.js';
 import { readToc } from '../estargz/layer.js';
@@ -81,12 +80,12 @@ export class RemoteLayer {
    * The layer as a lazy mount serves it: an unmodified gzip layer through its gzip index when it
    * has one (`root`'s indexes/, else the artifact beside the image `manifestDigest` names),
    * otherwise as eStargz, opened by `estargz` (by default: its footer and TOC read now).
-   * `findIndexes` looks up the image's index artifact (a caller mounting several layers shares it).
+   * `lookup` finds the image's index artifact and its blobs (a caller mounting several layers shares them).
    */
   static async forMount(client: RegistryClient, image: RegistryImage, root: string, manifestDigest: string, desc: Descriptor,
-    estargz: () => Promise<RemoteLayer> = () => RemoteLayer.open(image, desc), findIndexes?: () => Promise<FoundArtifact | undefined>): Promise<RemoteLayer> {
+    estargz: () => Promise<RemoteLayer> = () => RemoteLayer.open(image, desc), lookup?: IndexLookup): Promise<RemoteLayer> {
     if (indexable(desc)) {
-      const index = await layerIndex(client, image, root, manifestDigest, desc, findIndexes);
+      const index = await layerIndex(client, image, root, manifestDigest, desc, lookup);
       if (index) return RemoteLayer.ofIndex(image, desc, index.toc, index.digest);
     }
     return estargz();

@@ -1,6 +1,7 @@
 // Replacing the layer server by a new process (an upgrade) without dropping a mount. The old
 // process starts the successor with every FUSE descriptor inherited (same open file, so the
-// kernel sees one connection throughout) and an IPC channel; the successor rebuilds each layer's
+// kernel sees one connection throughout) and an IPC channel (a kernel EROFS mount has no
+// descriptor: the successor marks its chunk directory too, and either process fills a chunk); the successor rebuilds each layer's
 // tree, whose inode numbers are the ones the kernel knows, and starts reading; the old one gives
 // up the control socket, which the successor binds at once, then stops reading, answers what it
 // had read, and leaves. Between the two, requests wait in the kernel's queue or are answered by
@@ -35,7 +36,7 @@ export async function startSuccessor(argv: string[], mounts: HandedMount[], logF
   const log = openSync(logFile, 'a');
   const child = spawn(process.execPath, argv, {
     detached: true, // its own session: it outlives us
-    stdio: ['ignore', log, log, 'ipc', ...mounts.map((m) => m.connection.fd)],
+    stdio: ['ignore', log, log, 'ipc', ...mounts.flatMap((m) => m.connection ? [m.connection.fd] : [])],
     env: { ...process.env, [HANDOVER_ENV]: '1' },
   });
   closeSync(log);
@@ -47,7 +48,8 @@ export async function startSuccessor(argv: string[], mounts: HandedMount[], logF
       child.once('exit', (code, signal) => reject(new MountError(`successor exited (${signal ?? code}) before taking the mounts over; see ${logFile}`)));
       child.on('message', (m: Message) => {
         if (m.type === 'ready') {
-          child.send({ type: 'handover', mounts: mounts.map((h, i) => ({ ...h, connection: { ...h.connection, fd: FIRST_FD + i } })) } satisfies Message);
+          let fd = FIRST_FD;
+          child.send({ type: 'handover', mounts: mounts.map((h) => (h.connection ? { ...h, connection: { ...h.connection, fd: fd++ } } : h)) } satisfies Message);
         }
         if (m.type === 'adopted') resolve();
         if (m.type === 'failed') reject(new MountError(`successor cannot take the mounts over: ${m.message}`));

@@ -57,13 +57,18 @@ export interface MountInfo extends MountRequest {
   missingBytes: number;
   reads: number;
   readErrors: number;
+  /** How the layer is served (config mount_mode; a layer EROFS cannot hold is FUSE's). */
+  mode: 'fuse' | 'erofs';
 }
 
-/** What a successor needs to serve a mount: the request it was made for and its FUSE connection. */
+/**
+ * What a successor needs to serve a mount: the request it was made for and its FUSE connection
+ * (none for a kernel EROFS mount: the successor marks its chunk directory and serves it as it is).
+ */
 export interface HandedMount {
   request: MountRequest;
   mountedAt: string;
-  connection: FuseConnection;
+  connection?: FuseConnection;
   /** No longer at its mountpoint, but still in use through the kernel (see LayerServer.detached). */
   detached?: boolean;
 }
@@ -93,6 +98,8 @@ export class LayerServer {
   private readonly readAhead = new PromiseCache<LayerToc>(READ_AHEAD);
   /** An image's gzip index artifact (or none), looked up once for all of its layers' mounts. */
   private readonly indexArtifacts = new PromiseCache<{ found: FoundArtifact | undefined }>(INDEX_ARTIFACTS);
+  /** Index blobs of the artifacts found, fetched ahead of their layers' mounts, each taken by its mount. */
+  private readonly indexBlobs = new PromiseCache<Buffer>(INDEX_ARTIFACTS);
   /** Set while the mounts are being handed over: the set of mounts must not change meanwhile. */
   private frozen = false;
   /**
@@ -147,7 +154,7 @@ export class LayerServer {
     if (this.frozen || this.served.size === 0) return;
     // Only mounts made before the table is read: one made meanwhile may be missing from it.
     const before = [...this.served.values()];
-    const ours = new Set((await mountTable()).filter((m) => m.fstype === FUSE_FSTYPE).map((m) => m.target));
+    const ours = new Set((await mountTable()).filter((m) => m.fstype === FUSE_FSTYPE || m.fstype === 'erofs').map((m) => m.target));
     for (const s of before) {
       if (!this.frozen && this.served.get(s.request.mountpoint) === s && !ours.has(s.request.mountpoint)) this.lose(s, 'not_mounted');
     }
@@ -191,8 +198,15 @@ export class LayerServer {
         if (err instanceof MalformedEstargzError) throw err;
       });
       return ahead ? RemoteLayer.of(image, request.layer, ahead) : RemoteLayer.open(image, request.layer);
-    }, async () => (await this.indexArtifacts.get(`${request.image}@${request.manifestDigest}`,
-      async () => ({ found: await findIndexes(this.ctx.client, image, request) })).promise).found);
+    }, {
+      find: async () => (await this.indexArtifacts.get(`${request.image}@${request.manifestDigest}`, async () => {
+        const found = await findIndexes(this.ctx.client, image, request);
+        // Every layer's index on its way now: containerd asks for the layers one after another.
+        for (const l of found?.manifest.layers ?? []) this.indexBlobs.get(`${request.image}@${l.digest}`, () => this.ctx.client.getBlob(image.ref, l.digest)).promise.catch(() => undefined);
+        return { found };
+      }).promise).found,
+      blob: (digest) => this.indexBlobs.take(`${request.image}@${digest}`) ?? this.ctx.client.getBlob(image.ref, digest),
+    });
   }
 
   private withBackground(request: MountRequest): LayerMountContext {
@@ -242,6 +256,7 @@ export class LayerServer {
     this.checkNotFrozen();
     return [...this.served.values()].map((s) => ({
       ...s.request, mountedAt: s.mountedAt, missingBytes: s.mount.lazy.missingBytes(), reads: s.mount.fs.stats.reads, readErrors: s.mount.fs.stats.readErrors,
+      mode: s.mount.mode,
     }));
   }
 
@@ -274,7 +289,7 @@ export class LayerServer {
     this.checkNotFrozen();
     this.frozen = true;
     await Promise.allSettled(this.pending.values());
-    const handed = (s: Served, detached: boolean): HandedMount => ({ request: s.request, mountedAt: s.mountedAt, connection: s.mount.connection!, detached });
+    const handed = (s: Served, detached: boolean): HandedMount => ({ request: s.request, mountedAt: s.mountedAt, connection: s.mount.connection, detached });
     return [...[...this.served.values()].map((s) => handed(s, false)), ...[...this.detached].map((s) => handed(s, true))];
   }
 
@@ -287,11 +302,12 @@ export class LayerServer {
   async adopt(mounts: HandedMount[]): Promise<void> {
     const remotes = await Promise.all(mounts.map((h) => this.open(h.request)));
     await Promise.all(remotes.map((r) => LayerMount.record(r, this.ctx.store)));
-    mounts.forEach((h, i) => {
-      const mount = LayerMount.adopt(remotes[i]!, h.request.mountpoint, { name: h.request.image, manifestDigest: h.request.manifestDigest },
-        this.withBackground(h.request), h.connection);
+    await Promise.all(mounts.map(async (h, i) => {
+      const image = { name: h.request.image, manifestDigest: h.request.manifestDigest };
+      const mount = h.connection ? LayerMount.adopt(remotes[i]!, h.request.mountpoint, image, this.withBackground(h.request), h.connection)
+        : await LayerMount.mount(remotes[i]!, h.request.mountpoint, image, this.withBackground(h.request), h.detached === true); // serves the EROFS mount as it is
       this.track({ request: h.request, mount, mountedAt: h.mountedAt }, h.detached);
-    });
+    }));
   }
 
   /** Takes mounts and unmounts again (a hand-over that failed). */

@@ -2,7 +2,9 @@
 // Z_BLOCK stops at every deflate block boundary; at the first byte-aligned one after each
 // `spacing` bytes of output a checkpoint is kept with the 32 KiB of output before it (a block
 // boundary inside a byte would need the inflater primed with bits, which Node's zlib cannot be:
-// byte-aligned ones let the read path use it). The output feeds the tar reader, whose entries
+// byte-aligned ones let the read path use it). Between checkpoints, every MARKS_PER_SPACING-th of
+// the spacing, the first block boundary of any kind is kept as a mark: input up to it inflates to
+// all output before it, so a small read needs the span only that far. The output feeds the tar reader, whose entries
 // become the TOC, each regular file cut into `chunkSize` chunks with their sha256. Pure: bytes in,
 // index out.
 
@@ -13,13 +15,15 @@ import ZStream from 'pako/lib/zlib/zstream.js';
 import { MalformedLayerError, MultipleGzipMembersError } from '../errors.js';
 import { readTar, TarFormatError } from '../estargz/tar-reader.js';
 import { tocEntryOfTar, type TocEntryJson } from '../estargz/toc.js';
-import { WINDOW_BYTES, type Checkpoint, type GzipIndex } from './format.js';
+import { WINDOW_BYTES, type Checkpoint, type GzipIndex, type Mark } from './format.js';
 
 const OUT_BYTES = 256 * 1024;
 /** data_type: +128 at a block boundary, +64 in the last block, the low 3 bits unused bits of the last input byte. */
 const AT_BOUNDARY = 128;
 const IN_LAST_BLOCK = 64;
 const UNUSED_BITS = 7;
+/** Marks between two checkpoints: a read of a small file then fetches about 1/16 of a span, not all of it. */
+const MARKS_PER_SPACING = 16;
 
 export interface GzipIndexOptions {
   spacing: number;
@@ -29,6 +33,7 @@ export interface GzipIndexOptions {
 /** Keeps checkpoints while inflating a gzip stream; yields the uncompressed bytes. */
 class CheckpointingInflater {
   readonly checkpoints: Checkpoint[] = [];
+  readonly marks: Mark[] = [];
   /** The last output pieces, at least a window's worth once there is that much. */
   private recent: Buffer[] = [];
   private recentBytes = 0;
@@ -80,7 +85,11 @@ class CheckpointingInflater {
 
   private checkpointAt(strm: ZStream): void {
     const t = strm.data_type;
-    if (!(t & AT_BOUNDARY) || t & IN_LAST_BLOCK || (t & UNUSED_BITS) !== 0) return;
+    if (!(t & AT_BOUNDARY) || t & IN_LAST_BLOCK) return;
+    // total_in counts the byte the block's last bits are in: the input up to it holds the whole block.
+    const mark = this.marks.at(-1) ?? this.checkpoints.at(-1);
+    if (mark && strm.total_out - mark.out >= this.spacing / MARKS_PER_SPACING && strm.total_in > mark.in) this.marks.push({ in: strm.total_in, out: strm.total_out });
+    if ((t & UNUSED_BITS) !== 0) return;
     const last = this.checkpoints.at(-1);
     if (last && strm.total_out - last.out < this.spacing) return;
     if (last && strm.total_out === last.out) return;
@@ -156,6 +165,6 @@ export async function buildGzipIndex(src: AsyncIterable<Uint8Array>, layer: { di
   }
   return {
     version: 1, layer: { digest: layer.digest, size: layer.size }, uncompressedSize: uncompressed, spacing: opts.spacing, chunkSize: opts.chunkSize,
-    checkpoints: inflater.checkpoints, toc: { version: 1, entries },
+    checkpoints: inflater.checkpoints, marks: inflater.marks, toc: { version: 1, entries },
   };
 }

@@ -7,7 +7,7 @@
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { z } from 'zod';
 import { MalformedGzipIndexError } from '../errors.js';
-import { parseToc, type Toc, type TocChunk, type TocJson } from '../estargz/toc.js';
+import { tocOfJson, type Toc, type TocChunk, type TocJson } from '../estargz/toc.js';
 
 export const GZIP_INDEX_MEDIA_TYPE = 'application/vnd.dedup-snapshotter.gzip-index.v1+json+gzip';
 /** Deflate's window: the most a back-reference reaches. */
@@ -26,6 +26,15 @@ export interface Checkpoint {
   window: Buffer;
 }
 
+/**
+ * A deflate block boundary of any kind (inside a byte too): the compressed bytes up to `in` (the
+ * byte its last bits are in) inflate, from a checkpoint before it, to all of the tar stream up to `out`.
+ */
+export interface Mark {
+  in: number;
+  out: number;
+}
+
 export interface GzipIndex {
   version: 1;
   layer: { digest: string; size: number };
@@ -34,6 +43,8 @@ export interface GzipIndex {
   spacing: number;
   chunkSize: number;
   checkpoints: Checkpoint[];
+  /** Optional (older indexes have none): where a read may stop short of the next checkpoint. */
+  marks?: Mark[];
   /** eStargz TOC JSON of the layer; `offset` of a reg or chunk entry is in the uncompressed stream. */
   toc: TocJson;
 }
@@ -47,6 +58,7 @@ const documentSchema = z.object({
   spacing: count,
   chunkSize: count.min(1),
   checkpoints: z.array(z.object({ in: count, out: count, window: z.string() })).max(MAX_CHECKPOINTS),
+  marks: z.array(z.object({ in: count, out: count })).max(MAX_CHECKPOINTS * 64).optional(),
   toc: z.object({ version: z.literal(1), entries: z.array(z.unknown()) }),
 });
 
@@ -88,10 +100,16 @@ export function decodeGzipIndex(bytes: Buffer, layer: { digest: string; size: nu
     return { in: c.in, out: c.out, window };
   });
   if (checkpoints[0]?.out !== 0) throw new MalformedGzipIndexError(where, 'has no checkpoint at the start of the stream');
-  const index: GzipIndex = { ...d, layer: d.layer, checkpoints, toc: d.toc as TocJson };
+  const marks = d.marks ?? [];
+  marks.forEach((m, i) => {
+    const prev = marks[i - 1];
+    if (prev && (m.in <= prev.in || m.out <= prev.out)) throw new MalformedGzipIndexError(where, `mark ${i} is not after mark ${i - 1}`);
+    if (m.in > d.layer.size || m.out > d.uncompressedSize) throw new MalformedGzipIndexError(where, `mark ${i} lies outside the layer`);
+  });
+  const index: GzipIndex = { ...d, layer: d.layer, checkpoints, marks, toc: d.toc as TocJson };
   let toc: Toc;
   try {
-    toc = parseToc(Buffer.from(JSON.stringify(d.toc)), { tocOffset: d.uncompressedSize });
+    toc = tocOfJson(d.toc, { tocOffset: d.uncompressedSize });
   } catch (err) {
     throw new MalformedGzipIndexError(where, (err as Error).message);
   }
@@ -105,21 +123,32 @@ export function decodeGzipIndex(bytes: Buffer, layer: { digest: string; size: nu
  * Turns a chunk whose `offset` is its place in the uncompressed stream into what to fetch: the
  * compressed bytes from the last checkpoint at or before it to the first checkpoint at or after
  * its end (or the end of the deflate data), inflated with that checkpoint's window, of which the
- * chunk begins `innerOffset` bytes in.
+ * chunk begins `innerOffset` bytes in; `dataEnd`: the first mark after its end, when there is one
+ * before that checkpoint: the chunk alone needs the bytes only that far.
  */
 function placeChunk(index: GzipIndex, c: TocChunk, where: string): void {
   const start = c.offset;
   const end = start + c.chunkSize;
   if (end > index.uncompressedSize) throw new MalformedGzipIndexError(where, `a chunk at ${start} runs past the stream's ${index.uncompressedSize} bytes`);
-  const to = index.checkpoints.find((cp) => cp.out >= end);
+  const to = firstAtOrAfter(index.checkpoints, end);
   const cp = index.checkpoints[lastAtOrBefore(index.checkpoints, start)]!;
-  Object.assign(c, { offset: cp.in, compressedEnd: to ? to.in : index.layer.size - GZIP_TRAILER_BYTES, innerOffset: start - cp.out, window: cp.window });
+  const compressedEnd = to ? to.in : index.layer.size - GZIP_TRAILER_BYTES;
+  const mark = firstAtOrAfter(index.marks ?? [], end);
+  const dataEnd = mark && mark.in > cp.in && mark.in < compressedEnd ? mark.in : compressedEnd;
+  Object.assign(c, { offset: cp.in, compressedEnd, dataEnd, innerOffset: start - cp.out, window: cp.window, checkpointOut: cp.out });
+}
+
+/** The first of `points` (in stream order) with `out` at or after `out`. */
+function firstAtOrAfter<T extends { out: number }>(points: T[], out: number): T | undefined {
+  if (points.length === 0) return undefined;
+  const i = lastAtOrBefore(points, out);
+  return points[i]!.out >= out ? points[i] : points[i + 1];
 }
 
 /** CRC-32 and size after the deflate data of a gzip member. */
 const GZIP_TRAILER_BYTES = 8;
 
-function lastAtOrBefore(checkpoints: Checkpoint[], out: number): number {
+function lastAtOrBefore(checkpoints: { out: number }[], out: number): number {
   let lo = 0;
   let hi = checkpoints.length - 1;
   while (lo < hi) {

@@ -52,21 +52,21 @@ export async function pushArtifact(client: RegistryClient, image: RegistryImage,
 /**
  * The artifact of `artifactType` about the manifest `subjectDigest` in `image`'s repository:
  * the first the referrers API lists, else the one under the tag; undefined when there is none.
+ * Both are asked at once: a registry without the referrers API (most) then costs one round trip
+ * to the pull, not two; the tag's answer is dropped when the referrers API lists the artifact.
  */
 export async function findArtifact(client: RegistryClient, image: RegistryImage, subjectDigest: string, artifactType: string,
   tagSuffix: string): Promise<FoundArtifact | undefined> {
+  const byTag = manifestOf(client, image, artifactTag(subjectDigest, tagSuffix))
+    .then((m): FoundArtifact => ({ ...m, via: 'tag' }), (err: unknown) => (err instanceof NotFoundError ? undefined : Promise.reject(err)));
+  byTag.catch(() => undefined); // awaited below unless the referrers answer (or fail) first
   const referrers = await client.getReferrers(image.ref, subjectDigest, artifactType);
   if (referrers) {
     const listed = parseJson(indexSchema, referrers, `referrers of ${subjectDigest} in ${image.name}`).manifests
       .find((m) => (m as { artifactType?: string }).artifactType === artifactType);
     if (listed) return { ...(await manifestOf(client, image, listed.digest)), via: 'referrers' };
   }
-  try {
-    return { ...(await manifestOf(client, image, artifactTag(subjectDigest, tagSuffix))), via: 'tag' };
-  } catch (err) {
-    if (err instanceof NotFoundError) return undefined;
-    throw err;
-  }
+  return byTag;
 }
 
 async function manifestOf(client: RegistryClient, image: RegistryImage, reference: string): Promise<{ manifest: ImageManifest; digest: string }> {

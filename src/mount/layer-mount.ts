@@ -1,7 +1,10 @@
-// One eStargz layer mounted lazily at a directory: its LazyLayer (fetching), its FUSE layer
-// filesystem and its access trace. Image mounts and the snapshotter's remote snapshots both use it.
+// One eStargz layer mounted lazily at a directory: its LazyLayer (fetching), its filesystem (the
+// FUSE layer filesystem, or with mount mode `erofs` a kernel EROFS mount filled on demand,
+// src/kernel/lazy-erofs.ts) and its access trace. Image mounts and the snapshotter's remote
+// snapshots both use it.
 
 import type { CodecPool } from '../codec/codec-pool.js';
+import type { PrefetchOptions } from '../config/config.js';
 import type { ChunkCache } from '../fetch/chunk-cache.js';
 import { existsSync } from 'node:fs';
 import { DEFAULT_LAZY, LazyLayer, type ChunkRef, type LazyLayerObserver, type LazyLayerOptions } from '../fetch/lazy-layer.js';
@@ -22,10 +25,24 @@ export interface LayerMountContext {
   traceDir: string;
   lazy?: Partial<LazyLayerOptions>;
   /** What to fetch ahead of readers once mounted (config "prefetch"). */
-  prefetch?: { enabled: boolean; queueSize: number; background: boolean; smallLayerBytes: number };
+  prefetch?: PrefetchOptions;
   log?: { info(o: object, m: string): void; warn(o: object, m: string): void };
   onReadError?: (layer: string, path: string, err: unknown) => void;
   observer?: LazyLayerObserver;
+  /**
+   * Mount mode `erofs` (config "mount_mode"): serves a layer by the kernel where it allows it
+   * (src/kernel/lazy-erofs.ts, handed in by the wiring), or says why not; without it, FUSE.
+   */
+  kernelFs?: (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string, detached: boolean) => Promise<{ fs: KernelLayerFs; adopted: boolean } | { refused: string }>;
+}
+
+/** A layer's filesystem served by the kernel: no connection; it ends when unmounted or released. */
+export interface KernelLayerFs {
+  readonly ended: Promise<number>;
+  readonly stats: { reads: number; readErrors: number };
+  /** Stops serving; the mount stays for a successor. */
+  release(): Promise<void>;
+  unmount(): Promise<void>;
 }
 
 export interface PrefetchOutcome {
@@ -42,7 +59,7 @@ export class LayerMount {
   /** Settles when the prefetch that started with the mount is over. */
   prefetched: Promise<PrefetchOutcome> = Promise.resolve({ source: 'none', chunks: 0, fetched: 0, failed: 0, background: 0, held: false });
 
-  private constructor(readonly remote: RemoteLayer, readonly lazy: LazyLayer, readonly fs: LayerFs, readonly trace: AccessTrace,
+  private constructor(readonly remote: RemoteLayer, readonly lazy: LazyLayer, readonly fs: LayerFs | KernelLayerFs, readonly trace: AccessTrace,
     readonly mountpoint: string, private readonly ctx: LayerMountContext) {}
 
   /**
@@ -54,9 +71,32 @@ export class LayerMount {
       chunks: remote.chunks().map((c) => ({ digest: c.digest, size: c.chunkSize })) });
   }
 
-  /** Records the layer in the chunk store and mounts it at `mountpoint`. */
-  static async mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext): Promise<LayerMount> {
+  /**
+   * Records the layer in the chunk store and mounts it at `mountpoint`: by FUSE, or in mount mode
+   * `erofs` by the kernel where the layer allows it (an EROFS mount of this layer left there by an
+   * earlier process is served as it is, so its users keep it). The mode each layer got and why is
+   * logged. `detached`: a kernel EROFS mount handed over that has left its mountpoint (still in
+   * use), to be served where it is and never mounted again.
+   */
+  static async mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext, detached = false): Promise<LayerMount> {
     await LayerMount.record(remote, ctx.store);
+    const layer = remote.desc.digest;
+    let why = 'mount_mode fuse';
+    if (ctx.kernelFs) {
+      const { lazy, trace } = LayerMount.lazyLayer(remote, image, ctx);
+      const made = await ctx.kernelFs(remote, lazy, mountpoint, detached).catch((err: unknown) => {
+        lazy.close();
+        throw err;
+      });
+      if ('fs' in made) {
+        ctx.log?.info({ layer, mountpoint, mode: 'erofs', adopted: made.adopted },
+          made.adopted ? 'layer mode erofs: serving the EROFS mount already there' : 'layer mode erofs: kernel EROFS, filled on demand');
+        return LayerMount.started(remote, lazy, made.fs, trace, mountpoint, image, ctx);
+      }
+      lazy.close();
+      why = made.refused;
+    }
+    ctx.log?.info({ layer, mountpoint, mode: 'fuse', why }, 'layer mode fuse');
     return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.mount(mountpoint, remote.desc.digest.slice(7, 19)));
   }
 
@@ -70,6 +110,14 @@ export class LayerMount {
 
   private static serve(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext,
     attach: (fs: LayerFs) => void): LayerMount {
+    const { lazy, trace } = LayerMount.lazyLayer(remote, image, ctx);
+    const fs = new LayerFs(remote.toc, lazy, (path, err) => ctx.onReadError?.(remote.desc.digest, path, err));
+    attach(fs);
+    return LayerMount.started(remote, lazy, fs, trace, mountpoint, image, ctx);
+  }
+
+  /** The layer's LazyLayer, recording first reads in its access trace. */
+  private static lazyLayer(remote: RemoteLayer, image: { name: string; manifestDigest: string }, ctx: LayerMountContext): { lazy: LazyLayer; trace: AccessTrace } {
     const trace = new AccessTrace(image.name, image.manifestDigest, remote.desc.digest);
     const lazy = new LazyLayer(remote.source, remote.desc, remote.toc, remote.tail, ctx.store, ctx.pool, ctx.cache, { ...DEFAULT_LAZY, ...ctx.lazy },
       {
@@ -80,8 +128,12 @@ export class LayerMount {
           if (lazy.stats.storeErrors === 1) ctx.log?.warn({ layer: remote.desc.digest, chunk: digest, err: (err as Error).message }, 'cannot store fetched chunks; serving them from memory');
         },
       });
-    const fs = new LayerFs(remote.toc, lazy, (path, err) => ctx.onReadError?.(remote.desc.digest, path, err));
-    attach(fs);
+    return { lazy, trace };
+  }
+
+  /** The mount, its prefetch started. */
+  private static started(remote: RemoteLayer, lazy: LazyLayer, fs: LayerFs | KernelLayerFs, trace: AccessTrace, mountpoint: string,
+    image: { name: string; manifestDigest: string }, ctx: LayerMountContext): LayerMount {
     const m = new LayerMount(remote, lazy, fs, trace, mountpoint, ctx);
     if (ctx.prefetch?.enabled) m.prefetched = m.prefetch(image.manifestDigest, ctx);
     return m;
@@ -110,17 +162,22 @@ export class LayerMount {
       chunks = planFromLandmark(this.remote.toc);
       source = 'landmark';
     }
-    // With nothing to say what start-up reads, a small layer of small files comes whole in one
-    // request and start-up reads it from memory as it arrives: no round trip per file, and only
-    // what is read is inflated.
+    // With nothing to say what start-up reads, a layer of at most whole_layer_bytes comes whole in
+    // one request while the pull goes on, and all of it is inflated, verified and stored: the
+    // first read finds it in memory instead of paying a round trip.
+    // A small layer of small files comes whole too, and start-up reads it from memory as it
+    // arrives: no round trip per file, and only what is read is inflated.
     // Only for a layer of many small files that the store has (almost) none of: chunks already
     // there were fetched for a reason (dedupd warmed the start-up set, an earlier start, another
     // image sharing them), and downloading the rest slowed a warmed start (python at 20 ms:
     // 1.35 s with 20 MiB fetched, against 0.89 s with 0.1 MiB without the download).
-    const hold = source === 'none' && this.remote.desc.size <= (ctx.prefetch?.smallLayerBytes ?? 0) && manySmallFiles(this.remote.toc)
-      && this.lazy.missingBytes() > this.remote.desc.size * 0.9;
-    if (hold) ctx.log?.info({ layer, bytes: this.remote.desc.size }, 'holding the whole layer in memory for start-up');
+    const size = this.remote.desc.size;
+    const missing = source === 'none' ? this.lazy.missingBytes() : 0;
+    const whole = missing > 0 && size <= (ctx.prefetch?.wholeLayerBytes ?? 0);
+    const hold = whole || (missing > size * 0.9 && size <= (ctx.prefetch?.smallLayerBytes ?? 0) && manySmallFiles(this.remote.toc));
+    if (hold) ctx.log?.info({ layer, bytes: size, all: whole }, 'holding the whole layer in memory for start-up');
     const held = hold ? await this.lazy.holdWholeBlob(HOLD_WHOLE_LAYER_MS) : false;
+    if (whole && held) chunks = planAll(this.remote.toc);
     const queue = ctx.prefetch?.queueSize ?? 1000;
     const r = await this.lazy.prefetch(chunks, queue);
     const background = ctx.prefetch?.background ? (await this.lazy.prefetch(planAll(this.remote.toc), queue)).fetched : 0;
@@ -129,9 +186,13 @@ export class LayerMount {
     return outcome;
   }
 
-  /** The FUSE connection the mount is served on. */
+  get mode(): 'fuse' | 'erofs' {
+    return this.fs instanceof LayerFs ? 'fuse' : 'erofs';
+  }
+
+  /** The FUSE connection the mount is served on (none for a kernel EROFS mount: a successor serves it as it finds it). */
   get connection(): FuseConnection | undefined {
-    return this.fs.connection;
+    return this.fs instanceof LayerFs ? this.fs.connection : undefined;
   }
 
   /** Stops serving, leaving the mount to the process that adopted it. */

@@ -126,9 +126,4 @@ export class CheckpointStore {
     await this.get(id);
     await rm(join(this.dir, id), { recursive: true, force: true });
   }
-
-  /** Removes every checkpoint of `sandbox` that nothing references. */
-  async removeOf(sandbox: string): Promise<void> {
-    for (const c of await this.list(sandbox)) if (!this.refs.has(c.id)) await rm(c.dir, { recursive: true, force: true });
-  }
 }

@@ -305,7 +305,9 @@ export class Snapshotter {
   }
 
   private async mountAgain(id: number, key: string, remote: RemoteLayerRef, reason: string): Promise<void> {
-    await unmountFuse(this.fs(id)); // a mount whose server is gone
+    // A FUSE mount whose server is gone is detached; a lazy EROFS mount stays, for the layer
+    // server to serve as it is (its users keep it: docs/kernel.md, "Lazy layers on EROFS").
+    if ((await mountTable()).find((m) => m.target === this.fs(id))?.fstype !== 'erofs') await unmountFuse(this.fs(id));
     await this.mountRemote(id, remote, this.metadata.stat(key).labels);
     this.opts.log.info({ snapshot: key, layer: remote.layer.digest, reason }, 'remote snapshot mounted again');
     this.opts.audit?.('layer.mount', remote.image, { snapshot: key, layer: remote.layer.digest, reason });

@@ -1,0 +1,279 @@
+// A lazily pulled layer served by the kernel from its first read: an EROFS image of its TOC (no
+// data needed) whose chunk indexes point at the store's packs for the chunks the store has and,
+// for each chunk it lacks, at a device file of its own, empty until the chunk is fetched. A
+// fanotify pre-content mark on the directory of those files (docs/kernel.md, "Lazy layers on
+// EROFS") holds each read of an empty one until the chunk is fetched, verified and written
+// (through the same LazyLayer the FUSE path uses), then lets it go; a fetch that fails answers
+// EIO. A chunk file is never a hole: unfilled, it is empty, and EROFS fails a read past the end of
+// a device with EIO. So when no process listens (the layer server killed, before a new one marks
+// the directory again), a read of an unfetched chunk fails with EIO instead of seeing zeros, and a
+// chunk file cut short by a crash holds a prefix of the right bytes. Lookups, stat, listings and
+// reads of data already there never leave the kernel.
+//
+// The layout is `<mountpoint>.lazy/`: `image.erofs`, `layer` (the layer's digest) and
+// `chunks/<hex of chunk digest>`. Everything the listener needs is the TOC and those names, so a
+// later process (a successor on upgrade, or a layer server started after one was killed) serves
+// the mount as it is: it marks the directory again; running containers keep their mount.
+
+import { fstat, write } from 'node:fs';
+import { mkdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import { basename, join } from 'node:path';
+import type { CodecPool } from '../codec/codec-pool.js';
+import { BLOCK_SIZE } from '../erofs/format.js';
+import { UnsupportedError } from '../errors.js';
+import type { Toc, TocChunk, TocNode } from '../estargz/toc.js';
+import type { LazyLayer } from '../fetch/lazy-layer.js';
+import type { RemoteLayer } from '../fetch/remote-layer.js';
+import { mountErofs, mountTable, unmount } from '../mount/system-mounts.js';
+import type { ChunkStore } from '../store/chunk-store.js';
+import { kernelModeUnsupported } from './kernel-layers.js';
+import { PreContentGroup, type PreContentRange } from './pre-content.js';
+import { fileChunkSize, buildTocLayer } from './toc-layer.js';
+
+const fstatAsync = promisify(fstat);
+const writeAsync = promisify(write);
+
+/** The EROFS device table's bound (src/erofs): a layer missing more chunks than this stays on FUSE. */
+const MAX_DEVICES = 16000;
+
+export interface LazyErofsStats {
+  /** Reads the kernel held for a chunk file (the first read of each of its pages). */
+  reads: number;
+  bytesRead: number;
+  readErrors: number;
+  /** Chunk files written. */
+  filled: number;
+}
+
+/** Why `toc`'s layer cannot be served this way (it is served by FUSE then), or undefined. */
+export function lazyErofsRefusal(toc: Toc): string | undefined {
+  for (const node of new Set(toc.nodes.values())) {
+    if (node.type !== 'reg' || node.size === 0) continue;
+    if (node.chunks.some((c) => !c.chunkDigest)) return `"${node.path}" has chunks without chunkDigest`;
+    if (fileChunkSize(node.chunks.map((c) => c.chunkSize)) === undefined) return `"${node.path}" is cut into chunks EROFS cannot point at (not a power of two from 4 KiB)`;
+  }
+  return undefined;
+}
+
+/** Why lazy layers cannot be kernel-served under `root`, or undefined: a pre-content mark must be possible there. */
+export async function lazyErofsUnsupported(root: string): Promise<string | undefined> {
+  let group: PreContentGroup | undefined;
+  try {
+    group = PreContentGroup.open();
+    await mkdir(root, { recursive: true });
+    group.markChildren(root);
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  } finally {
+    await group?.close();
+  }
+}
+
+/**
+ * The mode lazy layers get under `root` for config `mountMode`, and why; `erofs` asked for where
+ * it cannot be had is refused (UnsupportedError). `enableFscache` (EROFS over fscache, which this
+ * kernel replaces by file-backed mounts and pre-content events) adds a note saying so.
+ */
+export async function resolveMountMode(mountMode: 'auto' | 'erofs' | 'fuse', enableFscache: boolean, root: string): Promise<{ mode: 'erofs' | 'fuse'; why: string; note?: string }> {
+  const note = enableFscache ? 'enable_fscache: EROFS over fscache (/dev/cachefiles) is not used; lazy EROFS layers use file-backed mounts filled through fanotify pre-content events instead (mount_mode)' : undefined;
+  if (mountMode === 'fuse') return { mode: 'fuse', why: 'mount_mode fuse', note };
+  const why = kernelModeUnsupported() ?? await lazyErofsUnsupported(root);
+  if (why && mountMode === 'erofs') throw new UnsupportedError(`mount_mode erofs: ${why}`);
+  return why ? { mode: 'fuse', why: `mount_mode auto: ${why}`, note } : { mode: 'erofs', why: `mount_mode ${mountMode}: file-backed EROFS and pre-content marks under ${root}`, note };
+}
+
+/**
+ * Mount mode `erofs` for LayerMount (LayerMountContext.kernelFs): each layer served by the kernel
+ * where it can be, else the reason (it is served by FUSE then).
+ */
+export function kernelLayerFs(store: ChunkStore, pool: CodecPool, chunkSize: number, onReadError?: (layer: string, path: string, err: unknown) => void):
+  (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string, detached: boolean) => Promise<{ fs: LazyErofsFs; adopted: boolean } | { refused: string }> {
+  return async (remote, lazy, mountpoint, detached) => {
+    const layer = remote.desc.digest;
+    try {
+      return await LazyErofsFs.mount(remote.toc, layer, lazy, store, pool, chunkSize, mountpoint, detached, (path, err) => onReadError?.(layer, path, err));
+    } catch (err) {
+      if (err instanceof UnsupportedError) return { refused: err.message }; // lazyErofsRefusal's, or the kernel's; nothing is left mounted
+      throw err;
+    }
+  };
+}
+
+/** The process's one group: every lazy EROFS mount's chunk directory is marked in it (a user may have 128 groups). */
+class Listener {
+  private static group: PreContentGroup | undefined;
+  private static readonly dirs = new Map<string, (name: string, range: PreContentRange) => Promise<void>>();
+
+  static add(dir: string, fill: (name: string, range: PreContentRange) => Promise<void>): void {
+    if (!Listener.group) {
+      Listener.group = PreContentGroup.open();
+      Listener.group.listen(async (range) => {
+        const path = await readlink(`/proc/self/fd/${range.fd}`);
+        // A directory this process has let go of (a successor serves it): allowed, which is safe
+        // as a chunk file is never a hole; the successor's group fills it, or the read fails.
+        await Listener.dirs.get(join(path, '..'))?.(basename(path), range);
+      });
+    }
+    Listener.dirs.set(dir, fill);
+    Listener.group.markChildren(dir);
+  }
+
+  /** `path`, a chunk file written whole, raises no more events here. */
+  static ignore(path: string): void {
+    Listener.group?.ignore(path);
+  }
+
+  static async remove(dir: string): Promise<void> {
+    if (!Listener.dirs.delete(dir) || !Listener.group) return;
+    Listener.group.unmarkChildren(dir);
+    if (Listener.dirs.size) return;
+    const g = Listener.group;
+    Listener.group = undefined;
+    await g.close();
+  }
+}
+
+export class LazyErofsFs {
+  readonly stats: LazyErofsStats = { reads: 0, bytesRead: 0, readErrors: 0, filled: 0 };
+  /** Fills under way, by chunk file name: readers of one chunk wait on one fetch. */
+  private readonly filling = new Map<string, Promise<void>>();
+  private readonly byName = new Map<string, { node: TocNode; chunk: TocChunk }>();
+  private released = false;
+  private end!: (code: number) => void;
+  /** Settles once unmounted by this process (there is no connection for the kernel to end; a release leaves it to the successor). */
+  readonly ended = new Promise<number>((resolve) => (this.end = resolve));
+
+  private constructor(readonly mountpoint: string, private readonly toc: Toc, private readonly lazy: LazyLayer,
+    private readonly onReadError?: (path: string, err: unknown) => void) {
+    for (const node of new Set(toc.nodes.values())) {
+      if (node.type !== 'reg') continue;
+      for (const chunk of node.chunks) if (chunk.chunkDigest) this.byName.set(chunk.chunkDigest.slice(7), { node, chunk });
+    }
+  }
+
+  private get dir(): string {
+    return `${this.mountpoint}.lazy`;
+  }
+
+  private get chunkDir(): string {
+    return join(this.dir, 'chunks');
+  }
+
+  /**
+   * Serves `toc`'s layer at `mountpoint`: the mount already there if it is this layer's (made by
+   * an earlier process), else a new image over the store and empty chunk files, mounted once
+   * the chunk directory is marked (a file the mount opens before it is marked never raises an
+   * event). `detached`: the mount has left its mountpoint (it is still in use): its chunk files
+   * are served where they are. Refused (UnsupportedError) when the layer cannot be served this way.
+   */
+  static async mount(toc: Toc, layerDigest: string, lazy: LazyLayer, store: ChunkStore, pool: CodecPool, chunkSize: number, mountpoint: string,
+    detached: boolean, onReadError?: (path: string, err: unknown) => void): Promise<{ fs: LazyErofsFs; adopted: boolean }> {
+    const why = lazyErofsRefusal(toc);
+    if (why) throw new UnsupportedError(`lazy EROFS layer ${layerDigest}: ${why}`);
+    const fs = new LazyErofsFs(mountpoint, toc, lazy, onReadError);
+    const adopted = await fs.servesAlready(layerDigest, detached);
+    if (!adopted) {
+      await unmount(mountpoint);
+      await rm(fs.dir, { recursive: true, force: true });
+      await mkdir(fs.chunkDir, { recursive: true });
+      await mkdir(mountpoint, { recursive: true });
+    }
+    Listener.add(fs.chunkDir, (name, range) => fs.fill(name, range));
+    if (!adopted) {
+      try {
+        await fs.build(layerDigest, store, pool, chunkSize);
+      } catch (err) {
+        await Listener.remove(fs.chunkDir);
+        await rm(fs.dir, { recursive: true, force: true });
+        throw err;
+      }
+    }
+    return { fs, adopted };
+  }
+
+  private async servesAlready(layerDigest: string, detached: boolean): Promise<boolean> {
+    const recorded = await readFile(join(this.dir, 'layer'), 'utf8').catch(() => undefined);
+    if (detached && recorded !== layerDigest) throw new UnsupportedError(`detached lazy EROFS mount of ${layerDigest}: ${this.dir} is not its`);
+    return recorded === layerDigest && (detached || (await mountTable()).some((m) => m.target === this.mountpoint && m.fstype === 'erofs'));
+  }
+
+  /** The image: stored chunks where the store has them (verified now), every other chunk an empty file of its own. */
+  private async build(layerDigest: string, store: ChunkStore, pool: CodecPool, chunkSize: number): Promise<void> {
+    const digests = [...this.byName.keys()].map((h) => `sha256:${h}`);
+    const missing = store.missing(digests);
+    if (missing.size > MAX_DEVICES) throw new UnsupportedError(`lazy EROFS layer ${layerDigest}: ${missing.size} chunks to fetch, over the ${MAX_DEVICES} devices an image may have`);
+    const chunkFiles = new Map<string, number>(); // name -> padded size
+    const chunkFile = async (digest: string, size: number): Promise<{ at: { pack: string; offset: number }; data: Buffer }> => {
+      const name = digest.slice(7);
+      if (!chunkFiles.has(name)) {
+        chunkFiles.set(name, Math.ceil(size / BLOCK_SIZE) * BLOCK_SIZE);
+        await writeFile(join(this.chunkDir, name), '');
+      }
+      return { at: { pack: name, offset: 0 }, data: Buffer.alloc(0) };
+    };
+    const layer = await buildTocLayer(this.toc, chunkSize, {
+      placeStored: async (digest, size) => (!missing.has(digest) && await store.placeStored(digest, size, pool)) || chunkFile(digest, size),
+      storeChunk: () => Promise.reject(new UnsupportedError('a lazy EROFS layer cuts no chunk again')),
+      packSize: async (pack) => chunkFiles.get(pack) ?? (await stat(store.packPath(pack))).size,
+    });
+    const image = join(this.dir, 'image.erofs');
+    await writeFile(image, layer.image);
+    mountErofs(image, this.mountpoint, layer.devices.map((d) => chunkFiles.has(d) ? join(this.chunkDir, d) : store.packPath(d)));
+    await writeFile(join(this.dir, 'layer'), layerDigest);
+  }
+
+  /** A read of chunk file `name` waits: fetch the chunk (verified) and write it whole, padded to its last block. */
+  private async fill(name: string, range: PreContentRange): Promise<void> {
+    if (this.released) return; // as for a directory let go of (Listener)
+    const ref = this.byName.get(name);
+    this.stats.reads++;
+    this.stats.bytesRead += range.count;
+    if (!ref) throw new UnsupportedError(`chunk file ${name} of ${this.mountpoint}`);
+    const padded = Math.ceil(ref.chunk.chunkSize / BLOCK_SIZE) * BLOCK_SIZE;
+    let f = this.filling.get(name);
+    if (!f) {
+      f = this.write(range.fd, ref, padded).finally(() => this.filling.delete(name));
+      this.filling.set(name, f);
+    }
+    try {
+      await f;
+    } catch (err) {
+      this.stats.readErrors++;
+      this.onReadError?.(ref.node.path, err);
+      throw err;
+    }
+  }
+
+  private async write(fd: number, ref: { node: TocNode; chunk: TocChunk }, padded: number): Promise<void> {
+    const file = join(this.chunkDir, ref.chunk.chunkDigest!.slice(7));
+    if ((await fstatAsync(fd)).size < padded) { // else filled by an earlier event, or another process
+      const data = await this.lazy.read(ref.node, ref.chunk.chunkOffset, ref.chunk.chunkSize);
+      const out = Buffer.alloc(padded);
+      data.copy(out);
+      // Through the event's descriptor, which raises no events: a write through any other
+      // descriptor of the file would wait for this very listener.
+      await writeAsync(fd, out, 0, padded, 0);
+      this.stats.filled++;
+    }
+    // Complete: the kernel reads it in 128 KiB requests, each an event otherwise (a 4 MiB
+    // chunk, 32 round trips where one is needed).
+    Listener.ignore(file);
+  }
+
+  /** Stops serving once the fills under way are answered (a successor has marked the directory itself); the mount stays. */
+  async release(): Promise<void> {
+    this.released = true;
+    await Promise.allSettled([...this.filling.values()]);
+    await Listener.remove(this.chunkDir);
+  }
+
+  /** Unmounts and removes the chunk files (their chunks are in the store). */
+  async unmount(): Promise<void> {
+    await unmount(this.mountpoint);
+    await Listener.remove(this.chunkDir);
+    await rm(this.dir, { recursive: true, force: true });
+    this.end(0);
+  }
+}

@@ -26,7 +26,7 @@ export async function mountOverlay(dir: string, lowers: string[], upper?: { uppe
 }
 
 /** read_ahead_kb of the disk holding `path` (a partition's is its disk's), or undefined where it is on none (tmpfs, overlay). */
-function diskReadahead(path: string): string | undefined {
+function diskReadaheadKb(path: string): string | undefined {
   const dev = statSync(path, { bigint: true }).dev;
   const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
   const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
@@ -53,7 +53,7 @@ function diskReadahead(path: string): string | undefined {
  */
 function matchReadahead(dir: string, blob: string): void {
   const name = native().sysfsName(dir);
-  const kb = diskReadahead(blob);
+  const kb = diskReadaheadKb(blob);
   if (isSysError(name) || !name.startsWith('erofs/') || kb === undefined) return;
   writeFileSync(`/sys/class/bdi/${name.slice('erofs/'.length)}/read_ahead_kb`, kb);
 }
@@ -61,12 +61,14 @@ function matchReadahead(dir: string, blob: string): void {
 /**
  * Mounts the file-backed EROFS `image` read-only at `dir`, with `devices` (the blob files its
  * chunk indexes point into, in device-table order) each passed on its own (fsconfig), so their
- * number is not bounded by mount(2)'s one page of options; with the readahead of the disk the
- * blobs are on.
+ * number is not bounded by mount(2)'s one page of options. `diskReadahead`: with the readahead of
+ * the disk the blobs are on (blobs whose bytes are all there, as packs; a lazily filled mount
+ * keeps the kernel's 128 KiB, so a read does not have chunks far ahead of it fetched).
  */
-export function mountErofs(image: string, dir: string, devices: readonly string[]): void {
+export function mountErofs(image: string, dir: string, devices: readonly string[], opts: { diskReadahead?: boolean } = {}): void {
   const r = native().mountErofs(image, dir, [...devices]);
   if (isSysError(r)) throw new MountError(`cannot mount EROFS image ${image} at ${dir}: ${r.call}: ${r.message}`);
+  if (!opts.diskReadahead) return;
   try {
     matchReadahead(dir, devices[0] ?? image);
   } catch {

@@ -17,8 +17,12 @@ const MIRROR = 'http://deb.debian.org/debian';
 export const APPS = ['nginx', 'python3'] as const;
 export type App = (typeof APPS)[number];
 
-/** The uncompressed layer tars: `base`, and one per application (to go on top of `base`). */
-export type DebianLayers = Record<'base' | App, string>;
+/**
+ * The uncompressed layer tars: `base`, and one per application (to go on top of `base`); and
+ * `squashed`, per application the whole root filesystem as one layer (the base with the
+ * application's layer applied), as separate image builds or squashed images have it.
+ */
+export type DebianLayers = Record<'base' | App, string> & { squashed: Record<App, string> };
 
 const SLOW = { timeoutMs: 30 * 60_000 };
 
@@ -85,6 +89,21 @@ async function layerOver(base: string, work: string, script: string, out: string
   await rm(work, { recursive: true, force: true });
 }
 
+/**
+ * `base` with `app` applied, as one layer tar `out`. The application layers have no whiteouts
+ * (apt-get install only adds and replaces files), which is checked: a plain extraction over the
+ * base is then what an overlay of the two shows.
+ */
+async function squash(base: string, app: string, work: string, out: string): Promise<void> {
+  const listing = await mustRun('tar', ['-tf', app], SLOW);
+  if (listing.split('\n').some((p) => p.split('/').pop()!.startsWith('.wh.'))) throw new Error(`${app} has whiteouts: it cannot be squashed by extraction`);
+  await rm(work, { recursive: true, force: true });
+  await mkdir(work, { recursive: true });
+  for (const tar of [base, app]) await mustRun('tar', ['--numeric-owner', '-xpf', tar, '-C', work], SLOW);
+  await tarDir(work, out);
+  await rm(work, { recursive: true, force: true });
+}
+
 /** The layers, built (and cached) when missing: debootstrap and apt-get download from Debian's mirror the first time. */
 export async function debianLayers(log: (s: string) => void): Promise<DebianLayers> {
   await mkdir(CACHE, { recursive: true });
@@ -110,6 +129,12 @@ export async function debianLayers(log: (s: string) => void): Promise<DebianLaye
         `apt-get update; apt-get install -y --no-install-recommends ${app}; apt-get clean; rm -rf /var/lib/apt/lists/*`, partial);
     });
   }
-  log(`debian images: layers in ${CACHE} (${Object.values(layers).map((p) => p.slice(CACHE.length + 1)).join(', ')})`);
+  layers.squashed = {} as Record<App, string>;
+  for (const app of APPS) {
+    layers.squashed[app] = join(CACHE, `${SUITE}-${app}-squashed.tar`);
+    await cached(layers.squashed[app], (partial) => squash(layers.base, layers[app], join(CACHE, `squash-${app}`), partial));
+  }
+  const all = [layers.base, ...APPS.map((a) => layers[a]), ...APPS.map((a) => layers.squashed[a])];
+  log(`debian images: layers in ${CACHE} (${all.map((p) => p.slice(CACHE.length + 1)).join(', ')})`);
   return layers;
 }

@@ -6,12 +6,22 @@
 #include <napi.h>
 #include "sys_error.h"
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <linux/mount.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <cerrno>
 #include <string>
 #include <vector>
+
+#ifndef FS_IOC_GETFSSYSFSPATH  // Linux 6.10; older headers lack it
+struct fs_sysfs_path {
+  __u8 len;
+  __u8 name[128];
+};
+#define FS_IOC_GETFSSYSFSPATH _IOR(0x15, 1, struct fs_sysfs_path)
+#endif
 
 namespace {
 
@@ -58,9 +68,30 @@ Napi::Value MountErofs(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
+// sysfsName(path): the name under /sys/fs of the filesystem holding path ("erofs/erofs-12",
+// "ext4/vda"; FS_IOC_GETFSSYSFSPATH), or an error object (ENOTTY before 6.10 or where the
+// filesystem has none).
+Napi::Value SysfsName(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsString()) {
+    Napi::TypeError::New(env, "sysfsName(path)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string path = info[0].As<Napi::String>();
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return SysError(env, "open", errno);
+  struct fs_sysfs_path p = {};
+  int r = ioctl(fd, FS_IOC_GETFSSYSFSPATH, &p);
+  int err = errno;
+  close(fd);
+  if (r < 0) return SysError(env, "ioctl(FS_IOC_GETFSSYSFSPATH)", err);
+  return Napi::String::New(env, reinterpret_cast<const char*>(p.name), p.len < sizeof(p.name) ? p.len : sizeof(p.name));
+}
+
 }  // namespace
 
 Napi::Object InitErofsMount(Napi::Env env, Napi::Object exports) {
   exports.Set("mountErofs", Napi::Function::New(env, MountErofs));
+  exports.Set("sysfsName", Napi::Function::New(env, SysfsName));
   return exports;
 }

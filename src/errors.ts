@@ -21,6 +21,7 @@ export type ErrorCode =
   | 'ERR_INVALID_EROFS_TREE'
   | 'ERR_STORE'
   | 'ERR_MOUNT'
+  | 'ERR_TREE_REMOVAL'
   | 'ERR_MALFORMED_TRACE'
   | 'ERR_MALFORMED_GZIP_INDEX'
   | 'ERR_KSM'
@@ -155,9 +156,11 @@ export class ChunkDigestMismatchError extends DedupError {
 /** An entry given to the EROFS builder cannot be written: `entry` is its path ("" for the root, "options" for the build options). */
 export class InvalidErofsTreeError extends DedupError {
   readonly entry: string;
+  readonly why: string;
   constructor(entry: string, why: string) {
     super('ERR_INVALID_EROFS_TREE', `EROFS ${entry === 'options' ? 'build options' : `entry "${entry}"`}: ${why}`);
     this.entry = entry;
+    this.why = why;
   }
 }
 
@@ -185,6 +188,13 @@ export class MalformedGzipIndexError extends DedupError {
 export class MountError extends DedupError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_MOUNT', message, options);
+  }
+}
+
+/** A directory tree could not be deleted (rm(1) said why). */
+export class TreeRemovalError extends DedupError {
+  constructor(dir: string, why: string) {
+    super('ERR_TREE_REMOVAL', `cannot remove ${dir}: ${why}`);
   }
 }
 

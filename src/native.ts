@@ -41,6 +41,8 @@ export interface Native {
   mount(source: string, target: string, fstype: string, flags: number, data: string): true | SysError;
   /** A file-backed EROFS image with its blob devices, read-only, through fsopen/fsconfig/fsmount/move_mount. */
   mountErofs(image: string, target: string, devices: string[]): true | SysError;
+  /** The name under /sys/fs of the filesystem holding `path` (`erofs/erofs-12`; FS_IOC_GETFSSYSFSPATH, Linux 6.10). */
+  sysfsName(path: string): string | SysError;
   /** A file's extended attributes, symlinks not followed ({} where the filesystem has none). */
   readXattrs(path: string): Record<string, Buffer> | SysError;
   /** fallocate(PUNCH_HOLE | KEEP_SIZE): frees the blocks of [offset, offset + length). */

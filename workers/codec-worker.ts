@@ -1,11 +1,15 @@
 // Worker side of the codec pool: the CPU-heavy steps (gzip a member, inflate and verify a chunk,
-// verify a chunk read from the store, read and hash the files of an unpacked layer) run here so
-// the main thread keeps serving I/O. The pool side is src/codec/codec-pool.ts.
+// verify a chunk read from the store, walk an unpacked layer, read and hash its files, build its
+// EROFS image) run here so the main thread keeps serving I/O. The pool side is src/codec/codec-pool.ts.
 
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { constants, gunzipSync, gzipSync, inflateRawSync } from 'node:zlib';
 import { move, transferableSymbol, valueSymbol } from 'piscina';
+import { buildErofs, type ErofsBuildOptions } from '../src/erofs/build.js';
+import type { ErofsEntry } from '../src/erofs/tree.js';
+import { InvalidErofsTreeError } from '../src/errors.js';
+import { LayerWalkFailure, walkLayer, type LayerWalk } from '../src/kernel/layer-walk.js';
 
 export interface GzipTask {
   data: Uint8Array;
@@ -161,4 +165,33 @@ export function readFilePieces(task: ReadFilePiecesTask): unknown {
   }
   // The bytes are moved back, not copied.
   return move({ get [transferableSymbol]() { return [data.buffer]; }, get [valueSymbol]() { return out; } });
+}
+
+export interface WalkTask {
+  root: string;
+}
+
+/** The worker task: walkLayer, or where and why it stopped (classes do not cross threads). */
+export function walk(task: WalkTask): LayerWalk | { failed: { path: string; reason: string } } {
+  try {
+    return walkLayer(task.root);
+  } catch (err) {
+    if (err instanceof LayerWalkFailure) return { failed: { path: err.path, reason: err.reason } };
+    throw err;
+  }
+}
+
+export interface BuildImageTask {
+  entries: ErofsEntry[];
+  options: ErofsBuildOptions;
+}
+
+/** The worker task: buildErofs, the image moved back; or why an entry was refused (classes do not cross threads). */
+export function buildImage(task: BuildImageTask): Uint8Array | { invalid: { entry: string; why: string } } {
+  try {
+    return move(buildErofs(task.entries, task.options).image) as Uint8Array;
+  } catch (err) {
+    if (err instanceof InvalidErofsTreeError) return { invalid: { entry: err.entry, why: err.why } };
+    throw err;
+  }
 }

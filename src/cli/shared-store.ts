@@ -34,7 +34,7 @@ function layerSource(root: string, s: Row, ids: { digest: string; diffId: string
       if (s.remote) throw new FailedPreconditionError(`layer ${ids.digest} is a lazy layer not mounted now (${fs}): start the snapshotter first`);
       if (!s.kernel) return { dir: fs, close: async () => undefined }; // kernel mode off: the unpacked directory
       const dir = await mkdtemp(join(tmpdir(), 'dedup-publish-'));
-      mountErofs(s.kernel.image, dir, devicePaths(s.kernel, (p) => join(packsDir(root), p)));
+      mountErofs(s.kernel.image, dir, devicePaths(s.kernel, (p) => join(packsDir(root), p)), { diskReadahead: true });
       return { dir, close: async () => { await unmount(dir); await rm(dir, { recursive: true, force: true }); } };
     },
   };

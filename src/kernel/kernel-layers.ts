@@ -75,6 +75,7 @@ export class KernelLayers {
     const layer = await buildDirectoryLayer(unpacked, this.chunkSize, {
       storeChunk: (digest, data) => this.store.placeForImage(digest, data),
       packSize: (pack) => this.packSize(pack),
+      flush: () => this.store.syncPacks(),
     }, this.pool);
     return { ...await this.publish(id, layer), usage: layer.usage };
   }
@@ -133,7 +134,7 @@ export class KernelLayers {
     await unmount(dir);
     await rm(dir, { recursive: true, force: true });
     await mkdir(dir);
-    mountErofs(layer.image, dir, devicePaths(layer, (p) => this.store.packPath(p)));
+    mountErofs(layer.image, dir, devicePaths(layer, (p) => this.store.packPath(p)), { diskReadahead: true });
   }
 
   /** Forgets snapshot `id`'s layer: its image file and its record (gc frees the chunks nothing else uses). */

@@ -2,7 +2,7 @@
 // by file into extents of the packs they lie in (one device per pack, in the order first met),
 // then the image built over those packs at their current sizes; and running their reads a few at a time.
 
-import { buildErofs } from '../erofs/build.js';
+import { buildErofs, type ErofsBuildOptions } from '../erofs/build.js';
 import type { ErofsEntry, ErofsExtent } from '../erofs/tree.js';
 import type { PackLocation } from '../store/pack-files.js';
 
@@ -29,11 +29,16 @@ export class ImageChunks {
     return { device, offset: at.offset, length: size };
   }
 
-  /** Builds the image of `entries`, whose extents came from here; `packSize` is a pack's size now (the device table records it). */
-  async build(entries: ErofsEntry[], chunkSize: number, packSize: (pack: string) => Promise<number>): Promise<Pick<LayerImage, 'image' | 'devices' | 'chunks'>> {
+  /**
+   * Builds the image of `entries`, whose extents came from here; `packSize` is a pack's size now
+   * (the device table records it). `build` makes the image (in this thread by default; a codec
+   * worker's CodecPool.buildErofs).
+   */
+  async build(entries: ErofsEntry[], chunkSize: number, packSize: (pack: string) => Promise<number>,
+    build: (entries: ErofsEntry[], options: ErofsBuildOptions) => Promise<Buffer> = async (e, o) => buildErofs(e, o).image): Promise<Pick<LayerImage, 'image' | 'devices' | 'chunks'>> {
     const order = [...this.devices.keys()];
     const sizes = await Promise.all(order.map(packSize));
-    const { image } = buildErofs(entries, { chunkSize, devices: order.map((tag, i) => ({ tag, size: sizes[i]! })) });
+    const image = await build(entries, { chunkSize, devices: order.map((tag, i) => ({ tag, size: sizes[i]! })) });
     return { image, devices: order, chunks: this.chunks };
   }
 }

@@ -19,6 +19,7 @@ import type { ImageManifest, Platform } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';
 import { PromiseCache } from '../promise-cache.js';
+import { removeTree } from '../remove-tree.js';
 import type { RegistryClient } from '../registry/client.js';
 import { CompleteLayers } from './complete-layers.js';
 import { diskUsage } from './disk-usage.js';
@@ -271,7 +272,7 @@ export class Snapshotter {
   private deleteUnpacked(id: number): void {
     if (this.deleting.has(id)) return;
     const dir = this.unpackedCopy(id);
-    this.deleting.set(id, rm(dir, { recursive: true, force: true })
+    this.deleting.set(id, removeTree(dir)
       .catch((err: unknown) => this.opts.log.warn({ dir, err: (err as Error).message }, 'unpacked copy of a kernel layer not deleted'))
       .finally(() => this.deleting.delete(id)));
   }

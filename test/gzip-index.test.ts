@@ -57,7 +57,7 @@ async function layerOf(level: number): Promise<{ gz: Buffer; desc: { digest: str
 function readBack(gz: Buffer, node: TocNode): Buffer {
   return Buffer.concat(node.chunks.map((c) => {
     assert.ok(c.dataEnd! <= c.compressedEnd);
-    const [out] = inflateSpan({ member: gz.subarray(c.offset, c.dataEnd), window: c.window!, chunks: [{ innerOffset: c.innerOffset, chunkSize: c.chunkSize, expected: c.chunkDigest! }] });
+    const [out] = inflateSpan({ member: gz.subarray(c.offset, c.dataEnd), window: c.window!, chunks: [{ innerOffset: c.innerOffset, chunkSize: c.chunkSize, expected: c.chunkDigest! }] }).chunks;
     if (typeof out === 'string') assert.fail(`${node.path} at ${c.chunkOffset}: ${out}`);
     return Buffer.from(out!);
   }));

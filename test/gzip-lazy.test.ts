@@ -113,6 +113,26 @@ describe('lazy pulls of unmodified gzip images through their gzip index', () => 
     assert.equal(all.stdout, `${hex(bigs.get('app')!)}  /data/big\n${hex(text)}  /data/text\n4755 1234 5678\nsuid\n/hello\n`);
   });
 
+  it('a layer of many small files, held whole at mount, serves reads of neighbouring files right out of what earlier reads inflated', async () => {
+    // Enough small files for prefetch.small_layer_bytes, and too big for whole_layer_bytes (which
+    // would store all of it at mount): the layer comes whole and each read inflates its span only
+    // to the mark past its chunk, the reads after it taking their chunks from those bytes.
+    const library = Array.from({ length: 600 }, (_, i): FileSpec => ({ name: `lib/m${String(i).padStart(3, '0')}.py`, type: 'file', content: Buffer.from(`# ${i}\n` + randomBytes(3000).toString('base64')) }));
+    const tag = 'library';
+    await writeOciImage(join(tmp, tag), tag, [{ tar: await tarOf([...await busyboxEntries(), { name: 'lib/', type: 'directory' }, ...library,
+      { name: 'opt/', type: 'directory' }, { name: 'opt/model.bin', type: 'file', content: randomBytes(6 * MiB) }]), compression: 'gzip' }]);
+    await pushOci(join(tmp, tag), tag, `${registry!.host}/plain/${tag}:1`);
+    await index(tag);
+    const ref = `${proxy!.host}/plain/${tag}:1`;
+    const pull = await ctd!.rpull(ref);
+    assert.equal(pull.code, 0, pull.stderr);
+    const read = library.filter((_, i) => i % 3 === 0);
+    const r = await run(ref, `cat ${read.map((f) => `/${f.name}`).join(' ')} | sha256sum`);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, `${hex(Buffer.concat(read.map((f) => f.content!)))}  -\n`);
+    assert.match(await readFile(snap!.fusedLog, 'utf8'), /holding the whole layer in memory for start-up/);
+  });
+
   it('a broken index (one for another layer) is refused: the image is pulled in full, with reason bad_gzip_index', async () => {
     const ref = await push('other');
     const app = (await dedupctlJson<ImageIndexRecord[]>(['index', 'show', '--root', join(tmp, 'indexer'), `${registry!.host}/plain/app:1`]))[0]!;

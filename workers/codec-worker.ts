@@ -57,27 +57,36 @@ export interface SpanTask {
   window: Uint8Array;
   /** Where each chunk begins in what the span inflates to, its size and digest. */
   chunks: { innerOffset: number; chunkSize: number; expected: string }[];
+  /** Return all the span inflated to as well (a layer held whole keeps it for the chunks read next). */
+  keep?: boolean;
+}
+
+export interface SpanResult {
+  /** Per chunk its bytes or, as inflateChunk, the reason they were refused. */
+  chunks: (Uint8Array | string)[];
+  /** All the span inflated to, when the task asked to keep it and it inflated. */
+  inflated?: Uint8Array;
 }
 
 /**
  * Inflates a span of a gzip-indexed layer once and takes each chunk out of it, checked against
- * its digest: per chunk its bytes or, as inflateChunk, the reason they were refused. Pure; also
- * the worker task (its chunks are copied back: an array is not transferable).
+ * its digest. Pure; also the worker task (its chunks are copied back: an array is not transferable).
  */
-export function inflateSpan(task: SpanTask): (Uint8Array | string)[] {
+export function inflateSpan(task: SpanTask): SpanResult {
   const need = Math.max(...task.chunks.map((c) => c.innerOffset + c.chunkSize));
   let out: Buffer;
   try {
     out = inflateRawSync(task.member, { dictionary: task.window, finishFlush: constants.Z_SYNC_FLUSH, maxOutputLength: need + 64 * 1024 * 1024 });
   } catch (err) {
-    return task.chunks.map(() => `inflate: ${(err as Error).message}`);
+    return { chunks: task.chunks.map(() => `inflate: ${(err as Error).message}`) };
   }
-  return task.chunks.map((c) => {
+  const chunks = task.chunks.map((c) => {
     if (out.length < c.innerOffset + c.chunkSize) return `inflate: span holds ${out.length} bytes, chunk needs ${c.innerOffset + c.chunkSize}`;
     const data = out.subarray(c.innerOffset, c.innerOffset + c.chunkSize);
     const actual = 'sha256:' + createHash('sha256').update(data).digest('hex');
     return actual === c.expected ? Buffer.from(data) : `digest: ${actual}`;
   });
+  return task.keep ? { chunks, inflated: out } : { chunks };
 }
 
 /** The worker task: inflateChunk, its result moved (not copied) back to the pool. */

@@ -11,7 +11,7 @@ import { sha256Digest } from '../estargz/toc.js';
 import { ChunkDigestMismatchError, InvalidErofsTreeError, MalformedEstargzError, MalformedLayerError } from '../errors.js';
 import type { ErofsBuildOptions } from '../erofs/build.js';
 import type { ErofsEntry } from '../erofs/tree.js';
-import { checkDigest, inflateChunk, inflateSpan, type FilePiece, type GzipTask, type InflateTask, type ReadFilePiecesResult, type SpanTask, type VerifyTask, type WalkTask, type BuildImageTask } from '../../workers/codec-worker.js';
+import { checkDigest, inflateChunk, inflateSpan, type FilePiece, type GzipTask, type InflateTask, type ReadFilePiecesResult, type SpanResult, type SpanTask, type VerifyTask, type WalkTask, type BuildImageTask } from '../../workers/codec-worker.js';
 import type { LayerWalk } from '../kernel/layer-walk.js';
 
 export type { FilePiece } from '../../workers/codec-worker.js';
@@ -77,17 +77,22 @@ export class CodecPool {
 
   /**
    * The chunks of one span of a gzip-indexed layer (raw deflate from a checkpoint, inflated with
-   * its window), inflated once: per chunk its verified bytes, or the error naming its `where`.
+   * its window), inflated once: per chunk its verified bytes, or the error naming its `where`;
+   * with `keep`, also all the span inflated to (unless it did not inflate).
    */
-  async inflateSpan(span: Uint8Array, window: Uint8Array, chunks: { innerOffset: number; chunkSize: number; expected: string; where: string }[]): Promise<(Buffer | Error)[]> {
-    const task: SpanTask = { member: span, window, chunks: chunks.map(({ innerOffset, chunkSize, expected }) => ({ innerOffset, chunkSize, expected })) };
-    let out: (Uint8Array | string)[];
+  async inflateSpan(span: Uint8Array, window: Uint8Array, chunks: { innerOffset: number; chunkSize: number; expected: string; where: string }[], keep = false): Promise<{ chunks: (Buffer | Error)[]; inflated?: Buffer }> {
+    const task: SpanTask = { member: span, window, chunks: chunks.map(({ innerOffset, chunkSize, expected }) => ({ innerOffset, chunkSize, expected })), keep };
+    let out: SpanResult;
     if (span.byteLength <= INLINE_MAX) out = inflateSpan(task);
     else {
       const own = ownCopy(span);
-      out = (await this.pool.run({ ...task, member: own }, { name: 'inflateSpan', transferList: [own.buffer] })) as (Uint8Array | string)[];
+      out = (await this.pool.run({ ...task, member: own }, { name: 'inflateSpan', transferList: [own.buffer] })) as SpanResult;
     }
-    return out.map((r, i) => (typeof r === 'string' ? refused(r, chunks[i]!.expected, chunks[i]!.where) : Buffer.from(r.buffer, r.byteOffset, r.byteLength)));
+    const buffer = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    return {
+      chunks: out.chunks.map((r, i) => (typeof r === 'string' ? refused(r, chunks[i]!.expected, chunks[i]!.where) : buffer(r))),
+      ...(out.inflated ? { inflated: buffer(out.inflated) } : {}),
+    };
   }
 
   /**

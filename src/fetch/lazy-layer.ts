@@ -42,11 +42,17 @@ export interface LazyLayerOptions {
    * The window starts at the low bound and doubles each time such a chunk is then read.
    */
   crossFileWindow: [number, number];
+  /**
+   * Tar bytes of a gzip-indexed layer's inflated spans kept while the layer is held whole (the
+   * least recently used dropped first): a chunk read later in a kept span is taken out of it and
+   * verified, with no inflate.
+   */
+  keptSpanBytes: number;
 }
 
 export const DEFAULT_LAZY: LazyLayerOptions = { maxRangeBytes: 8 * 1024 * 1024, maxPrefetchRangeBytes: 64 * 1024 * 1024, roundTripBytes: 2 * 1024 * 1024,
   maxInFlight: 4, prefetchWorkers: 4, readAheadChunks: 4,
-  crossFileWindow: [256 * 1024, 4 * 1024 * 1024] };
+  crossFileWindow: [256 * 1024, 4 * 1024 * 1024], keptSpanBytes: 32 * 1024 * 1024 };
 
 export interface LazyLayerStats {
   requests: number;
@@ -98,6 +104,19 @@ interface WholeBlob {
   waiters: { end: number; settle(arrived: boolean): void }[];
 }
 
+/**
+ * What a held layer's span inflated to: the layer's bytes [in, end) from the checkpoint at `in`,
+ * which inflate to the tar stream from `out` on; `bytes` settles once they are in and inflated.
+ */
+interface KeptSpan {
+  in: number;
+  end: number;
+  out: number;
+  bytes: Promise<Buffer>;
+  /** Tar bytes, once inflated. */
+  size: number;
+}
+
 interface Pending {
   file: TocNode;
   index: number;
@@ -147,6 +166,8 @@ export class LazyLayer {
   /** The whole compressed layer while it comes in and then while it is held (holdWholeBlob). */
   private whole: WholeBlob | undefined;
   private wholeBlobTimer: NodeJS.Timeout | undefined;
+  /** While the layer is held whole: its inflated spans, least recently used first, up to keptSpanBytes. */
+  private kept: KeptSpan[] = [];
 
   constructor(
     readonly source: ImageSource,
@@ -269,7 +290,68 @@ export class LazyLayer {
       this.cache.set(digest, stored);
       return stored;
     }
+    const span = this.keptSpanOf(c);
+    if (span) {
+      let data: Buffer;
+      try {
+        data = await this.fromKept(span, c, this.where(file, c));
+      } catch (err) {
+        this.stats.errors++;
+        throw err;
+      }
+      this.hooks.observer?.chunkServed('memory');
+      this.stats.chunksFetched++;
+      this.stats.prefetched++;
+      void this.cacheAndStore(digest, data);
+      return data;
+    }
     return this.enqueue(file, index, priority);
+  }
+
+  /** A kept span the chunk's bytes lie in (made most recently used), if any. */
+  private keptSpanOf(c: TocChunk): KeptSpan | undefined {
+    const at = this.kept.findIndex((k) => k.in <= c.offset && needs(c) <= k.end);
+    if (at < 0) return undefined;
+    const [span] = this.kept.splice(at, 1);
+    this.kept.push(span!);
+    return span;
+  }
+
+  /** The chunk's bytes out of a kept span, in a buffer of their own, verified. */
+  private async fromKept(span: KeptSpan, c: TocChunk, where: string): Promise<Buffer> {
+    const bytes = await span.bytes;
+    const from = c.checkpointOut! + c.innerOffset - span.out;
+    if (from + c.chunkSize > bytes.length) throw new MalformedEstargzError(where, `span holds ${bytes.length} bytes, chunk needs ${from + c.chunkSize}`);
+    const own = new Uint8Array(c.chunkSize);
+    own.set(bytes.subarray(from, from + c.chunkSize));
+    return this.pool.verify(own, c.chunkDigest!, where);
+  }
+
+  /**
+   * Keeps `span` (most recently used) instead of the kept ones it covers, dropping the least
+   * recently used over keptSpanBytes once its size is known.
+   */
+  private keepSpan(span: KeptSpan): void {
+    this.kept = this.kept.filter((k) => k.in < span.in || k.end > span.end);
+    this.kept.push(span);
+    span.bytes.then((b) => {
+      span.size = b.length;
+      let total = this.kept.reduce((n, k) => n + k.size, 0);
+      while (total > this.opts.keptSpanBytes && this.kept.length > 1) total -= this.kept.shift()!.size;
+    }, () => (this.kept = this.kept.filter((k) => k !== span)));
+  }
+
+  /** A verified chunk into the cache and the store (a store failure is counted, the chunk serves all the same). */
+  private async cacheAndStore(digest: string, data: Buffer): Promise<void> {
+    this.cache.set(digest, data);
+    await this.store.putVerified(digest, data).then(() => this.stored.add(digest), (err: unknown) => {
+      this.stats.storeErrors++;
+      this.hooks.storeFailed?.(digest, err);
+    });
+  }
+
+  private where(file: TocNode, c: TocChunk): string {
+    return `"${file.path}" at ${c.chunkOffset} in layer ${this.desc.digest}`;
   }
 
   private enqueue(file: TocNode, index: number, priority: Priority): Promise<Buffer> {
@@ -328,10 +410,16 @@ export class LazyLayer {
       }
       return false;
     } finally {
-      if (!this.closed) this.wholeBlobTimer = setTimeout(() => (this.whole = undefined), holdMs).unref();
+      if (!this.closed) this.wholeBlobTimer = setTimeout(() => this.unhold(), holdMs).unref();
     }
     if (whole.blob.length > 0) this.countRequest(whole.arrived, 0, 0, began);
     return true;
+  }
+
+  /** Ends the hold: the whole layer and its kept spans go. */
+  private unhold(): void {
+    this.whole = undefined;
+    this.kept = [];
   }
 
   /** Wakes the readers waiting on a whole download: those whose bytes are in, or all of them when it failed. */
@@ -374,7 +462,7 @@ export class LazyLayer {
     this.closed = true;
     clearTimeout(this.wholeBlobTimer);
     if (this.whole) this.wake(this.whole, false);
-    this.whole = undefined;
+    this.unhold();
     const err = new MountError(`layer ${this.desc.digest} is being unmounted`);
     for (const p of this.queued.values()) p.reject(err);
     this.queued.clear();
@@ -467,7 +555,8 @@ export class LazyLayer {
    * and for a reader the missing ones whose bytes the request brings anyway, the request going
    * on past the chunk's own bytes (its dataEnd) by the cross-file window, as far as its span goes
    * (the small files around it: an interpreter's start reads its neighbours next; the window
-   * widens each time that pays off). A layer held whole in memory is inflated a span at a time.
+   * widens each time that pays off); not for a layer held whole in memory, whose inflated
+   * spans are kept for the chunks read next instead (fetchGroup).
    * The group comes back in layer order: the first chunk's checkpoint is where the request begins.
    */
   private takeSpan(group: Pending[]): Pending[] {
@@ -497,9 +586,8 @@ export class LazyLayer {
         if (needs(chunkOf(ref)) - start <= max && take(ref)) end = Math.max(end, needs(chunkOf(ref)));
       }
     }
-    if (first.priority === PRIORITY.demand) {
-      const held = this.whole && !this.whole.failed;
-      const reach = Math.max(end, Math.min(first.chunk.compressedEnd, held ? Infinity : first.chunk.offset + this.crossWindow));
+    if (first.priority === PRIORITY.demand && (!this.whole || this.whole.failed)) {
+      const reach = Math.max(end, Math.min(first.chunk.compressedEnd, first.chunk.offset + this.crossWindow));
       for (let at: number | undefined = start; at !== undefined && at < reach; at = this.nextSpan.get(at)) {
         for (const ref of this.bySpan.get(at) ?? []) {
           const c = chunkOf(ref);
@@ -547,8 +635,15 @@ export class LazyLayer {
   }
 
   private async fetchGroup(group: Pending[]): Promise<void> {
-    const start = group[0]!.chunk.offset;
+    const first = group[0]!.chunk;
+    const start = first.offset;
+    // A layer held whole: what a reader's span inflates to (from its checkpoint to the mark past
+    // the chunks asked for) is kept, so that the chunks read next in it cost no inflate; only
+    // those asked for are verified and stored now (prefetch asks for all it wants at once).
+    const keep = first.window !== undefined && this.whole !== undefined && !this.whole.failed && group[0]!.priority !== PRIORITY.prefetch;
     const end = Math.max(...group.map((g) => needs(g.chunk)));
+    let settleKept: ((bytes: Promise<Buffer>) => void) | undefined;
+    if (keep) this.keepSpan({ in: start, end, out: first.checkpointOut!, bytes: new Promise<Buffer>((settle) => (settleKept = settle)), size: 0 });
     // The bytes from the tail on are in memory: only those before it are to be read or fetched.
     const before = Math.min(end, Math.max(start, this.tail.start));
     const observer = this.hooks.observer;
@@ -564,6 +659,7 @@ export class LazyLayer {
       } catch (err) {
         this.stats.errors++;
         observer?.fetchFailed();
+        settleKept?.(Promise.reject(err));
         for (const g of group) g.reject(err);
         return;
       }
@@ -572,17 +668,17 @@ export class LazyLayer {
       for (let i = 0; i < group.length; i++) observer?.chunkServed('registry');
     }
     if (end > before) bytes = Buffer.concat([bytes, this.tail.bytes.subarray(before - this.tail.start, end - this.tail.start)]);
-    const where = (g: Pending): string => `"${g.file.path}" at ${g.chunk.chunkOffset} in layer ${this.desc.digest}`;
+    const where = (g: Pending): string => this.where(g.file, g.chunk);
     // A gzip-indexed group is inflated once, from its first chunk's checkpoint, for all its chunks.
-    const { window, checkpointOut: from = 0 } = group[0]!.chunk;
+    const { window, checkpointOut: from = 0 } = first;
     const span = window ? this.pool.inflateSpan(bytes, window, group.map((g) => ({
       innerOffset: g.chunk.innerOffset + (g.chunk.checkpointOut ?? 0) - from, chunkSize: g.chunk.chunkSize, expected: g.chunk.chunkDigest!, where: where(g),
-    }))) : undefined;
+    })), keep) : undefined;
+    settleKept?.(span!.then((r) => r.inflated ?? Promise.reject(new MalformedEstargzError(`layer ${this.desc.digest}`, `its span at ${start} does not inflate`))));
     await Promise.all(group.map(async (g, i) => {
       const c = g.chunk;
       try {
-        const data = span ? await span.then((all) => (all[i] instanceof Error ? Promise.reject(all[i]) : all[i] as Buffer)) : await this.pool.inflate(bytes.subarray(c.offset - start, c.compressedEnd - start), c, c.chunkDigest, where(g));
-        this.cache.set(c.chunkDigest!, data);
+        const data = span ? await span.then(({ chunks }) => (chunks[i] instanceof Error ? Promise.reject(chunks[i]) : chunks[i] as Buffer)) : await this.pool.inflate(bytes.subarray(c.offset - start, c.compressedEnd - start), c, c.chunkDigest, where(g));
         this.stats.chunksFetched++;
         if (g.priority === PRIORITY.demand && (!held || held.waited)) this.stats.demandFetches++;
         else this.stats.prefetched++;
@@ -590,10 +686,7 @@ export class LazyLayer {
         // Prefetch is done when its chunks are stored.
         const reader = g.priority !== PRIORITY.prefetch;
         if (reader) g.resolve(data);
-        await this.store.putVerified(c.chunkDigest!, data).then(() => this.stored.add(c.chunkDigest!), (err: unknown) => {
-          this.stats.storeErrors++;
-          this.hooks.storeFailed?.(c.chunkDigest!, err);
-        });
+        await this.cacheAndStore(c.chunkDigest!, data);
         if (!reader) g.resolve(data);
       } catch (err) {
         this.stats.errors++;

@@ -103,7 +103,9 @@ describe('dedupctl commit: a running container into a new image', () => {
     const conv = await dedupctl(['convert', '--plain-http', `${registry.host}/src/base:1`, `${registry.host}/lazy/base:1`]);
     assert.equal(conv.code, 0, conv.stderr);
     baseRef = `${proxy.host}/lazy/base:1`;
-    snap = await startSnapshotter(tmp);
+    // The base layer stays lazy throughout: fetched whole at mount (it is small), it would become
+    // complete and switch to EROFS, and that switch's TOC read would count against the commit.
+    snap = await startSnapshotter(tmp, [], { prefetch: { whole_layer_bytes: 0 } });
     ctd = await startContainerd(tmp, { dedupSocket: snap.socket });
     const pull = await ctd.rpull(baseRef);
     assert.equal(pull.code, 0, pull.stderr);

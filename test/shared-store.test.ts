@@ -320,7 +320,8 @@ describe('shared read-only layer store between two hosts', { skip }, () => {
     await rename(`${shared}.away`, shared);
     await logged(gone, 'shared store readable again');
     await logged(gone, 'shared image added', images.big!.name);
-    assert.equal(await metric(b, 'dedup_shared_store_up'), 1);
+    // Set once the whole refresh of the store is over, after the line above.
+    await waitFor('dedup_shared_store_up to be 1', async () => (await metric(b, 'dedup_shared_store_up')) === 1, 30_000);
   });
 
   it('after a reboot (B killed, its mounts gone) with the share not there yet, B mounts its shared layers again once it is', async () => {

@@ -83,8 +83,8 @@ export function inflateSpan(task: SpanTask): SpanResult {
   const chunks = task.chunks.map((c) => {
     if (out.length < c.innerOffset + c.chunkSize) return `inflate: span holds ${out.length} bytes, chunk needs ${c.innerOffset + c.chunkSize}`;
     const data = out.subarray(c.innerOffset, c.innerOffset + c.chunkSize);
-    const actual = 'sha256:' + createHash('sha256').update(data).digest('hex');
-    return actual === c.expected ? Buffer.from(data) : `digest: ${actual}`;
+    const bad = checkDigest({ data, expected: c.expected });
+    return bad ? `digest: ${bad}` : Buffer.from(data);
   });
   return task.keep ? { chunks, inflated: out } : { chunks };
 }

@@ -76,6 +76,18 @@ export interface TocChunk {
   dataEnd?: number;
 }
 
+/** Index of the last of `sorted` (ascending by `key`) whose key is at most `value`; 0 when none is. */
+export function lastAtOrBefore<T>(sorted: readonly T[], value: number, key: (t: T) => number): number {
+  let lo = 0;
+  let hi = sorted.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (key(sorted[mid]!) <= value) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
 export interface TocNode {
   /** Path relative to the layer root, without leading or trailing slash; "" is the root. */
   path: string;

@@ -213,13 +213,19 @@ export class LayerServer {
     return request.background && this.ctx.prefetch ? { ...this.ctx, prefetch: { ...this.ctx.prefetch, background: true } } : this.ctx;
   }
 
-  /** Unmounts what is served at `mountpoint` (writing its access trace). */
-  async unmount(mountpoint: string): Promise<void> {
+  /** What is served at `mountpoint` (once a mount under way there has settled), no longer served there. */
+  private async takeServed(mountpoint: string): Promise<Served> {
     this.checkNotFrozen();
     await this.pending.get(mountpoint)?.catch(() => undefined);
     const s = this.served.get(mountpoint);
     if (!s) throw new NotFoundError(`mount at ${mountpoint}`);
     this.served.delete(mountpoint);
+    return s;
+  }
+
+  /** Unmounts what is served at `mountpoint` (writing its access trace). */
+  async unmount(mountpoint: string): Promise<void> {
+    const s = await this.takeServed(mountpoint);
     await s.mount.unmount().catch(() => unmountFuse(mountpoint));
     this.ctx.log?.info({ mountpoint, layer: s.request.layer.digest }, 'layer unmounted');
   }
@@ -231,11 +237,7 @@ export class LayerServer {
    * new snapshots get elsewhere (an EROFS image of the same layer).
    */
   async retire(mountpoint: string): Promise<void> {
-    this.checkNotFrozen();
-    await this.pending.get(mountpoint)?.catch(() => undefined);
-    const s = this.served.get(mountpoint);
-    if (!s) throw new NotFoundError(`mount at ${mountpoint}`);
-    this.served.delete(mountpoint);
+    const s = await this.takeServed(mountpoint);
     this.detached.add(s);
     await unmount(mountpoint);
     this.ctx.log?.info({ mountpoint, layer: s.request.layer.digest }, 'layer left its mountpoint; served until its last user is gone');
@@ -301,7 +303,8 @@ export class LayerServer {
    */
   async adopt(mounts: HandedMount[]): Promise<void> {
     const remotes = await Promise.all(mounts.map((h) => this.open(h.request)));
-    await Promise.all(remotes.map((r) => LayerMount.record(r, this.ctx.store)));
+    // Those without a connection (EROFS mounts) are recorded by LayerMount.mount below.
+    await Promise.all(remotes.filter((_, i) => mounts[i]!.connection).map((r) => LayerMount.record(r, this.ctx.store)));
     await Promise.all(mounts.map(async (h, i) => {
       const image = { name: h.request.image, manifestDigest: h.request.manifestDigest };
       const mount = h.connection ? LayerMount.adopt(remotes[i]!, h.request.mountpoint, image, this.withBackground(h.request), h.connection)

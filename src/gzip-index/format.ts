@@ -7,7 +7,7 @@
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { z } from 'zod';
 import { MalformedGzipIndexError } from '../errors.js';
-import { tocOfJson, type Toc, type TocChunk, type TocJson } from '../estargz/toc.js';
+import { lastAtOrBefore, tocOfJson, type Toc, type TocChunk, type TocJson } from '../estargz/toc.js';
 
 export const GZIP_INDEX_MEDIA_TYPE = 'application/vnd.dedup-snapshotter.gzip-index.v1+json+gzip';
 /** Deflate's window: the most a back-reference reaches. */
@@ -131,7 +131,7 @@ function placeChunk(index: GzipIndex, c: TocChunk, where: string): void {
   const end = start + c.chunkSize;
   if (end > index.uncompressedSize) throw new MalformedGzipIndexError(where, `a chunk at ${start} runs past the stream's ${index.uncompressedSize} bytes`);
   const to = firstAtOrAfter(index.checkpoints, end);
-  const cp = index.checkpoints[lastAtOrBefore(index.checkpoints, start)]!;
+  const cp = index.checkpoints[lastAtOrBefore(index.checkpoints, start, (c) => c.out)]!;
   const compressedEnd = to ? to.in : index.layer.size - GZIP_TRAILER_BYTES;
   const mark = firstAtOrAfter(index.marks ?? [], end);
   const dataEnd = mark && mark.in > cp.in && mark.in < compressedEnd ? mark.in : compressedEnd;
@@ -141,20 +141,11 @@ function placeChunk(index: GzipIndex, c: TocChunk, where: string): void {
 /** The first of `points` (in stream order) with `out` at or after `out`. */
 function firstAtOrAfter<T extends { out: number }>(points: T[], out: number): T | undefined {
   if (points.length === 0) return undefined;
-  const i = lastAtOrBefore(points, out);
+  const i = lastAtOrBefore(points, out, (p) => p.out);
   return points[i]!.out >= out ? points[i] : points[i + 1];
 }
 
 /** CRC-32 and size after the deflate data of a gzip member. */
 const GZIP_TRAILER_BYTES = 8;
 
-function lastAtOrBefore(checkpoints: { out: number }[], out: number): number {
-  let lo = 0;
-  let hi = checkpoints.length - 1;
-  while (lo < hi) {
-    const mid = (lo + hi + 1) >> 1;
-    if (checkpoints[mid]!.out <= out) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
+

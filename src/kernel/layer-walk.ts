@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import type { ErofsEntry } from '../erofs/tree.js';
 import { OPAQUE_XATTR } from '../estargz/whiteouts.js';
 import { isSysError, native } from '../native.js';
+import { devParts } from '../mount/system-mounts.js';
 
 /** A regular file found by the walk: entry `index` gets its extents or inline bytes once it is read. */
 export interface WalkedFile {
@@ -34,14 +35,6 @@ const S_IFMT = 0o170000;
 const TYPES: Record<number, ErofsEntry['type'] | undefined> = {
   0o040000: 'dir', 0o100000: 'reg', 0o120000: 'symlink', 0o020000: 'char', 0o060000: 'block', 0o010000: 'fifo',
 };
-
-/** glibc's major/minor of a dev_t. */
-function devParts(rdev: bigint): { devMajor: number; devMinor: number } {
-  return {
-    devMajor: Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)),
-    devMinor: Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)),
-  };
-}
 
 /**
  * A file's xattrs as the layer has them. Of overlayfs's own, only the opaque marker is the

@@ -25,11 +25,17 @@ export async function mountOverlay(dir: string, lowers: string[], upper?: { uppe
   if (r.code !== 0) throw new MountError(`cannot mount overlay at ${dir}: ${r.stderr}`);
 }
 
+/** glibc's major/minor of a dev_t. */
+export function devParts(dev: bigint): { devMajor: number; devMinor: number } {
+  return {
+    devMajor: Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn)),
+    devMinor: Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn)),
+  };
+}
+
 /** read_ahead_kb of the disk holding `path` (a partition's is its disk's), or undefined where it is on none (tmpfs, overlay). */
 function diskReadaheadKb(path: string): string | undefined {
-  const dev = statSync(path, { bigint: true }).dev;
-  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
-  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
+  const { devMajor: major, devMinor: minor } = devParts(statSync(path, { bigint: true }).dev);
   for (const at of ['bdi', '../bdi']) {
     try {
       return readFileSync(`/sys/dev/block/${major}:${minor}/${at}/read_ahead_kb`, 'utf8').trim();

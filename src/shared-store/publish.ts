@@ -6,7 +6,7 @@
 // and at most an unreferenced pack: never an image a reader would take. Chunks any layer in the
 // store has already are pointed at, not written again.
 
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
@@ -16,6 +16,7 @@ import type { CodecPool } from '../codec/codec-pool.js';
 import { buildDirectoryLayer } from '../kernel/directory-layer.js';
 import { alignUp, type PackLocation } from '../store/pack-files.js';
 import { imageRecordSchema, layerRecordSchema, LAYOUT_VERSION, readRecord, StoreLayout, type ImageRecord, type LayerRecord } from './layout.js';
+import { sha256Digest } from '../estargz/toc.js';
 
 /** Temp files and unreferenced packs or layers this old are a dead publisher's (a live one renames within its run). */
 export const STALE_MS = 10 * 60_000;
@@ -172,7 +173,7 @@ export async function publishImage(dir: string, image: ResolvedImage, sources: L
       await pack.publish();
       const chunks = [...new Map(layer.chunks.map((c) => [c.digest, { digest: c.digest, size: c.size, pack: c.at.pack, offset: c.at.offset }])).values()];
       const record: LayerRecord = {
-        version: LAYOUT_VERSION, diffId: src.diffId, image: { digest: sha256(layer.image), size: layer.image.length }, chunkSize,
+        version: LAYOUT_VERSION, diffId: src.diffId, image: { digest: sha256Digest(layer.image), size: layer.image.length }, chunkSize,
         devices: layer.devices, chunks, files: layer.files, bytes: layer.bytes, usage: layer.usage,
       };
       const placed = await placeLayer(layout, record, layer.image);
@@ -196,10 +197,6 @@ export async function publishImage(dir: string, image: ResolvedImage, sources: L
   await writeFileAtomic(layout.imageRecord(image.name), Buffer.from(JSON.stringify(record)), join(layout.tmp, `image-${randomBytes(8).toString('hex')}`));
   report.seconds = (performance.now() - started) / 1000;
   return report;
-}
-
-function sha256(data: Uint8Array): string {
-  return `sha256:${createHash('sha256').update(data).digest('hex')}`;
 }
 
 export interface UnpublishReport {

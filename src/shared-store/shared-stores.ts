@@ -7,7 +7,6 @@
 // writes on NFS), and every period in any case. Nothing here throws at the daemon: a bad image or
 // store is a log line and a metric.
 
-import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
 import { open, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -15,6 +14,7 @@ import { isDedupError, SharedStoreError } from '../errors.js';
 import { readPieces } from '../store/pack-files.js';
 import { imageRecordSchema, layerRecordSchema, readRecord, StoreLayout, type ImageRecord } from './layout.js';
 import type { SharedStoreMetrics } from './metrics.js';
+import { sha256Digest } from '../estargz/toc.js';
 
 /** A layer a Prepare can mount from a shared store. */
 export interface SharedLayer {
@@ -70,10 +70,6 @@ async function fingerprintOf(paths: string[]): Promise<string> {
   return parts.join('|');
 }
 
-function sha256(data: Uint8Array): string {
-  return `sha256:${createHash('sha256').update(data).digest('hex')}`;
-}
-
 /** Reads and checks one layer: its record, its image's size and digest, and every chunk in its packs. */
 async function verifyLayer(layout: StoreLayout, diffId: string): Promise<Omit<SharedLayer, 'chainId'>> {
   const recordPath = layout.layerRecord(diffId);
@@ -87,7 +83,7 @@ async function verifyLayer(layout: StoreLayout, diffId: string): Promise<Omit<Sh
     throw new SharedStoreError(err.code === 'ENOENT' ? 'incomplete' : 'unreadable', `EROFS image ${imagePath}: ${err.message}`);
   });
   if (image.length !== rec.image.size) throw new SharedStoreError('image_digest', `EROFS image ${imagePath} has ${image.length} bytes, its record says ${rec.image.size}`);
-  const got = sha256(image);
+  const got = sha256Digest(image);
   if (got !== rec.image.digest) throw new SharedStoreError('image_digest', `EROFS image ${imagePath} has digest ${got}, its record says ${rec.image.digest}`);
   const devices = new Set(rec.devices);
   for (const pack of rec.devices) {
@@ -98,7 +94,7 @@ async function verifyLayer(layout: StoreLayout, diffId: string): Promise<Omit<Sh
       for (const c of rec.chunks.filter((x) => x.pack === pack).sort((a, b) => a.offset - b.offset)) {
         const data = await readPieces(fh, c.offset, c.size);
         if (data.length !== c.size) throw new SharedStoreError('chunk_digest', `pack ${layout.pack(pack)} is truncated: chunk ${c.digest} at ${c.offset} has ${data.length} of ${c.size} bytes`);
-        const d = sha256(data);
+        const d = sha256Digest(data);
         if (d !== c.digest) throw new SharedStoreError('chunk_digest', `chunk ${c.digest} at ${c.offset} of pack ${layout.pack(pack)} has digest ${d}`);
       }
     } finally {

@@ -8,7 +8,7 @@
 
 import type { CodecPool } from '../codec/codec-pool.js';
 import { ChunkDigestMismatchError, MalformedEstargzError, MountError } from '../errors.js';
-import type { Toc, TocChunk, TocNode } from '../estargz/toc.js';
+import { lastAtOrBefore, type Toc, type TocChunk, type TocNode } from '../estargz/toc.js';
 import type { Descriptor } from '../image/oci.js';
 import type { ImageSource } from '../image/source.js';
 import type { ChunkStore } from '../store/chunk-store.js';
@@ -206,13 +206,7 @@ export class LazyLayer {
     const end = Math.min(file.size, offset + length);
     if (offset >= end) return Buffer.alloc(0);
     const chunks = file.chunks;
-    let lo = 0;
-    let hi = chunks.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if (chunks[mid]!.chunkOffset <= offset) lo = mid;
-      else hi = mid - 1;
-    }
+    const lo = lastAtOrBefore(chunks, offset, (c) => c.chunkOffset);
     const wanted: number[] = [];
     for (let i = lo; i < chunks.length && chunks[i]!.chunkOffset < end; i++) wanted.push(i);
     const pending = wanted.map((i) => this.chunk(file, i, PRIORITY.demand));
@@ -371,11 +365,15 @@ export class LazyLayer {
 
   /** Compressed bytes of the chunks the store lacks. */
   missingBytes(): number {
-    let n = 0;
+    // A gzip-indexed span's chunks share its compressed bytes from their checkpoint (their offset),
+    // each needing them up to its own end: counted once, to the furthest missing chunk's end.
+    const ends = new Map<number, number>();
     for (const r of this.refs) {
       const c = r.file.chunks[r.index]!;
-      if (!this.stored.has(c.chunkDigest ?? '')) n += c.compressedEnd - c.offset;
+      if (!this.stored.has(c.chunkDigest ?? '')) ends.set(c.offset, Math.max(ends.get(c.offset) ?? 0, c.compressedEnd));
     }
+    let n = 0;
+    for (const [offset, end] of ends) n += end - offset;
     return n;
   }
 

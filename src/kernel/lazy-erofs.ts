@@ -229,7 +229,7 @@ export class LazyErofsFs {
     if (this.released) return; // as for a directory let go of (Listener)
     const ref = this.byName.get(name);
     this.stats.reads++;
-    this.stats.bytesRead += range.count;
+    if (range.count > 0) this.stats.bytesRead += range.count; // -1: no range; 0: the whole file
     if (!ref) throw new UnsupportedError(`chunk file ${name} of ${this.mountpoint}`);
     const padded = Math.ceil(ref.chunk.chunkSize / BLOCK_SIZE) * BLOCK_SIZE;
     let f = this.filling.get(name);

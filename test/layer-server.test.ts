@@ -1,19 +1,23 @@
 // The layer server's table follows the kernel (#21) and an unused one leaves (#19): a lazy mount
 // removed behind its back (umount -l, as an operator's or a script's clean-up does) is dropped,
 // counted and audited, a plain SIGTERM then stops the server, and the next container of the
-// image finds its layer mounted again; with no mount and no snapshotter it exits by itself.
-// Real containerd, runc, FUSE and registry.
+// image finds its layer mounted again; one removed while a file in it is open reads on, and
+// letting go of it later leaves the new mount alone; with no mount and no snapshotter it exits
+// by itself. In both mount modes (a detached lazy EROFS mount is filled whole, then needs no
+// server). Real containerd, runc, FUSE, EROFS and registry.
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AuditLog } from '../src/audit/audit-log.js';
 import { isAlive } from '../src/mount/mount-records.js';
+import { isMountpoint } from '../src/mount/system-mounts.js';
 import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
+import { erofsModeSkipReason } from './fixtures/erofs.js';
 import { teardownStack } from './fixtures/teardown.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from './fixtures/images.js';
 import { mustRun, waitFor } from './fixtures/process.js';
@@ -25,12 +29,13 @@ interface FusedStatus {
   mounts: { mountpoint: string; layer: { digest: string } }[];
 }
 
-describe('layer server: mounts removed from outside, idle exit', () => {
+for (const mode of ['fuse', 'erofs'] as const) describe(`layer server: mounts removed from outside, idle exit (mount_mode ${mode})`, { skip: mode === 'erofs' ? await erofsModeSkipReason() : undefined }, () => {
   let tmp: string;
   let registry: TestRegistry | undefined;
   let snap: TestSnapshotter | undefined;
   let ctd: TestContainerd | undefined;
   let ref: string;
+  let unreadContent: Buffer;
   const status = (s: TestSnapshotter): Promise<FusedStatus> => dedupctlJson<FusedStatus>(['fused', 'status', '--root', s.root, '--config', s.config]);
 
   before(async () => {
@@ -39,12 +44,13 @@ describe('layer server: mounts removed from outside, idle exit', () => {
     // A file no container reads keeps the layer incomplete, so FUSE serves it throughout (a complete
     // one is served by EROFS from then on, docs/kernel.md); it makes the layer too large to be
     // fetched whole at mount (prefetch.whole_layer_bytes) too.
-    const unread = { name: 'unread', type: 'file' as const, content: randomBytes(6 * 1024 * 1024) };
+    unreadContent = randomBytes(6 * 1024 * 1024);
+    const unread = { name: 'unread', type: 'file' as const, content: unreadContent };
     await writeOciImage(join(tmp, 'src'), 'app', [{ tar: await tarOf([...await busyboxEntries(), { name: 'hello', type: 'file', content: Buffer.from('hello from a lazy layer\n') }, unread]), compression: 'gzip' }]);
     await pushOci(join(tmp, 'src'), 'app', `${registry.host}/src/app:1`);
     ref = `${registry.host}/lazy/app:1`;
     await dedupctlJson(['convert', '--plain-http', `${registry.host}/src/app:1`, ref]);
-    snap = await startSnapshotter(tmp);
+    snap = await startSnapshotter(tmp, [], { mount_mode: mode });
     ctd = await startContainerd(tmp, { dedupSocket: snap.socket });
   });
 
@@ -60,8 +66,10 @@ describe('layer server: mounts removed from outside, idle exit', () => {
     const served = await status(snap!);
     assert.ok(served.mounts.length >= 1);
 
+    const logBefore = (await readFile(snap!.fusedLog, 'utf8')).length;
     for (const m of served.mounts) await mustRun('umount', ['-l', m.mountpoint]);
     await waitFor('the layer server to drop the mounts', async () => (await status(snap!)).mounts.length === 0, 5000);
+    await waitFor('the layer server to let go of them', async () => (await readFile(snap!.fusedLog, 'utf8')).slice(logBefore).split('detached layer released').length > served.mounts.length, 10_000);
     const metrics = await fetch(`${snap!.api}/metrics`).then((r) => r.text());
     const lost = [...metrics.matchAll(/^dedup_mounts_lost_total\{reason="(\w+)"\} (\d+)/gm)].reduce((n, m) => n + Number(m[2]), 0);
     assert.equal(lost, served.mounts.length, metrics.split('\n').filter((l) => l.includes('lost')).join('\n'));
@@ -86,6 +94,34 @@ describe('layer server: mounts removed from outside, idle exit', () => {
     assert.deepEqual(now.mounts.map((m) => m.mountpoint).sort(), served.mounts.map((m) => m.mountpoint).sort());
     snap!.fusedPid = now.pid;
     assert.match(await readFile(snap!.log, 'utf8'), /remote snapshot mounted again/);
+  });
+
+  it('a mount removed while a file in it is open reads on; the layer is mounted again beside it; letting go of the old one leaves the new one', async () => {
+    const [m] = (await status(snap!)).mounts;
+    assert.ok(m);
+    const logBefore = (await readFile(snap!.fusedLog, 'utf8')).length;
+    const held = await open(join(m.mountpoint, 'unread'), 'r');
+    try {
+      await mustRun('umount', ['-l', m.mountpoint]);
+      await waitFor('the layer server to drop the mount', async () => (await status(snap!)).mounts.length === 0, 5000);
+      const again = await ctd!.ctr(['run', '--rm', '--snapshotter', 'dedup', ref, 'beside', '/bin/cat', '/hello'], 120_000);
+      assert.equal(again.stdout, 'hello from a lazy layer\n', again.stderr);
+      // Nothing of it was read before: FUSE serves it over the old connection, EROFS through its
+      // files moved aside. Its last chunk only (read-ahead goes forward): a layer complete now
+      // would switch to EROFS, and the snapshotter would let go of the new mount.
+      const at = unreadContent.length - (1 << 20);
+      const { buffer } = await held.read(Buffer.alloc(1 << 20), 0, 1 << 20, at);
+      assert.ok(buffer.equals(unreadContent.subarray(at)), 'the open file reads the right bytes');
+    } finally {
+      await held.close();
+    }
+    await waitFor('the old mount to be let go', async () => (await readFile(snap!.fusedLog, 'utf8')).slice(logBefore).includes('detached layer released'), 30_000);
+    assert.ok(await isMountpoint(m.mountpoint), 'the new mount stays');
+    assert.deepEqual((await status(snap!)).mounts.map((x) => x.mountpoint), [m.mountpoint]);
+    const leftOver = (await readdir(dirname(m.mountpoint))).filter((n) => n.startsWith(`${basename(m.mountpoint)}.lazy-detached-`));
+    assert.deepEqual(leftOver, [], 'a detached EROFS mount\'s files are removed once filled');
+    const last = await ctd!.ctr(['run', '--rm', '--snapshotter', 'dedup', ref, 'after', '/bin/cat', '/hello'], 120_000);
+    assert.equal(last.stdout, 'hello from a lazy layer\n', last.stderr);
   });
 
   it('with no mount and no snapshotter the layer server exits after fused.idle_exit_seconds; a new snapshotter starts one again', async () => {

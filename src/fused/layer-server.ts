@@ -71,6 +71,8 @@ export interface HandedMount {
   connection?: FuseConnection;
   /** No longer at its mountpoint, but still in use through the kernel (see LayerServer.detached). */
   detached?: boolean;
+  /** A detached kernel EROFS mount's files (LazyErofsFs.detach moved them aside). */
+  lazyDir?: string;
 }
 
 interface Served {
@@ -135,18 +137,33 @@ export class LayerServer {
   }
 
   private track(s: Served, detached = false): void {
-    if (detached) this.detached.add(s);
+    if (detached) this.detach(s);
     else this.served.set(s.request.mountpoint, s);
     void s.mount.fs.ended.then(() => this.ended(s));
     this.sweeper ??= setInterval(() => void this.sweep().catch((err: unknown) => this.ctx.log?.warn({ err: (err as Error).message }, 'cannot read the mount table')), SWEEP_MS).unref();
   }
 
-  /** The kernel ended a connection (ENODEV): whatever used it is gone; let go of it. */
+  /**
+   * The kernel ended a connection (ENODEV): whatever used it is gone; or a detached kernel mount
+   * needs no server any more. Let go of it, leaving its mountpoint alone: another mount of the
+   * layer may be there by now.
+   */
   private ended(s: Served): void {
     if (this.served.get(s.request.mountpoint) === s) this.lose(s, 'connection_ended');
     if (!this.detached.delete(s)) return;
-    void s.mount.unmount().then(() => this.ctx.log?.info({ mountpoint: s.request.mountpoint, layer: s.request.layer.digest }, 'detached layer released'),
-      (err: unknown) => this.ctx.log?.warn({ mountpoint: s.request.mountpoint, err: (err as Error).message }, 'cannot release a detached layer'));
+    void s.mount.close().catch((err: unknown) => this.ctx.log?.warn({ mountpoint: s.request.mountpoint, err: (err as Error).message }, 'cannot release a detached layer'));
+  }
+
+  /**
+   * `s` has left its mountpoint and is served until it ends (ended()); a new mount there waits
+   * until the detached one has made room (a kernel one moves its files aside).
+   */
+  private detach(s: Served): void {
+    this.detached.add(s);
+    const mp = s.request.mountpoint;
+    const room = s.mount.detach().then(() => false);
+    this.pending.set(mp, room);
+    void room.finally(() => this.pending.get(mp) === room && this.pending.delete(mp));
   }
 
   /** Drops from the table the mounts the mount table no longer lists at their mountpoint. */
@@ -162,7 +179,7 @@ export class LayerServer {
 
   private lose(s: Served, reason: LostReason): void {
     this.served.delete(s.request.mountpoint);
-    this.detached.add(s); // served until the kernel ends the connection (ended())
+    this.detach(s);
     this.ctx.log?.warn({ mountpoint: s.request.mountpoint, image: s.request.image, layer: s.request.layer.digest, reason },
       'layer mount removed from outside; dropped (the snapshotter mounts it again when it is next used)');
     this.events.lost?.(s.request, reason);
@@ -238,8 +255,8 @@ export class LayerServer {
    */
   async retire(mountpoint: string): Promise<void> {
     const s = await this.takeServed(mountpoint);
-    this.detached.add(s);
     await unmount(mountpoint);
+    this.detach(s);
     this.ctx.log?.info({ mountpoint, layer: s.request.layer.digest }, 'layer left its mountpoint; served until its last user is gone');
   }
 
@@ -291,7 +308,8 @@ export class LayerServer {
     this.checkNotFrozen();
     this.frozen = true;
     await Promise.allSettled(this.pending.values());
-    const handed = (s: Served, detached: boolean): HandedMount => ({ request: s.request, mountedAt: s.mountedAt, connection: s.mount.connection, detached });
+    const handed = (s: Served, detached: boolean): HandedMount => ({ request: s.request, mountedAt: s.mountedAt, connection: s.mount.connection, detached,
+      lazyDir: detached ? s.mount.lazyDir : undefined });
     return [...[...this.served.values()].map((s) => handed(s, false)), ...[...this.detached].map((s) => handed(s, true))];
   }
 
@@ -308,7 +326,7 @@ export class LayerServer {
     await Promise.all(mounts.map(async (h, i) => {
       const image = { name: h.request.image, manifestDigest: h.request.manifestDigest };
       const mount = h.connection ? LayerMount.adopt(remotes[i]!, h.request.mountpoint, image, this.withBackground(h.request), h.connection)
-        : await LayerMount.mount(remotes[i]!, h.request.mountpoint, image, this.withBackground(h.request), h.detached === true); // serves the EROFS mount as it is
+        : await LayerMount.mount(remotes[i]!, h.request.mountpoint, image, this.withBackground(h.request), h.detached ? { lazyDir: h.lazyDir } : undefined); // serves the EROFS mount as it is
       this.track({ request: h.request, mount, mountedAt: h.mountedAt }, h.detached);
     }));
   }

@@ -13,10 +13,13 @@
 // The layout is `<mountpoint>.lazy/`: `image.erofs`, `layer` (the layer's digest) and
 // `chunks/<hex of chunk digest>`. Everything the listener needs is the TOC and those names, so a
 // later process (a successor on upgrade, or a layer server started after one was killed) serves
-// the mount as it is: it marks the directory again; running containers keep their mount.
+// the mount as it is: it marks the directory again; running containers keep their mount. A mount
+// that has left its mountpoint (detach) moves its directory aside, for a new mount there, and is
+// served until its superblock is gone from /sys/fs (`sysfs` names it): its last user has left.
 
-import { fstat, write } from 'node:fs';
-import { mkdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { existsSync, fstat, write } from 'node:fs';
+import { mkdir, readFile, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { basename, join } from 'node:path';
 import type { CodecPool } from '../codec/codec-pool.js';
@@ -25,7 +28,7 @@ import { UnsupportedError } from '../errors.js';
 import type { Toc, TocChunk, TocNode } from '../estargz/toc.js';
 import type { LazyLayer } from '../fetch/lazy-layer.js';
 import type { RemoteLayer } from '../fetch/remote-layer.js';
-import { mountErofs, mountTable, unmount } from '../mount/system-mounts.js';
+import { mountErofs, mountTable, sysfsDir, unmount } from '../mount/system-mounts.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import { kernelModeUnsupported } from './kernel-layers.js';
 import { PreContentGroup, type PreContentRange } from './pre-content.js';
@@ -36,6 +39,8 @@ const writeAsync = promisify(write);
 
 /** The EROFS device table's bound (src/erofs): a layer missing more chunks than this stays on FUSE. */
 const MAX_DEVICES = 16000;
+/** How often a detached mount looks whether its superblock is gone. */
+const GONE_POLL_MS = 1000;
 
 export interface LazyErofsStats {
   /** Reads the kernel held for a chunk file (the first read of each of its pages). */
@@ -89,7 +94,7 @@ export async function resolveMountMode(mountMode: 'auto' | 'erofs' | 'fuse', ena
  * where it can be, else the reason (it is served by FUSE then).
  */
 export function kernelLayerFs(store: ChunkStore, pool: CodecPool, chunkSize: number, onReadError?: (layer: string, path: string, err: unknown) => void):
-  (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string, detached: boolean) => Promise<{ fs: LazyErofsFs; adopted: boolean } | { refused: string }> {
+  (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string, detached?: { lazyDir?: string }) => Promise<{ fs: LazyErofsFs; adopted: boolean } | { refused: string }> {
   return async (remote, lazy, mountpoint, detached) => {
     const layer = remote.desc.digest;
     try {
@@ -125,6 +130,19 @@ class Listener {
     Listener.group?.ignore(path);
   }
 
+  /** The marked directory `from` becomes `to` by `move`: its events (named by the new path from then on) are served on. */
+  static async move(from: string, to: string, move: () => Promise<void>): Promise<void> {
+    const fill = Listener.dirs.get(from);
+    if (fill) Listener.dirs.set(to, fill); // both names while the rename is under way
+    try {
+      await move();
+    } catch (err) {
+      Listener.dirs.delete(to);
+      throw err;
+    }
+    Listener.dirs.delete(from);
+  }
+
   static async remove(dir: string): Promise<void> {
     if (!Listener.dirs.delete(dir) || !Listener.group) return;
     Listener.group.unmarkChildren(dir);
@@ -141,11 +159,18 @@ export class LazyErofsFs {
   private readonly filling = new Map<string, Promise<void>>();
   private readonly byName = new Map<string, { node: TocNode; chunk: TocChunk }>();
   private released = false;
+  /** Set by detach(): the directory moved aside; then a look every GONE_POLL_MS for the superblock. */
+  private detaching: Promise<void> | undefined;
+  private goneTimer: NodeJS.Timeout | undefined;
   private end!: (code: number) => void;
-  /** Settles once unmounted by this process (there is no connection for the kernel to end; a release leaves it to the successor). */
+  /**
+   * Settles once unmounted by this process, or once a detached mount has nothing left to serve
+   * (there is no connection for the kernel to end; a release leaves it to the successor).
+   */
   readonly ended = new Promise<number>((resolve) => (this.end = resolve));
 
-  private constructor(readonly mountpoint: string, private readonly toc: Toc, private readonly lazy: LazyLayer,
+  /** `dir`: the image and chunk files: `<mountpoint>.lazy`, or where detach() moved them. */
+  private constructor(readonly mountpoint: string, private currentDir: string, private readonly toc: Toc, private readonly lazy: LazyLayer,
     private readonly onReadError?: (path: string, err: unknown) => void) {
     for (const node of new Set(toc.nodes.values())) {
       if (node.type !== 'reg') continue;
@@ -153,27 +178,29 @@ export class LazyErofsFs {
     }
   }
 
-  private get dir(): string {
-    return `${this.mountpoint}.lazy`;
+  get dir(): string {
+    return this.currentDir;
   }
 
   private get chunkDir(): string {
-    return join(this.dir, 'chunks');
+    return join(this.dir, 'chunks'); // moveAside() names it too
   }
 
   /**
    * Serves `toc`'s layer at `mountpoint`: the mount already there if it is this layer's (made by
    * an earlier process), else a new image over the store and empty chunk files, mounted once
    * the chunk directory is marked (a file the mount opens before it is marked never raises an
-   * event). `detached`: the mount has left its mountpoint (it is still in use): its chunk files
-   * are served where they are. Refused (UnsupportedError) when the layer cannot be served this way.
+   * event). `detached`: the mount has left its mountpoint (it is still in use; a predecessor
+   * detached it): its chunk files are served where they are (`lazyDir`, else `<mountpoint>.lazy`),
+   * and the caller goes on with its detach. Refused (UnsupportedError) when the layer cannot be
+   * served this way.
    */
   static async mount(toc: Toc, layerDigest: string, lazy: LazyLayer, store: ChunkStore, pool: CodecPool, chunkSize: number, mountpoint: string,
-    detached: boolean, onReadError?: (path: string, err: unknown) => void): Promise<{ fs: LazyErofsFs; adopted: boolean }> {
+    detached: { lazyDir?: string } | undefined, onReadError?: (path: string, err: unknown) => void): Promise<{ fs: LazyErofsFs; adopted: boolean }> {
     const why = lazyErofsRefusal(toc);
     if (why) throw new UnsupportedError(`lazy EROFS layer ${layerDigest}: ${why}`);
-    const fs = new LazyErofsFs(mountpoint, toc, lazy, onReadError);
-    const adopted = await fs.servesAlready(layerDigest, detached);
+    const fs = new LazyErofsFs(mountpoint, detached?.lazyDir ?? `${mountpoint}.lazy`, toc, lazy, onReadError);
+    const adopted = await fs.servesAlready(layerDigest, detached !== undefined);
     if (!adopted) {
       await unmount(mountpoint);
       await rm(fs.dir, { recursive: true, force: true });
@@ -181,6 +208,7 @@ export class LazyErofsFs {
       await mkdir(mountpoint, { recursive: true });
     }
     Listener.add(fs.chunkDir, (name, range) => fs.fill(name, range));
+    if (adopted && !detached) await fs.recordSysfs(); // made by a version that did not
     if (!adopted) {
       try {
         await fs.build(layerDigest, store, pool, chunkSize);
@@ -191,6 +219,12 @@ export class LazyErofsFs {
       }
     }
     return { fs, adopted };
+  }
+
+  /** Names the superblock under /sys/fs (file `sysfs`): a detached mount learns from it when its last user is gone. */
+  private async recordSysfs(): Promise<void> {
+    const sysfs = sysfsDir(this.mountpoint);
+    if (sysfs) await writeFile(join(this.dir, 'sysfs'), sysfs);
   }
 
   private async servesAlready(layerDigest: string, detached: boolean): Promise<boolean> {
@@ -221,6 +255,7 @@ export class LazyErofsFs {
     const image = join(this.dir, 'image.erofs');
     await writeFile(image, layer.image);
     mountErofs(image, this.mountpoint, layer.devices.map((d) => chunkFiles.has(d) ? join(this.chunkDir, d) : store.packPath(d)));
+    await this.recordSysfs();
     await writeFile(join(this.dir, 'layer'), layerDigest);
   }
 
@@ -262,18 +297,62 @@ export class LazyErofsFs {
     Listener.ignore(file);
   }
 
+  /**
+   * The mount has left its mountpoint (retired, or removed from outside) and may still be in use:
+   * its directory moves aside, so that a new mount there gets a directory of its own, and it is
+   * served until its superblock is gone from /sys/fs (the last overlay above it or open file in
+   * it is gone); then the directory is unmarked and removed and `ended` settles. One whose
+   * superblock was never named (before Linux 6.10) is served until the process stops. Settles
+   * once the mountpoint's directory name is free for a new mount.
+   */
+  detach(): Promise<void> {
+    this.detaching ??= this.moveAside().then(() => this.watchGone());
+    return this.detaching.catch((err: unknown) => this.onReadError?.(this.dir, err));
+  }
+
+  private async moveAside(): Promise<void> {
+    const home = `${this.mountpoint}.lazy`;
+    if (this.dir !== home) return; // moved by a predecessor
+    const aside = `${home}-detached-${randomUUID().slice(0, 8)}`;
+    await Listener.move(join(home, 'chunks'), join(aside, 'chunks'), () => rename(home, aside));
+    this.currentDir = aside;
+  }
+
+  private async watchGone(): Promise<void> {
+    const sysfs = await readFile(join(this.dir, 'sysfs'), 'utf8').catch(() => undefined);
+    if (!sysfs || this.released) return;
+    if (!existsSync(sysfs)) return this.gone(); // unused: the unmount ended it
+    this.goneTimer = setInterval(() => {
+      if (existsSync(sysfs)) return;
+      clearInterval(this.goneTimer);
+      void this.gone().catch((err: unknown) => this.onReadError?.(this.dir, err));
+    }, GONE_POLL_MS).unref();
+  }
+
+  private async gone(): Promise<void> {
+    await this.removeFiles();
+    this.end(0);
+  }
+
+  private async removeFiles(): Promise<void> {
+    await Listener.remove(this.chunkDir);
+    await rm(this.dir, { recursive: true, force: true });
+  }
+
   /** Stops serving once the fills under way are answered (a successor has marked the directory itself); the mount stays. */
   async release(): Promise<void> {
     this.released = true;
-    await Promise.allSettled([...this.filling.values()]);
+    clearInterval(this.goneTimer);
+    await Promise.allSettled([...this.filling.values(), this.detaching]);
     await Listener.remove(this.chunkDir);
   }
 
   /** Unmounts and removes the chunk files (their chunks are in the store). */
   async unmount(): Promise<void> {
+    this.released = true;
+    clearInterval(this.goneTimer);
     await unmount(this.mountpoint);
-    await Listener.remove(this.chunkDir);
-    await rm(this.dir, { recursive: true, force: true });
+    await this.removeFiles();
     this.end(0);
   }
 }

@@ -33,13 +33,20 @@ export interface LayerMountContext {
    * Mount mode `erofs` (config "mount_mode"): serves a layer by the kernel where it allows it
    * (src/kernel/lazy-erofs.ts, handed in by the wiring), or says why not; without it, FUSE.
    */
-  kernelFs?: (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string, detached: boolean) => Promise<{ fs: KernelLayerFs; adopted: boolean } | { refused: string }>;
+  kernelFs?: (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string, detached?: { lazyDir?: string }) => Promise<{ fs: KernelLayerFs; adopted: boolean } | { refused: string }>;
 }
 
-/** A layer's filesystem served by the kernel: no connection; it ends when unmounted or released. */
+/**
+ * A layer's filesystem served by the kernel: no connection; it ends when unmounted, or when
+ * detached and nothing is left to serve.
+ */
 export interface KernelLayerFs {
   readonly ended: Promise<number>;
   readonly stats: { reads: number; readErrors: number };
+  /** Where its files are (a successor serves a detached one there). */
+  readonly dir: string;
+  /** It has left its mountpoint: make it need no server, then end; settles once the mountpoint is free for a new mount. */
+  detach(): Promise<void>;
   /** Stops serving; the mount stays for a successor. */
   release(): Promise<void>;
   unmount(): Promise<void>;
@@ -76,9 +83,10 @@ export class LayerMount {
    * `erofs` by the kernel where the layer allows it (an EROFS mount of this layer left there by an
    * earlier process is served as it is, so its users keep it). The mode each layer got and why is
    * logged. `detached`: a kernel EROFS mount handed over that has left its mountpoint (still in
-   * use), to be served where it is and never mounted again.
+   * use), to be served where it is (`lazyDir`) and never mounted again.
    */
-  static async mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext, detached = false): Promise<LayerMount> {
+  static async mount(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext,
+    detached?: { lazyDir?: string }): Promise<LayerMount> {
     await LayerMount.record(remote, ctx.store);
     const layer = remote.desc.digest;
     let why = 'mount_mode fuse';
@@ -195,6 +203,28 @@ export class LayerMount {
     return this.fs instanceof LayerFs ? this.fs.connection : undefined;
   }
 
+  /** Where a detached kernel mount's files are, for a successor; none for FUSE (its connection is handed over). */
+  get lazyDir(): string | undefined {
+    return this.fs instanceof LayerFs ? undefined : this.fs.dir;
+  }
+
+  /**
+   * The mount has left its mountpoint but may still be in use: a FUSE one is served until the
+   * kernel ends its connection; a kernel one is filled whole, so it needs no server, and then ends.
+   * Settles once a new mount may be made at the mountpoint.
+   */
+  async detach(): Promise<void> {
+    if (!(this.fs instanceof LayerFs)) await this.fs.detach();
+  }
+
+  /**
+   * Lets go of a detached mount once it has ended, leaving its mountpoint alone (a new mount of
+   * the layer may be there now), and writes the access trace.
+   */
+  async close(): Promise<void> {
+    await this.finish(() => this.fs.release(), 'detached layer released');
+  }
+
   /** Stops serving, leaving the mount to the process that adopted it. */
   async release(): Promise<void> {
     await this.fs.release(); // answers what it has read first, so reads still work meanwhile
@@ -203,12 +233,16 @@ export class LayerMount {
   }
 
   /** Unmounts and writes the access trace; returns the trace's path if anything was read. */
-  async unmount(): Promise<string | undefined> {
+  unmount(): Promise<string | undefined> {
+    return this.finish(() => this.fs.unmount(), 'layer unmounted');
+  }
+
+  private async finish(stop: () => Promise<void>, what: string): Promise<string | undefined> {
     this.lazy.close();
     await this.prefetched;
-    await this.fs.unmount();
+    await stop();
     const trace = await this.trace.write(this.ctx.traceDir);
-    this.ctx.log?.info({ layer: this.remote.desc.digest, ...this.lazy.stats, ...this.fs.stats, trace }, 'layer unmounted');
+    this.ctx.log?.info({ layer: this.remote.desc.digest, mountpoint: this.mountpoint, ...this.lazy.stats, ...this.fs.stats, trace }, what);
     return trace;
   }
 }

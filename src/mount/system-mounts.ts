@@ -65,6 +65,17 @@ function matchReadahead(dir: string, blob: string): void {
 }
 
 /**
+ * Where the filesystem mounted at `dir` shows under /sys/fs (`/sys/fs/erofs/erofs-12`); undefined
+ * before Linux 6.10. A file-backed EROFS superblock's name is not given again while the machine
+ * runs, and it stays there while the superblock lives: after a lazy unmount, until its last user
+ * is gone.
+ */
+export function sysfsDir(dir: string): string | undefined {
+  const name = native().sysfsName(dir);
+  return isSysError(name) ? undefined : `/sys/fs/${name}`;
+}
+
+/**
  * Mounts the file-backed EROFS `image` read-only at `dir`, with `devices` (the blob files its
  * chunk indexes point into, in device-table order) each passed on its own (fsconfig), so their
  * number is not bounded by mount(2)'s one page of options. `diskReadahead`: with the readahead of

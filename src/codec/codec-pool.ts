@@ -7,7 +7,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { Piscina } from 'piscina';
-import { sha256Digest } from '../estargz/toc.js';
+import { sha256Digest } from '../digest.js';
 import { ChunkDigestMismatchError, InvalidErofsTreeError, MalformedEstargzError, MalformedLayerError } from '../errors.js';
 import type { ErofsBuildOptions } from '../erofs/build.js';
 import type { ErofsEntry } from '../erofs/tree.js';

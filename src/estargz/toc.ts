@@ -2,9 +2,9 @@
 // that validates every entry and builds a typed tree, and the serializer the converter uses.
 // Pure: bytes in, values out; no I/O.
 
-import { createHash } from 'node:crypto';
 import { MalformedEstargzError } from '../errors.js';
 import type { TarHeader } from './tar.js';
+import { SHA256_DIGEST } from '../digest.js';
 
 export const TOC_TAR_NAME = 'stargz.index.json';
 export const TOC_DIGEST_ANNOTATION = 'containerd.io/snapshot/stargz/toc.digest';
@@ -164,8 +164,6 @@ function tocEntryOf(h: TarHeader, name: string, linkName: string): TocEntryJson 
   return e;
 }
 
-const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
-
 /** Normalises an entry name: no "./" or "/" at the start, no "/" at the end, and never "..". */
 export function cleanEntryName(raw: string, where: string): string {
   if (raw.includes('\0')) throw new MalformedEstargzError(where, `name contains a NUL byte`);
@@ -176,10 +174,6 @@ export function cleanEntryName(raw: string, where: string): string {
     parts.push(part);
   }
   return parts.join('/');
-}
-
-export function sha256Digest(data: Uint8Array): string {
-  return 'sha256:' + createHash('sha256').update(data).digest('hex');
 }
 
 function parentOf(path: string): string {
@@ -333,7 +327,7 @@ export function tocOfJson(doc: unknown, opts: ParseTocOptions): Toc {
     if (type === 'reg') {
       node.size = int(raw, 'size', where, MAX_ENTRY_SIZE);
       const digest = str(raw, 'digest', where);
-      if (digest !== '' && !DIGEST_RE.test(digest)) throw new MalformedEstargzError(where, `digest "${digest}" is not sha256:<64 hex>`);
+      if (digest !== '' && !SHA256_DIGEST.test(digest)) throw new MalformedEstargzError(where, `digest "${digest}" is not sha256:<64 hex>`);
       node.digest = digest || undefined;
       nextChunkOffset = 0;
       if (node.size > 0) {
@@ -413,7 +407,7 @@ function chunkOf(raw: Record<string, unknown>, file: TocNode, expectedOffset: nu
   const offset = int(raw, 'offset', where);
   if (offset >= opts.tocOffset) throw new MalformedEstargzError(where, `chunk offset ${offset} is not before the TOC at ${opts.tocOffset}`);
   const chunkDigest = str(raw, 'chunkDigest', where);
-  if (chunkDigest !== '' && !DIGEST_RE.test(chunkDigest)) throw new MalformedEstargzError(where, `chunkDigest "${chunkDigest}" is not sha256:<64 hex>`);
+  if (chunkDigest !== '' && !SHA256_DIGEST.test(chunkDigest)) throw new MalformedEstargzError(where, `chunkDigest "${chunkDigest}" is not sha256:<64 hex>`);
   const chunk: TocChunk = {
     offset, compressedEnd: opts.tocOffset, innerOffset: int(raw, 'innerOffset', where), chunkOffset, chunkSize,
     chunkDigest: chunkDigest || undefined,

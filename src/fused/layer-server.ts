@@ -15,7 +15,8 @@ import { AlreadyExistsError, MalformedEstargzError, NotFoundError, UnavailableEr
 import { RemoteLayer, type LayerToc } from '../fetch/remote-layer.js';
 import { FUSE_FSTYPE, type FuseConnection } from '../fs/fuse-session.js';
 import type { FoundArtifact } from '../image/artifacts.js';
-import { descriptorSchema, digestSchema } from '../image/oci.js';
+import { digestSchema } from '../digest.js';
+import { descriptorSchema } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
 import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';

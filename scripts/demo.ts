@@ -13,7 +13,7 @@ import { CodecPool } from '../src/codec/codec-pool.js';
 import { formatBytes } from '../src/cli/common.js';
 import { convertImage } from '../src/convert/image-converter.js';
 import { ingestImage } from '../src/fetch/ingest.js';
-import { mountTable } from '../src/mount/system-mounts.js';
+import { mountTable } from '../src/system-mounts.js';
 import { RemoteLayer } from '../src/fetch/remote-layer.js';
 import { RegistryImage } from '../src/image/registry-image.js';
 import { RegistryClient } from '../src/registry/client.js';

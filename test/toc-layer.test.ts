@@ -13,7 +13,7 @@ import { NotFoundError } from '../src/errors.js';
 import { buildTocLayer, fileChunkSize, type StoredChunks } from '../src/kernel/toc-layer.js';
 import { ChunkStore, type ChunkVerifier } from '../src/store/chunk-store.js';
 import { erofsSkipReason, erofsWorkdir, walkInodes } from './fixtures/erofs.js';
-import { mountErofs, unmount } from '../src/mount/system-mounts.js';
+import { mountErofs, unmount } from '../src/system-mounts.js';
 import { sha256 } from './fixtures/images.js';
 
 const KiB = 1024;

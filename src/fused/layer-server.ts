@@ -19,7 +19,7 @@ import { digestSchema } from '../digest.js';
 import { descriptorSchema } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
-import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';
+import { mountTable, unmount, unmountFuse } from '../system-mounts.js';
 import { PromiseCache } from '../promise-cache.js';
 import type { RegistryClient } from '../registry/client.js';
 

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { ErofsEntry } from '../erofs/tree.js';
 import { OPAQUE_XATTR } from '../estargz/whiteouts.js';
 import { isSysError, native } from '../native.js';
-import { devParts } from '../mount/system-mounts.js';
+import { devParts } from '../system-mounts.js';
 
 /** A regular file found by the walk: entry `index` gets its extents or inline bytes once it is read. */
 export interface WalkedFile {

@@ -17,7 +17,7 @@ import { AlreadyExistsError, FailedPreconditionError, FusedError, isDedupError }
 import type { MountInfo, MountRequest, OpenAheadRequest } from '../fused/layer-server.js';
 import type { ImageManifest, Platform } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
-import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';
+import { mountTable, unmount, unmountFuse } from '../system-mounts.js';
 import { PromiseCache } from '../promise-cache.js';
 import { removeTree } from '../remove-tree.js';
 import type { RegistryClient } from '../registry/client.js';

@@ -5,11 +5,11 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { constants, gunzipSync, gzipSync, inflateRawSync } from 'node:zlib';
 import { move, transferableSymbol, valueSymbol } from 'piscina';
-import { buildErofs, type ErofsBuildOptions } from '../src/erofs/build.js';
-import type { ErofsEntry } from '../src/erofs/tree.js';
-import { InvalidErofsTreeError } from '../src/errors.js';
-import { LayerWalkFailure, walkLayer, type LayerWalk } from '../src/kernel/layer-walk.js';
-import { sha256Digest } from '../src/digest.js';
+import { buildErofs, type ErofsBuildOptions } from '../erofs/build.js';
+import type { ErofsEntry } from '../erofs/tree.js';
+import { InvalidErofsTreeError } from '../errors.js';
+import { LayerWalkFailure, walkLayer, type LayerWalk } from './layer-walk.js';
+import { sha256Digest } from '../digest.js';
 
 export interface GzipTask {
   data: Uint8Array;

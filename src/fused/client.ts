@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UnixJsonClient } from '../api/unix-socket.js';
 import { DedupError, FusedError, MountError } from '../errors.js';
-import type { MountInfo, MountRequest, OpenAheadRequest } from './layer-server.js';
+import type { MountInfo, MountRequest, OpenAheadRequest } from '../layer-server-protocol.js';
 
 export const FUSED_BIN = fileURLToPath(new URL('../cmd/dedup-fused.js', import.meta.url));
 /** How long a call waits for a layer server that is being replaced (its socket briefly absent). */

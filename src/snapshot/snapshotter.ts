@@ -14,7 +14,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AlreadyExistsError, FailedPreconditionError, FusedError, isDedupError } from '../errors.js';
-import type { MountInfo, MountRequest, OpenAheadRequest } from '../fused/layer-server.js';
+import type { MountInfo, MountRequest, OpenAheadRequest } from '../layer-server-protocol.js';
 import type { ImageManifest, Platform } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { mountTable, unmount, unmountFuse } from '../system-mounts.js';

@@ -10,7 +10,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CodecPool } from '../src/codec/codec-pool.js';
-import { formatBytes } from '../src/cli/common.js';
+import { formatBytes } from '../src/startup/common.js';
 import { convertImage } from '../src/convert/image-converter.js';
 import { ingestImage } from '../src/fetch/ingest.js';
 import { mountTable } from '../src/system-mounts.js';

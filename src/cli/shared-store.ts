@@ -16,7 +16,7 @@ import { listPublished, publishImage, unpublishImage, type LayerSource } from '.
 import { SnapshotMetadata } from '../snapshot/metadata.js';
 import { snapshotName } from '../snapshot/snapshotter.js';
 import { packsDir } from '../store/pack-files.js';
-import { audited, configFrom, formatBytes, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
+import { audited, configFrom, formatBytes, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from '../startup/common.js';
 
 type Row = ReturnType<SnapshotMetadata['all']>[number];
 

@@ -21,7 +21,7 @@ import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/config.js';
 import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
 import { mountAt, mountTable, unmount } from '../src/system-mounts.js';
-import { snapshotName } from '../src/snapshot/snapshotter.js';
+import { snapshotName } from '../src/snapshot/labels.js';
 import { StoreLayout, type ImageRecord, type LayerRecord } from '../src/shared-store/layout.js';
 import type { PublishReport, UnpublishReport } from '../src/shared-store/publish.js';
 import { dedupctlJson } from './fixtures/cli.js';

@@ -14,7 +14,7 @@ import { isMountpoint, mountErofs, unmount } from '../system-mounts.js';
 import { chainId } from '../sandbox/image-snapshot.js';
 import { listPublished, publishImage, unpublishImage, type LayerSource } from '../shared-store/publish.js';
 import { SnapshotMetadata } from '../snapshot/metadata.js';
-import { snapshotName } from '../snapshot/snapshotter.js';
+import { snapshotName } from '../snapshot/labels.js';
 import { packsDir } from '../store/pack-files.js';
 import { audited, configFrom, formatBytes, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from '../startup/common.js';
 

@@ -31,7 +31,8 @@ import { loadSnapshotsService, snapshotsHandlers } from '../snapshot/grpc-servic
 import { SharedStoreMetrics } from '../shared-store/metrics.js';
 import { SharedLayerRelease } from '../shared-store/release.js';
 import { SharedStores } from '../shared-store/shared-stores.js';
-import { FULL_PULL_REASONS, Snapshotter } from '../snapshot/snapshotter.js';
+import { FULL_PULL_REASONS } from '../snapshot/remote-snapshots.js';
+import { Snapshotter } from '../snapshot/snapshotter.js';
 import { ChunkStore } from '../store/chunk-store.js';
 import { VERSION } from '../version.js';
 

@@ -7,7 +7,8 @@
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { z } from 'zod';
 import { MalformedGzipIndexError } from '../errors.js';
-import { lastAtOrBefore, tocOfJson, type Toc, type TocChunk, type TocJson } from '../estargz/toc.js';
+import { tocOfJson } from '../estargz/toc-parser.js';
+import { lastAtOrBefore, type Toc, type TocChunk, type TocJson } from '../estargz/toc.js';
 import { digestSchema as digest } from '../digest.js';
 
 export const GZIP_INDEX_MEDIA_TYPE = 'application/vnd.dedup-snapshotter.gzip-index.v1+json+gzip';

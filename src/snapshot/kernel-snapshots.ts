@@ -7,11 +7,9 @@ import { existsSync } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { removeTree } from '../remove-tree.js';
 import { mountTable, unmount } from '../system-mounts.js';
-import type { CompleteLayers } from './complete-layers.js';
 import { LABEL, snapshotName } from './labels.js';
-import type { KernelLayerRef, SnapshotMetadata } from './metadata.js';
-import type { SnapshotDirs } from './snapshot-dirs.js';
-import type { SnapshotterOptions } from './snapshotter.js';
+import type { KernelLayerRef } from './metadata.js';
+import type { SnapshotterOptions, SnapshotterParts } from './snapshotter.js';
 
 /** A layer in a shared store: its EROFS image and packs (paths there), and its usage. */
 export interface SharedLayerRef {
@@ -27,13 +25,7 @@ export interface SharedLayerSource {
   mounted?(): void;
 }
 
-export interface KernelSnapshotsContext extends Pick<SnapshotterOptions, 'kernel' | 'shared' | 'log' | 'audit'> {
-  metadata: SnapshotMetadata;
-  dirs: SnapshotDirs;
-  complete: CompleteLayers | undefined;
-  /** Runs a mount repair after those before it (the snapshotter's one queue of them). */
-  serially(fn: () => Promise<void>): Promise<void>;
-}
+export type KernelSnapshotsContext = SnapshotterParts & Pick<SnapshotterOptions, 'kernel' | 'shared'>;
 
 export class KernelSnapshots {
   /** Ids of shared-store layers left unmounted at start: their store did not serve them then. */

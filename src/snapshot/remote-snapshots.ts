@@ -13,11 +13,9 @@ import { RegistryImage } from '../image/registry-image.js';
 import type { MountInfo, MountRequest, OpenAheadRequest } from '../layer-server-protocol.js';
 import { PromiseCache } from '../promise-cache.js';
 import { mountTable, unmountFuse } from '../system-mounts.js';
-import type { CompleteLayers } from './complete-layers.js';
 import { LABEL } from './labels.js';
-import type { RemoteLayerRef, Snapshot, SnapshotMetadata } from './metadata.js';
-import type { SnapshotDirs } from './snapshot-dirs.js';
-import type { SnapshotterOptions } from './snapshotter.js';
+import type { RemoteLayerRef, Snapshot } from './metadata.js';
+import type { SnapshotterOptions, SnapshotterParts } from './snapshotter.js';
 
 /** The layer server's side of remote snapshots (FusedClient). */
 export interface LayerService {
@@ -46,14 +44,7 @@ const MANIFESTS = { max: 64, byDigestMs: 10 * 60_000, byTagMs: 30_000 };
 
 type ResolvedManifest = { manifestDigest: string; manifest: ImageManifest };
 
-export interface RemoteSnapshotsContext extends Pick<SnapshotterOptions, 'layers' | 'client' | 'platform' | 'kernel' | 'log' | 'audit' | 'fullPull'> {
-  metadata: SnapshotMetadata;
-  dirs: SnapshotDirs;
-  /** Kernel mode: remote snapshots whose complete layer EROFS serves (no FUSE mount needed for those). */
-  complete: CompleteLayers | undefined;
-  /** Runs a mount repair after those before it (the snapshotter's one queue of them). */
-  serially(fn: () => Promise<void>): Promise<void>;
-}
+export type RemoteSnapshotsContext = SnapshotterParts & Pick<SnapshotterOptions, 'layers' | 'client' | 'platform' | 'kernel' | 'fullPull'>;
 
 export class RemoteSnapshots {
   /** Ids of remote snapshots, whose fs directory the layer server mounts. */

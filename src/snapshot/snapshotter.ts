@@ -50,6 +50,16 @@ export interface SnapshotterOptions {
   shared?: SharedLayerSource;
 }
 
+/** What the snapshotter shares with its parts (remote-snapshots.ts, kernel-snapshots.ts). */
+export interface SnapshotterParts extends Pick<SnapshotterOptions, 'log' | 'audit'> {
+  metadata: SnapshotMetadata;
+  dirs: SnapshotDirs;
+  /** Kernel mode: remote snapshots whose complete layer EROFS serves (no FUSE mount needed for those). */
+  complete: CompleteLayers | undefined;
+  /** Runs a mount repair after those before it (the snapshotter's one queue of them). */
+  serially(fn: () => Promise<void>): Promise<void>;
+}
+
 export class Snapshotter {
   readonly metadata: SnapshotMetadata;
   private readonly dirs: SnapshotDirs;
@@ -67,9 +77,9 @@ export class Snapshotter {
       this.complete = new CompleteLayers({ metadata: this.metadata, kernel: opts.kernel, client: opts.client, root: opts.root, layers: opts.layers, log: opts.log, audit: opts.audit,
         fs: (id) => this.dirs.fs(id), erofs: (id) => this.dirs.erofs(id) });
     }
-    const shared = { metadata: this.metadata, dirs: this.dirs, complete: this.complete, log: opts.log, audit: opts.audit, serially: (fn: () => Promise<void>) => this.serially(fn) };
-    this.remote = new RemoteSnapshots({ ...shared, layers: opts.layers, client: opts.client, platform: opts.platform, kernel: opts.kernel, fullPull: opts.fullPull });
-    this.kernelLayers = new KernelSnapshots({ ...shared, kernel: opts.kernel, shared: opts.shared });
+    const parts: SnapshotterParts = { metadata: this.metadata, dirs: this.dirs, complete: this.complete, log: opts.log, audit: opts.audit, serially: (fn) => this.serially(fn) };
+    this.remote = new RemoteSnapshots({ ...parts, layers: opts.layers, client: opts.client, platform: opts.platform, kernel: opts.kernel, fullPull: opts.fullPull });
+    this.kernelLayers = new KernelSnapshots({ ...parts, kernel: opts.kernel, shared: opts.shared });
   }
 
   /** A committed snapshot's layer for the snapshots above it: the EROFS mount of a complete lazy layer, else its fs. */

@@ -5,11 +5,12 @@
 
 import { existsSync } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
+import type { KernelLayers } from '../kernel/kernel-layers.js';
 import { removeTree } from '../remove-tree.js';
 import { mountTable, unmount } from '../system-mounts.js';
 import { LABEL, snapshotName } from './labels.js';
 import type { KernelLayerRef } from './metadata.js';
-import type { SnapshotterOptions, SnapshotterParts } from './snapshotter.js';
+import type { SnapshotterParts } from './parts.js';
 
 /** A layer in a shared store: its EROFS image and packs (paths there), and its usage. */
 export interface SharedLayerRef {
@@ -25,7 +26,10 @@ export interface SharedLayerSource {
   mounted?(): void;
 }
 
-export type KernelSnapshotsContext = SnapshotterParts & Pick<SnapshotterOptions, 'kernel' | 'shared'>;
+export interface KernelSnapshotsContext extends SnapshotterParts {
+  kernel?: KernelLayers;
+  shared?: SharedLayerSource;
+}
 
 export class KernelSnapshots {
   /** Ids of shared-store layers left unmounted at start: their store did not serve them then. */

@@ -8,14 +8,16 @@
 
 import { mkdir, rm } from 'node:fs/promises';
 import { FusedError, isDedupError } from '../errors.js';
-import type { ImageManifest } from '../image/oci.js';
+import type { ImageManifest, Platform } from '../image/oci.js';
+import type { KernelLayers } from '../kernel/kernel-layers.js';
 import { RegistryImage } from '../image/registry-image.js';
 import type { MountInfo, MountRequest, OpenAheadRequest } from '../layer-server-protocol.js';
 import { PromiseCache } from '../promise-cache.js';
+import type { RegistryClient } from '../registry/client.js';
 import { mountTable, unmountFuse } from '../system-mounts.js';
 import { LABEL } from './labels.js';
 import type { RemoteLayerRef, Snapshot } from './metadata.js';
-import type { SnapshotterOptions, SnapshotterParts } from './snapshotter.js';
+import type { SnapshotterParts } from './parts.js';
 
 /** The layer server's side of remote snapshots (FusedClient). */
 export interface LayerService {
@@ -44,7 +46,14 @@ const MANIFESTS = { max: 64, byDigestMs: 10 * 60_000, byTagMs: 30_000 };
 
 type ResolvedManifest = { manifestDigest: string; manifest: ImageManifest };
 
-export type RemoteSnapshotsContext = SnapshotterParts & Pick<SnapshotterOptions, 'layers' | 'client' | 'platform' | 'kernel' | 'fullPull'>;
+export interface RemoteSnapshotsContext extends SnapshotterParts {
+  layers: LayerService;
+  client: RegistryClient;
+  platform: Platform;
+  /** Kernel mode: a remote snapshot with an EROFS image needs no FUSE mount again. */
+  kernel?: KernelLayers;
+  fullPull?: (reason: FullPullReason) => void;
+}
 
 export class RemoteSnapshots {
   /** Ids of remote snapshots, whose fs directory the layer server mounts. */

@@ -23,6 +23,7 @@ import { KernelSnapshots, type SharedLayerSource } from './kernel-snapshots.js';
 import { LABEL } from './labels.js';
 import { SnapshotMetadata, type Kind, type Snapshot, type SnapshotInfo } from './metadata.js';
 import { RemoteSnapshots, type FullPullReason, type LayerService } from './remote-snapshots.js';
+import type { AuditRecord, SnapshotLog, SnapshotterParts } from './parts.js';
 import { SnapshotDirs } from './snapshot-dirs.js';
 
 export interface Mount {
@@ -39,25 +40,15 @@ export interface SnapshotterOptions {
   platform: Platform;
   /** Mount eStargz layers lazily (config enable_lazy); otherwise every layer is unpacked. */
   lazyPull: boolean;
-  log: { info(o: object, m: string): void; warn(o: object, m: string): void };
+  log: SnapshotLog;
   /** Records what containerd had done to the node (the audit log). */
-  audit?: (action: string, target: string, details: Record<string, unknown>) => void;
+  audit?: AuditRecord;
   /** A layer the labels asked to mount lazily is left to containerd to download and unpack. */
   fullPull?: (reason: FullPullReason) => void;
   /** Kernel mode (enable_erofs): committed layers go into the store and are served as EROFS images. */
   kernel?: KernelLayers;
   /** Shared stores (config shared_stores, src/shared-store/): layers a Prepare mounts from there, by chain id. Needs `kernel`. */
   shared?: SharedLayerSource;
-}
-
-/** What the snapshotter shares with its parts (remote-snapshots.ts, kernel-snapshots.ts). */
-export interface SnapshotterParts extends Pick<SnapshotterOptions, 'log' | 'audit'> {
-  metadata: SnapshotMetadata;
-  dirs: SnapshotDirs;
-  /** Kernel mode: remote snapshots whose complete layer EROFS serves (no FUSE mount needed for those). */
-  complete: CompleteLayers | undefined;
-  /** Runs a mount repair after those before it (the snapshotter's one queue of them). */
-  serially(fn: () => Promise<void>): Promise<void>;
 }
 
 export class Snapshotter {
@@ -125,7 +116,7 @@ export class Snapshotter {
     return this.remote.reattach();
   }
 
-  /** Runs mount repairs one at a time: two could otherwise detach each other's fresh mount. */
+  /** Runs mount repairs one at a time (SnapshotterParts.serially). */
   private serially(fn: () => Promise<void>): Promise<void> {
     const run = this.repairs.then(fn);
     this.repairs = run.catch(() => undefined);

@@ -63,10 +63,6 @@ export class RemoteSnapshots {
 
   constructor(private readonly c: RemoteSnapshotsContext) {}
 
-  has(id: number): boolean {
-    return this.ids.has(id);
-  }
-
   /** Forgets a removed snapshot; true when it was a remote one. */
   forget(id: number): boolean {
     return this.ids.delete(id);

@@ -90,10 +90,7 @@ export class Snapshotter {
     await this.complete?.releaseFuse();
   }
 
-  /**
-   * Mounts the shared-store layers start-up could not (their store unreadable then: a share
-   * mounted after the daemon started) once a store serves them; after each refresh of the stores.
-   */
+  /** After each refresh of the shared stores: mounts the layers they serve now (KernelSnapshots.mountSharedAgain). */
   mountSharedAgain(): Promise<void> {
     return this.kernelLayers.mountSharedAgain();
   }
@@ -107,11 +104,7 @@ export class Snapshotter {
     await this.complete?.serve();
   }
 
-  /**
-   * Makes the layer server serve every remote snapshot: after a restart of this process it still
-   * serves them all; after a reboot, or when a new layer server replaced one that died, they are
-   * mounted again.
-   */
+  /** Makes the layer server serve every remote snapshot again (RemoteSnapshots.reattach). */
   reattach(): Promise<void> {
     return this.remote.reattach();
   }

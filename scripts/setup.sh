@@ -65,7 +65,7 @@ fi
 
 # Build when dist is missing or any source is newer than it.
 stamp=dist/.build-stamp
-if [[ ! -f $stamp ]] || [[ -n $(find src workers test bench scripts tsconfig.json package.json -newer "$stamp" -print -quit 2>/dev/null) ]]; then
+if [[ ! -f $stamp ]] || [[ -n $(find src test bench scripts tsconfig.json package.json -newer "$stamp" -print -quit 2>/dev/null) ]]; then
   echo "setup: building" >&2
   npx tsc -p tsconfig.json
   touch "$stamp"

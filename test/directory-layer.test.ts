@@ -13,7 +13,7 @@ import { CodecPool } from '../src/codec/codec-pool.js';
 import { MalformedLayerError } from '../src/errors.js';
 import { buildDirectoryLayer, type ChunkSink } from '../src/kernel/directory-layer.js';
 import { diskUsage } from '../src/snapshot/disk-usage.js';
-import { mountErofs, unmount } from '../src/mount/system-mounts.js';
+import { mountErofs, unmount } from '../src/system-mounts.js';
 import { PackWriter, packsDir, type PackLocation } from '../src/store/pack-files.js';
 import { erofsSkipReason, walkInodes, type SeenInode } from './fixtures/erofs.js';
 import { mustRun } from './fixtures/process.js';

@@ -13,7 +13,7 @@ import {
   BLOCK_SIZE, crc32c, encodeChunkIndex, encodeDev, encodeDeviceSlot, encodeInode, encodeSuperBlock, SUPER_MAGIC, SUPER_OFFSET,
 } from '../src/erofs/format.js';
 import type { ErofsEntry } from '../src/erofs/tree.js';
-import { mountOverlay, unmount } from '../src/mount/system-mounts.js';
+import { mountOverlay, unmount } from '../src/system-mounts.js';
 import {
   assertInodes, erofsSkipReason, erofsWorkdir, expectedInodes, fsckErofs, walkInodes, withErofsMount, type BlobFile, type SeenInode,
 } from './fixtures/erofs.js';

@@ -10,7 +10,8 @@ import { encodeFooter, FOOTER_SIZE, parseFooter } from '../src/estargz/footer.js
 import { extractTocJson } from '../src/estargz/layer.js';
 import { encodeTarHeader, TAR_END } from '../src/estargz/tar.js';
 import { parsePax, readTar } from '../src/estargz/tar-reader.js';
-import { parseToc, type TocEntryJson } from '../src/estargz/toc.js';
+import { parseToc } from '../src/estargz/toc-parser.js';
+import { type TocEntryJson } from '../src/estargz/toc.js';
 
 const D = (c: string): string => 'sha256:' + c.repeat(64);
 

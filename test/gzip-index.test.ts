@@ -18,7 +18,7 @@ import { ChunkCache } from '../src/fetch/chunk-cache.js';
 import { LazyLayer } from '../src/fetch/lazy-layer.js';
 import type { ImageSource } from '../src/image/source.js';
 import { ChunkStore } from '../src/store/chunk-store.js';
-import { inflateSpan } from '../workers/codec-worker.js';
+import { inflateSpan } from '../src/codec/codec-worker.js';
 import { findIndexes, readIndexBlob, type ImageIndexRecord } from '../src/convert/gzip-indexer.js';
 import { RegistryImage } from '../src/image/registry-image.js';
 import { RegistryClient } from '../src/registry/client.js';

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
-import { mountTable, unmount } from '../src/mount/system-mounts.js';
+import { mountTable, unmount } from '../src/system-mounts.js';
 import { GZIP_INDEX_ARTIFACT_TYPE, INDEXED_LAYER_ANNOTATION, readIndexBlob, type ImageIndexRecord } from '../src/convert/gzip-indexer.js';
 import { pushArtifact } from '../src/image/artifacts.js';
 import { GZIP_INDEX_MEDIA_TYPE, decodeGzipIndex } from '../src/gzip-index/format.js';

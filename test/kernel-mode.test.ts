@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
-import { mountTable, unmount } from '../src/mount/system-mounts.js';
+import { mountTable, unmount } from '../src/system-mounts.js';
 import type { StoreStats } from '../src/store/chunk-store.js';
 import { dedupctlJson } from './fixtures/cli.js';
 import { mountView, startContainerd, type TestContainerd } from './fixtures/containerd.js';

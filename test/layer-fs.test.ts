@@ -3,7 +3,8 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseToc, type TocEntryJson } from '../src/estargz/toc.js';
+import { parseToc } from '../src/estargz/toc-parser.js';
+import { type TocEntryJson } from '../src/estargz/toc.js';
 import type { LazyLayer } from '../src/fetch/lazy-layer.js';
 import { ERRNO, FuseErrno } from '../src/fs/fuse-session.js';
 import { OPAQUE_XATTR } from '../src/estargz/whiteouts.js';

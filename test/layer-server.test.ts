@@ -14,7 +14,7 @@ import { basename, dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AuditLog } from '../src/audit/audit-log.js';
 import { isAlive } from '../src/mount/mount-records.js';
-import { isMountpoint } from '../src/mount/system-mounts.js';
+import { isMountpoint } from '../src/system-mounts.js';
 import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { erofsModeSkipReason } from './fixtures/erofs.js';

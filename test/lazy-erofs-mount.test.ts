@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { isAlive, readRecords } from '../src/mount/mount-records.js';
-import { mountTable } from '../src/mount/system-mounts.js';
+import { mountTable } from '../src/system-mounts.js';
 import { dedupctl, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';
 import { erofsModeSkipReason } from './fixtures/erofs.js';

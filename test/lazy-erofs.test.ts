@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
-import { mountTable, unmount } from '../src/mount/system-mounts.js';
+import { mountTable, unmount } from '../src/system-mounts.js';
 import { binary, dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { walkInodes, type SeenInode } from './fixtures/erofs.js';

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
-import type { TraceFile } from '../src/fs/access-trace.js';
+import type { TraceFile } from '../src/trace-format.js';
 import { isAlive, readRecords } from '../src/mount/mount-records.js';
 import { dedupctl, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';

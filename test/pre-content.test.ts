@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { buildErofs } from '../src/erofs/build.js';
 import { PreContentGroup } from '../src/kernel/pre-content.js';
-import { mountErofs, unmount } from '../src/mount/system-mounts.js';
+import { mountErofs, unmount } from '../src/system-mounts.js';
 import { erofsSkipReason } from './fixtures/erofs.js';
 import { pattern } from './fixtures/pre-content.js';
 

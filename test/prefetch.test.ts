@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
-import { tracePath } from '../src/fs/access-trace.js';
+import { tracePath } from '../src/trace-format.js';
 import { RemoteLayer } from '../src/fetch/remote-layer.js';
 import { RegistryImage } from '../src/image/registry-image.js';
 import { RegistryClient } from '../src/registry/client.js';

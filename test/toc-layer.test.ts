@@ -8,12 +8,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { parseToc, type TocEntryJson } from '../src/estargz/toc.js';
+import { parseToc } from '../src/estargz/toc-parser.js';
+import { type TocEntryJson } from '../src/estargz/toc.js';
 import { NotFoundError } from '../src/errors.js';
 import { buildTocLayer, fileChunkSize, type StoredChunks } from '../src/kernel/toc-layer.js';
 import { ChunkStore, type ChunkVerifier } from '../src/store/chunk-store.js';
 import { erofsSkipReason, erofsWorkdir, walkInodes } from './fixtures/erofs.js';
-import { mountErofs, unmount } from '../src/mount/system-mounts.js';
+import { mountErofs, unmount } from '../src/system-mounts.js';
 import { sha256 } from './fixtures/images.js';
 
 const KiB = 1024;

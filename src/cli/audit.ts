@@ -3,7 +3,7 @@
 import { Command } from 'commander';
 import { AuditLog } from '../audit/audit-log.js';
 import { InvalidArgumentError } from '../errors.js';
-import { configFrom, parseIntFlag, printJson, withCommonFlags, type CommonFlags } from './common.js';
+import { configFrom, parseIntFlag, printJson, withCommonFlags, type CommonFlags } from '../startup/common.js';
 
 export function auditCommand(): Command {
   const audit = new Command('audit').description('the audit log (<root>/audit.db)');

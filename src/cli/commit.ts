@@ -11,7 +11,7 @@ import type { Config } from '../config/config.js';
 import { SnapshotNotOursError } from '../errors.js';
 import { parsePlatform } from '../image/oci.js';
 import { SnapshotMetadata } from '../snapshot/metadata.js';
-import { audited, configFrom, formatBytes, parseIntFlag, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
+import { audited, configFrom, formatBytes, parseIntFlag, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from '../startup/common.js';
 import { byteProgress } from './progress.js';
 
 export const DEFAULT_CONTAINERD_ADDRESS = '/run/containerd/containerd.sock';

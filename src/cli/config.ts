@@ -2,7 +2,7 @@
 
 import { Command } from 'commander';
 import { configOf, flattenConfig, readConfigDocument, redactConfig } from '../config/config.js';
-import { printJson, withCommonFlags, type CommonFlags } from './common.js';
+import { printJson, withCommonFlags, type CommonFlags } from '../startup/common.js';
 
 export function configCommand(): Command {
   const config = new Command('config').description('the daemon config file (/etc/dedup-snapshotter/config.json)');

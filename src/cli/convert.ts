@@ -8,7 +8,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
 import { parseBundle } from '../prefetch/trace-store.js';
-import { configFrom, formatBytes, parseIntFlag, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
+import { configFrom, formatBytes, parseIntFlag, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from '../startup/common.js';
 import { byteProgress } from './progress.js';
 
 interface ConvertFlags extends CommonFlags {

@@ -9,8 +9,8 @@ import type { Config } from '../config/config.js';
 import { MountError } from '../errors.js';
 import { FusedClient, fusedSocket } from '../fused/client.js';
 import { waitForExit } from '../mount/mount-records.js';
-import { isMountpoint, unmountFuse } from '../mount/system-mounts.js';
-import { audited, configFrom, formatBytes, printJson, withCommonFlags, type CommonFlags } from './common.js';
+import { isMountpoint, unmountFuse } from '../system-mounts.js';
+import { audited, configFrom, formatBytes, printJson, withCommonFlags, type CommonFlags } from '../startup/common.js';
 
 const EXIT_WAIT_MS = 15_000;
 

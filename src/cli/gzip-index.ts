@@ -7,7 +7,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
 import { RegistryImage } from '../image/registry-image.js';
-import { audited, configFrom, formatBytes, parseIntFlag, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
+import { audited, configFrom, formatBytes, parseIntFlag, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from '../startup/common.js';
 import { byteProgress } from './progress.js';
 
 interface CreateFlags extends CommonFlags {

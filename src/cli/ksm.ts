@@ -7,7 +7,7 @@ import { Command } from 'commander';
 import { KsmError } from '../errors.js';
 import { KSM_DIR, ksmStatus, tuneKsm, type KsmSettings } from '../ksm/ksm.js';
 import { getMemoryMerge, setMemoryMerge } from '../ksm/memory-merge.js';
-import { audited, configFrom, formatBytes, parseIntFlag, printJson, withCommonFlags, type CommonFlags } from './common.js';
+import { audited, configFrom, formatBytes, parseIntFlag, printJson, withCommonFlags, type CommonFlags } from '../startup/common.js';
 
 interface TuneFlags extends CommonFlags {
   run?: number;

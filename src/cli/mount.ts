@@ -17,10 +17,10 @@ import { openImage } from '../image/open.js';
 import { kernelLayerFs, resolveMountMode } from '../kernel/lazy-erofs.js';
 import { ImageMount } from '../mount/image-mount.js';
 import { findByDir, isAlive, mountsDir, readRecords, removeRecord, rootsInMountTable, waitForExit, type MountRecord } from '../mount/mount-records.js';
-import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';
+import { mountTable, unmount, unmountFuse } from '../system-mounts.js';
 import { ChunkStore } from '../store/chunk-store.js';
-import { audited, configFrom, formatBytes, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
-import { daemonLogger } from './log.js';
+import { audited, configFrom, formatBytes, parseSize, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from '../startup/common.js';
+import { daemonLogger } from '../startup/log.js';
 
 interface MountFlags extends CommonFlags {
   upper?: string;

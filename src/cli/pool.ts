@@ -4,7 +4,7 @@
 import { Command } from 'commander';
 import { loadConfig } from '../config/config.js';
 import { AdminApiError } from '../errors.js';
-import { parseIntFlag, printJson } from './common.js';
+import { parseIntFlag, printJson } from '../startup/common.js';
 
 interface ApiFlags {
   config?: string;

@@ -5,7 +5,7 @@ import { UnixJsonClient } from '../api/unix-socket.js';
 import { DEFAULT_DEDUPD_SOCKET } from '../config/config.js';
 import { DedupdError } from '../errors.js';
 import type { PrefetchJob } from '../prefetch/prefetch-queue.js';
-import { formatBytes, printJson } from './common.js';
+import { formatBytes, printJson } from '../startup/common.js';
 
 function call<T>(socket: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
   const client = new UnixJsonClient(socket, 'dedupd', (code, message) => new DedupdError(code, message), 'is dedupd --serve running?');

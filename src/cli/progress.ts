@@ -1,7 +1,7 @@
 // A progress bar on a terminal (cli-progress), nothing otherwise: scripts and --json stay clean.
 
 import cliProgress from 'cli-progress';
-import { formatBytes } from './common.js';
+import { formatBytes } from '../startup/common.js';
 
 export interface Progress {
   update(done: number, total: number): void;

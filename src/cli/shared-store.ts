@@ -10,13 +10,13 @@ import { FailedPreconditionError, NotFoundError } from '../errors.js';
 import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
 import { devicePaths } from '../kernel/kernel-layers.js';
-import { isMountpoint, mountErofs, unmount } from '../mount/system-mounts.js';
+import { isMountpoint, mountErofs, unmount } from '../system-mounts.js';
 import { chainId } from '../sandbox/image-snapshot.js';
 import { listPublished, publishImage, unpublishImage, type LayerSource } from '../shared-store/publish.js';
 import { SnapshotMetadata } from '../snapshot/metadata.js';
-import { snapshotName } from '../snapshot/snapshotter.js';
+import { snapshotName } from '../snapshot/labels.js';
 import { packsDir } from '../store/pack-files.js';
-import { audited, configFrom, formatBytes, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
+import { audited, configFrom, formatBytes, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from '../startup/common.js';
 
 type Row = ReturnType<SnapshotMetadata['all']>[number];
 

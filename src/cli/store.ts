@@ -7,7 +7,7 @@ import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
 import { ChunkStore } from '../store/chunk-store.js';
 import type { Config } from '../config/config.js';
-import { audited, configFrom, formatBytes, parseIntFlag, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
+import { audited, configFrom, formatBytes, parseIntFlag, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from '../startup/common.js';
 import { byteProgress } from './progress.js';
 import { sharedStoreCommands } from './shared-store.js';
 

@@ -6,7 +6,7 @@ import type { TocNode } from '../estargz/toc.js';
 import { layerCompression, parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
 import { RemoteLayer } from '../fetch/remote-layer.js';
-import { configFrom, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
+import { configFrom, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from '../startup/common.js';
 
 const TYPE_CHAR: Record<TocNode['type'], string> = { dir: 'd', reg: '-', symlink: 'l', hardlink: 'h', char: 'c', block: 'b', fifo: 'p' };
 

@@ -6,7 +6,7 @@ import { Command } from 'commander';
 import { bundle, importBundle, listTraces, parseBundle, removeTraces, tracesOf } from '../prefetch/trace-store.js';
 import { parsePlatform } from '../image/oci.js';
 import { pullTrace, pushTrace } from '../prefetch/trace-registry.js';
-import { configFrom, formatBytes, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from './common.js';
+import { configFrom, formatBytes, printJson, registryClientFrom, withCommonFlags, type CommonFlags } from '../startup/common.js';
 
 interface TraceFlags extends CommonFlags {
   traceDir?: string;

@@ -12,8 +12,8 @@ import { Command } from 'commander';
 import { AdminApi } from '../api/admin-api.js';
 import { AuditLog } from '../audit/audit-log.js';
 import { commitWith } from '../cli/commit.js';
-import { registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../cli/common.js';
-import { daemonLogger } from '../cli/log.js';
+import { registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../startup/common.js';
+import { daemonLogger } from '../startup/log.js';
 import { CodecPool } from '../codec/codec-pool.js';
 import { DEFAULT_SOCKET, type Config } from '../config/config.js';
 import { ApiBindError, UnsupportedError } from '../errors.js';
@@ -31,7 +31,8 @@ import { loadSnapshotsService, snapshotsHandlers } from '../snapshot/grpc-servic
 import { SharedStoreMetrics } from '../shared-store/metrics.js';
 import { SharedLayerRelease } from '../shared-store/release.js';
 import { SharedStores } from '../shared-store/shared-stores.js';
-import { FULL_PULL_REASONS, Snapshotter } from '../snapshot/snapshotter.js';
+import { FULL_PULL_REASONS } from '../snapshot/remote-snapshots.js';
+import { Snapshotter } from '../snapshot/snapshotter.js';
 import { ChunkStore } from '../store/chunk-store.js';
 import { VERSION } from '../version.js';
 

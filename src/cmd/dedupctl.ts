@@ -4,7 +4,7 @@
 import { Command } from 'commander';
 import { auditCommand } from '../cli/audit.js';
 import { commitCommand } from '../cli/commit.js';
-import { runCli } from '../cli/common.js';
+import { runCli } from '../startup/common.js';
 import { configCommand } from '../cli/config.js';
 import { convertCommand } from '../cli/convert.js';
 import { cleanupCommand, fusedCommand } from '../cli/fused.js';

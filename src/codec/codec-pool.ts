@@ -7,16 +7,16 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { Piscina } from 'piscina';
-import { sha256Digest } from '../estargz/toc.js';
+import { sha256Digest } from '../digest.js';
 import { ChunkDigestMismatchError, InvalidErofsTreeError, MalformedEstargzError, MalformedLayerError } from '../errors.js';
 import type { ErofsBuildOptions } from '../erofs/build.js';
 import type { ErofsEntry } from '../erofs/tree.js';
-import { checkDigest, inflateChunk, inflateSpan, type FilePiece, type GzipTask, type InflateTask, type ReadFilePiecesResult, type SpanResult, type SpanTask, type VerifyTask, type WalkTask, type BuildImageTask } from '../../workers/codec-worker.js';
-import type { LayerWalk } from '../kernel/layer-walk.js';
+import { checkDigest, inflateChunk, inflateSpan, type FilePiece, type GzipTask, type InflateTask, type ReadFilePiecesResult, type SpanResult, type SpanTask, type VerifyTask, type WalkTask, type BuildImageTask } from './codec-worker.js';
+import type { LayerWalk } from './layer-walk.js';
 
-export type { FilePiece } from '../../workers/codec-worker.js';
+export type { FilePiece } from './codec-worker.js';
 
-const WORKER = fileURLToPath(new URL('../../workers/codec-worker.js', import.meta.url));
+const WORKER = fileURLToPath(new URL('./codec-worker.js', import.meta.url));
 
 /**
  * Members up to this size are inflated on the calling thread: for a file of a few KiB, posting a
@@ -127,7 +127,7 @@ export class CodecPool {
     return pieces.map((p, i) => ({ data: all.subarray(at, (at += p.length)), digest: r.digests[i] }));
   }
 
-  /** The walk of the layer unpacked at `root` (src/kernel/layer-walk.ts); a path it cannot look at is a MalformedLayerError naming it. */
+  /** The walk of the layer unpacked at `root` (layer-walk.ts); a path it cannot look at is a MalformedLayerError naming it. */
   async walkLayer(root: string): Promise<LayerWalk> {
     const r = (await this.pool.run({ root } satisfies WalkTask, { name: 'walk' })) as LayerWalk | { failed: { path: string; reason: string } };
     if ('failed' in r) throw new MalformedLayerError(r.failed.path, r.failed.reason);

@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { FailedPreconditionError, SnapshotNotOursError } from '../errors.js';
 import type { CodecPool } from '../codec/codec-pool.js';
 import { convertLayer } from '../convert/layer-converter.js';
-import { sha256Digest } from '../estargz/toc.js';
+import { sha256Digest } from '../digest.js';
 import type { Platform } from '../image/oci.js';
 import { isAlive } from '../mount/mount-records.js';
 import type { RegistryClient } from '../registry/client.js';

@@ -12,6 +12,7 @@ import {
   type ImageConfig, type ImageManifest, type Platform,
 } from '../image/oci.js';
 import { parseValidatedJson } from '../validated-json.js';
+import { SHA256_DIGEST } from '../digest.js';
 
 export interface ContainerdTarget {
   /** containerd's socket. */
@@ -80,7 +81,7 @@ export class Containerd {
   }
 
   private async blob(digest: string): Promise<Buffer> {
-    if (!/^sha256:[0-9a-f]{64}$/.test(digest)) throw new InvalidArgumentError(`"${digest}" is not a sha256 digest`);
+    if (!SHA256_DIGEST.test(digest)) throw new InvalidArgumentError(`"${digest}" is not a sha256 digest`);
     return (await this.ctr(['content', 'get', digest], `blob ${digest}`, 'buffer')).stdout as Buffer;
   }
 

@@ -8,7 +8,8 @@ import { Readable } from 'node:stream';
 import { MediaType, type Descriptor } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import type { RegistryClient } from '../registry/client.js';
-import { sha256Digest, TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/toc.js';
+import { sha256Digest } from '../digest.js';
+import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/toc.js';
 import type { ConvertedLayer } from '../convert/layer-converter.js';
 import type { ContainerImage } from './containerd.js';
 

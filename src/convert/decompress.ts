@@ -7,6 +7,7 @@ import { createGunzip } from 'node:zlib';
 import { Decompress } from 'fzstd';
 import { MalformedLayerError } from '../errors.js';
 import type { LayerCompression } from '../image/oci.js';
+import { hashDigest } from '../digest.js';
 
 function zstdStream(layer: string): Transform {
   let out: Transform;
@@ -72,6 +73,6 @@ export class DigestingSource implements AsyncIterable<Uint8Array> {
       if (r.done) this.ended = true;
       else this.hash.update(r.value);
     }
-    return 'sha256:' + this.hash.digest('hex');
+    return hashDigest(this.hash);
   }
 }

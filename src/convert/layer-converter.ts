@@ -10,9 +10,9 @@ import { MalformedLayerError } from '../errors.js';
 import { encodeFooter } from '../estargz/footer.js';
 import { encodeTarHeader, TAR_END, tarPadding, type TarHeader } from '../estargz/tar.js';
 import { readTar, TarFormatError, type TarEntry } from '../estargz/tar-reader.js';
+import { hashDigest, sha256Digest } from '../digest.js';
 import {
-  cleanEntryName, encodeToc, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, sha256Digest, TOC_TAR_NAME, tocEntryOfTar,
-  type TocEntryJson,
+  cleanEntryName, encodeToc, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME, tocEntryOfTar, type TocEntryJson,
 } from '../estargz/toc.js';
 
 export interface LayerConvertOptions {
@@ -130,7 +130,7 @@ class EstargzBuilder {
       }
       if (written > 0) current.chunkOffset = written;
       if (n === this.opts.chunkSize && h.size > n) current.chunkSize = n;
-      current.chunkDigest = 'sha256:' + chunkHash.digest('hex');
+      current.chunkDigest = hashDigest(chunkHash);
       this.offsetFixups.push({ entry: current, member });
       written += n;
       if (written < h.size) {
@@ -138,7 +138,7 @@ class EstargzBuilder {
         this.toc.push(current);
       }
     }
-    e.digest = 'sha256:' + fileHash.digest('hex');
+    e.digest = hashDigest(fileHash);
     this.members.append(Buffer.alloc(tarPadding(h.size)));
   }
 
@@ -201,7 +201,7 @@ export async function convertLayer(openTar: () => AsyncIterable<Uint8Array>, out
     await out.sync();
     const size = (await out.stat()).size;
     return {
-      path: outPath, digest: 'sha256:' + members.blobHash.digest('hex'), size, diffId: 'sha256:' + members.diffHash.digest('hex'),
+      path: outPath, digest: hashDigest(members.blobHash), size, diffId: hashDigest(members.diffHash),
       tocDigest, uncompressedSize: members.uncompressed, entries: builder.toc.length,
     };
   } finally {

@@ -5,7 +5,9 @@
 import { gunzipSync } from 'node:zlib';
 import { MalformedEstargzError } from '../errors.js';
 import { BLOCK } from './tar.js';
-import { TOC_TAR_NAME, parseToc, sha256Digest, type Toc, type TocChunk } from './toc.js';
+import { sha256Digest } from '../digest.js';
+import { parseToc } from './toc-parser.js';
+import { TOC_TAR_NAME, type Toc, type TocChunk } from './toc.js';
 
 /** A TOC larger than this (uncompressed) is refused rather than inflated. */
 export const MAX_TOC_BYTES = 256 * 1024 * 1024;

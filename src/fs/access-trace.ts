@@ -1,38 +1,12 @@
 // The access trace: the first read of every chunk of a mounted layer (file, offset, length, time
 // since mount), written under traces/ when the mount goes away, for prefetch to replay on the
-// next start. Format: docs/trace.md.
+// next start. Format: src/trace-format.ts, docs/trace.md.
 
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
 import type { TocChunk, TocNode } from '../estargz/toc.js';
-
-export const TRACE_VERSION = 1;
-
-export interface TraceAccess {
-  path: string;
-  /** Offset of the chunk in the file, and its length. */
-  offset: number;
-  length: number;
-  chunkDigest: string;
-  /** Milliseconds since the layer was mounted. */
-  ms: number;
-}
-
-export interface TraceFile {
-  version: typeof TRACE_VERSION;
-  image: string;
-  manifestDigest: string;
-  layer: string;
-  recordedAt: string;
-  durationMs: number;
-  accesses: TraceAccess[];
-}
-
-/** Where the trace of a layer of an image lives: <trace_dir>/<manifest hex>/<layer hex>.json. */
-export function tracePath(traceDir: string, manifestDigest: string, layer: string): string {
-  return join(traceDir, manifestDigest.replace(/^sha256:/, ''), `${layer.replace(/^sha256:/, '')}.json`);
-}
+import { tracePath, TRACE_VERSION, type TraceAccess, type TraceFile } from '../trace-format.js';
 
 export class AccessTrace {
   private readonly started = Date.now();

@@ -9,7 +9,7 @@
 import type { Toc, TocNode } from '../estargz/toc.js';
 import { OPAQUE_XATTR, overlayChildren } from '../estargz/whiteouts.js';
 import type { LazyLayer } from '../fetch/lazy-layer.js';
-import { unmount } from '../mount/system-mounts.js';
+import { unmount } from '../system-mounts.js';
 import { ERRNO, FuseErrno, FuseSession, type FuseAttr, type FuseConnection, type FuseDirEntry, type FuseFilesystem, type StatFs } from './fuse-session.js';
 
 const S_IFMT = { dir: 0o040000, reg: 0o100000, symlink: 0o120000, char: 0o020000, block: 0o060000, fifo: 0o010000 } as const;

@@ -4,12 +4,11 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { UnixJsonClient } from '../api/unix-socket.js';
+import { binaryPath } from '../binaries.js';
 import { DedupError, FusedError, MountError } from '../errors.js';
-import type { MountInfo, MountRequest, OpenAheadRequest } from './layer-server.js';
+import type { MountInfo, MountRequest, OpenAheadRequest } from '../layer-server-protocol.js';
 
-export const FUSED_BIN = fileURLToPath(new URL('../cmd/dedup-fused.js', import.meta.url));
 /** How long a call waits for a layer server that is being replaced (its socket briefly absent). */
 const RECONNECT_MS = 15_000;
 const START_TIMEOUT_MS = 30_000;
@@ -102,7 +101,7 @@ export class FusedClient {
     const up = await this.health(0).catch(() => undefined);
     if (up) return up.pid;
     const log = openSync(logFile, 'a');
-    const child = spawn(process.execPath, [FUSED_BIN, '--socket', this.socket, ...args], { detached: true, stdio: ['ignore', log, log] });
+    const child = spawn(process.execPath, [binaryPath('dedup-fused'), '--socket', this.socket, ...args], { detached: true, stdio: ['ignore', log, log] });
     closeSync(log);
     child.unref();
     const exited = new Promise<never>((_, reject) => child.once('exit', (code, signal) =>

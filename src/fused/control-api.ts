@@ -15,7 +15,8 @@ import { z } from 'zod';
 import { readValid, route, send, sendError, type Reply, type Routes } from '../api/http.js';
 import { closeUnix, listenUnix } from '../api/unix-socket.js';
 import { VERSION } from '../version.js';
-import { mountRequestSchema, openAheadRequestSchema, type LayerServer } from './layer-server.js';
+import { mountRequestSchema, openAheadRequestSchema } from '../layer-server-protocol.js';
+import type { LayerServer } from './layer-server.js';
 
 const MAX_BODY = 64 * 1024;
 const unmountSchema = z.object({ mountpoint: z.string().startsWith('/'), whenUnused: z.boolean().default(false) }).strict();

@@ -9,37 +9,17 @@
 // their mounts, by digest alone (all of an image's at once, while the snapshotter resolves the
 // manifest at the first layer's Prepare), so that no mount waits for a round trip of its own.
 
-import { z } from 'zod';
 import { findIndexes } from '../convert/gzip-indexer.js';
 import { AlreadyExistsError, MalformedEstargzError, NotFoundError, UnavailableError } from '../errors.js';
 import { RemoteLayer, type LayerToc } from '../fetch/remote-layer.js';
 import { FUSE_FSTYPE, type FuseConnection } from '../fs/fuse-session.js';
 import type { FoundArtifact } from '../image/artifacts.js';
-import { descriptorSchema, digestSchema } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import { LayerMount, type LayerMountContext } from '../mount/layer-mount.js';
-import { mountTable, unmount, unmountFuse } from '../mount/system-mounts.js';
+import { mountTable, unmount, unmountFuse } from '../system-mounts.js';
 import { PromiseCache } from '../promise-cache.js';
 import type { RegistryClient } from '../registry/client.js';
-
-export const mountRequestSchema = z.object({
-  mountpoint: z.string().startsWith('/'),
-  image: z.string().min(1),
-  manifestDigest: z.string().min(1),
-  layer: descriptorSchema,
-  /** Fetch the rest of the layer in the background once mounted. */
-  background: z.boolean().default(false),
-}).strict();
-
-export type MountRequest = z.infer<typeof mountRequestSchema>;
-
-/** Layers of an image that mounts will ask for soon, by digest: an image has at most 127 layers. */
-export const openAheadRequestSchema = z.object({
-  image: z.string().min(1),
-  layers: z.array(digestSchema).max(128),
-}).strict();
-
-export type OpenAheadRequest = z.infer<typeof openAheadRequestSchema>;
+import type { MountInfo, MountRequest, OpenAheadRequest } from '../layer-server-protocol.js';
 
 /** TOCs read ahead and not mounted yet: an abandoned pull's are dropped after this long. */
 const READ_AHEAD = { max: 128, ttlMs: 5 * 60_000 };
@@ -49,16 +29,6 @@ const INDEX_ARTIFACTS = { max: 64, ttlMs: 30_000 };
 /** The blob a mount's TOC read ahead came from. */
 function readAheadKey(image: string, digest: string): string {
   return `${image} ${digest}`;
-}
-
-export interface MountInfo extends MountRequest {
-  mountedAt: string;
-  /** Chunks of the layer not in the store yet, and their bytes. */
-  missingBytes: number;
-  reads: number;
-  readErrors: number;
-  /** How the layer is served (config mount_mode; a layer EROFS cannot hold is FUSE's). */
-  mode: 'fuse' | 'erofs';
 }
 
 /**

@@ -16,6 +16,7 @@ import { MalformedLayerError, MultipleGzipMembersError } from '../errors.js';
 import { readTar, TarFormatError } from '../estargz/tar-reader.js';
 import { tocEntryOfTar, type TocEntryJson } from '../estargz/toc.js';
 import { WINDOW_BYTES, type Checkpoint, type GzipIndex, type Mark } from './format.js';
+import { hashDigest } from '../digest.js';
 
 const OUT_BYTES = 256 * 1024;
 /** data_type: +128 at a block boundary, +64 in the last block, the low 3 bits unused bits of the last input byte. */
@@ -145,21 +146,21 @@ export async function buildGzipIndex(src: AsyncIterable<Uint8Array>, layer: { di
         current.offset = entry.offset + written;
         if (written > 0) current.chunkOffset = written;
         if (n === opts.chunkSize && entry.header.size > n) current.chunkSize = n;
-        current.chunkDigest = 'sha256:' + chunkHash.digest('hex');
+        current.chunkDigest = hashDigest(chunkHash);
         written += n;
         if (written < entry.header.size) {
           current = { name: e.name, type: 'chunk' };
           entries.push(current);
         }
       }
-      e.digest = 'sha256:' + fileHash.digest('hex');
+      e.digest = hashDigest(fileHash);
     }
     for await (const _ of tar); // the end blocks and padding after the last entry
   } catch (err) {
     if (err instanceof MalformedLayerError) throw err;
     throw new MalformedLayerError(layer.digest, (err as Error).message.replace(/^malformed eStargz /, ''), { cause: err });
   }
-  const actual = 'sha256:' + inflater.hash.digest('hex');
+  const actual = hashDigest(inflater.hash);
   if (actual !== layer.digest || inflater.compressedBytes !== layer.size) {
     throw new MalformedLayerError(layer.digest, `the bytes read are ${actual} (${inflater.compressedBytes} bytes), not the layer (${layer.size} bytes)`);
   }

@@ -7,7 +7,9 @@
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { z } from 'zod';
 import { MalformedGzipIndexError } from '../errors.js';
-import { lastAtOrBefore, tocOfJson, type Toc, type TocChunk, type TocJson } from '../estargz/toc.js';
+import { tocOfJson } from '../estargz/toc-parser.js';
+import { lastAtOrBefore, type Toc, type TocChunk, type TocJson } from '../estargz/toc.js';
+import { digestSchema as digest } from '../digest.js';
 
 export const GZIP_INDEX_MEDIA_TYPE = 'application/vnd.dedup-snapshotter.gzip-index.v1+json+gzip';
 /** Deflate's window: the most a back-reference reaches. */
@@ -49,7 +51,6 @@ export interface GzipIndex {
   toc: TocJson;
 }
 
-const digest = z.string().regex(/^sha256:[0-9a-f]{64}$/);
 const count = z.number().int().min(0).max(2 ** 53 - 1);
 const documentSchema = z.object({
   version: z.literal(1),

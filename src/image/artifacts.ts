@@ -5,7 +5,7 @@
 // the tag.
 
 import { NotFoundError } from '../errors.js';
-import { sha256Digest } from '../estargz/toc.js';
+import { sha256Digest } from '../digest.js';
 import type { RegistryClient } from '../registry/client.js';
 import { indexSchema, MANIFEST_ACCEPT, manifestSchema, MediaType, parseJson, type Descriptor, type ImageManifest } from './oci.js';
 import type { RegistryImage } from './registry-image.js';

@@ -14,7 +14,7 @@ import {
   type Descriptor, type ImageIndex, type Platform, type ResolvedImage,
 } from './oci.js';
 import type { BlobBody, ImageSource, ImageTarget } from './source.js';
-import { sha256Digest } from '../estargz/toc.js';
+import { hashDigest, sha256Digest } from '../digest.js';
 
 export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
 
@@ -98,7 +98,7 @@ export class OciLayout implements ImageSource, ImageTarget {
         cb(null, chunk);
       },
       flush(cb) {
-        const actual = 'sha256:' + hash.digest('hex');
+        const actual = hashDigest(hash);
         cb(actual === desc.digest ? null : new DigestMismatchError(`blob in ${dir}`, desc.digest, actual));
       },
     });

@@ -4,6 +4,7 @@
 import { z } from 'zod';
 import { MalformedManifestError } from '../errors.js';
 import { parseValidatedJson } from '../validated-json.js';
+import { digestSchema } from '../digest.js';
 
 export const MediaType = {
   ociIndex: 'application/vnd.oci.image.index.v1+json',
@@ -36,8 +37,6 @@ export function layerCompression(mediaType: string, where: string): LayerCompres
       throw new MalformedManifestError(where, `layer media type "${mediaType}" is not a tar, tar+gzip or tar+zstd layer`);
   }
 }
-
-export const digestSchema = z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must be sha256:<64 hex digits>');
 
 export const descriptorSchema = z.object({
   mediaType: z.string().min(1),

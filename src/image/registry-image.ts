@@ -10,7 +10,7 @@ import {
 } from './oci.js';
 import type { BlobBody, ImageSource, ImageTarget, RegistryLocation } from './source.js';
 import { DigestMismatchError } from '../errors.js';
-import { sha256Digest } from '../estargz/toc.js';
+import { sha256Digest } from '../digest.js';
 
 /** Old registries answer without a media type: an index is what has "manifests". */
 function looksLikeIndex(bytes: Buffer): boolean {

@@ -7,7 +7,7 @@
 import type { CodecPool, FilePiece } from '../codec/codec-pool.js';
 import type { PackLocation } from '../store/pack-files.js';
 import { eachLimited, ImageChunks, type LayerImage } from './layer-image.js';
-import type { WalkedFile } from './layer-walk.js';
+import type { WalkedFile } from '../codec/layer-walk.js';
 
 /** Files below this size live inside the image (tail-packed), not in packs. */
 export const INLINE_MAX = 4096;
@@ -68,7 +68,7 @@ function batchesOf(jobs: WalkedFile[], chunkSize: number): Piece[][] {
 }
 
 /**
- * Builds the EROFS image of the layer unpacked at `root` (walked on the codec pool: layer-walk.ts),
+ * Builds the EROFS image of the layer unpacked at `root` (walked on the codec pool: codec/layer-walk.ts),
  * storing its file data in chunks of `chunkSize` (a power of two, at least 4 KiB).
  */
 export async function buildDirectoryLayer(root: string, chunkSize: number, sink: ChunkSink, pool: CodecPool): Promise<DirectoryLayerImage> {

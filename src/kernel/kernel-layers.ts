@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
 import type { CodecPool } from '../codec/codec-pool.js';
 import { UnsupportedError } from '../errors.js';
-import { mountErofs, unmount } from '../mount/system-mounts.js';
+import { mountErofs, unmount } from '../system-mounts.js';
 import type { Toc } from '../estargz/toc.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import { buildDirectoryLayer } from './directory-layer.js';

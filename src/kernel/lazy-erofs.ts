@@ -28,7 +28,7 @@ import { UnsupportedError } from '../errors.js';
 import type { Toc, TocChunk, TocNode } from '../estargz/toc.js';
 import type { LazyLayer } from '../fetch/lazy-layer.js';
 import type { RemoteLayer } from '../fetch/remote-layer.js';
-import { mountErofs, mountTable, sysfsDir, unmount } from '../mount/system-mounts.js';
+import { mountErofs, mountTable, sysfsDir, unmount } from '../system-mounts.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import { kernelModeUnsupported } from './kernel-layers.js';
 import { PreContentGroup, type PreContentRange } from './pre-content.js';

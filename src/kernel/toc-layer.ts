@@ -15,7 +15,8 @@
 import { BLOCK_SIZE } from '../erofs/format.js';
 import type { ErofsEntry, ErofsExtent } from '../erofs/tree.js';
 import { NotFoundError } from '../errors.js';
-import { sha256Digest, type Toc, type TocNode } from '../estargz/toc.js';
+import { sha256Digest } from '../digest.js';
+import { type Toc, type TocNode } from '../estargz/toc.js';
 import { OPAQUE_XATTR, overlayChildren } from '../estargz/whiteouts.js';
 import type { PackLocation } from '../store/pack-files.js';
 import { eachLimited, ImageChunks, type LayerImage } from './layer-image.js';

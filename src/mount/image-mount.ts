@@ -11,7 +11,7 @@ import { layerCompression, type Platform } from '../image/oci.js';
 import type { ImageSource } from '../image/source.js';
 import { LayerMount, type LayerMountContext } from './layer-mount.js';
 import { mountsDir, removeRecord, writeRecord, type MountRecord } from './mount-records.js';
-import { isMountpoint, mountOverlay, unmount } from './system-mounts.js';
+import { isMountpoint, mountOverlay, unmount } from '../system-mounts.js';
 
 export interface ImageMountOptions extends LayerMountContext {
   root: string;

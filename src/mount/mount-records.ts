@@ -7,7 +7,7 @@ import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { writeFileAtomic } from '../atomic-file.js';
-import type { MountEntry } from './system-mounts.js';
+import type { MountEntry } from '../system-mounts.js';
 
 export interface MountRecord {
   id: string;

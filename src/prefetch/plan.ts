@@ -7,10 +7,10 @@ import { z } from 'zod';
 import { MalformedTraceError } from '../errors.js';
 import type { Toc, TocNode } from '../estargz/toc.js';
 import type { ChunkRef } from '../fetch/lazy-layer.js';
-import { TRACE_VERSION, type TraceFile } from '../fs/access-trace.js';
+import { TRACE_VERSION, type TraceFile } from '../trace-format.js';
 import { parseValidatedJson } from '../validated-json.js';
+import { digestSchema as digest } from '../digest.js';
 
-const digest = z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must be sha256:<64 hex digits>');
 const traceSchema = z.object({
   version: z.literal(TRACE_VERSION),
   image: z.string(),

@@ -5,7 +5,7 @@ import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
 import { MalformedTraceError, NotFoundError } from '../errors.js';
-import { tracePath, type TraceFile } from '../fs/access-trace.js';
+import { tracePath, type TraceFile } from '../trace-format.js';
 import { parseTrace } from './plan.js';
 
 export const BUNDLE_KIND = 'dedup-snapshotter/trace-bundle';

@@ -3,7 +3,7 @@
 
 import { existsSync } from 'node:fs';
 import type { LayerChunk, RemoteLayer } from '../fetch/remote-layer.js';
-import { tracePath } from '../fs/access-trace.js';
+import { tracePath } from '../trace-format.js';
 import { planFromTrace, readTrace } from './plan.js';
 
 export function traceChunks(traceDir: string, onWarning: (msg: string, fields: object) => void): (layer: RemoteLayer, manifestDigest: string) => Promise<LayerChunk[]> {

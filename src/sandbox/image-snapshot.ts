@@ -2,15 +2,15 @@
 // snapshot of an image's top layer by its chain id, computed from the config's diff ids
 // (the OCI image spec: chainID(L0) = diffID(L0), chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln))).
 
-import { createHash } from 'node:crypto';
 import { MalformedManifestError } from '../errors.js';
 import type { Platform } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
 import type { RegistryClient } from '../registry/client.js';
+import { sha256Digest } from '../digest.js';
 
 export function chainId(diffIds: string[]): string {
   if (diffIds.length === 0) throw new MalformedManifestError('image config', 'rootfs.diff_ids is empty');
-  return diffIds.slice(1).reduce((chain, diff) => `sha256:${createHash('sha256').update(`${chain} ${diff}`).digest('hex')}`, diffIds[0]!);
+  return diffIds.slice(1).reduce((chain, diff) => sha256Digest(`${chain} ${diff}`), diffIds[0]!);
 }
 
 /** The chain id of `ref`'s top layer, from its config in the registry. */

@@ -6,7 +6,7 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isDedupError, SandboxError } from '../errors.js';
-import { mountAt, unmount } from '../mount/system-mounts.js';
+import { mountAt, unmount } from '../system-mounts.js';
 import { Cgroup } from './cgroup.js';
 import type { CheckpointInfo, CheckpointStore } from './checkpoints.js';
 import { Sandbox, type Launch } from './sandbox.js';

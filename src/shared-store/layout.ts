@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { digestSchema } from '../image/oci.js';
+import { digestSchema } from '../digest.js';
 import { StoreError } from '../errors.js';
 
 export const LAYOUT_VERSION = 1;

@@ -16,7 +16,7 @@ import type { CodecPool } from '../codec/codec-pool.js';
 import { buildDirectoryLayer } from '../kernel/directory-layer.js';
 import { alignUp, type PackLocation } from '../store/pack-files.js';
 import { imageRecordSchema, layerRecordSchema, LAYOUT_VERSION, readRecord, StoreLayout, type ImageRecord, type LayerRecord } from './layout.js';
-import { sha256Digest } from '../estargz/toc.js';
+import { sha256Digest } from '../digest.js';
 
 /** Temp files and unreferenced packs or layers this old are a dead publisher's (a live one renames within its run). */
 export const STALE_MS = 10 * 60_000;

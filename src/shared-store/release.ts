@@ -5,7 +5,8 @@
 // share unmounted, a network error) removes nothing: it may come back, and its mounts still serve.
 
 import { FailedPreconditionError } from '../errors.js';
-import { snapshotName, type Snapshotter } from '../snapshot/snapshotter.js';
+import { snapshotName } from '../snapshot/labels.js';
+import { type Snapshotter } from '../snapshot/snapshotter.js';
 import type { SharedStoreMetrics } from './metrics.js';
 
 interface Log {

@@ -14,7 +14,7 @@ import { isDedupError, SharedStoreError } from '../errors.js';
 import { readPieces } from '../store/pack-files.js';
 import { imageRecordSchema, layerRecordSchema, readRecord, StoreLayout, type ImageRecord } from './layout.js';
 import type { SharedStoreMetrics } from './metrics.js';
-import { sha256Digest } from '../estargz/toc.js';
+import { sha256Digest } from '../digest.js';
 
 /** A layer a Prepare can mount from a shared store. */
 export interface SharedLayer {

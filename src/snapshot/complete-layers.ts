@@ -9,7 +9,7 @@ import { InvalidErofsTreeError, TocDigestMismatchError } from '../errors.js';
 import { RemoteLayer } from '../fetch/remote-layer.js';
 import { RegistryImage } from '../image/registry-image.js';
 import type { KernelLayers } from '../kernel/kernel-layers.js';
-import { unmount } from '../mount/system-mounts.js';
+import { unmount } from '../system-mounts.js';
 import type { RegistryClient } from '../registry/client.js';
 import type { KernelLayerRef, RemoteLayerRef, SnapshotMetadata } from './metadata.js';
 

@@ -12,7 +12,6 @@
 // queue, so a chunk not found means "not present", never an error. Nothing on the path of a read
 // runs SQL (past the layer's one query at mount) or hashes on the calling thread.
 
-import { createHash } from 'node:crypto';
 import { mkdir, open, readdir, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Database from 'better-sqlite3';
@@ -20,10 +19,10 @@ import { ChunkDigestMismatchError, InvalidArgumentError, NotFoundError, StoreErr
 import { openIndexDb, placesAmong, type ChunkPlace, type LayerRecord, type StoreStats } from './index-db.js';
 import { listPacks, PackReader, PackWriter, packsDir, packWriterAlive, punchGaps, readPieces, type PackLocation } from './pack-files.js';
 import { IndexWriter } from './index-writer.js';
+import { SHA256_DIGEST, sha256Digest } from '../digest.js';
 
 export type { LayerRecord, StoreStats } from './index-db.js';
 
-const DIGEST_RE = /^sha256:([0-9a-f]{64})$/;
 /** A temp file older than this belongs to a writer that died. */
 const STALE_TEMP_MS = 10 * 60 * 1000;
 
@@ -39,9 +38,8 @@ export interface GcReport {
 }
 
 function hexOf(digest: string): string {
-  const m = DIGEST_RE.exec(digest);
-  if (!m) throw new InvalidArgumentError(`"${digest}" is not a sha256 digest`);
-  return m[1]!;
+  if (!SHA256_DIGEST.test(digest)) throw new InvalidArgumentError(`"${digest}" is not a sha256 digest`);
+  return digest.slice('sha256:'.length);
 }
 
 /** Checks a chunk's bytes against its digest, off the calling thread (the codec workers); owns `data` from then on. */
@@ -179,7 +177,7 @@ export class ChunkStore {
 
   /** Verifies and stores a chunk; returns false when it was stored already. */
   async put(digest: string, data: Uint8Array): Promise<boolean> {
-    const actual = 'sha256:' + createHash('sha256').update(data).digest('hex');
+    const actual = sha256Digest(data);
     if (actual !== digest) throw new ChunkDigestMismatchError(digest, actual, 'bytes offered to the store');
     return this.putVerified(digest, data);
   }

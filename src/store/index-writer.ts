@@ -1,6 +1,6 @@
 // The index work of a chunk store that serves reads, off its event loop: presence changes are
 // queued, merged (the last change of a digest wins) and committed in batches by a worker thread
-// (workers/index-worker.ts) with its own connection, one batch at a time; what comes in while one
+// (index-worker.ts) with its own connection, one batch at a time; what comes in while one
 // is committed goes in the next. A process that waits for the write lock (a gc or an ingest in
 // another process holds it) thus keeps serving, and its changes are committed once the lock is
 // free. A layer's record (at mount) and the store's scan for its figures run there too. Until committed, the index lags the
@@ -10,10 +10,10 @@
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { StoreError } from '../errors.js';
-import type { RecordTask } from '../../workers/index-worker.js';
+import type { RecordTask } from './index-worker.js';
 import type { LayerRecord, Stored, StoreStats } from './index-db.js';
 
-const WORKER = fileURLToPath(new URL('../../workers/index-worker.js', import.meta.url));
+const WORKER = fileURLToPath(new URL('./index-worker.js', import.meta.url));
 /** A batch that failed (the busy timeout ran out, the disk is full) is tried again after this. */
 const RETRY_MS = 1000;
 

@@ -2,14 +2,14 @@
 // verify a chunk read from the store, walk an unpacked layer, read and hash its files, build its
 // EROFS image) run here so the main thread keeps serving I/O. The pool side is src/codec/codec-pool.ts.
 
-import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { constants, gunzipSync, gzipSync, inflateRawSync } from 'node:zlib';
 import { move, transferableSymbol, valueSymbol } from 'piscina';
-import { buildErofs, type ErofsBuildOptions } from '../src/erofs/build.js';
-import type { ErofsEntry } from '../src/erofs/tree.js';
-import { InvalidErofsTreeError } from '../src/errors.js';
-import { LayerWalkFailure, walkLayer, type LayerWalk } from '../src/kernel/layer-walk.js';
+import { buildErofs, type ErofsBuildOptions } from '../erofs/build.js';
+import type { ErofsEntry } from '../erofs/tree.js';
+import { InvalidErofsTreeError } from '../errors.js';
+import { LayerWalkFailure, walkLayer, type LayerWalk } from './layer-walk.js';
+import { sha256Digest } from '../digest.js';
 
 export interface GzipTask {
   data: Uint8Array;
@@ -44,7 +44,7 @@ export function inflateChunk(task: InflateTask): Buffer | string {
   if (out.length < task.innerOffset + task.chunkSize) return `inflate: member holds ${out.length} bytes, chunk needs ${task.innerOffset + task.chunkSize}`;
   const data = out.subarray(task.innerOffset, task.innerOffset + task.chunkSize);
   if (task.expected) {
-    const actual = 'sha256:' + createHash('sha256').update(data).digest('hex');
+    const actual = sha256Digest(data);
     if (actual !== task.expected) return `digest: ${actual}`;
   }
   // Copy out only when the chunk is a small part of the member, so the transfer stays small.
@@ -102,7 +102,7 @@ export interface VerifyTask {
 
 /** Checks bytes against their digest: undefined when they match, else the digest they have. Pure, like inflateChunk. */
 export function checkDigest(task: VerifyTask): string | undefined {
-  const actual = 'sha256:' + createHash('sha256').update(task.data).digest('hex');
+  const actual = sha256Digest(task.data);
   return actual === task.expected ? undefined : actual;
 }
 
@@ -162,7 +162,7 @@ export function readFilePieces(task: ReadFilePiecesTask): unknown {
           out.failed = { piece: i, reason: `it changed while it was read (${got} of ${p.length} bytes at ${p.offset})` };
           break;
         }
-        out.digests.push(p.hash ? 'sha256:' + createHash('sha256').update(view).digest('hex') : undefined);
+        out.digests.push(p.hash ? sha256Digest(view) : undefined);
         at += p.length;
       } catch (err) {
         out.failed = { piece: i, reason: (err as Error).message };

@@ -6,8 +6,8 @@
 import { execFile } from 'node:child_process';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { MountError } from '../errors.js';
-import { isSysError, native } from '../native.js';
+import { MountError } from './errors.js';
+import { isSysError, native } from './native.js';
 
 function exec(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve) => {

@@ -1,5 +1,5 @@
 // The walk of an unpacked layer directory (what containerd's overlay applier wrote into an Active
-// snapshot), with blocking calls: it runs on a codec worker (workers/codec-worker.ts, walkLayer).
+// snapshot), with blocking calls: it runs on a codec worker (codec-worker.ts, walkLayer).
 // On the main thread, a Debian base layer's 6,000 entries cost some 450 ms of CPU in promise
 // round trips for their lstat, readdir and readlink calls; here the same calls take a fraction of it.
 
@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { ErofsEntry } from '../erofs/tree.js';
 import { OPAQUE_XATTR } from '../estargz/whiteouts.js';
 import { isSysError, native } from '../native.js';
-import { devParts } from '../mount/system-mounts.js';
+import { devParts } from '../system-mounts.js';
 
 /** A regular file found by the walk: entry `index` gets its extents or inline bytes once it is read. */
 export interface WalkedFile {

@@ -1,6 +1,7 @@
-// What every command shares: the common flags (--root, --config, --plain-http, --json, registry
-// credentials), turning them into a validated Config and a RegistryClient, printing results as
-// text or JSON, and the one place where errors become messages and exit codes.
+// What every binary starts with (the daemons in cmd/, dedupctl's commands in cli/): the common
+// flags (--root, --config, --plain-http, --json, registry credentials), turning them into a
+// validated Config and a RegistryClient, printing results as text or JSON, and the one place
+// where errors become messages and exit codes.
 
 import { homedir } from 'node:os';
 import { join } from 'node:path';

@@ -4,7 +4,7 @@
 // row never holds up its event loop.
 
 import type Database from 'better-sqlite3';
-import { openIndexDb, recordLayer, recordPresence, storeStats, type LayerRecord, type PresenceChanges, type StoreStats } from '../src/store/index-db.js';
+import { openIndexDb, recordLayer, recordPresence, storeStats, type LayerRecord, type PresenceChanges, type StoreStats } from './index-db.js';
 
 /** This thread's connections, by index.db path; better-sqlite3 closes them when the thread ends. */
 const connections = new Map<string, Database.Database>();

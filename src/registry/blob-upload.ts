@@ -20,9 +20,10 @@ export async function uploadBlob(t: RegistryTransport, ref: ImageReference, dige
   const what = `upload of blob ${digest} to ${ref.host}/${ref.repository}`;
   const query = opts.mountFrom ? `?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(opts.mountFrom)}` : '';
   const start = await t.send(ref, { method: 'POST', path: `${ref.repository}/blobs/uploads/${query}`, headers: { 'content-length': '0' }, scope, capability: 'push' });
+  // fail() reads the body: a body is dumped only once the status is the one wanted.
+  if (start.statusCode !== 202 && !(start.statusCode === 201 && opts.mountFrom)) return t.fail(start, what);
   await start.body.dump();
-  if (start.statusCode === 201 && opts.mountFrom) return 'mounted';
-  if (start.statusCode !== 202) return t.fail(start, what);
+  if (start.statusCode === 201) return 'mounted';
   let location = await uploadLocation(t, start.headers.location, start.statusCode, ref);
   const chunkSize = opts.chunkSize ?? DEFAULT_UPLOAD_CHUNK;
   if (size > chunkSize) {
@@ -32,23 +33,23 @@ export async function uploadBlob(t: RegistryTransport, ref: ImageReference, dige
         method: 'PATCH', path: location, body: open(off, end), scope, capability: 'push',
         headers: { 'content-type': 'application/octet-stream', 'content-range': `${off}-${end - 1}`, 'content-length': String(end - off) },
       });
-      await res.body.dump();
       if (res.statusCode !== 202) return t.fail(res, `${what} (chunk at ${off})`);
+      await res.body.dump();
       location = await uploadLocation(t, res.headers.location, res.statusCode, ref);
     }
     const done = await t.send(ref, {
       method: 'PUT', path: withQuery(location, 'digest', digest), headers: { 'content-length': '0' }, scope, capability: 'push',
     });
-    await done.body.dump();
     if (done.statusCode !== 201) return t.fail(done, what);
+    await done.body.dump();
     return 'uploaded';
   }
   const res = await t.send(ref, {
     method: 'PUT', path: withQuery(location, 'digest', digest), body: open(0, size), scope, capability: 'push',
     headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) },
   });
-  await res.body.dump();
   if (res.statusCode !== 201) return t.fail(res, what);
+  await res.body.dump();
   return 'uploaded';
 }
 

@@ -81,9 +81,9 @@ export class RegistryClient {
       method: 'HEAD', path: `${ref.repository}/blobs/${digest}`,
       scope: capability === 'push' ? `repository:${ref.repository}:pull,push` : RegistryClient.pull(ref), capability,
     });
+    if (res.statusCode !== 200 && res.statusCode !== 404) return this.transport.fail(res, `blob ${digest} in ${ref.repository}`);
     await res.body.dump();
     if (res.statusCode === 404) return undefined;
-    if (res.statusCode !== 200) return this.transport.fail(res, `blob ${digest} in ${ref.repository}`);
     const len = Number(res.headers['content-length']);
     return Number.isFinite(len) ? len : 0;
   }
@@ -225,8 +225,8 @@ export class RegistryClient {
       headers: { 'content-type': mediaType, 'content-length': String(bytes.length) },
       scope: `repository:${ref.repository}:pull,push`, capability: 'push',
     });
-    await res.body.dump();
     if (res.statusCode !== 201 && res.statusCode !== 200) return this.transport.fail(res, `push of manifest ${ref.repository}:${reference}`);
+    await res.body.dump();
     return 'sha256:' + createHash('sha256').update(bytes).digest('hex');
   }
 }

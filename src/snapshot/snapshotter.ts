@@ -13,7 +13,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AlreadyExistsError, FailedPreconditionError, FusedError, isDedupError } from '../errors.js';
+import { AlreadyExistsError, FailedPreconditionError, isDedupError, MalformedEstargzError, MalformedGzipIndexError } from '../errors.js';
 import type { MountInfo, MountRequest, OpenAheadRequest } from '../fused/layer-server.js';
 import type { ImageManifest, Platform } from '../image/oci.js';
 import { RegistryImage } from '../image/registry-image.js';
@@ -483,8 +483,7 @@ export class Snapshotter {
     } catch (err) {
       this.metadata.remove(target);
       await rm(this.dir(id), { recursive: true, force: true });
-      const code = err instanceof FusedError ? err.remoteCode : undefined;
-      const reason = code === 'ERR_MALFORMED_ESTARGZ' ? 'not_estargz' : code === 'ERR_MALFORMED_GZIP_INDEX' ? 'bad_gzip_index' : 'mount_failed';
+      const reason = err instanceof MalformedEstargzError ? 'not_estargz' : err instanceof MalformedGzipIndexError ? 'bad_gzip_index' : 'mount_failed';
       return this.fullPull(reason, imageRef, digest, (err as Error).message);
     }
     this.opts.log.info({ snapshot: target, image: imageRef, layer: digest }, 'remote snapshot mounted lazily');

@@ -30,9 +30,12 @@ function drained(out: Writable): Promise<void> {
 
 export class RegistryClient {
   private readonly transport: RegistryTransport;
+  /** The registry host of references that name none. */
+  readonly defaultRegistry: string;
 
   constructor(opts: RegistryClientOptions = {}) {
     this.transport = new RegistryTransport(opts);
+    this.defaultRegistry = opts.defaultRegistry || 'docker.io';
   }
 
   get stats(): TransferStats {

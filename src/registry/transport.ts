@@ -30,6 +30,8 @@ export interface RegistryClientOptions {
   mirrorRetryMs?: number;
   /** Told each time a host is passed over, for the log. */
   onHostSkipped?: (skip: HostSkip) => void;
+  /** The registry host of references that name none (config `registry`); docker.io when not given. */
+  defaultRegistry?: string;
 }
 
 export const DEFAULT_MIRROR_RETRY_MS = 30_000;

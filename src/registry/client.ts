@@ -10,9 +10,6 @@ import type { ImageReference } from './reference.js';
 import { withRetries } from './retry.js';
 import { RegistryTransport, servesRange, type RegistryClientOptions, type ReplayableBody, type RequestSpec, type TransferStats } from './transport.js';
 
-export { DEFAULT_MIRROR_RETRY_MS, type RegistryClientOptions, type ReplayableBody, type TransferStats } from './transport.js';
-export { DEFAULT_UPLOAD_CHUNK } from './blob-upload.js';
-
 /** The error for a body that broke off for good: ours pass as they are (their retries were made). */
 const broken = (what: string) => (err: unknown): unknown =>
   isDedupError(err) ? err : new RegistryError(`${what}: ${(err as Error).message}`, undefined, { cause: err });

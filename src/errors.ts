@@ -374,7 +374,7 @@ const CLASS_OF: { [C in ErrorCode]: { prototype: DedupError } } = {
   ERR_INTERNAL: InternalError,
 };
 
-export function isErrorCode(code: string): code is ErrorCode {
+function isErrorCode(code: string): code is ErrorCode {
   return Object.hasOwn(CLASS_OF, code);
 }
 

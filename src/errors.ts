@@ -1,6 +1,8 @@
 // One errors module: every failure the project reports is one of these classes, with a stable
 // `code` that scripts and tests match on and a message that names the thing that was wrong.
-// Edges (CLI exit codes, later gRPC and FUSE errno) translate codes in exactly one place each.
+// Edges (CLI exit codes, gRPC codes, HTTP statuses, FUSE errno) translate codes in exactly one
+// place each. An error that crosses a process travels as its code and message (WireError) and is
+// rebuilt there as the class of its code (fromWire), so callers test classes, never strings.
 
 export type ErrorCode =
   | 'ERR_INVALID_ARGUMENT'
@@ -25,19 +27,21 @@ export type ErrorCode =
   | 'ERR_MALFORMED_TRACE'
   | 'ERR_MALFORMED_GZIP_INDEX'
   | 'ERR_KSM'
-  | 'ERR_DEDUPD'
-  | 'ERR_FUSED'
+  | 'ERR_PEER'
   | 'ERR_UNAVAILABLE'
   | 'ERR_UNSUPPORTED'
   | 'ERR_API_BIND'
   | 'ERR_FREEZE'
   | 'ERR_SNAPSHOT_NOT_OURS'
-
   | 'ERR_SANDBOX'
   | 'ERR_POOL_EXHAUSTED'
   | 'ERR_CRIU'
-  | 'ERR_ADMIN_API'
-  | 'ERR_SHARED_STORE';
+  | 'ERR_SHARED_STORE'
+  | 'ERR_BAD_JSON'
+  | 'ERR_BODY_TOO_LARGE'
+  | 'ERR_METHOD_NOT_ALLOWED'
+  | 'ERR_UNAUTHORIZED'
+  | 'ERR_INTERNAL';
 
 export class DedupError extends Error {
   readonly code: ErrorCode;
@@ -205,24 +209,17 @@ export class KsmError extends DedupError {
   }
 }
 
-/** dedupd's job socket refused a request; the message carries dedupd's own code. */
-export class DedupdError extends DedupError {
-  constructor(remoteCode: string, message: string) {
-    super('ERR_DEDUPD', `dedupd: ${message} [${remoteCode}]`);
+/** A peer (the layer server, dedupd, the admin API) answered with a code this build does not know (or none: `HTTP <status>`). */
+export class PeerError extends DedupError {
+  constructor(readonly peer: string, readonly remoteCode: string, message: string) {
+    super('ERR_PEER', `${peer}: ${message} [${remoteCode}]`);
   }
 }
 
-/** Not now: a transient state (a hand-over) refuses the request; the caller retries. */
+/** Not now: a peer that does not answer (its socket missing) or a transient state (a hand-over) refuses the request; the caller may retry. */
 export class UnavailableError extends DedupError {
   constructor(message: string) {
     super('ERR_UNAVAILABLE', message);
-  }
-}
-
-/** The layer server (dedup-fused) refused a request; the message carries its own code. */
-export class FusedError extends DedupError {
-  constructor(readonly remoteCode: string, message: string) {
-    super('ERR_FUSED', `dedup-fused: ${message} [${remoteCode}]`);
   }
 }
 
@@ -275,13 +272,6 @@ export class CriuError extends DedupError {
   }
 }
 
-/** The daemon's admin API refused a request (or could not be reached); the message carries its own code. */
-export class AdminApiError extends DedupError {
-  constructor(readonly remoteCode: string, message: string) {
-    super('ERR_ADMIN_API', `admin API: ${message} [${remoteCode}]`);
-  }
-}
-
 /** Why a shared store's image is not served (docs/shared-store.md); `reason` is the metric's label. */
 export type SharedStoreRejection = 'record' | 'incomplete' | 'image_digest' | 'chunk_digest' | 'unreadable';
 
@@ -292,6 +282,112 @@ export class SharedStoreError extends DedupError {
   }
 }
 
+/** A request body that is not valid JSON. */
+export class MalformedJsonError extends DedupError {
+  constructor(what: string, why: string) {
+    super('ERR_BAD_JSON', `${what} is not valid JSON (${why})`);
+  }
+}
+
+/** A request body over its limit; `setting` names what sets the limit. */
+export class BodyTooLargeError extends DedupError {
+  constructor(limit: number, setting: string) {
+    super('ERR_BODY_TOO_LARGE', `body over ${limit} bytes (${setting})`);
+  }
+}
+
+/** An endpoint that does not take this method; `allow` lists those it takes. */
+export class MethodNotAllowedError extends DedupError {
+  constructor(method: string, path: string, readonly allow: string[]) {
+    super('ERR_METHOD_NOT_ALLOWED', `${method} not allowed on ${path} (${allow.join(', ')})`);
+  }
+}
+
+/** A request without the credentials the server wants; `challenge` is its WWW-Authenticate. */
+export class UnauthorizedError extends DedupError {
+  constructor(message: string, readonly challenge?: string) {
+    super('ERR_UNAUTHORIZED', message);
+  }
+}
+
+/** A failure that is none of the above (a bug, or a system error no class names), as a server answers it. */
+export class InternalError extends DedupError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_INTERNAL', message, options);
+  }
+}
+
 export function isDedupError(err: unknown): err is DedupError {
   return err instanceof DedupError;
+}
+
+/** An error as it crosses a process: the HTTP helpers' JSON answers are {"error": WireError}. */
+export interface WireError {
+  code: string;
+  message: string;
+}
+
+/** How `err` travels: its code and message; anything not ours as ERR_INTERNAL. */
+export function toWire(err: unknown): WireError {
+  if (isDedupError(err)) return { code: err.code, message: err.message };
+  return { code: 'ERR_INTERNAL', message: err instanceof Error ? err.message : String(err) };
+}
+
+/** The class each code is rebuilt as (the most general one where classes share a code). */
+const CLASS_OF: { [C in ErrorCode]: { prototype: DedupError } } = {
+  ERR_INVALID_ARGUMENT: InvalidArgumentError,
+  ERR_INVALID_CONFIG: InvalidConfigError,
+  ERR_INVALID_REFERENCE: InvalidReferenceError,
+  ERR_NOT_FOUND: NotFoundError,
+  ERR_ALREADY_EXISTS: AlreadyExistsError,
+  ERR_FAILED_PRECONDITION: FailedPreconditionError,
+  ERR_REGISTRY: RegistryError,
+  ERR_REGISTRY_AUTH: RegistryAuthError,
+  ERR_UNSUPPORTED_MEDIA_TYPE: UnsupportedMediaTypeError,
+  ERR_MALFORMED_MANIFEST: MalformedManifestError,
+  ERR_MALFORMED_LAYER: MalformedLayerError,
+  ERR_MALFORMED_ESTARGZ: MalformedEstargzError,
+  ERR_TOC_DIGEST_MISMATCH: TocDigestMismatchError,
+  ERR_DIGEST_MISMATCH: DigestMismatchError,
+  ERR_CHUNK_DIGEST_MISMATCH: ChunkDigestMismatchError,
+  ERR_INVALID_EROFS_TREE: InvalidErofsTreeError,
+  ERR_STORE: StoreError,
+  ERR_MOUNT: MountError,
+  ERR_TREE_REMOVAL: TreeRemovalError,
+  ERR_MALFORMED_TRACE: MalformedTraceError,
+  ERR_MALFORMED_GZIP_INDEX: MalformedGzipIndexError,
+  ERR_KSM: KsmError,
+  ERR_PEER: PeerError,
+  ERR_UNAVAILABLE: UnavailableError,
+  ERR_UNSUPPORTED: UnsupportedError,
+  ERR_API_BIND: ApiBindError,
+  ERR_FREEZE: FreezeError,
+  ERR_SNAPSHOT_NOT_OURS: SnapshotNotOursError,
+  ERR_SANDBOX: SandboxError,
+  ERR_POOL_EXHAUSTED: PoolExhaustedError,
+  ERR_CRIU: CriuError,
+  ERR_SHARED_STORE: SharedStoreError,
+  ERR_BAD_JSON: MalformedJsonError,
+  ERR_BODY_TOO_LARGE: BodyTooLargeError,
+  ERR_METHOD_NOT_ALLOWED: MethodNotAllowedError,
+  ERR_UNAUTHORIZED: UnauthorizedError,
+  ERR_INTERNAL: InternalError,
+};
+
+function isErrorCode(code: string): code is ErrorCode {
+  return Object.hasOwn(CLASS_OF, code);
+}
+
+/**
+ * The error `peer` answered with, rebuilt as the class of its code with the peer's message (named
+ * after the peer). Only the code and message travel: a class's own fields (RegistryError.status,
+ * ChunkDigestMismatchError.chunk, ...) are left unset. A code this build does not know, or an
+ * answer without one (`status` is its HTTP status), is a PeerError.
+ */
+export function fromWire(peer: string, wire: Partial<WireError> | undefined, status: number): DedupError {
+  const code = typeof wire?.code === 'string' ? wire.code : undefined;
+  const message = typeof wire?.message === 'string' ? wire.message : `HTTP ${status}`;
+  if (code === undefined || !isErrorCode(code)) return new PeerError(peer, code ?? `HTTP ${status}`, message);
+  // The base constructor with the class as new.target: the prototype (instanceof, name) is the class's.
+  return Reflect.construct(DedupError, [code, `${peer}: ${message}`], CLASS_OF[code] as unknown as new () => DedupError) as DedupError;
 }

@@ -2,18 +2,18 @@
 // GET /audit/logs, GET /metrics (Prometheus text), GET /healthz, POST /commit (a container into
 // a new image, docs/commit.md). With api.token set, every request but /healthz must carry
 // "Authorization: Bearer <token>". Errors are JSON:
-// {"error": {"code": "...", "message": "..."}} with a 4xx status that says what was wrong.
+// {"error": {"code": "...", "message": "..."}} with the code's status (http.ts's HTTP_STATUS).
 
 import { timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { AuditLog } from '../audit/audit-log.js';
-import { ApiBindError } from '../errors.js';
+import { ApiBindError, InvalidArgumentError, UnauthorizedError } from '../errors.js';
 import { parseHostPort, redactConfig } from '../config/config.js';
 import type { LiveConfig } from '../config/live-config.js';
 import type { DaemonMetrics } from '../metrics/metrics.js';
 import { z } from 'zod';
-import { HttpError, readJson, readValid, route, send, sendError, type Reply, type Routes } from './http.js';
+import { readJson, readValid, route, send, sendError, type Reply, type Routes } from './http.js';
 import { poolRoutes, type PoolsApi } from './pool-routes.js';
 import { VERSION } from '../version.js';
 
@@ -120,21 +120,20 @@ function authorize(req: IncomingMessage, token: string): void {
   const given = Buffer.from(m?.[1] ?? '');
   const want = Buffer.from(token);
   if (given.length !== want.length || !timingSafeEqual(given, want)) {
-    throw new HttpError(401, 'ERR_UNAUTHORIZED', m ? 'wrong bearer token' : 'this API needs "Authorization: Bearer <api.token>"',
-      { 'www-authenticate': 'Bearer realm="dedup-snapshotter"' });
+    throw new UnauthorizedError(m ? 'wrong bearer token' : 'this API needs "Authorization: Bearer <api.token>"', 'Bearer realm="dedup-snapshotter"');
   }
 }
 
 function auditQuery(q: URLSearchParams): { limit: number; since?: Date; action?: string } {
   const known = new Set(['limit', 'since', 'action']);
-  for (const k of q.keys()) if (!known.has(k)) throw new HttpError(400, 'ERR_INVALID_ARGUMENT', `unknown query parameter "${k}" (limit, since, action)`);
+  for (const k of q.keys()) if (!known.has(k)) throw new InvalidArgumentError(`unknown query parameter "${k}" (limit, since, action)`);
   const limit = q.has('limit') ? Number(q.get('limit')) : 100;
-  if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new HttpError(400, 'ERR_INVALID_ARGUMENT', `limit must be an integer from 1 to 10000, not "${q.get('limit')}"`);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new InvalidArgumentError(`limit must be an integer from 1 to 10000, not "${q.get('limit')}"`);
   let since: Date | undefined;
   if (q.has('since')) {
     const s = q.get('since')!;
     since = new Date(/^\d+$/.test(s) ? Number(s) : s);
-    if (Number.isNaN(since.getTime())) throw new HttpError(400, 'ERR_INVALID_ARGUMENT', `since must be an ISO 8601 time or milliseconds since the epoch, not "${s}"`);
+    if (Number.isNaN(since.getTime())) throw new InvalidArgumentError(`since must be an ISO 8601 time or milliseconds since the epoch, not "${s}"`);
   }
   return { limit, since, action: q.get('action') ?? undefined };
 }

@@ -1,35 +1,75 @@
-// What the project's small HTTP servers share (the admin API, dedupd's job socket): JSON bodies
-// read within a size limit, JSON answers, and errors as {"error": {"code", "message"}} with the
-// status that says what was wrong.
+// What the project's small HTTP servers share (the admin API, dedupd's job socket, the layer
+// server's control socket): JSON bodies read within a size limit, JSON answers, and errors as
+// {"error": {"code", "message"}} (errors.ts's WireError) with the status that says whose fault it
+// was: 4xx for a bad request, 5xx for the server's own faults, 502 for the registry's (upstream).
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { z } from 'zod';
-import { isDedupError } from '../errors.js';
+import {
+  BodyTooLargeError, InvalidArgumentError, isDedupError, MalformedJsonError, MethodNotAllowedError, NotFoundError, toWire,
+  UnauthorizedError, UnsupportedMediaTypeError, type ErrorCode,
+} from '../errors.js';
 
-export class HttpError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string, readonly headers: Record<string, string> = {}) {
-    super(message);
-  }
-}
+/** The one place codes become HTTP statuses. */
+export const HTTP_STATUS: { [C in ErrorCode]: number } = {
+  ERR_INVALID_ARGUMENT: 400,
+  ERR_INVALID_CONFIG: 400,
+  ERR_INVALID_REFERENCE: 400,
+  ERR_BAD_JSON: 400,
+  ERR_UNAUTHORIZED: 401,
+  ERR_NOT_FOUND: 404,
+  ERR_METHOD_NOT_ALLOWED: 405,
+  ERR_ALREADY_EXISTS: 409,
+  ERR_FAILED_PRECONDITION: 409,
+  ERR_SNAPSHOT_NOT_OURS: 409,
+  ERR_BODY_TOO_LARGE: 413,
+  ERR_UNSUPPORTED_MEDIA_TYPE: 415,
+  ERR_INTERNAL: 500,
+  ERR_INVALID_EROFS_TREE: 500,
+  ERR_STORE: 500,
+  ERR_MOUNT: 500,
+  ERR_TREE_REMOVAL: 500,
+  ERR_MALFORMED_TRACE: 500,
+  ERR_KSM: 500,
+  ERR_API_BIND: 500,
+  ERR_FREEZE: 500,
+  ERR_SANDBOX: 500,
+  ERR_CRIU: 500,
+  ERR_SHARED_STORE: 500,
+  ERR_UNSUPPORTED: 501,
+  // Upstream: the registry (or a peer) failed, or what it served is broken.
+  ERR_REGISTRY: 502,
+  ERR_REGISTRY_AUTH: 502,
+  ERR_MALFORMED_MANIFEST: 502,
+  ERR_MALFORMED_LAYER: 502,
+  ERR_MALFORMED_ESTARGZ: 502,
+  ERR_MALFORMED_GZIP_INDEX: 502,
+  ERR_TOC_DIGEST_MISMATCH: 502,
+  ERR_DIGEST_MISMATCH: 502,
+  ERR_CHUNK_DIGEST_MISMATCH: 502,
+  ERR_PEER: 502,
+  ERR_UNAVAILABLE: 503,
+  ERR_POOL_EXHAUSTED: 503,
+};
 
 const JSON_TYPES = new Set(['application/json', 'application/merge-patch+json']);
 
 /** Reads a JSON body of at most `limit` bytes (`limitName` says which setting sets it). */
 export async function readJson(req: IncomingMessage, limit: number, limitName: string): Promise<unknown> {
   const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-  if (!JSON_TYPES.has(type)) throw new HttpError(415, 'ERR_UNSUPPORTED_MEDIA_TYPE', `body must be application/json, not "${type || '(none)'}"`);
-  if (Number(req.headers['content-length'] ?? 0) > limit) throw new HttpError(413, 'ERR_BODY_TOO_LARGE', `body over ${limit} bytes (${limitName})`);
+  if (!JSON_TYPES.has(type)) throw new UnsupportedMediaTypeError(type || '(none)', 'the request body (it must be application/json)');
+  if (Number(req.headers['content-length'] ?? 0) > limit) throw new BodyTooLargeError(limit, limitName);
   const parts: Buffer[] = [];
   let size = 0;
   for await (const part of req as AsyncIterable<Buffer>) {
     size += part.length;
-    if (size > limit) throw new HttpError(413, 'ERR_BODY_TOO_LARGE', `body over ${limit} bytes (${limitName})`);
+    if (size > limit) throw new BodyTooLargeError(limit, limitName);
     parts.push(part);
   }
   try {
     return JSON.parse(Buffer.concat(parts).toString('utf8'));
   } catch (err) {
-    throw new HttpError(400, 'ERR_BAD_JSON', `body is not valid JSON (${(err as Error).message})`);
+    throw new MalformedJsonError('body', (err as Error).message);
   }
 }
 
@@ -38,7 +78,7 @@ export async function readValid<T>(req: IncomingMessage, schema: z.ZodType<T, z.
   const r = schema.safeParse(await readJson(req, limit, `${limit} bytes`));
   if (r.success) return r.data;
   const issue = r.error.issues[0]!;
-  throw new HttpError(400, 'ERR_INVALID_ARGUMENT', `${issue.path.join('.') || (issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : 'body')}: ${issue.message}`);
+  throw new InvalidArgumentError(`${issue.path.join('.') || (issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : 'body')}: ${issue.message}`);
 }
 
 export interface Reply {
@@ -53,9 +93,9 @@ export type Routes<H> = Record<string, Partial<Record<string, H>>>;
 /** The handler for a request, or the 404 / 405 (with Allow) that says why there is none. */
 export function route<H>(routes: Routes<H>, method: string | undefined, path: string): H {
   const byMethod = routes[path];
-  if (!byMethod) throw new HttpError(404, 'ERR_NOT_FOUND', `no such endpoint: ${path}`);
+  if (!byMethod) throw new NotFoundError(`endpoint ${path}`);
   const handler = byMethod[method ?? ''];
-  if (!handler) throw new HttpError(405, 'ERR_METHOD_NOT_ALLOWED', `${method} not allowed on ${path}`, { allow: Object.keys(byMethod).join(', ') });
+  if (!handler) throw new MethodNotAllowedError(method ?? '(none)', path, Object.keys(byMethod));
   return handler;
 }
 
@@ -65,14 +105,19 @@ export function send(res: ServerResponse, status: number, body: unknown, type?: 
   res.end(text);
 }
 
-const DEDUP_STATUS: Partial<Record<string, number>> = { ERR_NOT_FOUND: 404, ERR_ALREADY_EXISTS: 409, ERR_UNAVAILABLE: 503, ERR_POOL_EXHAUSTED: 503 };
+/** Headers an error's answer carries besides its body. */
+function headersOf(err: unknown): Record<string, string> {
+  if (err instanceof MethodNotAllowedError) return { allow: err.allow.join(', ') };
+  if (err instanceof UnauthorizedError && err.challenge) return { 'www-authenticate': err.challenge };
+  return {};
+}
 
-/** Answers a failed request: HttpError as it says, a DedupError as 404, 409, 503 (unavailable, pool exhausted) or 400, anything else 500 (logged). */
+/** Answers a failed request with its code's status (HTTP_STATUS); anything not ours is a 500 ERR_INTERNAL. Server faults (5xx) are logged. */
 export function sendError(req: IncomingMessage, res: ServerResponse, err: unknown, log: { warn(o: object, m: string): void }): void {
+  const wire = toWire(err);
+  const status = isDedupError(err) ? HTTP_STATUS[err.code] : 500;
+  if (status >= 500) log.warn({ path: req.url, code: wire.code, err: wire.message }, 'HTTP request failed');
   // A body left unread (too large, wrong type) is not drained: the connection closes instead.
   const close: Record<string, string> = req.complete ? {} : { connection: 'close' };
-  if (err instanceof HttpError) return send(res, err.status, { error: { code: err.code, message: err.message } }, undefined, { ...err.headers, ...close });
-  if (isDedupError(err)) return send(res, DEDUP_STATUS[err.code] ?? 400, { error: { code: err.code, message: err.message } });
-  log.warn({ path: req.url, err: (err as Error).message }, 'HTTP request failed');
-  send(res, 500, { error: { code: 'ERR_INTERNAL', message: (err as Error).message } });
+  send(res, status, { error: wire }, undefined, { ...headersOf(err), ...close });
 }

@@ -4,7 +4,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { chmod, rm } from 'node:fs/promises';
 import { Agent, request } from 'undici';
-import { NotFoundError } from '../errors.js';
+import { fromWire, UnavailableError, type WireError } from '../errors.js';
 
 /** Listens on `socket`, replacing a socket file left by a process that was killed. */
 export async function listenUnix(socket: string, handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<Server> {
@@ -27,13 +27,15 @@ export async function closeUnix(server: Server, socket: string, keepFile = false
   if (!keepFile) await rm(socket, { force: true });
 }
 
-/** A client of one of those sockets; `refused` makes the typed error for an error answer. */
+/**
+ * A client of one of those sockets. An error answer is rebuilt as the class of its code
+ * (fromWire); a socket that is missing or refuses connections is an UnavailableError.
+ */
 export class UnixJsonClient {
   private readonly dispatcher: Agent;
 
   /** `hint`: what to check when nothing listens on the socket. */
-  constructor(readonly socket: string, private readonly peer: string, private readonly refused: (code: string, message: string) => Error,
-    private readonly hint = `is ${peer} running?`) {
+  constructor(readonly socket: string, private readonly peer: string, private readonly hint = `is ${peer} running?`) {
     this.dispatcher = new Agent({ connect: { socketPath: socket } });
   }
 
@@ -43,18 +45,25 @@ export class UnixJsonClient {
       headers: body === undefined ? {} : { 'content-type': 'application/json' }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs,
     }).catch((err: NodeJS.ErrnoException) => {
       const cause = (err.cause as NodeJS.ErrnoException | undefined)?.code ?? err.code;
-      if (cause === 'ENOENT' || cause === 'ECONNREFUSED') throw new NotFoundError(`${this.peer} socket ${this.socket}`, this.hint);
+      if (cause === 'ENOENT') throw new UnavailableError(`${this.peer} socket ${this.socket} not found (${this.hint})`);
+      if (cause === 'ECONNREFUSED') throw new UnavailableError(`${this.peer} socket ${this.socket} refuses connections (${this.hint})`);
       throw err;
     });
     const text = await r.body.text();
-    if (r.statusCode >= 400) {
-      const doc = JSON.parse(text) as { error?: { code: string; message: string } };
-      throw this.refused(doc.error?.code ?? `HTTP ${r.statusCode}`, doc.error?.message ?? 'request refused');
-    }
+    if (r.statusCode >= 400) throw fromWire(this.peer, errorOf(text), r.statusCode);
     return (r.headers['content-type']?.toString().startsWith('application/json') ? JSON.parse(text) : text) as T;
   }
 
   close(): Promise<void> {
     return this.dispatcher.close();
+  }
+}
+
+/** The error a body carries, if it is {"error": {...}} (a proxy or a crash may answer anything). */
+function errorOf(text: string): Partial<WireError> | undefined {
+  try {
+    return (JSON.parse(text) as { error?: Partial<WireError> }).error;
+  } catch {
+    return undefined;
   }
 }

@@ -3,7 +3,7 @@
 
 import { Command } from 'commander';
 import { loadConfig } from '../config/config.js';
-import { AdminApiError } from '../errors.js';
+import { fromWire, UnavailableError, type WireError } from '../errors.js';
 import { parseIntFlag, printJson } from '../startup/common.js';
 
 interface ApiFlags {
@@ -21,10 +21,10 @@ async function call<T>(flags: ApiFlags, method: 'GET' | 'POST', path: string, bo
   try {
     res = await fetch(`http://${addr}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   } catch (err) {
-    throw new AdminApiError('ERR_UNREACHABLE', `no answer from ${addr} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is dedup-snapshotter running, with api.addr ${addr}?`);
+    throw new UnavailableError(`admin API: no answer from ${addr} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is dedup-snapshotter running, with api.addr ${addr}?`);
   }
-  const reply = (await res.json().catch(() => ({}))) as { error?: { code: string; message: string } };
-  if (!res.ok) throw new AdminApiError(reply.error?.code ?? String(res.status), reply.error?.message ?? `HTTP ${res.status}`);
+  const reply = (await res.json().catch(() => ({}))) as { error?: Partial<WireError> };
+  if (!res.ok) throw fromWire('admin API', reply.error, res.status);
   return reply as T;
 }
 

@@ -3,12 +3,11 @@
 import { Command } from 'commander';
 import { UnixJsonClient } from '../api/unix-socket.js';
 import { DEFAULT_DEDUPD_SOCKET } from '../config/config.js';
-import { DedupdError } from '../errors.js';
 import type { PrefetchJob } from '../prefetch/prefetch-queue.js';
 import { formatBytes, printJson } from '../startup/common.js';
 
 function call<T>(socket: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
-  const client = new UnixJsonClient(socket, 'dedupd', (code, message) => new DedupdError(code, message), 'is dedupd --serve running?');
+  const client = new UnixJsonClient(socket, 'dedupd', 'is dedupd --serve running?');
   return client.call<T>(method, path, body).finally(() => client.close());
 }
 

@@ -12,7 +12,7 @@ import { CodecPool } from '../codec/codec-pool.js';
 import { audited, configFrom, parseIntFlag, registryClientFrom, runCli, withCommonFlags, type CommonFlags } from '../startup/common.js';
 import { daemonLogger } from '../startup/log.js';
 import { DEFAULT_DEDUPD_SOCKET, type Config } from '../config/config.js';
-import { InvalidArgumentError } from '../errors.js';
+import { FailedPreconditionError, InvalidArgumentError } from '../errors.js';
 import { ingestImage, type IngestReport } from '../fetch/ingest.js';
 import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
@@ -45,6 +45,7 @@ const program = withCommonFlags(new Command('dedupd'))
   .action(async (refs: string[], flags: DedupdFlags) => {
     if (flags.serve === (refs.length > 0)) throw new InvalidArgumentError(flags.serve ? '--serve takes no images: queue them with dedupctl prefetch' : 'name at least one image, or --serve');
     const config = await configFrom(flags);
+    if (!config.dedupd.enabled) throw new FailedPreconditionError('dedupd.enabled is false in the config: dedupd does not run (set it to true to prefetch)');
     const log = daemonLogger('dedupd', config);
     const client = await registryClientFrom(flags, config, log);
     const store = await ChunkStore.open(config.root);

@@ -26,6 +26,11 @@ export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
+/** A registry host as references write it: a name or IPv4 address, or [IPv6], and a port. */
+const REGISTRY_HOST = /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::\d{1,5})?$/;
+const SEED_DEDUPD_REGISTRY = 'https://registry-1.docker.io';
+const SEED_FSCACHE_DOMAIN = 'dedup-snapshotter';
+
 const absolutePath = z.string().min(1).refine((s) => s.startsWith('/'), 'must be an absolute path');
 
 export const configSchema = z.object({
@@ -39,8 +44,8 @@ export const configSchema = z.object({
   mount_mode: z.enum(['auto', 'erofs', 'fuse']).default('fuse'),
   enable_lazy: z.boolean().default(true),
   enable_mem_dedup: z.boolean().default(true),
-  /** Default registry host for references without one; "" keeps docker.io. */
-  registry: z.string().default(''),
+  /** Default registry host for references without one (as `dedupctl` and `dedupd` take them); "" keeps docker.io. */
+  registry: z.string().refine((h) => h === '' || REGISTRY_HOST.test(h), 'must be a registry host, HOST[:PORT] (or "" for docker.io)').default(''),
   /** containerd certs.d directory (hosts.toml per registry host). */
   registry_hosts_dir: absolutePath.default('/etc/containerd/certs.d'),
   /**
@@ -84,10 +89,17 @@ export const configSchema = z.object({
     merge_across_nodes: z.boolean().default(false),
   }).strict().default({}),
   dedupd: z.object({
+    /** false: dedupd refuses to run (one-shot and --serve). */
     enabled: z.boolean().default(true),
     workers: z.number().int().min(1).max(64).default(4),
-    registry: z.string().default('https://registry-1.docker.io'),
-    fscache_domain: z.string().min(1).default('dedup-snapshotter'),
+    // The seed's two keys below have no meaning here; their seed values are accepted so that the
+    // seed's config loads, anything else is refused rather than silently ignored.
+    registry: z.literal(SEED_DEDUPD_REGISTRY, { errorMap: () => ({
+      message: `dedupd pulls from the registry each reference names (and "registry" for references without one): only the seed's "${SEED_DEDUPD_REGISTRY}" is accepted`,
+    }) }).default(SEED_DEDUPD_REGISTRY),
+    fscache_domain: z.literal(SEED_FSCACHE_DOMAIN, { errorMap: () => ({
+      message: `fscache is not used (see enable_fscache): only the seed's "${SEED_FSCACHE_DOMAIN}" is accepted`,
+    }) }).default(SEED_FSCACHE_DOMAIN),
   }).strict().default({}),
   api: z.object({
     enabled: z.boolean().default(true),

@@ -6,7 +6,7 @@ import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { UnixJsonClient } from '../api/unix-socket.js';
 import { binaryPath } from '../binaries.js';
-import { DedupError, FusedError, MountError } from '../errors.js';
+import { MountError, UnavailableError } from '../errors.js';
 import type { MountInfo, MountRequest, OpenAheadRequest } from '../layer-server-protocol.js';
 
 /** How long a call waits for a layer server that is being replaced (its socket briefly absent). */
@@ -28,7 +28,7 @@ export class FusedClient {
   private readonly client: UnixJsonClient;
 
   constructor(readonly socket: string) {
-    this.client = new UnixJsonClient(socket, 'dedup-fused', (code, message) => new FusedError(code, message));
+    this.client = new UnixJsonClient(socket, 'dedup-fused');
   }
 
   /** A call, retried while the socket is missing or the server is handing over (an upgrade) for up to RECONNECT_MS. */
@@ -38,8 +38,7 @@ export class FusedClient {
       try {
         return await this.client.call<T>(method, path, body);
       } catch (err) {
-        const transient = (err instanceof DedupError && err.code === 'ERR_NOT_FOUND') || (err instanceof FusedError && err.remoteCode === 'ERR_UNAVAILABLE');
-        if (!transient || Date.now() > deadline) throw err;
+        if (!(err instanceof UnavailableError) || Date.now() > deadline) throw err;
         await new Promise((r) => setTimeout(r, 100));
       }
     }

@@ -27,7 +27,7 @@ export class RegistryImage implements ImageSource, ImageTarget {
   readonly location: RegistryLocation;
 
   constructor(private readonly client: RegistryClient, ref: string | ImageReference) {
-    this.ref = typeof ref === 'string' ? parseReference(ref) : ref;
+    this.ref = typeof ref === 'string' ? parseReference(ref, client.defaultRegistry) : ref;
     this.name = formatReference(this.ref);
     this.location = { host: this.ref.host, repository: this.ref.repository };
   }

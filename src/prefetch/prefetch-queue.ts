@@ -3,6 +3,7 @@
 // Jobs are kept in memory for `dedupctl prefetch ls`; a restart starts with an empty queue.
 
 import { randomBytes } from 'node:crypto';
+import { toWire } from '../errors.js';
 import type { IngestReport } from '../fetch/ingest.js';
 
 export type JobState = 'queued' | 'running' | 'done' | 'failed';
@@ -67,7 +68,7 @@ export class PrefetchQueue {
         this.log.info({ job: job.id, image: r.image, ...job.report }, 'prefetch done');
       } catch (err) {
         job.state = 'failed';
-        job.error = { code: (err as { code?: string }).code ?? 'ERR_INTERNAL', message: (err as Error).message };
+        job.error = toWire(err);
         this.log.error({ job: job.id, image: job.image, ...job.error }, 'prefetch failed');
       }
       job.finishedAt = new Date().toISOString();

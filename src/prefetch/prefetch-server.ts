@@ -6,8 +6,9 @@
 
 import type { IncomingMessage, Server } from 'node:http';
 import { z } from 'zod';
-import { HttpError, readValid, route, send, sendError, type Reply, type Routes } from '../api/http.js';
+import { readValid, route, send, sendError, type Reply, type Routes } from '../api/http.js';
 import { closeUnix, listenUnix } from '../api/unix-socket.js';
+import { NotFoundError } from '../errors.js';
 import { VERSION } from '../version.js';
 import type { PrefetchQueue } from './prefetch-queue.js';
 
@@ -34,7 +35,7 @@ export class PrefetchServer {
       const serve = async (): Promise<Reply> => {
         if (job && req.method === 'GET') {
           const found = queue.get(job[1]!);
-          if (!found) throw new HttpError(404, 'ERR_NOT_FOUND', `no prefetch job ${job[1]}`);
+          if (!found) throw new NotFoundError(`prefetch job ${job[1]}`);
           return { body: found };
         }
         return route(routes, req.method, path)(req);

@@ -3,7 +3,7 @@
 import { InvalidReferenceError } from '../errors.js';
 
 export interface ImageReference {
-  /** Registry host as written (with port), "docker.io" when none was given. */
+  /** Registry host as written (with port); the default (docker.io unless configured) when none was given. */
   host: string;
   /** Repository path, e.g. "library/alpine". */
   repository: string;
@@ -15,7 +15,8 @@ const PATH_COMPONENT = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
 const TAG = /^[\w][\w.-]{0,127}$/;
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
 
-export function parseReference(ref: string): ImageReference {
+/** `defaultHost`: the registry of a reference without one (config `registry`); docker.io's repositories without a slash are under library/. */
+export function parseReference(ref: string, defaultHost = 'docker.io'): ImageReference {
   if (ref.length === 0 || ref.length > 4096) throw new InvalidReferenceError(ref, 'empty or too long');
   let rest = ref;
   let digest: string | undefined;
@@ -32,7 +33,7 @@ export function parseReference(ref: string): ImageReference {
     rest = rest.slice(0, colon);
     if (!TAG.test(tag)) throw new InvalidReferenceError(ref, `tag "${tag}" is not valid`);
   }
-  let host = 'docker.io';
+  let host = defaultHost;
   const slash = rest.indexOf('/');
   const first = slash >= 0 ? rest.slice(0, slash) : '';
   if (slash >= 0 && (first.includes('.') || first.includes(':') || first === 'localhost')) {

@@ -10,6 +10,13 @@ import type { Snapshotter } from './snapshotter.js';
 
 const PROTO_DIR = fileURLToPath(new URL('../../../proto', import.meta.url));
 
+/**
+ * containerd's errdefs read NotFound, AlreadyExists, FailedPrecondition and InvalidArgument back
+ * as its own kinds (a Prepare answered AlreadyExists is a remote snapshot); Unavailable (the
+ * registry or the layer server not answering) and Unimplemented (what this host or build cannot
+ * do) as ErrUnavailable and ErrNotImplemented. Anything else is Unknown. A method the service
+ * does not have is answered Unimplemented by grpc-js itself.
+ */
 const GRPC_CODE: Partial<Record<ErrorCode, grpc.status>> = {
   ERR_NOT_FOUND: grpc.status.NOT_FOUND,
   ERR_ALREADY_EXISTS: grpc.status.ALREADY_EXISTS,
@@ -17,6 +24,8 @@ const GRPC_CODE: Partial<Record<ErrorCode, grpc.status>> = {
   ERR_INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
   ERR_INVALID_REFERENCE: grpc.status.INVALID_ARGUMENT,
   ERR_REGISTRY: grpc.status.UNAVAILABLE,
+  ERR_UNAVAILABLE: grpc.status.UNAVAILABLE,
+  ERR_UNSUPPORTED: grpc.status.UNIMPLEMENTED,
   ERR_REGISTRY_AUTH: grpc.status.PERMISSION_DENIED,
 };
 

@@ -7,7 +7,7 @@
 // mounted again here.
 
 import { mkdir, rm } from 'node:fs/promises';
-import { FusedError, isDedupError } from '../errors.js';
+import { isDedupError, MalformedEstargzError, MalformedGzipIndexError } from '../errors.js';
 import type { ImageManifest, Platform } from '../image/oci.js';
 import type { KernelLayers } from '../kernel/kernel-layers.js';
 import { RegistryImage } from '../image/registry-image.js';
@@ -170,8 +170,7 @@ export class RemoteSnapshots {
     } catch (err) {
       this.c.metadata.remove(target);
       await rm(this.c.dirs.dir(id), { recursive: true, force: true });
-      const code = err instanceof FusedError ? err.remoteCode : undefined;
-      const reason = code === 'ERR_MALFORMED_ESTARGZ' ? 'not_estargz' : code === 'ERR_MALFORMED_GZIP_INDEX' ? 'bad_gzip_index' : 'mount_failed';
+      const reason = err instanceof MalformedEstargzError ? 'not_estargz' : err instanceof MalformedGzipIndexError ? 'bad_gzip_index' : 'mount_failed';
       return this.fullPull(reason, imageRef, digest, (err as Error).message);
     }
     this.c.log.info({ snapshot: target, image: imageRef, layer: digest }, 'remote snapshot mounted lazily');

@@ -52,6 +52,7 @@ export async function registryClientFrom(flags: CommonFlags, config: Config, log
     hostsDir: flags.hostsDir ?? config.registry_hosts_dir,
     credentials: (host) => explicit ?? stored.get(host),
     mirrorRetryMs: config.registry_mirror_retry_seconds * 1000,
+    defaultRegistry: config.registry,
     onHostSkipped: log && ((skip) => {
       const fields = { host: skip.host, blob: skip.blob, reason: skip.reason, detail: skip.detail, retryAt: new Date(skip.until).toISOString() };
       // A pull-through cache that has not cached a blob yet is normal; a host that fails is not.

@@ -25,8 +25,8 @@ const chunkOf = (r: ChunkRef): TocChunk => r.file.chunks[r.index]!;
 
 /**
  * `first` (out of the queue already) and what its request brings, in blob order: the first
- * entry's position is where the request begins. The queued chunks of earlier positions whose bytes
- * run into the first's join (a gzip index: one inflate from the earliest checkpoint serves them);
+ * entry's position is where the request begins. In a gzip index, the queued chunks of earlier spans
+ * whose bytes run into the first's join (one inflate from the earliest checkpoint serves them);
  * then those that follow within the bounds.
  */
 export function takeRun(first: Pending, queue: ChunkQueue, layer: LayerChunks, bounds: RunBounds): Pending[] {
@@ -34,7 +34,8 @@ export function takeRun(first: Pending, queue: ChunkQueue, layer: LayerChunks, b
   const c0 = first.chunk;
   const max = bounds.maxBytes;
   let start = c0.offset;
-  for (let p = layer.prev(start); p !== undefined && needs(c0) - p <= max; p = layer.prev(p)) {
+  // Only spans walk back: their bytes overlap, so the later one fetched alone would bring shared bytes twice.
+  for (let p = c0.window ? layer.prev(start) : undefined; p !== undefined && needs(c0) - p <= max; p = layer.prev(p)) {
     const [from, to] = [p, start];
     if (!layer.startingAt(p).some((r) => needs(chunkOf(r)) >= to && needs(chunkOf(r)) - from <= max && queue.has(chunkOf(r).chunkDigest ?? ''))) break;
     start = p;

@@ -17,6 +17,7 @@ import type { ChunkCache } from './chunk-cache.js';
 import { PRIORITY, type Pending, type Priority } from './chunk-queue.js';
 import { chunkFromSpan, KeptSpans } from './kept-spans.js';
 import { chunkWhere, LayerChunks, type ChunkRef } from './layer-chunks.js';
+import { prefetchBatch, type PrefetchReport } from './prefetch-batch.js';
 import { RangeScheduler } from './range-scheduler.js';
 import { takeRun } from './range-run.js';
 import { ReadAhead } from './read-ahead.js';
@@ -69,14 +70,6 @@ export interface LazyLayerHooks {
   observer?: LazyLayerObserver;
   /** A fetched, verified chunk the store refused (disk full, say). */
   storeFailed?: (digest: string, err: unknown) => void;
-}
-
-export interface PrefetchReport {
-  fetched: number;
-  skipped: number;
-  failed: number;
-  /** The first failure, if any. */
-  error?: unknown;
 }
 
 export class LazyLayer {
@@ -336,29 +329,11 @@ export class LazyLayer {
    * one request. At most `queueSize` chunks are queued at once. Resolves when all are settled
    * (prefetched chunks are then stored); with `stopOnFailure`, the first failure closes the layer.
    */
-  async prefetch(chunks: ChunkRef[], queueSize = 1000, stopOnFailure = false): Promise<PrefetchReport> {
-    const report: PrefetchReport = { fetched: 0, skipped: 0, failed: 0 };
-    const pending = new Set<Promise<void>>();
-    const failed = (err: unknown): void => {
-      if (report.failed++ === 0) report.error = err;
-      if (stopOnFailure) this.close();
-    };
-    for (const { file, index } of chunks) {
-      const d = file.chunks[index]?.chunkDigest;
-      if (this.closed && stopOnFailure) break;
-      if (!d || !this.missing(d)) {
-        report.skipped++;
-        continue;
-      }
-      // Missing per the index: queue it straight away (no store read first), so the whole batch
-      // is queued before the next turn and neighbours go out in one request.
-      const fetch = this.share(d, this.scheduler.enqueue({ file, index }, PRIORITY.prefetch));
-      const p = fetch.then(() => void report.fetched++, failed).finally(() => pending.delete(p));
-      pending.add(p);
-      // Refill in batches, not one by one: chunks queued together go out as one Range request.
-      if (pending.size >= queueSize) while (pending.size > queueSize >> 1) await Promise.race(pending);
-    }
-    await Promise.all(pending);
-    return report;
+  prefetch(chunks: ChunkRef[], queueSize = 1000, stopOnFailure = false): Promise<PrefetchReport> {
+    return prefetchBatch({
+      missing: (digest) => this.missing(digest),
+      fetch: (ref, digest) => this.share(digest, this.scheduler.enqueue(ref, PRIORITY.prefetch)),
+      stop: () => this.close(),
+    }, chunks, queueSize, stopOnFailure);
   }
 }

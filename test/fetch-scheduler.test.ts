@@ -1,7 +1,8 @@
 // The fetch scheduler on its own (no root, no registry): a real eStargz layer served from memory
 // by a fake image source that records every Range request and can hold, fail or corrupt them,
 // read through the real LazyLayer, codec workers and chunk store. Coalescing, priorities, close()
-// with requests in flight, whole-blob waiters, faults, and every reply's bytes.
+// with requests in flight, whole-blob waiters, faults, and every reply's bytes; then ingest
+// (`store ingest`, dedupd) through the same scheduler, from an OCI layout.
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -11,16 +12,19 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { CodecPool } from '../src/codec/codec-pool.js';
+import { convertImage } from '../src/convert/image-converter.js';
 import { convertLayer } from '../src/convert/layer-converter.js';
 import { MountError } from '../src/errors.js';
 import { TOC_DIGEST_ANNOTATION, type TocNode } from '../src/estargz/toc.js';
 import { ChunkCache } from '../src/fetch/chunk-cache.js';
+import { ingestImage } from '../src/fetch/ingest.js';
 import { DEFAULT_LAZY, LazyLayer, type LazyLayerOptions } from '../src/fetch/lazy-layer.js';
 import { RemoteLayer } from '../src/fetch/remote-layer.js';
 import type { Descriptor } from '../src/image/oci.js';
+import { OciLayout } from '../src/image/oci-layout.js';
 import type { ImageSource } from '../src/image/source.js';
 import { ChunkStore } from '../src/store/chunk-store.js';
-import { tarOf, type FileSpec } from './fixtures/images.js';
+import { tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 
 const KiB = 1024;
 const CHUNK = 64 * KiB;
@@ -269,5 +273,67 @@ describe('the fetch scheduler', () => {
     source.corrupt = false;
     await check(layer, mid);
     assert.equal(layer.stats.errors >= 2, true);
+  });
+});
+
+describe('ingest through the scheduler', () => {
+  let tmp: string;
+  let pool: CodecPool;
+  let layout: string;
+  const platform = { os: 'linux', architecture: 'amd64' };
+
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'dedup-fetch-ingest-'));
+    pool = new CodecPool(2);
+    const entries: FileSpec[] = [{ name: 'a', type: 'file', content: content(3 * CHUNK) }];
+    for (let i = 0; i < 8; i++) entries.push({ name: `f${i}`, type: 'file', content: content(2000 + i) });
+    await writeOciImage(join(tmp, 'plain'), 'v1', [{ tar: await tarOf(entries), compression: 'gzip' }]);
+    layout = `oci:${join(tmp, 'esgz')}:v1`;
+    await convertImage(new OciLayout(`oci:${join(tmp, 'plain')}:v1`), new OciLayout(layout), { platform, chunkSize: CHUNK, compressionLevel: 1, pool });
+  });
+  after(async () => {
+    await pool?.close();
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  /** The layout, its Range requests counted; after the first `okRequests` (the TOC's), they fail. */
+  function counted(okRequests = Infinity): ImageSource & { ranges: number } {
+    const image = new OciLayout(layout);
+    const source = {
+      name: image.name, location: undefined, ranges: 0,
+      resolve: (p: typeof platform) => image.resolve(p),
+      blobStream: (d: Descriptor, r?: { start: number; end: number }) => image.blobStream(d, r),
+      readBlobRange: async (d: Descriptor, start: number, end: number): Promise<Buffer> => {
+        if (++source.ranges > okRequests) throw new Error('registry fault');
+        return image.readBlobRange(d, start, end);
+      },
+    };
+    return source;
+  }
+
+  it('fetches every missing chunk in one request per run, stores each once, and skips them the second time', async () => {
+    const store = await ChunkStore.open(await mkdtemp(join(tmp, 'store-')));
+    try {
+      const first = await ingestImage(counted(), store, pool, { platform });
+      assert.equal(first.fetched, first.chunks);
+      assert.equal(first.alreadyStored, 0);
+      assert.equal(first.layers[0]!.requests, 1, 'neighbouring chunks in one request');
+      assert.ok(first.bytesStored > 3 * CHUNK);
+      const again = await ingestImage(counted(), store, pool, { platform });
+      assert.deepEqual([again.fetched, again.alreadyStored, again.bytesFetched, again.bytesStored], [0, first.chunks, 0, 0]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('stops at the first failure: no request after it, the error is the registry\'s', async () => {
+    const store = await ChunkStore.open(await mkdtemp(join(tmp, 'store-')));
+    try {
+      const source = counted(1);
+      await assert.rejects(ingestImage(source, store, pool, { platform, fetch: { maxRangeBytes: 1, concurrency: 1 } }), /registry fault/);
+      assert.equal(source.ranges, 2, 'the TOC, then one chunk request that failed');
+    } finally {
+      await store.close();
+    }
   });
 });

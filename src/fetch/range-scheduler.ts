@@ -1,7 +1,8 @@
 // Which Range request goes next: the queued chunk of the highest priority (then the oldest), with
 // what its request can bring (range-run.ts), as soon as a slot for its kind is free. Readers
 // (and read-ahead) and prefetch have slots of their own, so a reader never waits for prefetch
-// to free one. A chunk asked for waits one turn, so that chunks asked for together share a request.
+// to free one. Requests start one turn after a chunk is asked for or a slot frees, so that
+// chunks asked for together share a request.
 
 import { ChunkQueue, PRIORITY, type Pending, type Priority } from './chunk-queue.js';
 import type { ChunkRef } from './layer-chunks.js';
@@ -31,14 +32,21 @@ export class RangeScheduler {
   enqueue(ref: ChunkRef, priority: Priority): Promise<Buffer> {
     if (this.closedBy) return Promise.reject(this.closedBy);
     const settled = this.queue.add(ref, priority);
-    if (!this.scheduled) {
-      this.scheduled = true;
-      setImmediate(() => {
-        this.scheduled = false;
-        this.pump();
-      });
-    }
+    this.schedule();
     return settled;
+  }
+
+  /**
+   * Pumps on the next turn: chunks asked for meanwhile join the runs, and the handlers of a run
+   * that just settled have run (a failure that stops the layer starts no request after it).
+   */
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.pump();
+    });
   }
 
   /** Chunks queued at `priority`. */
@@ -64,7 +72,7 @@ export class RangeScheduler {
       void this.fetch(run).finally(() => {
         if (prefetch) this.activePrefetch--;
         else this.active--;
-        this.pump();
+        this.schedule();
       });
     }
   }

@@ -207,6 +207,23 @@ describe('the fetch scheduler', () => {
     for (let i = 0; i < 5; i++) await check(layer, big, i * CHUNK, CHUNK);
   });
 
+  it('sends a reader before read-ahead asked for earlier when both wait for a reader slot', async () => {
+    const { layer, source, node } = await open({ maxInFlight: 1, maxRangeBytes: 1, crossFileWindow: [0, 0] });
+    const held = gate();
+    source.hold = held.wait;
+    const big = node('big');
+    // Chunk 0 for the reader, 1 to 4 queued as read-ahead behind it; then a reader of another file.
+    const first = check(layer, big, 0, 10);
+    await source.requested(1);
+    const second = check(layer, node('small/5'));
+    await new Promise((r) => setImmediate(r));
+    source.hold = undefined;
+    held.open();
+    await Promise.all([first, second]);
+    const small = node('small/5').chunks[0]!;
+    assert.deepEqual(source.ranges[1], [small.offset, small.compressedEnd], 'the reader went before the read-ahead');
+  });
+
   it('close() with requests in flight: queued chunks fail at once, those in flight settle with their bytes, nothing starts after', async () => {
     const { layer, source, node, store } = await open({ prefetchWorkers: 1, maxPrefetchRangeBytes: 1, roundTripBytes: 0, readAheadChunks: 0, crossFileWindow: [0, 0] });
     const held = gate();

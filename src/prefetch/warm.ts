@@ -2,21 +2,22 @@
 // start-up set, in recorded order), else every chunk.
 
 import { existsSync } from 'node:fs';
-import type { LayerChunk, RemoteLayer } from '../fetch/remote-layer.js';
+import type { ChunkRef } from '../fetch/lazy-layer.js';
+import type { RemoteLayer } from '../fetch/remote-layer.js';
 import { tracePath } from '../trace-format.js';
-import { planFromTrace, readTrace } from './plan.js';
+import { planAll, planFromTrace, readTrace } from './plan.js';
 
-export function traceChunks(traceDir: string, onWarning: (msg: string, fields: object) => void): (layer: RemoteLayer, manifestDigest: string) => Promise<LayerChunk[]> {
+export function traceChunks(traceDir: string, onWarning: (msg: string, fields: object) => void): (layer: RemoteLayer, manifestDigest: string) => Promise<ChunkRef[]> {
   return async (layer, manifestDigest) => {
     const file = tracePath(traceDir, manifestDigest, layer.desc.digest);
-    if (!existsSync(file)) return layer.chunks();
+    if (!existsSync(file)) return planAll(layer.toc);
     try {
       const plan = planFromTrace(await readTrace(file), layer.toc, layer.desc.digest, file);
       if (plan.unknown.length) onWarning('trace names chunks this layer does not have; ignoring them', { trace: file, count: plan.unknown.length });
-      return plan.chunks.map(({ file: node, index }) => ({ ...node.chunks[index]!, digest: node.chunks[index]!.chunkDigest!, path: node.path }));
+      return plan.chunks;
     } catch (err) {
       onWarning('ignoring a bad trace; fetching the whole layer', { trace: file, err: (err as Error).message });
-      return layer.chunks();
+      return planAll(layer.toc);
     }
   };
 }

@@ -18,7 +18,7 @@ import { unmountUnder } from './fixtures/containerd.js';
 import { erofsModeSkipReason } from './fixtures/erofs.js';
 import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { logged } from './fixtures/log.js';
-import { run } from './fixtures/process.js';
+import { run, waitFor } from './fixtures/process.js';
 import { startProxy, type Fault, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { forgeChunkDigest } from './fixtures/tamper.js';
@@ -164,8 +164,9 @@ describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() 
     assert.equal(await readFile(join(dir, 'etc/hostname'), 'utf8'), 'rich-upper\n');
     // A read held while its chunk comes through the slow proxy (1.5 s a request) when the
     // server is killed: EIO, whether the kill found it waiting or it came after.
+    const asked = slow!.stats.requests;
     const held = readUntilError(join(dir, 'data/big'));
-    await new Promise((r) => setTimeout(r, 300));
+    await waitFor('the read to reach the registry', async () => slow!.stats.requests > asked, 30_000);
     process.kill(m.pid, 'SIGKILL');
     const got = await held;
     assert.equal(got.err, 'EIO');

@@ -6,7 +6,10 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ERRNO, FuseErrno, FuseSession, type FuseAttr, type FuseDevice, type FuseDirEntry, type FuseFilesystem } from '../src/fs/fuse-session.js';
 
-const OP = { LOOKUP: 1, FORGET: 2, GETATTR: 3, MKDIR: 9, OPEN: 14, READ: 15, STATFS: 17, RELEASE: 18, INIT: 26, READDIR: 28, INTERRUPT: 36, READDIRPLUS: 44 };
+const OP = {
+  LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, MKDIR: 9, OPEN: 14, READ: 15, STATFS: 17, RELEASE: 18, GETXATTR: 22, LISTXATTR: 23, FLUSH: 25, INIT: 26,
+  OPENDIR: 27, READDIR: 28, INTERRUPT: 36, READDIRPLUS: 44,
+};
 const IN_HEADER = 40;
 const OUT_HEADER = 16;
 const ATTR = 88; // struct fuse_attr
@@ -96,9 +99,15 @@ function filesystem(reads: { ino: number; offset: number; size: number }[] = [])
       await new Promise((resolve) => setImmediate(resolve));
       return CONTENT.subarray(offset, offset + size);
     },
-    readdir: (ino) => (ino === 1 ? ROOT : [ROOT[0]!, ROOT[1]!]),
-    getxattr: () => { throw new FuseErrno(ERRNO.ENODATA); },
-    listxattr: () => [],
+    readdir: (ino) => {
+      if (attr(ino).mode & 0o100000) throw new FuseErrno(ERRNO.ENOTDIR);
+      return ino === 1 ? ROOT : [ROOT[0]!, ROOT[1]!];
+    },
+    getxattr: (ino, name) => {
+      if (ino === 2 && name === 'user.k') return Buffer.from('value');
+      throw new FuseErrno(ERRNO.ENODATA);
+    },
+    listxattr: (ino) => (ino === 2 ? ['user.k', 'user.other'] : []),
     statfs: () => ({ blocks: 10, files: 3 }),
   };
 }
@@ -344,6 +353,37 @@ describe('FUSE session (fake device)', () => {
     const b = r.subarray(OUT_HEADER);
     assert.deepEqual([b.readBigUInt64LE(0), b.readBigUInt64LE(8), b.readBigUInt64LE(16), b.readBigUInt64LE(24), b.readBigUInt64LE(32)], [10n, 0n, 0n, 3n, 0n], 'blocks, bfree, bavail, files, ffree');
     assert.deepEqual([b.readUInt32LE(40), b.readUInt32LE(44), b.readUInt32LE(48)], [4096, 255, 4096], 'bsize, namelen, frsize');
+    await s.close();
+  });
+
+  it('answers GETXATTR and LISTXATTR with the size alone for size 0, the value when it fits, ERANGE when not', async () => {
+    const { dev, s } = session();
+    const getxattrIn = (size: number, name: string): Buffer => {
+      const b = Buffer.alloc(8); // struct fuse_getxattr_in, then the name
+      b.writeUInt32LE(size, 0);
+      return Buffer.concat([b, Buffer.from(`${name}\0`)]);
+    };
+    const sizeOnly = await dev.call(OP.GETXATTR, 2, getxattrIn(0, 'user.k'));
+    assert.equal(sizeOnly.length, OUT_HEADER + 8, 'struct fuse_getxattr_out');
+    assert.equal(sizeOnly.readUInt32LE(OUT_HEADER), 5);
+    assert.equal((await dev.call(OP.GETXATTR, 2, getxattrIn(64, 'user.k'))).subarray(OUT_HEADER).toString(), 'value');
+    assertErrno(await dev.call(OP.GETXATTR, 2, getxattrIn(4, 'user.k')), ERRNO.ERANGE);
+    assertErrno(await dev.call(OP.GETXATTR, 2, getxattrIn(64, 'user.none')), ERRNO.ENODATA);
+    const names = 'user.k\0user.other\0';
+    assert.equal((await dev.call(OP.LISTXATTR, 2, getxattrIn(0, ''))).readUInt32LE(OUT_HEADER), names.length);
+    assert.equal((await dev.call(OP.LISTXATTR, 2, getxattrIn(64, ''))).subarray(OUT_HEADER).toString(), names);
+    assertErrno(await dev.call(OP.LISTXATTR, 2, getxattrIn(3, '')), ERRNO.ERANGE);
+    await s.close();
+  });
+
+  it('answers OPENDIR with fuse_open_out keeping the listing cached, ENOTDIR for a file; FLUSH with ENOSYS; READLINK with the filesystem\'s errno', async () => {
+    const { dev, s } = session();
+    const r = await dev.call(OP.OPENDIR, 1, openIn(0));
+    assert.equal(r.length, OUT_HEADER + 16);
+    assert.equal(r.readUInt32LE(OUT_HEADER + 8), FOPEN_KEEP_CACHE | (1 << 3) /* FOPEN_CACHE_DIR */);
+    assertErrno(await dev.call(OP.OPENDIR, 2, openIn(0)), ERRNO.ENOTDIR);
+    assertErrno(await dev.call(OP.FLUSH, 2, Buffer.alloc(24)), ERRNO.ENOSYS);
+    assertErrno(await dev.call(OP.READLINK, 2), ERRNO.EINVAL);
     await s.close();
   });
 

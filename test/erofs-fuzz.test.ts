@@ -1,8 +1,9 @@
 // Fuzzing the EROFS builder. Random trees (odd names up to 255 bytes, deep nesting, directories of
 // many blocks, sizes around block and chunk edges, sparse files over 4 GiB, hard links, devices,
 // whiteouts, many xattrs) always build, pass fsck.erofs, mount, and read back what went in; mutated
-// input either builds or is refused with InvalidErofsTreeError, never anything else. Seeded, so a
-// failure reproduces (EROFS_FUZZ_SEED); EROFS_FUZZ_ITERATIONS raises the count for a longer run.
+// input either builds or is refused with InvalidErofsTreeError, never anything else, and enough of
+// it is refused; a mutant that builds passes fsck.erofs and reads back what went in too. Seeded,
+// so a failure reproduces (EROFS_FUZZ_SEED); EROFS_FUZZ_ITERATIONS raises the count for a longer run.
 
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
@@ -18,6 +19,8 @@ import { rng } from './fixtures/rng.js';
 
 const MOUNTS = Number(process.env.EROFS_FUZZ_ITERATIONS ?? 16);
 const MUTATIONS = MOUNTS * 100;
+/** Mutants that build, mounted and read back. */
+const ACCEPTED_MOUNTS = Math.max(4, MOUNTS / 2);
 const SEED = Number(process.env.EROFS_FUZZ_SEED ?? 0xe20f5);
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -191,21 +194,32 @@ function mutate(g: Gen, entries: ErofsEntry[]): ErofsEntry[] {
   return out as unknown as ErofsEntry[];
 }
 
+/** A mutated small tree of `i`, and the options to build it with (sometimes mutated too). */
+function mutant(g: Gen, i: number, devices: number): { entries: ErofsEntry[]; opts: ErofsBuildOptions } {
+  const chunkSize = g.pick([4096, 65536, MiB]);
+  const entries = mutate(g, randomTree(new Gen(rng(SEED + i)), chunkSize, devices, { maxEntries: 30 }));
+  const opts: ErofsBuildOptions = { devices: Array.from({ length: devices }, (_, k) => ({ tag: `blob${k}`, size: BLOB_SIZE })), chunkSize, buildTime: T };
+  if (g.chance(0.05)) (opts as Record<string, unknown>)[g.pick(['devices', 'chunkSize', 'buildTime', 'uuid', 'volumeName'])] = g.pick(WEIRD);
+  return { entries, opts };
+}
+
+/** The image, or undefined where the builder refused the mutant with InvalidErofsTreeError. */
+function buildOrRefuse(entries: ErofsEntry[], opts: ErofsBuildOptions, what: string): Buffer | undefined {
+  try {
+    return buildErofs(entries, opts).image;
+  } catch (err) {
+    if (!(err instanceof InvalidErofsTreeError)) assert.fail(`${what} (seed ${SEED}): ${String((err as Error).stack)}`);
+    return undefined;
+  }
+}
+
 describe('fuzzing the EROFS builder', () => {
   it('mutated input builds or is refused with InvalidErofsTreeError, nothing else', () => {
     const g = new Gen(rng(SEED ^ 0x55));
     let refused = 0;
     for (let i = 0; i < MUTATIONS; i++) {
-      const chunkSize = g.pick([4096, 65536, MiB]);
-      const entries = mutate(g, randomTree(new Gen(rng(SEED + i)), chunkSize, 2, { maxEntries: 30 }));
-      const opts: ErofsBuildOptions = { devices: [{ tag: 'a', size: BLOB_SIZE }, { tag: 'b', size: BLOB_SIZE }], chunkSize, buildTime: T };
-      if (g.chance(0.05)) (opts as Record<string, unknown>)[g.pick(['devices', 'chunkSize', 'buildTime', 'uuid', 'volumeName'])] = g.pick(WEIRD);
-      try {
-        buildErofs(entries, opts);
-      } catch (err) {
-        if (!(err instanceof InvalidErofsTreeError)) assert.fail(`iteration ${i} (seed ${SEED}): ${String((err as Error).stack)}`);
-        refused++;
-      }
+      const { entries, opts } = mutant(g, i, 2);
+      if (!buildOrRefuse(entries, opts, `iteration ${i}`)) refused++;
     }
     assert.ok(refused > MUTATIONS / 4, `only ${refused} of ${MUTATIONS} mutations were refused: the mutations are too mild`);
   });
@@ -242,6 +256,20 @@ describe('fuzzing the EROFS builder', () => {
         });
       });
     }
+
+    it(`mutants that build pass fsck.erofs, mount and read back what went in (${ACCEPTED_MOUNTS} of them)`, async () => {
+      const g = new Gen(rng(SEED ^ 0xacce));
+      let checked = 0;
+      for (let i = 0; checked < ACCEPTED_MOUNTS && i < MUTATIONS; i++) {
+        const { entries, opts } = mutant(g, i, blobs.length);
+        const image = buildOrRefuse(entries, opts, `mutant ${i}`);
+        if (!image) continue;
+        await fsckErofs(work.dir, image, blobs);
+        await withErofsMount(work.dir, image, blobs, async (mnt) => assertInodes(mnt, await walkInodes(mnt), expectedInodes(entries, T, blobs)));
+        checked++;
+      }
+      assert.equal(checked, ACCEPTED_MOUNTS, 'too few mutants built');
+    });
 
     it('covered every case it is meant to', () => {
       const missing = COVERAGE.filter((c) => !covered.has(c));

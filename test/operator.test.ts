@@ -14,6 +14,7 @@ import { AuditLog, DAY_MS } from '../src/audit/audit-log.js';
 import { binary, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';
 import { pushOci, tarOf, writeOciImage } from './fixtures/images.js';
+import { logged } from './fixtures/log.js';
 import { waitFor } from './fixtures/process.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { snapshotsClient } from './fixtures/snapshots-client.js';
@@ -246,14 +247,14 @@ describe('operator surface: admin API, audit log, metrics', () => {
       } finally {
         snapshots.close();
       }
-      const line = (await readFile(s.log, 'utf8')).split('\n').find((l) => l.includes('ERR_API_BIND'));
-      assert.ok(line, 'the bind failure is logged with its code');
-      assert.match(line, new RegExp(`cannot listen on ${addr} \\(address in use\\); set api\\.addr in the config or --api-addr`));
+      const [record] = await logged(s.log, /^admin API not serving/, { code: 'ERR_API_BIND' });
+      assert.ok(record, 'the bind failure is logged with its code');
+      assert.match(String(record.err), new RegExp(`cannot listen on ${addr} \\(address in use\\); set api\\.addr in the config or --api-addr`));
     } finally {
       await new Promise<void>((resolve) => blocker.close(() => resolve()));
     }
     await waitFor('the admin API to come up on the freed address', async () => (await http(`http://${addr}/healthz`)).status === 200, 20_000);
-    assert.match(await readFile(s.log, 'utf8'), new RegExp(`"api":"${addr}".*admin API serving`));
+    assert.ok((await logged(s.log, 'admin API serving', { api: addr })).length > 0, `the admin API says it serves on ${addr}`);
   });
 
   it('audit retention: the daemon removes entries older than audit.retention_days, and only those', async () => {

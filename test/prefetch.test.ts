@@ -16,6 +16,7 @@ import { RegistryClient } from '../src/registry/client.js';
 import { binary, dedupctl, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { logged, logRecords, type LogRecord } from './fixtures/log.js';
 import { startDaemon, waitFor, type Daemon } from './fixtures/process.js';
 import { bytesSentTwice, startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -66,8 +67,7 @@ describe('prefetch', () => {
     await writeFile(config, JSON.stringify({ prefetch: { small_layer_bytes: smallLayerBytes, whole_layer_bytes: wholeLayerBytes } }));
     const daemon = startDaemon(process.execPath, [DEDUPCTL, 'mount', '--foreground', '--config', config, '--root', root, '--trace-dir', traceDir, '--plain-http', ref, dir], log);
     daemons.push(daemon);
-    const lines = async (): Promise<Record<string, unknown>[]> => (await readFile(log, 'utf8').catch(() => '')).split('\n')
-      .filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = (): Promise<LogRecord[]> => logRecords(log);
     await waitFor('mount', async () => (await lines()).some((l) => l.msg === 'mounted'), 30_000);
     return {
       dir, log, daemon, lines,
@@ -283,7 +283,7 @@ describe('prefetch', () => {
     assert.equal(layers[0]!.demandFetches, 0, 'dedupd warmed everything start-up reads');
     await daemon.stop();
     assert.equal(existsSync(socket), false, 'the socket is removed on SIGTERM');
-    assert.match(await readFile(log, 'utf8'), /"msg":"prefetch done"/);
+    assert.ok((await logged(log, 'prefetch done')).length > 0, 'dedupd logged its prefetch');
   });
 
   it('exports and imports traces: another root prefetches the same set', async () => {

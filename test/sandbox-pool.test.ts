@@ -496,7 +496,8 @@ done`];
         await assert.rejects(checkpoints!.remove(base), (err: Error & { code?: string }) => err.code === 'ERR_FAILED_PRECONDITION');
         const sb = await pool.acquire();
         // Warm: the restored counter starts where the base's was, not from 1.
-        const baseCounter = await counterOf(sb.rootfs).then(async (v) => v || (await new Promise((r) => setTimeout(r, 100)), counterOf(sb.rootfs)));
+        let baseCounter = 0;
+        await waitFor('the restored sandbox to write its counter', async () => (baseCounter = await counterOf(sb.rootfs)) > 0, 10_000);
         assert.ok(baseCounter > 1, `counter ${baseCounter}`);
         const next = await pool.checkpoint(sb.id, { asBase: true });
         assert.equal(next.kind, 'base');

@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -14,6 +14,7 @@ import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { teardownStack } from './fixtures/teardown.js';
 import { busyboxEntries, pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
+import { logged, logRecords, logSize, matches, type LogRecord } from './fixtures/log.js';
 import { waitFor } from './fixtures/process.js';
 import { startProxy, type ProxyRequest, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -74,8 +75,8 @@ describe('containerd proxy snapshotter', () => {
   };
 
   const lazilyMounted = async (digests: string[]): Promise<string[]> => {
-    const log = await readFile(snap!.log, 'utf8');
-    return digests.filter((d) => log.includes(`"layer":"${d}","msg":"remote snapshot mounted lazily"`));
+    const mounted = await logged(snap!.log, 'remote snapshot mounted lazily');
+    return digests.filter((d) => mounted.some((r) => r.layer === d));
   };
 
   before(async () => {
@@ -109,7 +110,7 @@ describe('containerd proxy snapshotter', () => {
     assert.equal(pull.code, 0, pull.stderr);
     const pulled = proxy!.stats.blobBytes;
     assert.ok(pulled < 0.05 * imageBytes, `rpull fetched ${pulled} of ${imageBytes} bytes`);
-    assert.match(await readFile(snap!.log, 'utf8'), /remote snapshot mounted lazily/);
+    assert.ok((await logged(snap!.log, 'remote snapshot mounted lazily')).length > 0, 'a layer was mounted lazily');
     const out = await runIn('dedup', lazyRef, 'cat /etc/hostname; cat /data/small; echo');
     assert.equal(out, 'rich-upper\nabc\n');
     assert.ok(proxy!.stats.blobBytes < 0.1 * imageBytes, `running it fetched ${proxy!.stats.blobBytes} bytes in all`);
@@ -213,11 +214,8 @@ describe('containerd proxy snapshotter', () => {
     snap = await startSnapshotter(tmp);
     // containerd reconnects to the plugin's socket with a backoff: ask until it has.
     let afterLs = await ctd!.ctr(['snapshots', '--snapshotter', 'dedup', 'ls']);
-    for (let i = 0; i < 60 && afterLs.code !== 0; i++) {
-      await new Promise((r) => setTimeout(r, 500));
-      afterLs = await ctd!.ctr(['snapshots', '--snapshotter', 'dedup', 'ls']);
-    }
-    assert.equal(afterLs.code, 0, afterLs.stderr);
+    await waitFor('containerd to reach the snapshotter again', async () => (afterLs = await ctd!.ctr(['snapshots', '--snapshotter', 'dedup', 'ls'])).code === 0, 30_000)
+      .catch(() => assert.fail(afterLs.stderr));
     assert.equal(afterLs.stdout, before);
     assert.equal(await runIn('dedup', lazyRef, 'cat /etc/hostname; sha256sum /data/text | cut -c1-16'),
       `rich-upper\n${(await import('node:crypto')).createHash('sha256').update(layers.base.find((s) => s.name === 'data/text')!.content!).digest('hex').slice(0, 16)}\n`);
@@ -227,7 +225,7 @@ describe('containerd proxy snapshotter', () => {
     const fused = snap!.fusedPid;
     await restartAndRun(() => snap!.kill9());
     assert.equal(snap!.fusedPid, fused, 'the same layer server serves on');
-    assert.match(await readFile(snap!.log, 'utf8'), /"remote":2,"attached":2,"mounted":0,"msg":"remote snapshots attached"/);
+    assert.equal((await logged(snap!.log, 'remote snapshots attached', { remote: 2, attached: 2, mounted: 0 })).length, 1);
   });
 
   it('after the layer server dies too, the restarted daemon mounts the remote snapshots again', async () => {
@@ -235,18 +233,24 @@ describe('containerd proxy snapshotter', () => {
     await restartAndRun(async () => {
       await snap!.kill9();
       process.kill(fused, 'SIGKILL');
-      while (isAlive(fused)) await new Promise((r) => setTimeout(r, 50));
+      await waitFor('the layer server to exit', async () => !isAlive(fused), 10_000);
     });
     assert.notEqual(snap!.fusedPid, fused);
-    assert.match(await readFile(snap!.log, 'utf8'), /remote snapshot mounted again/);
+    assert.ok((await logged(snap!.log, 'remote snapshot mounted again')).length > 0, 'a remote snapshot was mounted again');
   });
 
   it('when the layer server dies under a running daemon, a new one is started and the remote snapshots are mounted again', async () => {
     const fused = snap!.fusedPid;
     process.kill(fused, 'SIGKILL');
-    await waitFor('the daemon to mount the remote snapshots again', async () => /"from":\d+,"to":\d+,"msg":"layer server changed; re-attaching"[^]*"mounted":2,"msg":"remote snapshots attached"/
-      .test(await readFile(snap!.log, 'utf8')), 60_000);
-    snap!.fusedPid = Number(/"to":(\d+),"msg":"layer server changed/.exec(await readFile(snap!.log, 'utf8'))![1]);
+    const from = await logSize(snap!.log);
+    let changed: LogRecord | undefined;
+    await waitFor('the daemon to mount the remote snapshots again', async () => {
+      const records = await logRecords(snap!.log, from);
+      const at = records.findIndex((r) => matches(r, 'layer server changed; re-attaching'));
+      changed = records[at];
+      return at >= 0 && records.slice(at).some((r) => matches(r, 'remote snapshots attached', { mounted: 2 }));
+    }, 60_000);
+    snap!.fusedPid = changed!.to as number;
     assert.notEqual(snap!.fusedPid, fused);
     assert.equal(await runIn('dedup', lazyRef, 'cat /etc/hostname'), 'rich-upper\n');
   });
@@ -279,9 +283,9 @@ describe('containerd proxy snapshotter', () => {
     const ref = `${proxy!.host}/src/three:1`; // pushed by the test before, never pulled
     const pull = await ctd!.rpull(ref);
     assert.equal(pull.code, 0, pull.stderr);
-    const unpacked = (await readFile(snap!.log, 'utf8')).split('\n').filter((l) => l.includes(`"image":"${ref}"`) && l.includes('"msg":"not mounted lazily; containerd downloads and unpacks the layer"'));
-    assert.equal(unpacked.length, 3, unpacked.join('\n'));
-    assert.doesNotMatch(await readFile(snap!.fusedLog, 'utf8'), /src\/three:1.*reading a layer's TOC ahead failed/);
+    const unpacked = await logged(snap!.log, 'not mounted lazily; containerd downloads and unpacks the layer', { image: ref });
+    assert.equal(unpacked.length, 3, JSON.stringify(unpacked));
+    assert.deepEqual(await logged(snap!.fusedLog, /^reading a layer's TOC ahead failed/, { image: ref }), []);
     assert.equal(await runIn('dedup', ref, 'cat /l0/data /l1/data /l2/data'), 'three layer 0\nthree layer 1\nthree layer 2\n');
   });
 
@@ -305,7 +309,7 @@ describe('containerd proxy snapshotter', () => {
     assert.ok(failed > DEFAULT_RETRY.retries, `the early read of ${top} did not fail (${failed} faults)`);
     assert.equal(ours.filter((r) => r.path.endsWith(top) && footerOrToc(r)).length, failed + 1);
     assert.deepEqual(await lazilyMounted(digests), digests, 'every layer mounted lazily');
-    assert.match(await readFile(snap!.fusedLog, 'utf8'), new RegExp(`"layer":"${top}".*"msg":"reading a layer's TOC ahead failed; its mount tries again"`));
+    assert.ok((await logged(snap!.fusedLog, 'reading a layer\'s TOC ahead failed; its mount tries again', { layer: top })).length > 0, `${top}: the early read's failure was logged`);
     assert.equal(await runIn('dedup', `${proxy!.host}/lazy/flaky:1`, 'cat /l2/data'), 'flaky layer 2\n');
   });
 });

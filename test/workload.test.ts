@@ -3,13 +3,14 @@
 // start records traces; a start on a fresh store replays them; dedupd warms a store from them.
 
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { binary, dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, unmountUnder } from './fixtures/containerd.js';
 import { pushOci, tarOf, writeOciImage } from './fixtures/images.js';
+import { logRecords, type LogRecord } from './fixtures/log.js';
 import { bytesSentTwice, startProxy, type TestProxy } from './fixtures/proxy.js';
 import { pythonImageEntries } from './fixtures/python-image.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -44,8 +45,7 @@ describe('interpreter workload', () => {
       await snap.stop();
       await unmountUnder(dir);
     }
-    const lines = (await readFile(snap.fusedLog, 'utf8')).split('\n').filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as { msg: string; demandFetches?: number; chunksFetched?: number; requests?: number });
+    const lines = (await logRecords(snap.fusedLog)) as (LogRecord & { demandFetches?: number; chunksFetched?: number; requests?: number })[];
     const unmounted = lines.filter((l) => l.msg === 'layer unmounted');
     await rm(dir, { recursive: true, force: true });
     const sum = (k: 'demandFetches' | 'chunksFetched' | 'requests'): number => unmounted.reduce((n, l) => n + (l[k] ?? 0), 0);

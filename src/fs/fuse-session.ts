@@ -99,7 +99,30 @@ export interface FuseConnection {
   kernelFlags: number;
 }
 
-/** One FUSE connection: the device descriptor, its reader (on the event loop) and the requests in flight. */
+/**
+ * The session's side of /dev/fuse: requests in, replies out. The real one is a descriptor
+ * (deviceOf); a test passes its own to feed the session request frames without a kernel.
+ */
+export interface FuseDevice {
+  readonly fd: number;
+  /** Hands over each request read, then (null, errno) once: after stop(), or when the connection ends (errno not 0). */
+  read(onMessage: (request: Buffer | null, errno: number) => void): DeviceReader;
+  /** One reply, its parts in order; throws when the kernel refuses it. */
+  write(parts: Buffer[]): void;
+  close(): void;
+}
+
+/** A /dev/fuse descriptor, read on the event loop. */
+export function deviceOf(fd: number): FuseDevice {
+  return {
+    fd,
+    read: (onMessage) => new (native().DeviceReader)(fd, READ_BUFFER, onMessage),
+    write: (parts) => writevSync(fd, parts),
+    close: () => closeSync(fd),
+  };
+}
+
+/** One FUSE connection: the device, its reader (on the event loop) and the requests in flight. */
 export class FuseSession {
   private reader: DeviceReader | undefined;
   private inFlight = 0;
@@ -110,7 +133,7 @@ export class FuseSession {
   readonly ended: Promise<number>;
   private endConnection!: (errno: number) => void;
 
-  private constructor(readonly fd: number, private kernelFlags: number, private readonly fs: FuseFilesystem, private readonly opts: FuseSessionOptions) {
+  private constructor(private readonly device: FuseDevice, private kernelFlags: number, private readonly fs: FuseFilesystem, private readonly opts: FuseSessionOptions) {
     this.ended = new Promise((resolve) => (this.endConnection = resolve));
   }
 
@@ -126,16 +149,23 @@ export class FuseSession {
       closeSync(fd);
       throw new MountError(`cannot mount FUSE at ${mountpoint}: ${r.call}: ${r.message}`);
     }
-    const s = new FuseSession(fd, 0, fs, opts);
-    s.start();
-    return s;
+    return FuseSession.serve(deviceOf(fd), fs, opts);
   }
 
   /** Serves a connection another process set up and answered INIT for (a hand-over). */
   static adopt(conn: FuseConnection, fs: FuseFilesystem, opts: FuseSessionOptions = {}): FuseSession {
-    const s = new FuseSession(conn.fd, conn.kernelFlags, fs, opts);
+    return FuseSession.serve(deviceOf(conn.fd), fs, opts, conn.kernelFlags);
+  }
+
+  /** Serves whatever `device` delivers; `kernelFlags`: INIT's, where another process answered it. */
+  static serve(device: FuseDevice, fs: FuseFilesystem, opts: FuseSessionOptions = {}, kernelFlags = 0): FuseSession {
+    const s = new FuseSession(device, kernelFlags, fs, opts);
     s.start();
     return s;
+  }
+
+  get fd(): number {
+    return this.device.fd;
   }
 
   get connection(): FuseConnection {
@@ -144,7 +174,7 @@ export class FuseSession {
 
   private start(): void {
     this.readerEnded = new Promise((resolve) => (this.endReader = resolve));
-    this.reader = new (native().DeviceReader)(this.fd, READ_BUFFER, (req, errno) => {
+    this.reader = this.device.read((req, errno) => {
       if (req) return this.handle(req);
       this.reader = undefined;
       this.endReader(errno);
@@ -165,7 +195,7 @@ export class FuseSession {
   /** Stops and closes the descriptor: the kernel ends the connection if no other process holds it. */
   async close(): Promise<void> {
     await this.stop();
-    closeSync(this.fd);
+    this.device.close();
   }
 
   private handle(req: Buffer): void {
@@ -197,7 +227,7 @@ export class FuseSession {
     header.writeInt32LE(-errno, 4);
     header.writeBigUInt64LE(unique, 8);
     try {
-      writevSync(this.fd, errno || !out?.length ? [header] : [header, out]);
+      this.device.write(errno || !out?.length ? [header] : [header, out]);
     } catch {
       // ENOENT: the request was interrupted meanwhile; ENODEV: the connection is gone.
     }

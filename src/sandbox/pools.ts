@@ -16,7 +16,8 @@ import { parsePoolConfig, parseRecoveryStrategy, type PoolConfig } from './pool-
 import { PoolMetrics } from './pool-metrics.js';
 import { RecoveryManager } from './recovery.js';
 import type { SnapshotService } from './sandbox-resources.js';
-import { WarmupPool, type PoolLog } from './warmup-pool.js';
+import type { PoolLog } from './pool-deps.js';
+import { WarmupPool } from './warmup-pool.js';
 
 export interface SandboxPoolsOptions {
   root: string;

@@ -3,13 +3,13 @@
 // mounted at <dir>/<id>/rootfs; the cgroup <pool cgroup>/<id> with the template's limits; the
 // directory <dir>/<id>/ (sandbox.json, status, shim.log); and the tree the shim launches there.
 
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isDedupError, SandboxError } from '../errors.js';
+import { isDedupError, NotFoundError, SandboxError } from '../errors.js';
 import { mountAt, unmount } from '../system-mounts.js';
 import { Cgroup } from './cgroup.js';
 import type { CheckpointInfo, CheckpointStore } from './checkpoints.js';
-import { Sandbox, type Launch } from './sandbox.js';
+import { Sandbox, type Launch, type SandboxRecord } from './sandbox.js';
 
 /** The snapshotter as a pool uses it (the in-process Snapshotter, or a Snapshots gRPC client). */
 export interface SnapshotService {
@@ -43,6 +43,31 @@ export class SandboxResources {
   /** A sandbox object for `id` (nothing created): what create() fills and remove() clears. */
   sandbox(id: string): Sandbox {
     return new Sandbox(id, this.o.pool, join(this.o.dir, id), Cgroup.open(join(this.o.cgroup, id)), this.o.memoryMerge);
+  }
+
+  /** NotFoundError naming `image` when the committed snapshot is missing (the image was not pulled with us). */
+  async checkImage(image: string): Promise<void> {
+    await this.o.snapshots.stat(this.o.chainId).catch((err: unknown) => {
+      if (isDedupError(err) && err.code === 'ERR_NOT_FOUND') {
+        throw new NotFoundError(`image ${image}`, `no committed snapshot ${this.o.chainId}; pull it with the dedup snapshotter first`);
+      }
+      throw err;
+    });
+  }
+
+  /** The ids of the sandbox directories there are (a previous daemon's, at start). */
+  ids(): Promise<string[]> {
+    return readdir(this.o.dir);
+  }
+
+  /**
+   * The sandbox a previous daemon left in <dir>/<id>/ (its tree running or not), from its record;
+   * undefined when there is no record of that id.
+   */
+  async adopt(id: string): Promise<Sandbox | undefined> {
+    const dir = join(this.o.dir, id);
+    const record = await readFile(join(dir, 'sandbox.json'), 'utf8').then((t) => JSON.parse(t) as SandboxRecord, () => undefined);
+    return record && record.id === id ? Sandbox.adopt(record, dir, Cgroup.open(join(this.o.cgroup, id)), this.o.memoryMerge) : undefined;
   }
 
   /**

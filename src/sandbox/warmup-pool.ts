@@ -3,70 +3,35 @@
 // SandboxResources'. A refill loop keeps between min_size and max_size frozen, in batches, never
 // holding up Acquire; Close leaves no process, cgroup, mount, snapshot or directory behind.
 //
-// Invariants: a ready sandbox is in exactly one of `frozen` (FIFO) or `handedOut` (active or
-// failed); it leaves `frozen` synchronously in Acquire, so concurrent calls never share one.
+// Invariants: a ready sandbox is in exactly one of `ready` (ReadyQueue, FIFO) or `handedOut`
+// (active or failed); it leaves `ready` synchronously in Acquire, so concurrent calls never share
+// one. The base checkpoint and the bases rolled out of it are PoolBases'.
 
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { FailedPreconditionError, isDedupError, NotFoundError, PoolExhaustedError, SandboxError } from '../errors.js';
+import { FailedPreconditionError, NotFoundError, PoolExhaustedError, SandboxError } from '../errors.js';
 import { Cgroup, enableControllers } from './cgroup.js';
-import type { CheckpointInfo, CheckpointStore } from './checkpoints.js';
+import type { CheckpointInfo } from './checkpoints.js';
 import type { Criu } from './criu.js';
+import { PoolBases } from './pool-bases.js';
 import { limitControllers, type PoolConfig } from './pool-config.js';
-import { checkSeccomp, isCleanExit, Sandbox, type ExitStatus, type Launch, type SandboxRecord } from './sandbox.js';
-import { SandboxResources, type SnapshotService } from './sandbox-resources.js';
-
-export interface PoolLog {
-  info(o: object, m: string): void;
-  warn(o: object, m: string): void;
-}
-
-export interface PoolDeps {
-  /** The pool's state directory (sandboxes/<id>/ below it). */
-  dir: string;
-  /** The pool's cgroup is <cgroupParent>/<name>. */
-  cgroupParent: string;
-  snapshots: SnapshotService;
-  /** The chain id of the image's top layer: the committed snapshot rootfs are prepared from. */
-  resolveImage(ref: string): Promise<string>;
-  /** Needed for base checkpoints (from_checkpoint, base_checkpoint) and for checkpoint(). */
-  checkpoints?: CheckpointStore;
-  criu?: Criu;
-  /** Opt sandboxes into KSM merging (enable_mem_dedup). */
-  memoryMerge?: boolean;
-  log?: PoolLog;
-}
-
-export interface PoolEvents {
-  ready: [Sandbox];
-  acquired: [Sandbox, number];
-  released: [Sandbox];
-  /** An active sandbox's tree ended: clean (exit 0, a release) or not (the sandbox is now failed). */
-  exit: [Sandbox, ExitStatus];
-  destroyed: [Sandbox];
-  /** Closed or detached: it hands out nothing more. */
-  closed: [];
-  /** A background step failed (a refill); the pool goes on. */
-  refillFailed: [Error];
-}
-
-const quiet: PoolLog = { info: () => undefined, warn: () => undefined };
+import { quiet, type PoolDeps, type PoolEvents, type PoolLog } from './pool-deps.js';
+import { ReadyQueue } from './ready-queue.js';
+import { checkSeccomp, isCleanExit, type Launch, type Sandbox } from './sandbox.js';
+import { SandboxResources } from './sandbox-resources.js';
 
 export class WarmupPool extends EventEmitter<PoolEvents> {
-  private readonly frozen: Sandbox[] = [];
+  private readonly ready = new ReadyQueue();
   private readonly handedOut = new Map<string, Sandbox>();
   /** Sandboxes being created; Close waits for them (each is destroyed when it sees Close). */
   private readonly inflight = new Set<Promise<void>>();
-  private readonly waiters: ((sb: Sandbox) => void)[] = [];
   private chainId = '';
   private cgroup: Cgroup | undefined;
   private resources: SandboxResources | undefined;
-  private base: CheckpointInfo | undefined;
-  /** Bases rolled out of the pool that sandboxes still come from (released when none does). */
-  private readonly oldBases = new Set<string>();
+  private readonly bases: PoolBases;
   private timer: NodeJS.Timeout | undefined;
   private refilling: Promise<void> | undefined;
   private closing = false;
@@ -75,6 +40,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
   constructor(readonly config: PoolConfig, private readonly deps: PoolDeps) {
     super();
     this.log = deps.log ?? quiet;
+    this.bases = new PoolBases(config.name, deps.checkpoints);
   }
 
   get name(): string {
@@ -82,36 +48,31 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
   }
 
   get baseCheckpoint(): string | undefined {
-    return this.base?.id;
+    return this.bases.current?.id;
   }
 
   /** Checks the image and limits, creates initial_size frozen sandboxes, starts the refill loop. */
   async start(): Promise<void> {
     const { template } = this.config;
     this.chainId = await this.deps.resolveImage(template.image);
-    await this.deps.snapshots.stat(this.chainId).catch((err: unknown) => {
-      if (isDedupError(err) && err.code === 'ERR_NOT_FOUND') {
-        throw new NotFoundError(`image ${template.image}`, `no committed snapshot ${this.chainId}; pull it with the dedup snapshotter first`);
-      }
-      throw err;
-    });
-    await checkSeccomp(template, `pool ${this.name}`);
     const cgroupPath = join(this.deps.cgroupParent, this.name);
+    this.resources = new SandboxResources({
+      pool: this.name, dir: join(this.deps.dir, 'sandboxes'), cgroup: cgroupPath, snapshots: this.deps.snapshots, chainId: this.chainId,
+      limits: template.cgroup.limits, memoryMerge: this.deps.memoryMerge ?? false, checkpoints: this.deps.checkpoints,
+    });
+    await this.resources.checkImage(template.image);
+    await checkSeccomp(template, `pool ${this.name}`);
     // The pool's cgroup first: the limits' controllers are enabled down to it (its subtree_control too).
     this.cgroup = await Cgroup.create(cgroupPath);
     await enableControllers(join(cgroupPath, 'x'), limitControllers(template), `pool ${this.name}: template.cgroup.limits`).catch(async (err: unknown) => {
       await this.cgroup!.remove().catch(() => undefined);
       throw err;
     });
-    this.resources = new SandboxResources({
-      pool: this.name, dir: join(this.deps.dir, 'sandboxes'), cgroup: cgroupPath, snapshots: this.deps.snapshots, chainId: this.chainId,
-      limits: template.cgroup.limits, memoryMerge: this.deps.memoryMerge ?? false, checkpoints: this.deps.checkpoints,
-    });
     let adopted = 0;
     try {
       await mkdir(join(this.deps.dir, 'sandboxes'), { recursive: true });
-      if (this.config.base_checkpoint) this.useBase(await this.store().get(this.config.base_checkpoint));
-      else if (this.config.from_checkpoint) this.useBase(await this.takeBase());
+      if (this.config.base_checkpoint) this.bases.use(await this.bases.store().get(this.config.base_checkpoint));
+      else if (this.config.from_checkpoint) this.bases.use(await this.takeBase());
       adopted = await this.adopt();
       await this.startSandboxes(Math.max(0, this.config.initial_size - adopted));
     } catch (err) {
@@ -123,7 +84,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
       this.log.warn({ pool: this.name, err: (err as Error).message, adopted: this.sandboxes().length }, 'pool started short of initial_size');
     }
     this.timer = setInterval(() => this.wake(), this.config.refill_interval_ms).unref();
-    this.log.info({ pool: this.name, image: template.image, snapshot: this.chainId, frozen: this.frozen.length, base: this.base?.id }, 'pool started');
+    this.log.info({ pool: this.name, image: template.image, snapshot: this.chainId, frozen: this.ready.length, base: this.bases.current?.id }, 'pool started');
   }
 
   /**
@@ -131,40 +92,24 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
    * not): those still running keep their state, the rest are removed. Returns how many are frozen.
    */
   private async adopt(): Promise<number> {
-    const root = join(this.deps.dir, 'sandboxes');
-    for (const id of await readdir(root)) {
-      const dir = join(root, id);
-      const cgroup = Cgroup.open(join(this.cgroup!.path, id));
-      const record = await readFile(join(dir, 'sandbox.json'), 'utf8').then((t) => JSON.parse(t) as SandboxRecord, () => undefined);
-      const sb = record && record.id === id ? await Sandbox.adopt(record, dir, cgroup, this.deps.memoryMerge ?? false) : undefined;
+    for (const id of await this.resources!.ids()) {
+      const sb = await this.resources!.adopt(id);
       if (!sb) {
         await this.destroy(this.resources!.sandbox(id)).catch((err: unknown) =>
           this.log.warn({ pool: this.name, sandbox: id, err: (err as Error).message }, 'leftover sandbox not removed'));
         continue;
       }
-      await this.holdOldBase(sb);
+      await this.bases.holdOld(sb);
       if (sb.state === 'frozen') {
         await sb.cgroup.freeze();
-        this.frozen.push(sb);
+        this.ready.push(sb);
       } else {
         this.handedOut.set(id, sb);
       }
       this.watchExit(sb);
       this.log.info({ pool: this.name, sandbox: id, pid: sb.pid, state: sb.state }, 'sandbox adopted');
     }
-    return this.frozen.length;
-  }
-
-  /**
-   * An adopted sandbox restored from a base that is no longer the pool's (rolled out before a
-   * restart) keeps that base referenced and is replaced like any other of it.
-   */
-  private async holdOldBase(sb: Sandbox): Promise<void> {
-    if (!sb.from || sb.from === this.base?.id || this.oldBases.has(sb.from) || !this.deps.checkpoints) return;
-    const ck = await this.deps.checkpoints.get(sb.from).catch(() => undefined);
-    if (ck?.kind !== 'base') return;
-    this.deps.checkpoints.ref(ck.id);
-    this.oldBases.add(ck.id);
+    return this.ready.length;
   }
 
   /**
@@ -182,7 +127,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
 
   /** Frozen sandboxes ready to be handed out. */
   size(): number {
-    return this.frozen.length;
+    return this.ready.length;
   }
 
   activeCount(): number {
@@ -194,7 +139,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
   }
 
   sandboxes(): Sandbox[] {
-    return [...this.frozen, ...this.handedOut.values()];
+    return [...this.ready.list(), ...this.handedOut.values()];
   }
 
   /** A handed-out sandbox (active or failed); NotFoundError otherwise. */
@@ -213,7 +158,8 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     const t0 = performance.now();
     const deadline = t0 + timeoutMs;
     for (;;) {
-      const sb = this.frozen.shift() ?? (await this.waitForReady(deadline - performance.now(), timeoutMs));
+      const exhausted = (): Error => new PoolExhaustedError(this.name, timeoutMs);
+      const sb = this.ready.take() ?? (await this.ready.wait(deadline - performance.now(), exhausted, () => this.wake()));
       this.wake();
       sb.setState('active');
       this.handedOut.set(sb.id, sb);
@@ -235,30 +181,13 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     }
   }
 
-  private waitForReady(remainingMs: number, timeoutMs: number): Promise<Sandbox> {
-    if (remainingMs <= 0) return Promise.reject(new PoolExhaustedError(this.name, timeoutMs));
-    return new Promise<Sandbox>((resolve, reject) => {
-      const waiter = (sb: Sandbox): void => {
-        clearTimeout(timer);
-        resolve(sb);
-      };
-      const timer = setTimeout(() => {
-        const i = this.waiters.indexOf(waiter);
-        if (i >= 0) this.waiters.splice(i, 1);
-        reject(new PoolExhaustedError(this.name, timeoutMs));
-      }, remainingMs);
-      this.waiters.push(waiter);
-      this.wake();
-    });
-  }
-
   /**
    * Takes a handed-out sandbox back: frozen into the pool, or destroyed (`destroy`, a failed or
    * exited one, one from a base rolled out of the pool).
    */
   async release(id: string, opts: { destroy?: boolean } = {}): Promise<'frozen' | 'destroyed'> {
     const sb = this.get(id);
-    if (opts.destroy || sb.state !== 'active' || this.stale(sb) || this.closing || !(await sb.alive())) {
+    if (opts.destroy || sb.state !== 'active' || this.bases.stale(sb) || this.closing || !(await sb.alive())) {
       await this.destroy(sb);
       this.emit('released', sb);
       return 'destroyed';
@@ -274,7 +203,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     }
     sb.activatedAt = undefined;
     await sb.writeRecord().catch(() => undefined);
-    this.offer(sb);
+    this.ready.offer(sb);
     this.emit('released', sb);
     this.wake();
     return 'frozen';
@@ -287,7 +216,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
   async checkpoint(id: string, opts: { asBase?: boolean } = {}): Promise<CheckpointInfo> {
     const sb = this.get(id);
     if (sb.state !== 'active') throw new FailedPreconditionError(`sandbox ${id} is ${sb.state}; only an active sandbox is checkpointed`);
-    const ck = await this.store().take(sb.pid, { sandbox: id, pool: this.name, kind: opts.asBase ? 'base' : 'sandbox', from: sb.from }, true, sb.upper);
+    const ck = await this.bases.store().take(sb.pid, { sandbox: id, pool: this.name, kind: opts.asBase ? 'base' : 'sandbox', from: sb.from }, true, sb.upper);
     if (opts.asBase) this.rollBase(ck);
     return ck;
   }
@@ -327,15 +256,8 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
    * once no sandbox comes from it.
    */
   private rollBase(ck: CheckpointInfo): void {
-    if (this.base) this.oldBases.add(this.base.id);
-    this.useBase(ck);
+    this.bases.roll(ck);
     this.wake();
-  }
-
-  /** From a base rolled out of the pool (a cold start is one, once the pool has a base). */
-  private stale(sb: Sandbox): boolean {
-    if (!this.base || sb.from === this.base.id) return false;
-    return sb.from === undefined || this.oldBases.has(sb.from);
   }
 
   /**
@@ -352,20 +274,13 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
       await Promise.race([Promise.all(active.map((s) => s.exited)), new Promise((r) => setTimeout(r, opts.graceMs))]);
     }
     const errors: unknown[] = [];
-    for (const sb of [...this.frozen, ...this.handedOut.values()]) await this.destroy(sb).catch((err: unknown) => errors.push(err));
+    for (const sb of this.sandboxes()) await this.destroy(sb).catch((err: unknown) => errors.push(err));
     await this.cgroup?.remove().catch((err: unknown) => errors.push(err));
     await rm(this.deps.dir, { recursive: true, force: true }).catch((err: unknown) => errors.push(err));
-    if (this.base) this.deps.checkpoints?.unref(this.base.id);
-    for (const id of this.oldBases) this.deps.checkpoints?.unref(id);
-    this.oldBases.clear();
+    this.bases.releaseAll();
     this.log.info({ pool: this.name }, 'pool closed');
     this.emit('closed');
     if (errors.length) throw errors[0];
-  }
-
-  private store(): CheckpointStore {
-    if (!this.deps.checkpoints) throw new FailedPreconditionError(`pool ${this.name}: checkpoints need CRIU, and this pool has none`);
-    return this.deps.checkpoints;
   }
 
   private criu(): Criu {
@@ -373,17 +288,12 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     return this.deps.criu;
   }
 
-  private useBase(ck: CheckpointInfo): void {
-    this.store().ref(ck.id);
-    this.base = ck;
-  }
-
   /** Runs one sandbox until ready and dumps it (killing it) as the pool's base checkpoint. */
   private async takeBase(): Promise<CheckpointInfo> {
     const sb = await this.create({ run: this.config.template, hostname: this.config.template.hostname ?? this.name });
     try {
       await sb.waitReady(this.config.template, () => this.closing);
-      const ck = await this.store().take(sb.pid, { sandbox: sb.id, pool: this.name, kind: 'base' }, false, sb.upper);
+      const ck = await this.bases.store().take(sb.pid, { sandbox: sb.id, pool: this.name, kind: 'base' }, false, sb.upper);
       await sb.exited;
       return ck;
     } finally {
@@ -393,7 +303,8 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
 
   private launchFor(id: string): Launch {
     const t = this.config.template;
-    return this.base ? { restore: this.base, criu: this.criu() } : { run: t, hostname: t.hostname ?? id };
+    const base = this.bases.current;
+    return base ? { restore: base, criu: this.criu() } : { run: t, hostname: t.hostname ?? id };
   }
 
   /** A new sandbox, its tree launched (not yet ready). */
@@ -420,7 +331,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
       await sb.writeRecord();
       this.watchExit(sb);
       this.emit('ready', sb);
-      this.offer(sb);
+      this.ready.offer(sb);
     };
     const results = await Promise.allSettled(Array.from({ length: n }, () => {
       const p = one();
@@ -429,12 +340,6 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     }));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
-  }
-
-  private offer(sb: Sandbox): void {
-    const waiter = this.waiters.shift();
-    if (waiter) waiter(sb);
-    else this.frozen.push(sb);
   }
 
   /** Wakes the refill loop; one pass runs at a time. */
@@ -450,26 +355,18 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     const { min_size: min, max_size: max, refill_batch_size: batch } = this.config;
     // A new base rolls through a batch per pass, new sandboxes first and then as many of the old
     // base's frozen ones go: the pool never has fewer to hand out while it rolls.
-    const stale = this.frozen.filter((s) => this.stale(s)).slice(0, batch);
+    const stale = this.ready.list().filter((s) => this.bases.stale(s)).slice(0, batch);
     if (stale.length) {
       await this.startSandboxes(stale.length);
       for (const s of stale) if (s.state === 'frozen') await this.destroy(s);
     }
-    const want = Math.max(min, this.waiters.length);
-    const n = Math.min(batch, want - this.frozen.length, max - this.frozen.length);
+    const want = Math.max(min, this.ready.waiting);
+    const n = Math.min(batch, want - this.ready.length, max - this.ready.length);
     if (n > 0) await this.startSandboxes(n);
-    while (this.frozen.length > max) await this.destroy(this.frozen.pop()!);
-    this.releaseOldBases();
-    const more = this.frozen.length < Math.min(want, max) || this.frozen.length > max || this.frozen.some((s) => this.stale(s));
+    while (this.ready.length > max) await this.destroy(this.ready.takeNewest()!);
+    this.bases.releaseUnused(this.sandboxes());
+    const more = this.ready.length < Math.min(want, max) || this.ready.length > max || this.ready.list().some((s) => this.bases.stale(s));
     if (!this.closing && more) setImmediate(() => this.wake());
-  }
-
-  private releaseOldBases(): void {
-    for (const id of this.oldBases) {
-      if (this.sandboxes().some((s) => s.from === id)) continue;
-      this.oldBases.delete(id);
-      this.deps.checkpoints?.unref(id);
-    }
   }
 
   /** Follows a sandbox's tree: an exit while frozen drops it, an active one's exit is reported. */
@@ -478,8 +375,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     void exited.then(async (status) => {
       if (sb.exited !== exited || this.closing) return;
       if (sb.state === 'frozen') {
-        const i = this.frozen.indexOf(sb);
-        if (i >= 0) this.frozen.splice(i, 1);
+        this.ready.remove(sb);
         await this.destroy(sb);
         this.wake();
       } else if (sb.state === 'active') {
@@ -495,8 +391,7 @@ export class WarmupPool extends EventEmitter<PoolEvents> {
     if (sb.state === 'destroyed') return;
     sb.state = 'destroyed';
     this.handedOut.delete(sb.id);
-    const i = this.frozen.indexOf(sb);
-    if (i >= 0) this.frozen.splice(i, 1);
+    this.ready.remove(sb);
     try {
       await this.resources!.remove(sb);
     } finally {

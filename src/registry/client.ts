@@ -4,6 +4,7 @@
 
 import { createHash } from 'node:crypto';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { hashDigest, sha256Digest } from '../digest.js';
 import { DigestMismatchError, isDedupError, RegistryError } from '../errors.js';
 import { uploadBlob, type UploadOptions } from './blob-upload.js';
 import type { ImageReference } from './reference.js';
@@ -61,7 +62,7 @@ export class RegistryClient {
     if (res.statusCode !== 200) return this.transport.fail(res, what);
     const bytes = Buffer.from(await res.body.arrayBuffer());
     this.transport.received(res, bytes.length);
-    const digest = 'sha256:' + createHash('sha256').update(bytes).digest('hex');
+    const digest = sha256Digest(bytes);
     if (byDigest && digest !== reference) throw new DigestMismatchError(what, reference, digest);
     const ct = res.headers['content-type'];
     let mediaType = (Array.isArray(ct) ? ct[0] : ct)?.split(';')[0]?.trim() ?? '';
@@ -139,7 +140,7 @@ export class RegistryClient {
     });
     if (out.destroyed) return;
     if (range && received !== range.end - range.start) throw new RegistryError(`${what}: got ${received} of bytes ${range.start}-${range.end - 1}`, 206);
-    const actual = hash && 'sha256:' + hash.digest('hex');
+    const actual = hash && hashDigest(hash);
     if (actual && actual !== digest) throw new DigestMismatchError(what, digest, actual);
   }
 
@@ -227,6 +228,6 @@ export class RegistryClient {
     });
     if (res.statusCode !== 201 && res.statusCode !== 200) return this.transport.fail(res, `push of manifest ${ref.repository}:${reference}`);
     await res.body.dump();
-    return 'sha256:' + createHash('sha256').update(bytes).digest('hex');
+    return sha256Digest(bytes);
   }
 }

@@ -1,5 +1,6 @@
 // Image references as docker and containerd parse them: [HOST[:PORT]/]PATH[:TAG][@DIGEST].
 
+import { SHA256_DIGEST } from '../digest.js';
 import { InvalidReferenceError } from '../errors.js';
 
 export interface ImageReference {
@@ -13,7 +14,6 @@ export interface ImageReference {
 
 const PATH_COMPONENT = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
 const TAG = /^[\w][\w.-]{0,127}$/;
-const DIGEST = /^sha256:[0-9a-f]{64}$/;
 
 /** `defaultHost`: the registry of a reference without one (config `registry`); docker.io's repositories without a slash are under library/. */
 export function parseReference(ref: string, defaultHost = 'docker.io'): ImageReference {
@@ -24,7 +24,7 @@ export function parseReference(ref: string, defaultHost = 'docker.io'): ImageRef
   if (at >= 0) {
     digest = rest.slice(at + 1);
     rest = rest.slice(0, at);
-    if (!DIGEST.test(digest)) throw new InvalidReferenceError(ref, `digest "${digest}" is not sha256:<64 hex digits>`);
+    if (!SHA256_DIGEST.test(digest)) throw new InvalidReferenceError(ref, `digest "${digest}" is not sha256:<64 hex digits>`);
   }
   let tag: string | undefined;
   const colon = rest.lastIndexOf(':');

@@ -113,6 +113,7 @@ export class LazyLayer {
     this.runSource = {
       source, desc, tail, pool, stats: this.stats, observer: hooks.observer, kept: this.kept,
       held: () => this.whole, deliver: (digest, data) => this.cacheAndStore(digest, data),
+      closed: () => this.closed ? this.closing() : undefined,
     };
     this.scheduler = new RangeScheduler(opts, (first) => this.runOf(first), (run) => fetchRun(this.runSource, run));
     const digests = this.chunks.refs.map((r) => r.file.chunks[r.index]!.chunkDigest ?? '').filter((d) => d);

@@ -1,7 +1,8 @@
 // One run of chunks (range-run.ts) from its bytes to its readers: the bytes come from the layer
 // held whole, the tail its opening read, or one Range request; they are inflated and verified in
 // the codec workers (a gzip-indexed run once, from its first checkpoint), handed to the readers,
-// and stored. A chunk that fails rejects its own readers only.
+// and stored. A chunk that fails to inflate or verify rejects its own readers only; a Range request
+// that fails rejects every reader of its run.
 
 import type { CodecPool } from '../codec/codec-pool.js';
 import { MalformedEstargzError } from '../errors.js';
@@ -51,6 +52,8 @@ export interface RunSource {
   kept: KeptSpans;
   /** A verified chunk to the cache and the store; never rejects. */
   deliver(digest: string, data: Buffer): Promise<void>;
+  /** Set once the layer is closed: a run that waited for the whole blob then fetches nothing. */
+  closed(): Error | undefined;
 }
 
 /** One Range request that succeeded, in the stats and for the observer. */
@@ -83,11 +86,15 @@ export async function fetchRun(from: RunSource, run: Pending[]): Promise<void> {
     for (let i = 0; i < run.length; i++) observer?.chunkServed('memory');
   } else {
     const began = performance.now();
+    const closed = from.closed();
     try {
+      if (closed) throw closed; // closed while it waited for the whole blob: nothing more is fetched
       bytes = await from.source.readBlobRange(from.desc, start, before);
     } catch (err) {
-      stats.errors++;
-      observer?.fetchFailed();
+      if (err !== closed) {
+        stats.errors++;
+        observer?.fetchFailed();
+      }
       settleKept?.(Promise.reject(err));
       for (const g of run) g.reject(err);
       return;

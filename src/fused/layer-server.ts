@@ -107,7 +107,7 @@ export class LayerServer {
   }
 
   private track(s: Served, detached = false): void {
-    if (detached) this.detach(s);
+    if (detached) void this.detach(s);
     else this.served.set(s.request.mountpoint, s);
     void s.mount.fs.ended.then(() => this.ended(s));
     this.sweeper ??= setInterval(() => void this.sweep().catch((err: unknown) => this.ctx.log?.warn({ err: (err as Error).message }, 'cannot read the mount table')), SWEEP_MS).unref();
@@ -128,12 +128,15 @@ export class LayerServer {
    * `s` has left its mountpoint and is served until it ends (ended()); a new mount there waits
    * until the detached one has made room (a kernel one moves its files aside).
    */
-  private detach(s: Served): void {
+  private detach(s: Served, leave: () => Promise<void> = () => Promise.resolve()): Promise<void> {
+    // Detached before it leaves: the kernel may end an unused FUSE connection within the unmount.
     this.detached.add(s);
     const mp = s.request.mountpoint;
-    const room = s.mount.detach().then(() => false);
+    const left = leave().then(() => s.mount.detach());
+    const room = left.then(() => false, () => false);
     this.pending.set(mp, room);
     void room.finally(() => this.pending.get(mp) === room && this.pending.delete(mp));
+    return left;
   }
 
   /** Drops from the table the mounts the mount table no longer lists at their mountpoint. */
@@ -149,7 +152,7 @@ export class LayerServer {
 
   private lose(s: Served, reason: LostReason): void {
     this.served.delete(s.request.mountpoint);
-    this.detach(s);
+    void this.detach(s);
     this.ctx.log?.warn({ mountpoint: s.request.mountpoint, image: s.request.image, layer: s.request.layer.digest, reason },
       'layer mount removed from outside; dropped (the snapshotter mounts it again when it is next used)');
     this.events.lost?.(s.request, reason);
@@ -225,8 +228,7 @@ export class LayerServer {
    */
   async retire(mountpoint: string): Promise<void> {
     const s = await this.takeServed(mountpoint);
-    await unmount(mountpoint);
-    this.detach(s);
+    await this.detach(s, () => unmount(mountpoint));
     this.ctx.log?.info({ mountpoint, layer: s.request.layer.digest }, 'layer left its mountpoint; served until its last user is gone');
   }
 
@@ -296,7 +298,14 @@ export class LayerServer {
     await Promise.all(mounts.map(async (h, i) => {
       const image = { name: h.request.image, manifestDigest: h.request.manifestDigest };
       const mount = h.connection ? LayerMount.adopt(remotes[i]!, h.request.mountpoint, image, this.withBackground(h.request), h.connection)
-        : await LayerMount.mount(remotes[i]!, h.request.mountpoint, image, this.withBackground(h.request), h.detached ? { lazyDir: h.lazyDir } : undefined); // serves the EROFS mount as it is
+        : await LayerMount.mount(remotes[i]!, h.request.mountpoint, image, this.withBackground(h.request), h.detached ? { lazyDir: h.lazyDir } : undefined) // serves the EROFS mount as it is
+          .catch((err: unknown) => {
+            if (!h.detached) throw err;
+            // Its last user left during the hand-over, and the predecessor removed its files.
+            this.ctx.log?.info({ mountpoint: h.request.mountpoint, err: (err as Error).message }, 'detached layer already let go');
+            return undefined;
+          });
+      if (!mount) return;
       this.track({ request: h.request, mount, mountedAt: h.mountedAt }, h.detached);
     }));
   }

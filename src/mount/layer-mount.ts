@@ -14,6 +14,7 @@ import { tracePath } from '../trace-format.js';
 import { AccessTrace } from '../fs/access-trace.js';
 import type { FuseConnection } from '../fs/fuse-session.js';
 import { LayerFs } from '../fs/layer-fs.js';
+import { MountError } from '../errors.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 
 /** How long a small layer's whole blob stays in memory after it arrived: start-up, not the container's life. */
@@ -46,7 +47,7 @@ export interface KernelLayerFs {
   readonly stats: { reads: number; readErrors: number };
   /** Where its files are (a successor serves a detached one there). */
   readonly dir: string;
-  /** It has left its mountpoint: make it need no server, then end; settles once the mountpoint is free for a new mount. */
+  /** It has left its mountpoint: served where it is until its last user is gone, then it ends; settles once the mountpoint is free for a new mount. */
   detach(): Promise<void>;
   /** Stops serving; the mount stays for a successor. */
   release(): Promise<void>;
@@ -103,6 +104,8 @@ export class LayerMount {
         return LayerMount.started(remote, lazy, made.fs, trace, mountpoint, image, ctx);
       }
       lazy.close();
+      // One that has left its mountpoint is never mounted there again (a new mount may be there).
+      if (detached) throw new MountError(`detached lazy EROFS mount of ${layer} (${mountpoint}): ${made.refused}`);
       why = made.refused;
     }
     ctx.log?.info({ layer, mountpoint, mode: 'fuse', why }, 'layer mode fuse');
@@ -211,7 +214,7 @@ export class LayerMount {
 
   /**
    * The mount has left its mountpoint but may still be in use: a FUSE one is served until the
-   * kernel ends its connection; a kernel one is filled whole, so it needs no server, and then ends.
+   * kernel ends its connection, a kernel one until its superblock is gone (src/kernel/lazy-erofs.ts).
    * Settles once a new mount may be made at the mountpoint.
    */
   async detach(): Promise<void> {

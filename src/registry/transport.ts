@@ -5,7 +5,7 @@
 
 import type { Readable } from 'node:stream';
 import { Agent, interceptors, type Dispatcher } from 'undici';
-import { NotFoundError, RegistryAuthError, RegistryError } from '../errors.js';
+import { isDedupError, NotFoundError, RegistryAuthError, RegistryError } from '../errors.js';
 import type { CredentialLookup } from './auth.js';
 import { Authorizer } from './authorizer.js';
 import { HostSkips, type HostSkip, type HostTransferStats, type SkipReason } from './host-skips.js';
@@ -189,7 +189,9 @@ export class RegistryTransport {
     let challenged = false;
     return withRetries(this.retry, {
       retries, again: retryableAnswer, onRetry: this.retried,
-      giveUp: (err, attempts) => err instanceof RegistryAuthError ? err
+      // Ours (an auth failure) and faults of no I/O (a bad realm URL, a token answer not JSON) go
+      // as they are: only what the connection did makes the host unreachable.
+      giveUp: (err, attempts) => isDedupError(err) || (err instanceof Error && (err as { code?: unknown }).code === undefined) ? err
         : new RegistryError(`${spec.method} ${url}: ${(err as Error).message}${attempts > 1 ? ` (after ${attempts} attempts)` : ''}`, undefined, { cause: err }),
     }, async () => {
       const res = await once();

@@ -7,7 +7,7 @@
 // mounted again here.
 
 import { mkdir, rm } from 'node:fs/promises';
-import { isDedupError, MalformedEstargzError, MalformedGzipIndexError } from '../errors.js';
+import { isDedupError, MalformedEstargzError, MalformedGzipIndexError, MountError, UnavailableError } from '../errors.js';
 import type { ImageManifest, Platform } from '../image/oci.js';
 import type { KernelLayers } from '../kernel/kernel-layers.js';
 import { RegistryImage } from '../image/registry-image.js';
@@ -99,7 +99,12 @@ export class RemoteSnapshots {
     // A FUSE mount whose server is gone is detached; a lazy EROFS mount stays, for the layer
     // server to serve as it is (its users keep it: docs/kernel.md, "Lazy layers on EROFS").
     if ((await mountTable()).find((m) => m.target === this.c.dirs.fs(id))?.fstype !== 'erofs') await unmountFuse(this.c.dirs.fs(id));
-    await this.mount(id, remote, this.c.metadata.stat(key).labels);
+    await this.mount(id, remote, this.c.metadata.stat(key).labels).catch((err: unknown) => {
+      // The layer server's own NotFound or AlreadyExists would reach containerd as news about
+      // its snapshots (a Prepare, View or Mounts above this one): it is a mount that failed.
+      if (err instanceof UnavailableError) throw err;
+      throw new MountError(`remote snapshot ${key} (layer ${remote.layer.digest}): ${(err as Error).message}`, { cause: err });
+    });
     this.c.log.info({ snapshot: key, layer: remote.layer.digest, reason }, 'remote snapshot mounted again');
     this.c.audit?.('layer.mount', remote.image, { snapshot: key, layer: remote.layer.digest, reason });
   }

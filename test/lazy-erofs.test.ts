@@ -12,6 +12,7 @@ import { mkdir, mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { FusedClient, fusedSocket } from '../src/fused/client.js';
 import { kernelModeUnsupported } from '../src/kernel/kernel-layers.js';
 import { mountTable, unmount } from '../src/system-mounts.js';
 import { binary, dedupctlJson } from './fixtures/cli.js';
@@ -182,5 +183,15 @@ describe('kernel mode: a lazily pulled layer, once complete, is served by EROFS'
     assert.ok((await lowerdirs('before-dedupd'))[0]!.endsWith('/fs'));
     const sums = await Promise.all(['before-dedupd', 'after-dedupd'].map((id, i) => ctr('task', 'exec', '--exec-id', `s${i}`, id, '/bin/busybox', 'sha256sum', '/data')));
     assert.equal(sums[0], sums[1]);
+
+    // The container from before gone, its FUSE mount, unused now, is let go of for good: the
+    // layer server holds nothing (a plain SIGTERM would stop it).
+    const letGo = await count(/^FUSE mount of a layer served by EROFS let go/);
+    await ctr('task', 'kill', '-s', 'SIGKILL', 'before-dedupd');
+    await ctd!.ctr(['task', 'delete', '-f', 'before-dedupd']);
+    await ctr('container', 'rm', 'before-dedupd');
+    await waitFor('the FUSE mount to be let go', async () => await count(/^FUSE mount of a layer served by EROFS let go/) === letGo + 1);
+    const fused = new FusedClient(fusedSocket(snap!.root));
+    await waitFor('the layer server to hold no mount', async () => (await fused.health(0)).mounts === 0, 10_000);
   });
 });

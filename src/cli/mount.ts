@@ -14,7 +14,7 @@ import { MountError, NotFoundError } from '../errors.js';
 import { ChunkCache } from '../fetch/chunk-cache.js';
 import { parsePlatform } from '../image/oci.js';
 import { openImage } from '../image/open.js';
-import { kernelLayerFs, resolveMountMode } from '../kernel/lazy-erofs.js';
+import { kernelFsFor } from '../kernel/lazy-erofs.js';
 import { ImageMount } from '../mount/image-mount.js';
 import { findByDir, isAlive, mountsDir, readRecords, removeRecord, rootsInMountTable, waitForExit, type MountRecord } from '../mount/mount-records.js';
 import { mountTable, unmount, unmountFuse } from '../system-mounts.js';
@@ -40,10 +40,8 @@ async function serveMount(ref: string, dir: string, flags: MountFlags): Promise<
   const store = await ChunkStore.open(config.root);
   const pool = new CodecPool();
   let mount: ImageMount | undefined;
-  const mode = await resolveMountMode(config.mount_mode, config.enable_fscache, config.root);
-  if (mode.note) log.info({}, mode.note);
-  log.info({ mode: mode.mode, why: mode.why }, 'lazy layers mount mode');
   const onReadError = (layer: string, path: string, err: unknown): void => log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO');
+  const kernelFs = await kernelFsFor(config, log, store, pool, onReadError);
   const stop = new Promise<string>((res) => {
     process.once('SIGTERM', () => res('SIGTERM'));
     process.once('SIGINT', () => res('SIGINT'));
@@ -56,7 +54,7 @@ async function serveMount(ref: string, dir: string, flags: MountFlags): Promise<
       prefetch: { ...prefetchOptions(config), background: flags.background ?? config.prefetch.background },
       lazy: { prefetchWorkers: config.prefetch.workers },
       onReadError,
-      kernelFs: mode.mode === 'erofs' ? kernelLayerFs(store, pool, config.chunk_size, onReadError) : undefined,
+      kernelFs,
     });
     const ready = { ...mount.record, mountMs: Date.now() - started };
     log.info(ready, 'mounted');

@@ -21,7 +21,7 @@ import { ControlApi } from '../fused/control-api.js';
 import { fusedSocket } from '../fused/client.js';
 import { receiveHandover, released, socketFree, startSuccessor } from '../fused/handover.js';
 import { LayerServer } from '../fused/layer-server.js';
-import { kernelLayerFs, resolveMountMode } from '../kernel/lazy-erofs.js';
+import { kernelFsFor } from '../kernel/lazy-erofs.js';
 import { LayerMetrics } from '../metrics/metrics.js';
 import { ChunkStore } from '../store/chunk-store.js';
 import { VERSION } from '../version.js';
@@ -56,18 +56,16 @@ const program = withCommonFlags(new Command('dedup-fused'))
     const client = await registryClientFrom(flags, config, log);
     const pool = new CodecPool();
     await pool.warm();
-    const mode = await resolveMountMode(config.mount_mode, config.enable_fscache, config.root);
-    if (mode.note) log.info({}, mode.note);
-    log.info({ mode: mode.mode, why: mode.why }, 'lazy layers mount mode');
     const layerMetrics = new LayerMetrics({ store: () => store.stats(), mounts: () => layers.mountStats(), registryHosts: () => client.stats.hosts }); // read at scrape time
     const onReadError = (layer: string, path: string, err: unknown): void => {
       layerMetrics.fuseReadError();
       log.warn({ layer, path, err: (err as Error).message, code: (err as { code?: string }).code }, 'read failed: EIO');
     };
+    const kernelFs = await kernelFsFor(config, log, store, pool, onReadError);
     const layers: LayerServer = new LayerServer({
       client, store, pool, cache: new ChunkCache(flags.cacheSize), traceDir: flags.traceDir ?? config.prefetch.trace_dir, log,
       prefetch: prefetchOptions(config), lazy: { prefetchWorkers: config.prefetch.workers }, observer: layerMetrics, onReadError,
-      kernelFs: mode.mode === 'erofs' ? kernelLayerFs(store, pool, config.chunk_size, onReadError) : undefined,
+      kernelFs,
     }, {
       lost: (request, reason) => {
         layerMetrics.mountLost(reason);

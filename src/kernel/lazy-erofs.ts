@@ -90,10 +90,23 @@ export async function resolveMountMode(mountMode: 'auto' | 'erofs' | 'fuse', ena
 }
 
 /**
+ * LayerMountContext.kernelFs for the config's mount mode (undefined: FUSE), the mode and why
+ * logged: what every process that mounts lazy layers starts with.
+ */
+export async function kernelFsFor(config: { mount_mode: 'auto' | 'erofs' | 'fuse'; enable_fscache: boolean; root: string; chunk_size: number },
+  log: { info(o: object, m: string): void }, store: ChunkStore, pool: CodecPool, onReadError: (layer: string, path: string, err: unknown) => void):
+  Promise<ReturnType<typeof kernelLayerFs> | undefined> {
+  const mode = await resolveMountMode(config.mount_mode, config.enable_fscache, config.root);
+  if (mode.note) log.info({}, mode.note);
+  log.info({ mode: mode.mode, why: mode.why }, 'lazy layers mount mode');
+  return mode.mode === 'erofs' ? kernelLayerFs(store, pool, config.chunk_size, onReadError) : undefined;
+}
+
+/**
  * Mount mode `erofs` for LayerMount (LayerMountContext.kernelFs): each layer served by the kernel
  * where it can be, else the reason (it is served by FUSE then).
  */
-export function kernelLayerFs(store: ChunkStore, pool: CodecPool, chunkSize: number, onReadError?: (layer: string, path: string, err: unknown) => void):
+function kernelLayerFs(store: ChunkStore, pool: CodecPool, chunkSize: number, onReadError?: (layer: string, path: string, err: unknown) => void):
   (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string, detached?: { lazyDir?: string }) => Promise<{ fs: LazyErofsFs; adopted: boolean } | { refused: string }> {
   return async (remote, lazy, mountpoint, detached) => {
     const layer = remote.desc.digest;

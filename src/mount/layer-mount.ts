@@ -92,8 +92,9 @@ export class LayerMount {
     await LayerMount.record(remote, ctx.store);
     const layer = remote.desc.digest;
     let why = 'mount_mode fuse';
+    const layered = LayerMount.lazyLayer(remote, image, ctx);
+    const { lazy, trace } = layered;
     if (ctx.kernelFs) {
-      const { lazy, trace } = LayerMount.lazyLayer(remote, image, ctx);
       const made = await ctx.kernelFs(remote, lazy, mountpoint, detached).catch((err: unknown) => {
         lazy.close();
         throw err;
@@ -103,13 +104,15 @@ export class LayerMount {
           made.adopted ? 'layer mode erofs: serving the EROFS mount already there' : 'layer mode erofs: kernel EROFS, filled on demand');
         return LayerMount.started(remote, lazy, made.fs, trace, mountpoint, image, ctx);
       }
-      lazy.close();
       // One that has left its mountpoint is never mounted there again (a new mount may be there).
-      if (detached) throw new MountError(`detached lazy EROFS mount of ${layer} (${mountpoint}): ${made.refused}`);
+      if (detached) {
+        lazy.close();
+        throw new MountError(`detached lazy EROFS mount of ${layer} (${mountpoint}): ${made.refused}`);
+      }
       why = made.refused;
     }
     ctx.log?.info({ layer, mountpoint, mode: 'fuse', why }, 'layer mode fuse');
-    return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.mount(mountpoint, remote.desc.digest.slice(7, 19)));
+    return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.mount(mountpoint, remote.desc.digest.slice(7, 19)), layered);
   }
 
   /**
@@ -120,9 +123,10 @@ export class LayerMount {
     return LayerMount.serve(remote, mountpoint, image, ctx, (fs) => fs.adopt(mountpoint, conn));
   }
 
+  /** `layered`: the LazyLayer and trace a refused kernel mount made already. */
   private static serve(remote: RemoteLayer, mountpoint: string, image: { name: string; manifestDigest: string }, ctx: LayerMountContext,
-    attach: (fs: LayerFs) => void): LayerMount {
-    const { lazy, trace } = LayerMount.lazyLayer(remote, image, ctx);
+    attach: (fs: LayerFs) => void, layered = LayerMount.lazyLayer(remote, image, ctx)): LayerMount {
+    const { lazy, trace } = layered;
     const fs = new LayerFs(remote.toc, lazy, (path, err) => ctx.onReadError?.(remote.desc.digest, path, err));
     attach(fs);
     return LayerMount.started(remote, lazy, fs, trace, mountpoint, image, ctx);

@@ -94,29 +94,40 @@ export async function resolveMountMode(mountMode: 'auto' | 'erofs' | 'fuse', ena
  * logged: what every process that mounts lazy layers starts with.
  */
 export async function kernelFsFor(config: { mount_mode: 'auto' | 'erofs' | 'fuse'; enable_fscache: boolean; root: string; chunk_size: number },
-  log: { info(o: object, m: string): void }, store: ChunkStore, pool: CodecPool, onReadError: (layer: string, path: string, err: unknown) => void):
+  log: { info(o: object, m: string): void; warn(o: object, m: string): void }, store: ChunkStore, pool: CodecPool, onReadError: (layer: string, path: string, err: unknown) => void):
   Promise<ReturnType<typeof kernelLayerFs> | undefined> {
   const mode = await resolveMountMode(config.mount_mode, config.enable_fscache, config.root);
   if (mode.note) log.info({}, mode.note);
   log.info({ mode: mode.mode, why: mode.why }, 'lazy layers mount mode');
-  return mode.mode === 'erofs' ? kernelLayerFs(store, pool, config.chunk_size, onReadError) : undefined;
+  return mode.mode === 'erofs' ? kernelLayerFs(store, pool, config.chunk_size, {
+    readError: onReadError,
+    detachError: (layer, dir, err) => log.warn({ layer, dir, err: (err as Error).message }, 'cannot let go of a detached lazy EROFS mount; it is served on'),
+  }) : undefined;
 }
 
 /**
  * Mount mode `erofs` for LayerMount (LayerMountContext.kernelFs): each layer served by the kernel
  * where it can be, else the reason (it is served by FUSE then).
  */
-function kernelLayerFs(store: ChunkStore, pool: CodecPool, chunkSize: number, onReadError?: (layer: string, path: string, err: unknown) => void):
+function kernelLayerFs(store: ChunkStore, pool: CodecPool, chunkSize: number, report: { readError(layer: string, path: string, err: unknown): void; detachError(layer: string, dir: string, err: unknown): void }):
   (remote: RemoteLayer, lazy: LazyLayer, mountpoint: string, detached?: { lazyDir?: string }) => Promise<{ fs: LazyErofsFs; adopted: boolean } | { refused: string }> {
   return async (remote, lazy, mountpoint, detached) => {
     const layer = remote.desc.digest;
     try {
-      return await LazyErofsFs.mount(remote.toc, layer, lazy, store, pool, chunkSize, mountpoint, detached, (path, err) => onReadError?.(layer, path, err));
+      return await LazyErofsFs.mount(remote.toc, layer, lazy, store, pool, chunkSize, mountpoint, detached, {
+        readError: (path, err) => report.readError(layer, path, err), detachError: (dir, err) => report.detachError(layer, dir, err),
+      });
     } catch (err) {
       if (err instanceof UnsupportedError) return { refused: err.message }; // lazyErofsRefusal's, or the kernel's; nothing is left mounted
       throw err;
     }
   };
+}
+
+/** Where a lazy EROFS mount tells of a read it failed (EIO) and of a detach that did not finish. */
+interface LazyErofsReport {
+  readError(path: string, err: unknown): void;
+  detachError(dir: string, err: unknown): void;
 }
 
 /** The process's one group: every lazy EROFS mount's chunk directory is marked in it (a user may have 128 groups). */
@@ -184,7 +195,7 @@ export class LazyErofsFs {
 
   /** `dir`: the image and chunk files: `<mountpoint>.lazy`, or where detach() moved them. */
   private constructor(readonly mountpoint: string, private currentDir: string, private readonly toc: Toc, private readonly lazy: LazyLayer,
-    private readonly onReadError?: (path: string, err: unknown) => void) {
+    private readonly report?: LazyErofsReport) {
     for (const node of new Set(toc.nodes.values())) {
       if (node.type !== 'reg') continue;
       for (const chunk of node.chunks) if (chunk.chunkDigest) this.byName.set(chunk.chunkDigest.slice(7), { node, chunk });
@@ -209,10 +220,10 @@ export class LazyErofsFs {
    * served this way.
    */
   static async mount(toc: Toc, layerDigest: string, lazy: LazyLayer, store: ChunkStore, pool: CodecPool, chunkSize: number, mountpoint: string,
-    detached: { lazyDir?: string } | undefined, onReadError?: (path: string, err: unknown) => void): Promise<{ fs: LazyErofsFs; adopted: boolean }> {
+    detached: { lazyDir?: string } | undefined, report?: LazyErofsReport): Promise<{ fs: LazyErofsFs; adopted: boolean }> {
     const why = lazyErofsRefusal(toc);
     if (why) throw new UnsupportedError(`lazy EROFS layer ${layerDigest}: ${why}`);
-    const fs = new LazyErofsFs(mountpoint, detached?.lazyDir ?? `${mountpoint}.lazy`, toc, lazy, onReadError);
+    const fs = new LazyErofsFs(mountpoint, detached?.lazyDir ?? `${mountpoint}.lazy`, toc, lazy, report);
     const adopted = await fs.servesAlready(layerDigest, detached !== undefined);
     if (!adopted) {
       await unmount(mountpoint);
@@ -289,7 +300,7 @@ export class LazyErofsFs {
       await f;
     } catch (err) {
       this.stats.readErrors++;
-      this.onReadError?.(ref.node.path, err);
+      this.report?.readError(ref.node.path, err);
       throw err;
     }
   }
@@ -319,8 +330,8 @@ export class LazyErofsFs {
    * once the mountpoint's directory name is free for a new mount.
    */
   detach(): Promise<void> {
-    this.detaching ??= this.moveAside().then(() => this.watchGone());
-    return this.detaching.catch((err: unknown) => this.onReadError?.(this.dir, err));
+    this.detaching ??= this.moveAside().then(() => this.watchGone()).catch((err: unknown) => this.report?.detachError(this.dir, err));
+    return this.detaching;
   }
 
   private async moveAside(): Promise<void> {
@@ -338,7 +349,7 @@ export class LazyErofsFs {
     this.goneTimer = setInterval(() => {
       if (existsSync(sysfs)) return;
       clearInterval(this.goneTimer);
-      void this.gone().catch((err: unknown) => this.onReadError?.(this.dir, err));
+      void this.gone().catch((err: unknown) => this.report?.detachError(this.dir, err));
     }, GONE_POLL_MS).unref();
   }
 

@@ -31,7 +31,8 @@ export class PreContentGroup {
   private reader: FanotifyReader | undefined;
   private ended: Promise<void> | undefined;
 
-  private constructor(readonly fd: number) {}
+  /** The group behind descriptor `fd` (open()'s, or one another process held: the same marks, queue and pending events). */
+  constructor(readonly fd: number) {}
 
   /**
    * A new group whose event descriptors are opened read-write, so the listener fills the range
@@ -42,13 +43,6 @@ export class PreContentGroup {
     const fd = native().fanotifyInit(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_MARKS, constants.O_RDWR | O_LARGEFILE);
     if (isSysError(fd)) throw new UnsupportedError(`fanotify pre-content group: ${fd.call}: ${fd.message}`);
     return new PreContentGroup(fd);
-  }
-
-  /** The group another process holds as its descriptor `fd` (the same group: its marks, queue and pending events). */
-  static takeOver(pid: number, fd: number): PreContentGroup {
-    const own = native().pidfdGetfd(pid, fd);
-    if (isSysError(own)) throw new UnsupportedError(`taking fanotify group ${fd} of process ${pid}: ${own.call}: ${own.message}`);
-    return new PreContentGroup(own);
   }
 
   /**
@@ -99,20 +93,6 @@ export class PreContentGroup {
       };
       fill(e).then(() => answer(0), () => answer(EIO));
     });
-  }
-
-  /**
-   * Denies with EIO every event a dead holder read and left unanswered: the kernel matches an
-   * answer by the event's descriptor number only, so each number below `below` is tried. Only
-   * once that holder is gone and before this process reads any event (it would deny its own).
-   * The readers see EIO where their read was in the middle of it; a read the kernel retries
-   * raises a new event, which is filled as usual.
-   */
-  answerStranded(below = 65536): number {
-    const n = native();
-    let answered = 0;
-    for (let fd = 0; fd < below; fd++) if (n.fanotifyRespond(this.fd, fd, EIO) === true) answered++;
-    return answered;
   }
 
   /** Stops reading and closes this process's descriptor. The group lives on while another process holds it. */

@@ -7,6 +7,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
 import { CodecPool } from '../codec/codec-pool.js';
 import { MalformedLayerError } from '../errors.js';
+import { chunkFile } from '../estargz/file-chunks.js';
 import { encodeFooter } from '../estargz/footer.js';
 import { encodeTarHeader, TAR_END, tarPadding, type TarHeader } from '../estargz/tar.js';
 import { readTar, TarFormatError, type TarEntry } from '../estargz/tar-reader.js';
@@ -115,30 +116,12 @@ class EstargzBuilder {
     this.toc.push(e);
     if (h.type !== 'file' || h.size === 0) return;
 
-    const fileHash = createHash('sha256');
-    let current = e;
-    for (let written = 0; written < h.size;) {
-      const member = await this.members.cut();
-      const n = Math.min(this.opts.chunkSize, h.size - written);
-      const chunkHash = createHash('sha256');
-      for (let got = 0; got < n;) {
-        const piece = await entry.read(n - got);
-        chunkHash.update(piece);
-        fileHash.update(piece);
-        this.members.append(piece);
-        got += piece.length;
-      }
-      if (written > 0) current.chunkOffset = written;
-      if (n === this.opts.chunkSize && h.size > n) current.chunkSize = n;
-      current.chunkDigest = hashDigest(chunkHash);
-      this.offsetFixups.push({ entry: current, member });
-      written += n;
-      if (written < h.size) {
-        current = { name: e.name, type: 'chunk' };
-        this.toc.push(current);
-      }
-    }
-    e.digest = hashDigest(fileHash);
+    let member = 0; // the gzip member the chunk being read starts
+    await chunkFile(entry, e, this.opts.chunkSize, (chunk) => this.toc.push(chunk), {
+      begin: async () => void (member = await this.members.cut()),
+      piece: (bytes) => this.members.append(bytes),
+      read: (chunk) => this.offsetFixups.push({ entry: chunk, member }),
+    });
     this.members.append(Buffer.alloc(tarPadding(h.size)));
   }
 

@@ -13,7 +13,8 @@ import { constants } from 'node:zlib';
 import { inflate, inflateEnd, inflateInit2 } from 'pako/lib/zlib/inflate.js';
 import ZStream from 'pako/lib/zlib/zstream.js';
 import { MalformedLayerError, MultipleGzipMembersError } from '../errors.js';
-import { readTar, TarFormatError } from '../estargz/tar-reader.js';
+import { chunkFile } from '../estargz/file-chunks.js';
+import { readTar } from '../estargz/tar-reader.js';
 import { tocEntryOfTar, type TocEntryJson } from '../estargz/toc.js';
 import { WINDOW_BYTES, type Checkpoint, type GzipIndex, type Mark } from './format.js';
 import { hashDigest } from '../digest.js';
@@ -131,29 +132,7 @@ export async function buildGzipIndex(src: AsyncIterable<Uint8Array>, layer: { di
       const e = tocEntryOfTar(entry.header);
       entries.push(e);
       if (entry.header.type !== 'file' || entry.header.size === 0) continue;
-      const fileHash = createHash('sha256');
-      let current = e;
-      for (let written = 0; written < entry.header.size;) {
-        const n = Math.min(opts.chunkSize, entry.header.size - written);
-        const chunkHash = createHash('sha256');
-        for (let got = 0; got < n;) {
-          const piece = await entry.read(n - got);
-          if (piece.length === 0) throw new TarFormatError(`entry "${entry.header.name}" is truncated`);
-          chunkHash.update(piece);
-          fileHash.update(piece);
-          got += piece.length;
-        }
-        current.offset = entry.offset + written;
-        if (written > 0) current.chunkOffset = written;
-        if (n === opts.chunkSize && entry.header.size > n) current.chunkSize = n;
-        current.chunkDigest = hashDigest(chunkHash);
-        written += n;
-        if (written < entry.header.size) {
-          current = { name: e.name, type: 'chunk' };
-          entries.push(current);
-        }
-      }
-      e.digest = hashDigest(fileHash);
+      await chunkFile(entry, e, opts.chunkSize, (chunk) => entries.push(chunk), { read: (chunk, at) => void (chunk.offset = entry.offset + at) });
     }
     for await (const _ of tar); // the end blocks and padding after the last entry
   } catch (err) {

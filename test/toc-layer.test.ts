@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { CodecPool } from '../src/codec/codec-pool.js';
 import { parseToc } from '../src/estargz/toc-parser.js';
 import { type TocEntryJson } from '../src/estargz/toc.js';
 import { NotFoundError } from '../src/errors.js';
@@ -42,6 +43,7 @@ describe('EROFS image of a lazy layer', { skip: erofsSkipReason() }, () => {
   let dir: string;
   let cleanup: () => Promise<void>;
   let store: ChunkStore;
+  const pool = new CodecPool(1);
   const mounts: string[] = [];
   const files = new Map<string, Buffer>();
   const entries: TocEntryJson[] = [];
@@ -99,12 +101,13 @@ describe('EROFS image of a lazy layer', { skip: erofsSkipReason() }, () => {
   after(async () => {
     for (const m of mounts) await unmount(m).catch(() => undefined);
     await store?.close();
+    await pool.close();
     await cleanup?.();
   });
 
   it('mounts with every file\'s bytes read from the stored chunks, and re-cuts only what does not fit', async () => {
     const toc = parseToc(Buffer.from(JSON.stringify({ version: 1, entries })), { tocOffset: offset + 100 });
-    const built = await buildTocLayer(toc, 4 * MiB, source());
+    const built = await buildTocLayer(toc, 4 * MiB, source(), pool);
     assert.deepEqual(built.recut, { files: 1, bytes: 250_003 });
     await store.syncPacks();
     const mnt = await mountImage(built.image, built.devices, 'lazy');
@@ -132,6 +135,6 @@ describe('EROFS image of a lazy layer', { skip: erofsSkipReason() }, () => {
   it('is refused while a chunk is missing, naming it', async () => {
     const data = randomBytes(5000);
     const toc = parseToc(Buffer.from(JSON.stringify({ version: 1, entries: [{ name: 'x', type: 'reg', size: 5000, offset: 10, chunkDigest: sha256(data) }] })), { tocOffset: 100 });
-    await assert.rejects(buildTocLayer(toc, 4 * MiB, source()), (err: unknown) => err instanceof NotFoundError && err.message.includes(`chunk ${sha256(data)} of "x"`));
+    await assert.rejects(buildTocLayer(toc, 4 * MiB, source(), pool), (err: unknown) => err instanceof NotFoundError && err.message.includes(`chunk ${sha256(data)} of "x"`));
   });
 });

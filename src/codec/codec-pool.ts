@@ -11,7 +11,7 @@ import { sha256Digest } from '../digest.js';
 import { ChunkDigestMismatchError, InvalidErofsTreeError, MalformedEstargzError, MalformedLayerError } from '../errors.js';
 import type { ErofsBuildOptions } from '../erofs/build.js';
 import type { ErofsEntry } from '../erofs/tree.js';
-import { checkDigest, inflateChunk, inflateSpan, type FilePiece, type GzipTask, type InflateTask, type ReadFilePiecesResult, type SpanResult, type SpanTask, type VerifyTask, type WalkTask, type BuildImageTask } from './codec-worker.js';
+import { checkDigest, inflateChunk, inflateSpan, type FilePiece, type GzipTask, type InflateTask, type ReadFilePiecesResult, type SpanResult, type SpanTask, type VerifyTask, type WalkTask, type BuildImageTask, type EmptyFilesTask } from './codec-worker.js';
 import type { LayerWalk } from './layer-walk.js';
 
 export type { FilePiece } from './codec-worker.js';
@@ -142,6 +142,11 @@ export class CodecPool {
     const r = (await this.pool.run({ entries, options } satisfies BuildImageTask, { name: 'buildImage' })) as Uint8Array | { invalid: { entry: string; why: string } };
     if ('invalid' in r) throw new InvalidErofsTreeError(r.invalid.entry, r.invalid.why);
     return Buffer.from(r.buffer, r.byteOffset, r.byteLength);
+  }
+
+  /** Creates each of `names` in `dir`, empty (codec-worker.ts emptyFiles). */
+  async emptyFiles(dir: string, names: string[]): Promise<void> {
+    await this.pool.run({ dir, names } satisfies EmptyFilesTask, { name: 'emptyFiles' });
   }
 
   async close(): Promise<void> {

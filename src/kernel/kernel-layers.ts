@@ -90,7 +90,7 @@ export class KernelLayers {
       placeStored: (digest, size) => this.store.placeStored(digest, size, this.pool),
       storeChunk: (digest, data) => this.store.placeForImage(digest, data),
       packSize: (pack) => this.packSize(pack),
-    });
+    }, this.pool);
     return { ...await this.publish(id, layer), recut: layer.recut };
   }
 

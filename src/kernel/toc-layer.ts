@@ -12,6 +12,7 @@
 // (the store then holds that file twice: its TOC chunks, which lazy mounts and other layers use,
 // and the new ones).
 
+import type { CodecPool } from '../codec/codec-pool.js';
 import { BLOCK_SIZE } from '../erofs/format.js';
 import type { ErofsEntry, ErofsExtent } from '../erofs/tree.js';
 import { NotFoundError } from '../errors.js';
@@ -53,10 +54,11 @@ export function fileChunkSize(sizes: readonly number[]): number | undefined {
 }
 
 /**
- * Builds the EROFS image of `toc`'s layer over the store's packs. Refused (NotFoundError) when
- * a chunk is not stored, or no longer verifies; the caller tries again once it is.
+ * Builds the EROFS image of `toc`'s layer over the store's packs (the image itself on the codec
+ * pool: a python layer's 1,200 files took 100–300 ms of the calling thread). Refused
+ * (NotFoundError) when a chunk is not stored, or no longer verifies; the caller tries again once it is.
  */
-export async function buildTocLayer(toc: Toc, chunkSize: number, store: StoredChunks): Promise<TocLayerImage> {
+export async function buildTocLayer(toc: Toc, chunkSize: number, store: StoredChunks, pool: CodecPool): Promise<TocLayerImage> {
   const entries: ErofsEntry[] = [];
   const chunks = new ImageChunks();
   const firstPath = new Map<TocNode, string>(); // hard links: the first name the walk meets
@@ -155,5 +157,5 @@ export async function buildTocLayer(toc: Toc, chunkSize: number, store: StoredCh
   let k = 0;
   for (const { entry, node } of fitting) entry.extents = node.chunks.map((c) => chunks.extent(c.chunkDigest!, c.chunkSize, places[k++]!));
   for (const { entry, node } of unfit) entry.extents = await cutAgain(node);
-  return { ...await chunks.build(entries, chunkSize, (p) => store.packSize(p)), files, bytes, recut };
+  return { ...await chunks.build(entries, chunkSize, (p) => store.packSize(p), (e, o) => pool.buildErofs(e, o)), files, bytes, recut };
 }

@@ -6,7 +6,7 @@
 // not fetched reads EIO, never zeros.
 
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -54,8 +54,8 @@ describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() 
   const mounted: { dir: string; root: string }[] = [];
   const pids: number[] = [];
 
-  const mount = async (ref: string, dir: string, root: string): Promise<{ pid: number; log: string }> => {
-    const r = await dedupctlJson<{ pid: number; log: string }>(['mount', '--config', config, '--root', root, '--plain-http', ref, dir]);
+  const mount = async (ref: string, dir: string, root: string, cfg = config): Promise<{ pid: number; log: string }> => {
+    const r = await dedupctlJson<{ pid: number; log: string }>(['mount', '--config', cfg, '--root', root, '--plain-http', ref, dir]);
     mounted.push({ dir, root });
     pids.push(r.pid);
     return r;
@@ -66,6 +66,8 @@ describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() 
     mounted.splice(mounted.findIndex((m) => m.dir === dir), 1);
   };
   const content = (p: string): Buffer => [...layers.upper, ...layers.base].find((s) => s.name === p)!.content!;
+  /** An image whose start-up set (before its prefetch landmark) is these small files. */
+  const STARTUP: FileSpec[] = Array.from({ length: 40 }, (_, i) => ({ name: `app/m${i}.py`, type: 'file', content: Buffer.from(`# ${i}\n` + randomBytes(6000).toString('base64')) }));
 
   before(async () => {
     tmp = await mkdtemp(join(tmpdir(), 'dedup-erofs-mode-test-'));
@@ -81,6 +83,12 @@ describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() 
     await writeOciImage(join(tmp, 'src'), 'rich', [{ tar: await tarOf(layers.base), compression: 'gzip' }, { tar: await tarOf(layers.upper), compression: 'gzip' }]);
     await pushOci(join(tmp, 'src'), 'rich', `${registry.host}/src/rich:1`);
     await dedupctlJson(['convert', '--plain-http', `${registry.host}/src/rich:1`, `${registry.host}/lazy/rich:1`]);
+    await writeOciImage(join(tmp, 'startup'), 'startup', [{ tar: await tarOf([{ name: 'app/', type: 'directory' }, ...STARTUP,
+      { name: 'app/unused.bin', type: 'file', content: randomBytes(6 * MiB) }]), compression: 'gzip' }]);
+    await pushOci(join(tmp, 'startup'), 'startup', `${registry.host}/src/startup:1`);
+    const list = join(tmp, 'startup.txt');
+    await writeFile(list, STARTUP.map((f) => f.name).join('\n') + '\n');
+    await dedupctlJson(['convert', '--plain-http', '--prefetch-list', list, `${registry.host}/src/startup:1`, `${registry.host}/lazy/startup:1`]);
   });
 
   after(async () => {
@@ -120,6 +128,25 @@ describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() 
     assert.equal(hex(await readFile(join(dir, 'data/big'))), hex(content('data/big')));
     assert.equal(proxy!.stats.blobBytes, 0);
     await umount(dir, root);
+  });
+
+  it('writes the chunks prefetched at mount (a landmark\'s start-up set) into their chunk files ahead: reading them waits for no event', async () => {
+    const root = join(tmp, 'root-ahead');
+    const dir = join(tmp, 'mnt-ahead');
+    const prefetching = join(tmp, 'config-prefetch.json');
+    await writeFile(prefetching, JSON.stringify({ mount_mode: 'erofs' }));
+    const m = await mount(`${proxy!.host}/lazy/startup:1`, dir, root, prefetching);
+    await waitFor('the prefetch', async () => (await logged(m.log, 'prefetch done', { source: 'landmark' })).length === 1, 30_000);
+    proxy!.reset();
+    for (const f of STARTUP) assert.equal(hex(await readFile(join(dir, f.name))), hex(f.content!), f.name);
+    assert.equal(proxy!.stats.blobBytes, 0, 'all of it came with the prefetch');
+    // Stopped by its signal rather than umount (which removes the log): it unmounts and logs the layer's counts as it goes.
+    process.kill(m.pid, 'SIGTERM');
+    await waitFor('the mount process to stop', async () => !isAlive(m.pid), 30_000);
+    mounted.splice(mounted.findIndex((x) => x.dir === dir), 1);
+    const [layer] = await logged(m.log, 'layer unmounted');
+    assert.equal(layer!.filledAhead, STARTUP.length);
+    assert.deepEqual([layer!.reads, layer!.filled], [0, 0], 'no read waited for an event');
   });
 
   it('reads every file back exactly with one registry request in ten failing', async () => {

@@ -329,12 +329,14 @@ export class LazyLayer {
    * that needs a chunk being prefetched shares its fetch, and runs of neighbouring chunks go in
    * one request. At most `queueSize` chunks are queued at once. Resolves when all are settled
    * (prefetched chunks are then stored); with `stopOnFailure`, the first failure closes the layer.
+   * `fetched` is told of each chunk fetched, with its verified bytes (a chunk is settled once what it returns has).
    */
-  prefetch(chunks: ChunkRef[], queueSize = 1000, stopOnFailure = false): Promise<PrefetchReport> {
+  prefetch(chunks: ChunkRef[], queueSize = 1000, stopOnFailure = false, fetched?: (ref: ChunkRef, data: Buffer) => Promise<void> | void): Promise<PrefetchReport> {
     return prefetchBatch({
       missing: (digest) => this.missing(digest),
       fetch: (ref, digest) => this.share(digest, this.scheduler.enqueue(ref, PRIORITY.prefetch)),
       stop: () => this.close(),
+      fetched,
     }, chunks, queueSize, stopOnFailure);
   }
 }

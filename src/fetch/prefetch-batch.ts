@@ -20,6 +20,8 @@ export interface PrefetchTarget {
   fetch(ref: ChunkRef, digest: string): Promise<Buffer>;
   /** Stops the layer's fetching (queued chunks fail, those in flight finish). */
   stop(): void;
+  /** Told of each chunk fetched (stored), with its verified bytes; the batch settles once what it returns has. */
+  fetched?(ref: ChunkRef, data: Buffer): Promise<void> | void;
 }
 
 /**
@@ -41,7 +43,10 @@ export async function prefetchBatch(target: PrefetchTarget, chunks: ChunkRef[], 
       continue;
     }
     // Missing per the index: queued straight away (no store read first).
-    const p = target.fetch(ref, d).then(() => void report.fetched++, failed).finally(() => pending.delete(p));
+    const p = target.fetch(ref, d).then((data) => {
+      report.fetched++;
+      return target.fetched?.(ref, data);
+    }, failed).finally(() => pending.delete(p));
     pending.add(p);
     if (pending.size >= queueSize) while (pending.size > queueSize >> 1) await Promise.race(pending);
   }

@@ -19,7 +19,7 @@
 
 import { randomUUID } from 'node:crypto';
 import { existsSync, fstat, write } from 'node:fs';
-import { mkdir, readFile, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { basename, join } from 'node:path';
 import type { CodecPool } from '../codec/codec-pool.js';
@@ -47,8 +47,10 @@ export interface LazyErofsStats {
   reads: number;
   bytesRead: number;
   readErrors: number;
-  /** Chunk files written. */
+  /** Chunk files written for a read that waited. */
   filled: number;
+  /** Chunk files written ahead of their first read, with prefetched chunks (fillAhead). */
+  filledAhead: number;
 }
 
 /** Why `toc`'s layer cannot be served this way (it is served by FUSE then), or undefined. */
@@ -178,9 +180,13 @@ class Listener {
 }
 
 export class LazyErofsFs {
-  readonly stats: LazyErofsStats = { reads: 0, bytesRead: 0, readErrors: 0, filled: 0 };
+  readonly stats: LazyErofsStats = { reads: 0, bytesRead: 0, readErrors: 0, filled: 0, filledAhead: 0 };
   /** Fills under way, by chunk file name: readers of one chunk wait on one fetch. */
   private readonly filling = new Map<string, Promise<void>>();
+  /** Chunk files being written ahead of their first read (fillAhead), by name; each settles (never rejects) once written or given up. */
+  private readonly ahead = new Map<string, Promise<void>>();
+  /** fillAhead's writes, one at a time: each holds one of libuv's four threads until this process answers its event. */
+  private aheadQueue: Promise<void> = Promise.resolve();
   private readonly byName = new Map<string, { node: TocNode; chunk: TocChunk }>();
   private released = false;
   /** Set by detach(): the directory moved aside; then a look every GONE_POLL_MS for the superblock. */
@@ -257,16 +263,22 @@ export class LazyErofsFs {
     return recorded === layerDigest && (detached || (await mountTable()).some((m) => m.target === this.mountpoint && m.fstype === 'erofs'));
   }
 
-  /** The image: stored chunks where the store has them (verified now), every other chunk an empty file of its own. */
+  /**
+   * The image: stored chunks where the store has them (verified now), every other chunk an empty
+   * file of its own, all made at once on the codec pool before the walk.
+   */
   private async build(layerDigest: string, store: ChunkStore, pool: CodecPool, chunkSize: number): Promise<void> {
-    const digests = [...this.byName.keys()].map((h) => `sha256:${h}`);
-    const missing = store.missing(digests);
+    const missing = store.missing([...this.byName.keys()].map((h) => `sha256:${h}`));
     if (missing.size > MAX_DEVICES) throw new UnsupportedError(`lazy EROFS layer ${layerDigest}: ${missing.size} chunks to fetch, over the ${MAX_DEVICES} devices an image may have`);
     const chunkFiles = new Map<string, number>(); // name -> padded size
+    const padded = (size: number): number => Math.ceil(size / BLOCK_SIZE) * BLOCK_SIZE;
+    const names = [...missing].map((d) => d.slice(7));
+    await pool.emptyFiles(this.chunkDir, names);
+    for (const name of names) chunkFiles.set(name, padded(this.byName.get(name)!.chunk.chunkSize));
     const chunkFile = async (digest: string, size: number): Promise<{ at: { pack: string; offset: number }; data: Buffer }> => {
       const name = digest.slice(7);
-      if (!chunkFiles.has(name)) {
-        chunkFiles.set(name, Math.ceil(size / BLOCK_SIZE) * BLOCK_SIZE);
+      if (!chunkFiles.has(name)) { // stored, but it failed its check
+        chunkFiles.set(name, padded(size));
         await writeFile(join(this.chunkDir, name), '');
       }
       return { at: { pack: name, offset: 0 }, data: Buffer.alloc(0) };
@@ -275,7 +287,7 @@ export class LazyErofsFs {
       placeStored: async (digest, size) => (!missing.has(digest) && await store.placeStored(digest, size, pool)) || chunkFile(digest, size),
       storeChunk: () => Promise.reject(new UnsupportedError('a lazy EROFS layer cuts no chunk again')),
       packSize: async (pack) => chunkFiles.get(pack) ?? (await stat(store.packPath(pack))).size,
-    });
+    }, pool);
     const image = join(this.dir, 'image.erofs');
     await writeFile(image, layer.image);
     mountErofs(image, this.mountpoint, layer.devices.map((d) => chunkFiles.has(d) ? join(this.chunkDir, d) : store.packPath(d)));
@@ -283,9 +295,46 @@ export class LazyErofsFs {
     await writeFile(join(this.dir, 'layer'), layerDigest);
   }
 
+  /**
+   * A chunk prefetched (fetched and verified) before its first read: written into its chunk file
+   * now, so that no read of it waits for an event. The write, through a descriptor of our own,
+   * raises an event to our own group, which fill() lets through; a reader that comes meanwhile
+   * waits for the write. A chunk the image points at in a pack has no chunk file: nothing to do.
+   * Settles once written, or given up (its first read then fills it as any other); never rejects.
+   */
+  fillAhead(chunk: TocChunk, data: Buffer): Promise<void> {
+    const name = chunk.chunkDigest?.slice(7);
+    if (!name || this.released || !this.byName.has(name)) return Promise.resolve();
+    const under = this.ahead.get(name);
+    if (under) return under;
+    const file = join(this.chunkDir, name);
+    const padded = Math.ceil(chunk.chunkSize / BLOCK_SIZE) * BLOCK_SIZE;
+    const written = this.aheadQueue.then(async () => {
+      const fh = await open(file, 'r+').catch(() => undefined); // ENOENT: in a pack; no O_CREAT
+      if (!fh) return;
+      try {
+        if ((await fh.stat()).size >= padded) return; // filled by a read already
+        const out = Buffer.alloc(padded);
+        data.copy(out);
+        await fh.write(out, 0, padded, 0);
+        this.stats.filledAhead++;
+      } finally {
+        await fh.close();
+      }
+      Listener.ignore(file);
+    }).catch(() => undefined) // not written: its first read fills it as any other
+      .finally(() => this.ahead.delete(name));
+    this.ahead.set(name, written);
+    this.aheadQueue = written;
+    return written;
+  }
+
   /** A read of chunk file `name` waits: fetch the chunk (verified) and write it whole, padded to its last block. */
   private async fill(name: string, range: PreContentRange): Promise<void> {
     if (this.released) return; // as for a directory let go of (Listener)
+    const ahead = this.ahead.get(name);
+    if (ahead && range.pid === process.pid) return; // fillAhead's own write
+    await ahead; // then, written or not, as any read: write() finds it full or fills it
     const ref = this.byName.get(name);
     this.stats.reads++;
     if (range.count > 0) this.stats.bytesRead += range.count; // -1: no range; 0: the whole file

@@ -15,6 +15,7 @@ import { AccessTrace } from '../fs/access-trace.js';
 import type { FuseConnection } from '../fs/fuse-session.js';
 import { LayerFs } from '../fs/layer-fs.js';
 import { MountError } from '../errors.js';
+import type { TocChunk } from '../estargz/toc.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 
 /** How long a small layer's whole blob stays in memory after it arrived: start-up, not the container's life. */
@@ -49,6 +50,8 @@ export interface KernelLayerFs {
   readonly dir: string;
   /** It has left its mountpoint: served where it is until its last user is gone, then it ends; settles once the mountpoint is free for a new mount. */
   detach(): Promise<void>;
+  /** A chunk prefetched before its first read (verified, as it came): put where the kernel reads it, so that read need not wait for us. Never rejects. */
+  fillAhead(chunk: TocChunk, data: Buffer): Promise<void>;
   /** Stops serving; the mount stays for a successor. */
   release(): Promise<void>;
   unmount(): Promise<void>;
@@ -195,7 +198,8 @@ export class LayerMount {
     const held = hold ? await this.lazy.holdWholeBlob(HOLD_WHOLE_LAYER_MS) : false;
     if (whole && held) chunks = planAll(this.remote.toc);
     const queue = ctx.prefetch?.queueSize ?? 1000;
-    const r = await this.lazy.prefetch(chunks, queue);
+    const fs = this.fs;
+    const r = await this.lazy.prefetch(chunks, queue, false, fs instanceof LayerFs ? undefined : (ref, data) => fs.fillAhead(ref.file.chunks[ref.index]!, data));
     const background = ctx.prefetch?.background ? (await this.lazy.prefetch(planAll(this.remote.toc), queue)).fetched : 0;
     const outcome = { source, chunks: chunks.length, fetched: r.fetched, failed: r.failed, background, held };
     if (source !== 'none' || background || held) ctx.log?.info({ layer, ...outcome }, 'prefetch done');

@@ -265,7 +265,7 @@ export class LazyErofsFs {
 
   /**
    * The image: stored chunks where the store has them (verified now), every other chunk an empty
-   * file of its own, all made at once on the codec pool before the walk.
+   * file of its own, all made at once on the codec pool while the image is built on another worker.
    */
   private async build(layerDigest: string, store: ChunkStore, pool: CodecPool, chunkSize: number): Promise<void> {
     const missing = store.missing([...this.byName.keys()].map((h) => `sha256:${h}`));
@@ -273,7 +273,8 @@ export class LazyErofsFs {
     const chunkFiles = new Map<string, number>(); // name -> padded size
     const padded = (size: number): number => Math.ceil(size / BLOCK_SIZE) * BLOCK_SIZE;
     const names = [...missing].map((d) => d.slice(7));
-    await pool.emptyFiles(this.chunkDir, names);
+    const made = pool.emptyFiles(this.chunkDir, names);
+    made.catch(() => undefined); // awaited once the image is built (or failed: nothing may be writing to the directory then)
     for (const name of names) chunkFiles.set(name, padded(this.byName.get(name)!.chunk.chunkSize));
     const chunkFile = async (digest: string, size: number): Promise<{ at: { pack: string; offset: number }; data: Buffer }> => {
       const name = digest.slice(7);
@@ -287,7 +288,8 @@ export class LazyErofsFs {
       placeStored: async (digest, size) => (!missing.has(digest) && await store.placeStored(digest, size, pool)) || chunkFile(digest, size),
       storeChunk: () => Promise.reject(new UnsupportedError('a lazy EROFS layer cuts no chunk again')),
       packSize: async (pack) => chunkFiles.get(pack) ?? (await stat(store.packPath(pack))).size,
-    }, pool);
+    }, pool).finally(() => made.catch(() => undefined));
+    await made;
     const image = join(this.dir, 'image.erofs');
     await writeFile(image, layer.image);
     mountErofs(image, this.mountpoint, layer.devices.map((d) => chunkFiles.has(d) ? join(this.chunkDir, d) : store.packPath(d)));

@@ -24,6 +24,7 @@ import { mountView, startContainerd, type TestContainerd } from './fixtures/cont
 import { comparableTree, walkInodes, type SeenInode } from './fixtures/erofs.js';
 import { busyboxEntries, pushOci, richLayers, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { logged } from './fixtures/log.js';
+import { testMountModeSkip } from './fixtures/mount-mode.js';
 import { waitFor } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -35,7 +36,7 @@ const PLATFORM = { os: 'linux', architecture: 'amd64' };
 /** The digest as sha256sum prints it. */
 const hex = (b: Buffer): string => sha256(b).slice('sha256:'.length);
 
-describe('lazy pulls of unmodified gzip images through their gzip index', () => {
+describe('lazy pulls of unmodified gzip images through their gzip index', { skip: testMountModeSkip }, () => {
   let tmp: string;
   let registry: TestRegistry | undefined;
   let proxy: TestProxy | undefined;

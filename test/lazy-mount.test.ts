@@ -19,7 +19,7 @@ import { unmountUnder } from './fixtures/containerd.js';
 import { readRange } from './fixtures/erofs.js';
 import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { logged } from './fixtures/log.js';
-import { testMountModeSkip, writeTestConfig } from './fixtures/mount-mode.js';
+import { layerModes, lazyMode, testMountModeSkip, writeTestConfig } from './fixtures/mount-mode.js';
 import { run, waitFor } from './fixtures/process.js';
 import { startProxy, type Fault, type TestProxy } from './fixtures/proxy.js';
 import { forgeChunkDigest } from './fixtures/tamper.js';
@@ -118,6 +118,7 @@ describe('lazy root filesystem', { skip: testMountModeSkip }, () => {
     assert.ok(imageBytes > 200 * MiB);
     assert.ok(fetched < 0.02 * imageBytes, `fetched ${fetched} of ${imageBytes} bytes (${((100 * fetched) / imageBytes).toFixed(2)} %)`);
     assert.ok(m.mountMs < 10_000);
+    assert.deepEqual((await layerModes(m.log)).map((l) => l.mode), [lazyMode, lazyMode], 'both layers in the mount mode');
     const status = await dedupctlJson<{ dir: string; running: boolean; layers: { percent: number; complete: boolean }[] }[]>(['status', '--root', root]);
     const s = status.find((x) => x.dir === dir)!;
     assert.equal(s.running, true);

@@ -17,7 +17,7 @@ import { binary, dedupctl, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { logged, logRecords, type LogRecord } from './fixtures/log.js';
-import { testMountModeSkip, writeTestConfig } from './fixtures/mount-mode.js';
+import { layerModes, lazyMode, testMountModeSkip, writeTestConfig } from './fixtures/mount-mode.js';
 import { startDaemon, waitFor, type Daemon } from './fixtures/process.js';
 import { bytesSentTwice, startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -69,6 +69,7 @@ describe('prefetch', { skip: testMountModeSkip }, () => {
     daemons.push(daemon);
     const lines = (): Promise<LogRecord[]> => logRecords(log);
     await waitFor('mount', async () => (await lines()).some((l) => l.msg === 'mounted'), 30_000);
+    assert.deepEqual((await layerModes(log)).map((l) => l.mode), [lazyMode], 'the layer in the mount mode');
     return {
       dir, log, daemon, lines,
       async stop() {

@@ -15,7 +15,7 @@ import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { teardownStack } from './fixtures/teardown.js';
 import { busyboxEntries, pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { logged, logRecords, logSize, matches, type LogRecord } from './fixtures/log.js';
-import { lazyModeOf, testMountModeSkip } from './fixtures/mount-mode.js';
+import { lazyMode, testMountModeSkip } from './fixtures/mount-mode.js';
 import { waitFor } from './fixtures/process.js';
 import { startProxy, type ProxyRequest, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -34,7 +34,7 @@ const LISTING = 'cd / && find bin data del deep etc opq private tmp | sort | whi
  * its filesystem's own (ext4's blocks under containerd's overlayfs, as our FUSE layers show it too;
  * EROFS the bytes of its dirents).
  */
-const comparableListing = (listing: string): string => lazyModeOf() === 'erofs' ? listing.replace(/^(.+ \d+ \d+ \d+ )\d+( directory \d+)$/gm, '$1-$2') : listing;
+const comparableListing = (listing: string): string => lazyMode === 'erofs' ? listing.replace(/^(.+ \d+ \d+ \d+ )\d+( directory \d+)$/gm, '$1-$2') : listing;
 
 describe('containerd proxy snapshotter', { skip: testMountModeSkip }, () => {
   let tmp: string;
@@ -119,7 +119,7 @@ describe('containerd proxy snapshotter', { skip: testMountModeSkip }, () => {
     assert.ok(pulled < 0.05 * imageBytes, `rpull fetched ${pulled} of ${imageBytes} bytes`);
     assert.ok((await logged(snap!.log, 'remote snapshot mounted lazily')).length > 0, 'a layer was mounted lazily');
     const status = await dedupctlJson<{ mounts: { mode: string }[] }>(['fused', 'status', '--root', snap!.root, '--config', snap!.config]);
-    assert.deepEqual(status.mounts.map((m) => m.mode), status.mounts.map(() => lazyModeOf()), 'every layer is served in the mount mode');
+    assert.deepEqual(status.mounts.map((m) => m.mode), status.mounts.map(() => lazyMode), 'every layer is served in the mount mode');
     const out = await runIn('dedup', lazyRef, 'cat /etc/hostname; cat /data/small; echo');
     assert.equal(out, 'rich-upper\nabc\n');
     assert.ok(proxy!.stats.blobBytes < 0.1 * imageBytes, `running it fetched ${proxy!.stats.blobBytes} bytes in all`);

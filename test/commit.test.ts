@@ -15,6 +15,7 @@ import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { teardownStack } from './fixtures/teardown.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { logged } from './fixtures/log.js';
+import { testMountModeSkip } from './fixtures/mount-mode.js';
 import { mustRun, run, waitFor } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -61,7 +62,7 @@ async function layerSpecs(blob: Buffer): Promise<FileSpec[]> {
   return out;
 }
 
-describe('dedupctl commit: a running container into a new image', () => {
+describe('dedupctl commit: a running container into a new image', { skip: testMountModeSkip }, () => {
   let tmp: string;
   let registry: TestRegistry | undefined;
   let proxy: TestProxy | undefined;

@@ -12,11 +12,12 @@ import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { teardownStack } from './fixtures/teardown.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from './fixtures/images.js';
 import { LEVEL, logged } from './fixtures/log.js';
+import { testMountModeSkip } from './fixtures/mount-mode.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { auditedPulls, startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
 
-describe('lazy pulls from a loopback registry; full-pull fallbacks are reported', () => {
+describe('lazy pulls from a loopback registry; full-pull fallbacks are reported', { skip: testMountModeSkip }, () => {
   let tmp: string;
   let registry: TestRegistry | undefined;
   let noRanges: TestProxy | undefined;

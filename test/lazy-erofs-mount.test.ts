@@ -180,7 +180,7 @@ describe('lazy layers in mount mode erofs', { skip: await erofsModeSkipReason() 
     assert.match(direct.stderr, /Input\/output error|Invalid argument/);
     assert.equal(direct.bytes, 0);
     assert.equal(await readFile(join(dir, 'etc/hostname'), 'utf8'), 'rich-upper\n');
-    assert.ok((await logged(m.log, 'read failed: EIO', { path: /^\/?data\/text$/, code: 'ERR_CHUNK_DIGEST_MISMATCH' })).length > 0, 'the failed read is logged with its code');
+    assert.ok((await logged(m.log, 'read failed: EIO', { path: '/data/text', code: 'ERR_CHUNK_DIGEST_MISMATCH' })).length > 0, 'the failed read is logged with its code');
     await umount(dir, root);
   });
 

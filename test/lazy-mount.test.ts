@@ -1,5 +1,6 @@
-// The lazy root filesystem for real: FUSE layer mounts stacked with overlayfs, against a registry
-// behind a byte-counting, fault-injecting proxy.
+// The lazy root filesystem for real: layer mounts (FUSE, or EROFS filled on demand in the suite's
+// mount mode erofs) stacked with overlayfs, against a registry behind a byte-counting,
+// fault-injecting proxy.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -18,6 +19,7 @@ import { unmountUnder } from './fixtures/containerd.js';
 import { readRange } from './fixtures/erofs.js';
 import { pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { logged } from './fixtures/log.js';
+import { layerModes, lazyMode, testMountModeSkip, writeTestConfig } from './fixtures/mount-mode.js';
 import { run, waitFor } from './fixtures/process.js';
 import { startProxy, type Fault, type TestProxy } from './fixtures/proxy.js';
 import { forgeChunkDigest } from './fixtures/tamper.js';
@@ -56,9 +58,11 @@ async function holdWriteLock(indexDb: string, holdMs: number): Promise<{ pid: nu
   return { pid: child.pid!, released: released.then(async () => void (child.exitCode === null && (await once(child, 'exit')))) };
 }
 
-describe('lazy root filesystem', () => {
+describe('lazy root filesystem', { skip: testMountModeSkip }, () => {
   let tmp: string;
   let root: string;
+  /** For mounts whose test names no config of its own. */
+  let config: string;
   let registry: TestRegistry | undefined;
   let proxy: TestProxy | undefined;
   let fault: Fault = 'ok';
@@ -69,7 +73,8 @@ describe('lazy root filesystem', () => {
   const pids: number[] = [];
 
   const mount = async (ref: string, dir: string, extra: string[] = []): Promise<{ pid: number; mountMs: number; log: string }> => {
-    const r = await dedupctlJson<{ pid: number; mountMs: number; log: string }>(['mount', '--root', root, '--plain-http', ...extra, ref, dir]);
+    const r = await dedupctlJson<{ pid: number; mountMs: number; log: string }>(['mount', '--root', root, '--plain-http',
+      ...(extra.includes('--config') ? [] : ['--config', config]), ...extra, ref, dir]);
     mounted.push(dir);
     pids.push(r.pid);
     return r;
@@ -83,6 +88,7 @@ describe('lazy root filesystem', () => {
   before(async () => {
     tmp = await mkdtemp(join(tmpdir(), 'dedup-lazy-test-'));
     root = join(tmp, 'root');
+    config = await writeTestConfig(join(tmp, 'config.json'));
     registry = await startRegistry(tmp);
     proxy = await startProxy(registry.host, { fault: () => fault });
     layers = await richLayers(200 * MiB);
@@ -112,6 +118,7 @@ describe('lazy root filesystem', () => {
     assert.ok(imageBytes > 200 * MiB);
     assert.ok(fetched < 0.02 * imageBytes, `fetched ${fetched} of ${imageBytes} bytes (${((100 * fetched) / imageBytes).toFixed(2)} %)`);
     assert.ok(m.mountMs < 10_000);
+    assert.deepEqual((await layerModes(m.log)).map((l) => l.mode), [lazyMode, lazyMode], 'both layers in the mount mode');
     const status = await dedupctlJson<{ dir: string; running: boolean; layers: { percent: number; complete: boolean }[] }[]>(['status', '--root', root]);
     const s = status.find((x) => x.dir === dir)!;
     assert.equal(s.running, true);
@@ -186,9 +193,8 @@ describe('lazy root filesystem', () => {
   it('gives EIO when the registry goes away mid-read, and reads again once it is back', async () => {
     const dir = join(tmp, 'mnt-outage');
     // Reads must go to the registry: small layers are not fetched whole at mount here.
-    const config = join(tmp, 'no-small-layer-fetch.json');
-    await writeFile(config, '{"prefetch": {"small_layer_bytes": 0, "whole_layer_bytes": 0}}');
-    await mount(image, dir, ['--root', join(tmp, 'root-outage'), '--config', config]);
+    const noSmall = await writeTestConfig(join(tmp, 'no-small-layer-fetch.json'), { prefetch: { small_layer_bytes: 0, whole_layer_bytes: 0 } });
+    await mount(image, dir, ['--root', join(tmp, 'root-outage'), '--config', noSmall]);
     assert.equal(await readFile(join(dir, 'data/small'), 'utf8'), 'abc');
     fault = 'reset';
     try {
@@ -230,13 +236,12 @@ describe('lazy root filesystem', () => {
 
   it('keeps serving reads, from the store and from the registry, while another process holds the index\'s write lock', async () => {
     const lockedRoot = join(tmp, 'root-locked');
-    const config = join(tmp, 'no-small-layer-fetch-locked.json');
-    await writeFile(config, '{"prefetch": {"small_layer_bytes": 0}}');
+    const noSmall = await writeTestConfig(join(tmp, 'no-small-layer-fetch-locked.json'), { prefetch: { small_layer_bytes: 0 } });
     const spec = (p: string): Buffer => [...layers.upper, ...layers.base].find((s) => s.name === p)!.content!;
     const big = spec('data/big');
     // A first mount stores data/text and data/big's first 16 MiB (4 MiB chunks: verified in the workers when read back).
     const first = join(tmp, 'mnt-lock-first');
-    await mount(image, first, ['--root', lockedRoot, '--config', config]);
+    await mount(image, first, ['--root', lockedRoot, '--config', noSmall]);
     await readFile(join(first, 'data/text'));
     await readRange(join(first, 'data/big'), 0, 16 * MiB);
     assert.equal((await dedupctl(['umount', '--root', lockedRoot, first])).code, 0);
@@ -244,7 +249,7 @@ describe('lazy root filesystem', () => {
     const before = await dedupctlJson<{ chunks: number }>(['stats', '--root', lockedRoot]);
 
     const dir = join(tmp, 'mnt-lock');
-    await mount(image, dir, ['--root', lockedRoot, '--config', config]);
+    await mount(image, dir, ['--root', lockedRoot, '--config', noSmall]);
     const lock = await holdWriteLock(join(lockedRoot, 'index.db'), 5000);
     try {
       let releasedFirst = false;
@@ -270,8 +275,7 @@ describe('lazy root filesystem', () => {
 
   it('drops a chunk that rotted in the store and fetches the chunk again: readers get the right bytes', async () => {
     const rotRoot = join(tmp, 'root-rot');
-    const config = join(tmp, 'no-small-layer-fetch-rot.json');
-    await writeFile(config, '{"prefetch": {"small_layer_bytes": 0}}');
+    const noSmall = await writeTestConfig(join(tmp, 'no-small-layer-fetch-rot.json'), { prefetch: { small_layer_bytes: 0 } });
     // One chunk each: data/text (83 KB, checked in a worker when read back) and data/small (3 bytes, checked on the thread).
     const files = ['data/text', 'data/small'].map((p) => ({ path: p, content: layers.base.find((s) => s.name === p)!.content! }));
     /** The chunk's bytes where the index says they are (in a pack). */
@@ -293,7 +297,7 @@ describe('lazy root filesystem', () => {
         }
       }
       const dir = join(tmp, `mnt-rot-${i}`);
-      await mount(image, dir, ['--root', rotRoot, '--config', config]);
+      await mount(image, dir, ['--root', rotRoot, '--config', noSmall]);
       for (const f of files) assert.equal(hex(await readFile(join(dir, f.path))), hex(f.content), f.path);
       assert.equal((await dedupctl(['umount', '--root', rotRoot, dir])).code, 0);
       mounted.splice(mounted.indexOf(dir), 1);
@@ -326,7 +330,7 @@ describe('lazy root filesystem', () => {
     assert.deepEqual(await readRecords(root), []);
     const plain = join(tmp, 'plain');
     await writeOciImage(plain, 'p', [{ tar: await tarOf([{ name: 'f', type: 'file', content: Buffer.from('x') }]), compression: 'gzip' }]);
-    const bad = await dedupctl(['mount', '--root', root, `oci:${plain}:p`, join(tmp, 'mnt-bad')]);
+    const bad = await dedupctl(['mount', '--root', root, '--config', config, `oci:${plain}:p`, join(tmp, 'mnt-bad')]);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /not eStargz|no stargz footer/);
     const none = await dedupctl(['umount', '--root', root, join(tmp, 'not-mounted')]);

@@ -15,6 +15,7 @@ import { dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage } from './fixtures/images.js';
 import { logged } from './fixtures/log.js';
+import { testMountModeSkip } from './fixtures/mount-mode.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, waitUntilCached, type TestRegistry } from './fixtures/registry.js';
 import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
@@ -34,7 +35,7 @@ async function bytesByHost(snap: TestSnapshotter): Promise<Map<string, number>> 
   return out;
 }
 
-describe('lazy pulls through a pull-through cache (docker-registry in proxy mode) named in hosts.toml', () => {
+describe('lazy pulls through a pull-through cache (docker-registry in proxy mode) named in hosts.toml', { skip: testMountModeSkip }, () => {
   let tmp: string;
   let origin: TestRegistry | undefined;
   let mirror: TestRegistry | undefined;

@@ -15,6 +15,7 @@ import { binary, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';
 import { pushOci, tarOf, writeOciImage } from './fixtures/images.js';
 import { logged } from './fixtures/log.js';
+import { testMountModeSkip } from './fixtures/mount-mode.js';
 import { waitFor } from './fixtures/process.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { snapshotsClient } from './fixtures/snapshots-client.js';
@@ -58,7 +59,7 @@ function parseProm(text: string): Map<string, number> {
   return samples;
 }
 
-describe('operator surface: admin API, audit log, metrics', () => {
+describe('operator surface: admin API, audit log, metrics', { skip: testMountModeSkip }, () => {
   let tmp: string;
   let registry: TestRegistry | undefined;
   let snap: TestSnapshotter | undefined;

@@ -17,6 +17,7 @@ import { binary, dedupctl, dedupctlJson } from './fixtures/cli.js';
 import { unmountUnder } from './fixtures/containerd.js';
 import { busyboxEntries, pushOci, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { logged, logRecords, type LogRecord } from './fixtures/log.js';
+import { layerModes, lazyMode, testMountModeSkip, writeTestConfig } from './fixtures/mount-mode.js';
 import { startDaemon, waitFor, type Daemon } from './fixtures/process.js';
 import { bytesSentTwice, startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -46,7 +47,7 @@ function heldLayerTraffic(proxy: TestProxy, lines: Record<string, unknown>[]): {
   return { twice: bytesSentTwice(ranges, holding.layer), sent: ranges.reduce((n, r) => n + r.end - r.start, 0), size: holding.bytes };
 }
 
-describe('prefetch', () => {
+describe('prefetch', { skip: testMountModeSkip }, () => {
   let tmp: string;
   let registry: TestRegistry | undefined;
   let proxy: TestProxy | undefined;
@@ -63,12 +64,12 @@ describe('prefetch', () => {
     const dir = join(tmp, `mnt-${n}`);
     const log = join(tmp, `mount-${n++}.log`);
     // By default small layers are not fetched whole here: most tests measure what traces and landmarks do.
-    const config = join(tmp, `config-${n}.json`);
-    await writeFile(config, JSON.stringify({ prefetch: { small_layer_bytes: smallLayerBytes, whole_layer_bytes: wholeLayerBytes } }));
+    const config = await writeTestConfig(join(tmp, `config-${n}.json`), { prefetch: { small_layer_bytes: smallLayerBytes, whole_layer_bytes: wholeLayerBytes } });
     const daemon = startDaemon(process.execPath, [DEDUPCTL, 'mount', '--foreground', '--config', config, '--root', root, '--trace-dir', traceDir, '--plain-http', ref, dir], log);
     daemons.push(daemon);
     const lines = (): Promise<LogRecord[]> => logRecords(log);
     await waitFor('mount', async () => (await lines()).some((l) => l.msg === 'mounted'), 30_000);
+    assert.deepEqual((await layerModes(log)).map((l) => l.mode), [lazyMode], 'the layer in the mount mode');
     return {
       dir, log, daemon, lines,
       async stop() {
@@ -350,7 +351,8 @@ describe('prefetch', () => {
     const m = await mount(plainRef, root, join(tmp, 'no-traces-bg'));
     await m.stop();
     const dir = join(tmp, 'mnt-bg');
-    await dedupctlJson(['mount', '--background', '--root', root, '--plain-http', plainRef, dir]);
+    const config = await writeTestConfig(join(tmp, 'config-background.json'));
+    await dedupctlJson(['mount', '--background', '--root', root, '--config', config, '--plain-http', plainRef, dir]);
     try {
       await waitFor('background fetch', async () => {
         const st = await dedupctlJson<{ dir: string; layers: { complete: boolean }[] }[]>(['status', '--root', root]);

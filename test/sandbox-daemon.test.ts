@@ -12,6 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { cgroup2Root } from '../src/cgroup2.js';
 import { Criu } from '../src/sandbox/criu.js';
 import { dedupctl } from './fixtures/cli.js';
+import { testMountModeSkip } from './fixtures/mount-mode.js';
 import { waitFor } from './fixtures/process.js';
 import { counterOf, startPoolStack, type PoolStack } from './fixtures/sandbox.js';
 import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.js';
@@ -25,7 +26,7 @@ interface Summary {
   sandboxes: { id: string; pid: number; state: string; from: string | null }[];
 }
 
-describe('sandbox pools in the daemon: dedupctl pool, admin API, audit, metrics, daemon restarts', () => {
+describe('sandbox pools in the daemon: dedupctl pool, admin API, audit, metrics, daemon restarts', { skip: testMountModeSkip }, () => {
   let tmp: string;
   let stack: PoolStack | undefined;
   let snap: TestSnapshotter | undefined;

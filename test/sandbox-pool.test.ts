@@ -24,6 +24,7 @@ import { RecoveryManager, type RecoveryResult } from '../src/sandbox/recovery.js
 import { parseStatus, type Sandbox } from '../src/sandbox/sandbox.js';
 import type { SnapshotService } from '../src/sandbox/sandbox-resources.js';
 import { WarmupPool } from '../src/sandbox/warmup-pool.js';
+import { testMountModeSkip } from './fixtures/mount-mode.js';
 import { mustRun, waitFor } from './fixtures/process.js';
 import { counterOf, grpcSnapshots, leftovers, startPoolStack, type PoolStack } from './fixtures/sandbox.js';
 import { snapshotsClient, type SnapshotsClient } from './fixtures/snapshots-client.js';
@@ -104,7 +105,7 @@ describe('sandbox pool: configuration (unit)', () => {
   });
 });
 
-describe('sandbox pool on our snapshotter (integration)', () => {
+describe('sandbox pool on our snapshotter (integration)', { skip: testMountModeSkip }, () => {
   let tmp: string;
   let stack: PoolStack | undefined;
   let grpcClient: SnapshotsClient | undefined;

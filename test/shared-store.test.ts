@@ -29,6 +29,7 @@ import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { walkInodes, type SeenInode } from './fixtures/erofs.js';
 import { busyboxEntries, pushOci, richLayers, sha256, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { logged, logRecords, logSize } from './fixtures/log.js';
+import { testMountModeSkip } from './fixtures/mount-mode.js';
 import { waitFor } from './fixtures/process.js';
 import { startProxy, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -37,7 +38,7 @@ import { startSnapshotter, type TestSnapshotter } from './fixtures/snapshotter.j
 import { teardownStack } from './fixtures/teardown.js';
 
 const MiB = 1024 * 1024;
-const skip = kernelModeUnsupported();
+const skip = kernelModeUnsupported() ?? testMountModeSkip;
 const DEDUPCTL = fileURLToPath(new URL('../src/cmd/dedupctl.js', import.meta.url));
 
 interface Host {

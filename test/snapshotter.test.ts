@@ -15,6 +15,7 @@ import { startContainerd, type TestContainerd } from './fixtures/containerd.js';
 import { teardownStack } from './fixtures/teardown.js';
 import { busyboxEntries, pushOci, richLayers, tarOf, writeOciImage, type FileSpec } from './fixtures/images.js';
 import { logged, logRecords, logSize, matches, type LogRecord } from './fixtures/log.js';
+import { lazyMode, testMountModeSkip } from './fixtures/mount-mode.js';
 import { waitFor } from './fixtures/process.js';
 import { startProxy, type ProxyRequest, type TestProxy } from './fixtures/proxy.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
@@ -28,8 +29,14 @@ const MiB = 1024 * 1024;
 const LATENCY_MS = 250;
 const LISTING = 'cd / && find bin data del deep etc opq private tmp | sort | while read f; do stat -c "%n %a %u %g %s %F %h" "$f"; done; '
   + 'find data etc opq deep -type f | sort | xargs sha256sum';
+/**
+ * LISTING with each directory's size left out where lazy layers are EROFS: a directory's size is
+ * its filesystem's own (ext4's blocks under containerd's overlayfs, as our FUSE layers show it too;
+ * EROFS the bytes of its dirents).
+ */
+const comparableListing = (listing: string): string => lazyMode === 'erofs' ? listing.replace(/^(.+ \d+ \d+ \d+ )\d+( directory \d+)$/gm, '$1-$2') : listing;
 
-describe('containerd proxy snapshotter', () => {
+describe('containerd proxy snapshotter', { skip: testMountModeSkip }, () => {
   let tmp: string;
   let registry: TestRegistry | undefined;
   let proxy: TestProxy | undefined;
@@ -111,6 +118,8 @@ describe('containerd proxy snapshotter', () => {
     const pulled = proxy!.stats.blobBytes;
     assert.ok(pulled < 0.05 * imageBytes, `rpull fetched ${pulled} of ${imageBytes} bytes`);
     assert.ok((await logged(snap!.log, 'remote snapshot mounted lazily')).length > 0, 'a layer was mounted lazily');
+    const status = await dedupctlJson<{ mounts: { mode: string }[] }>(['fused', 'status', '--root', snap!.root, '--config', snap!.config]);
+    assert.deepEqual(status.mounts.map((m) => m.mode), status.mounts.map(() => lazyMode), 'every layer is served in the mount mode');
     const out = await runIn('dedup', lazyRef, 'cat /etc/hostname; cat /data/small; echo');
     assert.equal(out, 'rich-upper\nabc\n');
     assert.ok(proxy!.stats.blobBytes < 0.1 * imageBytes, `running it fetched ${proxy!.stats.blobBytes} bytes in all`);
@@ -131,7 +140,7 @@ describe('containerd proxy snapshotter', () => {
     const theirs = await runIn('overlayfs', overlayRef, LISTING);
     assert.ok(ours.includes('/opq/c') || ours.includes('opq/c'));
     assert.ok(!ours.includes('del/gone'));
-    assert.equal(ours, theirs);
+    assert.equal(comparableListing(ours), comparableListing(theirs));
   });
 
   it('ctr snapshots prepare, commit, info, tree, label, usage, rm behave as with overlayfs, errors included', async () => {
@@ -267,10 +276,20 @@ describe('containerd proxy snapshotter', () => {
     assert.equal(manifests.length, 1, `one manifest request (no config, none again per layer):\n${what}`);
     const reads = (digest: string): ProxyRequest[] => ours.filter((r) => r.path.endsWith(`/blobs/${digest}`) && footerOrToc(r));
     const tails = digests.map((d) => reads(d)[0]!);
+    // The middle layer's TOC does not fit in the tail: the rest of it in one more range.
+    const perRead = (i: number): number => (i === 1 ? 2 : 1);
+    // A layer complete before the pull ended (these small ones are fetched whole at mount) may have
+    // got its EROFS image meanwhile, which reads its footer and TOC once more (complete-layers.ts):
+    // the mount's reads are the first ones.
+    const readAgain = digests.filter((d, i) => reads(d).length > perRead(i));
+    await waitFor('the layers read again to be those switched to EROFS', async () => {
+      const switched = new Set((await logged(snap!.log, 'lazy layer complete; new snapshots get its EROFS image')).map((r) => r.layer));
+      return readAgain.every((d) => switched.has(d));
+    }, 30_000)
+      .catch(() => assert.fail(`footer or TOC read again for a layer not switched to EROFS:\n${what}`));
     for (const [i, d] of digests.entries()) {
       assert.equal(reads(d)[0]?.range, 'bytes=-65536', `layer ${i} read first by its end:\n${what}`);
-      // The middle layer's TOC does not fit in the tail: the rest of it in one more range.
-      assert.equal(reads(d).length, i === 1 ? 2 : 1, `layer ${i}'s footer and TOC:\n${what}`);
+      assert.equal(reads(d).length, perRead(i) * (readAgain.includes(d) ? 2 : 1), `layer ${i}'s footer and TOC:\n${what}`);
     }
     // In flight together, the manifest too: every one arrived before any was answered.
     const together = [...manifests, ...tails];

@@ -11,12 +11,13 @@ import { binary, dedupctlJson } from './fixtures/cli.js';
 import { startContainerd, unmountUnder } from './fixtures/containerd.js';
 import { pushOci, tarOf, writeOciImage } from './fixtures/images.js';
 import { logRecords, type LogRecord } from './fixtures/log.js';
+import { testMountModeSkip } from './fixtures/mount-mode.js';
 import { bytesSentTwice, startProxy, type TestProxy } from './fixtures/proxy.js';
 import { pythonImageEntries } from './fixtures/python-image.js';
 import { startRegistry, type TestRegistry } from './fixtures/registry.js';
 import { startSnapshotter } from './fixtures/snapshotter.js';
 
-describe('interpreter workload', () => {
+describe('interpreter workload', { skip: testMountModeSkip }, () => {
   let tmp: string;
   let registry: TestRegistry | undefined;
   let proxy: TestProxy | undefined;

@@ -351,7 +351,7 @@ export class LazyErofsFs {
       await f;
     } catch (err) {
       this.stats.readErrors++;
-      this.report?.readError(ref.node.path, err);
+      this.report?.readError(`/${ref.node.path}`, err); // from the mount's root, as FUSE mode logs it
       throw err;
     }
   }

@@ -302,20 +302,20 @@ export class LazyErofsFs {
    * now, so that no read of it waits for an event. The write, through a descriptor of our own,
    * raises an event to our own group, which fill() lets through; a reader that comes meanwhile
    * waits for the write. A chunk the image points at in a pack has no chunk file: nothing to do.
-   * Settles once written, or given up (its first read then fills it as any other); never rejects.
+   * True once written; false when there was nothing to write (in a pack, filled by a read
+   * already) or the write was given up (its first read then fills it as any other). Never rejects.
    */
-  fillAhead(chunk: TocChunk, data: Buffer): Promise<void> {
+  fillAhead(chunk: TocChunk, data: Buffer): Promise<boolean> {
     const name = chunk.chunkDigest?.slice(7);
-    if (!name || this.released || !this.byName.has(name)) return Promise.resolve();
-    const under = this.ahead.get(name);
-    if (under) return under;
+    if (!name || this.released || !this.byName.has(name)) return Promise.resolve(false);
+    if (this.ahead.has(name)) return Promise.resolve(false);
     const file = join(this.chunkDir, name);
     const padded = Math.ceil(chunk.chunkSize / BLOCK_SIZE) * BLOCK_SIZE;
     const written = this.aheadQueue.then(async () => {
       const fh = await open(file, 'r+').catch(() => undefined); // ENOENT: in a pack; no O_CREAT
-      if (!fh) return;
+      if (!fh) return false;
       try {
-        if ((await fh.stat()).size >= padded) return; // filled by a read already
+        if ((await fh.stat()).size >= padded) return false; // filled by a read already
         const out = Buffer.alloc(padded);
         data.copy(out);
         await fh.write(out, 0, padded, 0);
@@ -324,10 +324,11 @@ export class LazyErofsFs {
         await fh.close();
       }
       Listener.ignore(file);
-    }).catch(() => undefined) // not written: its first read fills it as any other
+      return true;
+    }).catch(() => false) // not written: its first read fills it as any other
       .finally(() => this.ahead.delete(name));
-    this.ahead.set(name, written);
-    this.aheadQueue = written;
+    this.ahead.set(name, written.then(() => undefined));
+    this.aheadQueue = written.then(() => undefined);
     return written;
   }
 

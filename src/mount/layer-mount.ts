@@ -50,8 +50,11 @@ export interface KernelLayerFs {
   readonly dir: string;
   /** It has left its mountpoint: served where it is until its last user is gone, then it ends; settles once the mountpoint is free for a new mount. */
   detach(): Promise<void>;
-  /** A chunk prefetched before its first read (verified, as it came): put where the kernel reads it, so that read need not wait for us. Never rejects. */
-  fillAhead(chunk: TocChunk, data: Buffer): Promise<void>;
+  /**
+   * A chunk prefetched before its first read (verified, as it came): put where the kernel reads
+   * it, so that read need not wait for us. True when it was written; never rejects.
+   */
+  fillAhead(chunk: TocChunk, data: Buffer): Promise<boolean>;
   /** Stops serving; the mount stays for a successor. */
   release(): Promise<void>;
   unmount(): Promise<void>;
@@ -198,8 +201,15 @@ export class LayerMount {
     const held = hold ? await this.lazy.holdWholeBlob(HOLD_WHOLE_LAYER_MS) : false;
     if (whole && held) chunks = planAll(this.remote.toc);
     const queue = ctx.prefetch?.queueSize ?? 1000;
-    const fs = this.fs;
-    const r = await this.lazy.prefetch(chunks, queue, false, fs instanceof LayerFs ? undefined : (ref, data) => fs.fillAhead(ref.file.chunks[ref.index]!, data));
+    const kernel = this.fs instanceof LayerFs ? undefined : this.fs;
+    // The kernel serves a chunk stored before the mount or written ahead without asking us, so
+    // the trace cannot see its reads: in kernel mode a replayed trace is carried into the new
+    // one, and a chunk written ahead is recorded as read (FUSE sees and records every first read).
+    if (kernel && source === 'trace') for (const ref of chunks) this.trace.record(ref.file, ref.file.chunks[ref.index]!);
+    const r = await this.lazy.prefetch(chunks, queue, false, kernel && (async (ref, data) => {
+      const chunk = ref.file.chunks[ref.index]!;
+      if (await kernel.fillAhead(chunk, data) && source !== 'trace') this.trace.record(ref.file, chunk);
+    }));
     const background = ctx.prefetch?.background ? (await this.lazy.prefetch(planAll(this.remote.toc), queue)).fetched : 0;
     const outcome = { source, chunks: chunks.length, fetched: r.fetched, failed: r.failed, background, held };
     if (source !== 'none' || background || held) ctx.log?.info({ layer, ...outcome }, 'prefetch done');

@@ -197,9 +197,9 @@ export interface EmptyFilesTask {
 }
 
 /**
- * Creates each of `names` in `dir`, empty (truncating what is there), with blocking calls: a lazy
- * EROFS layer of a thousand small files needs a thousand, and one by one through libuv's four
- * threads, beside the layer's other work, they took most of a second of its mount.
+ * Creates each of `names` in `dir`, empty, with blocking calls: a lazy EROFS layer of a thousand
+ * small files needs a thousand, and one by one through libuv's four threads, beside the layer's
+ * other work, they took most of a second of its mount.
  */
 export function emptyFiles(task: EmptyFilesTask): void {
   for (const name of task.names) closeSync(openSync(join(task.dir, name), 'w', 0o644));

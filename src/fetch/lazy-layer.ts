@@ -146,6 +146,16 @@ export class LazyLayer {
     return out;
   }
 
+  /**
+   * Chunk `c` of `file` counts as read (its first access told to firstAccess once), whether it is
+   * read through here or, in kernel mode, served by the kernel without asking.
+   */
+  noteRead(file: TocNode, c: TocChunk): void {
+    if (this.accessed.has(c)) return;
+    this.accessed.add(c);
+    this.hooks.firstAccess?.(file, c);
+  }
+
   /** Chunk `index` of `file`, from wherever it is. */
   chunk(file: TocNode, index: number, priority: Priority): Promise<Buffer> {
     const c = file.chunks[index]!;
@@ -153,10 +163,7 @@ export class LazyLayer {
     if (!digest) return Promise.reject(new MalformedEstargzError(`layer ${this.desc.digest}`, `chunk of "${file.path}" has no chunkDigest`));
     if (priority === PRIORITY.demand) {
       this.ahead.read(digest);
-      if (!this.accessed.has(c)) {
-        this.accessed.add(c);
-        this.hooks.firstAccess?.(file, c);
-      }
+      this.noteRead(file, c);
     }
     const hot = this.cache?.get(digest);
     if (hot) {

@@ -43,10 +43,10 @@ export async function prefetchBatch(target: PrefetchTarget, chunks: ChunkRef[], 
       continue;
     }
     // Missing per the index: queued straight away (no store read first).
-    const p = target.fetch(ref, d).then((data) => {
+    const p = target.fetch(ref, d).then(async (data) => {
       report.fetched++;
-      return target.fetched?.(ref, data);
-    }, failed).finally(() => pending.delete(p));
+      await target.fetched?.(ref, data);
+    }).catch(failed).finally(() => pending.delete(p));
     pending.add(p);
     if (pending.size >= queueSize) while (pending.size > queueSize >> 1) await Promise.race(pending);
   }

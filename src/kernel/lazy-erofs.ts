@@ -18,13 +18,13 @@
 // served until its superblock is gone from /sys/fs (`sysfs` names it): its last user has left.
 
 import { randomUUID } from 'node:crypto';
-import { existsSync, fstat, write } from 'node:fs';
-import { mkdir, open, readFile, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync, fstat, readlinkSync, write } from 'node:fs';
+import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { basename, join } from 'node:path';
 import type { CodecPool } from '../codec/codec-pool.js';
 import { BLOCK_SIZE } from '../erofs/format.js';
-import { UnsupportedError } from '../errors.js';
+import { StoreError, UnsupportedError } from '../errors.js';
 import type { Toc, TocChunk, TocNode } from '../estargz/toc.js';
 import type { LazyLayer } from '../fetch/lazy-layer.js';
 import type { RemoteLayer } from '../fetch/remote-layer.js';
@@ -39,6 +39,10 @@ const writeAsync = promisify(write);
 
 /** The EROFS device table's bound (src/erofs): a layer missing more chunks than this stays on FUSE. */
 const MAX_DEVICES = 16000;
+/** Empty chunk files made per codec task. */
+const EMPTY_FILES_BATCH = 200;
+/** At most this many bytes wait to be written ahead (fillAhead) in a process. */
+const AHEAD_MAX_BYTES = 64 * 1024 * 1024;
 /** How often a detached mount looks whether its superblock is gone. */
 const GONE_POLL_MS = 1000;
 
@@ -126,6 +130,17 @@ function kernelLayerFs(store: ChunkStore, pool: CodecPool, chunkSize: number, re
   };
 }
 
+/** A chunk file queued to be written ahead of its first read. */
+interface AheadWrite {
+  padded: number;
+  /** Its write is under way (its own event is let through). */
+  started: boolean;
+  /** A read came first, while it was queued: that read fills it. */
+  cancelled: boolean;
+  /** True once written; never rejects. */
+  done: Promise<boolean>;
+}
+
 /** Where a lazy EROFS mount tells of a read it failed (EIO) and of a detach that did not finish. */
 interface LazyErofsReport {
   readError(path: string, err: unknown): void;
@@ -141,7 +156,8 @@ class Listener {
     if (!Listener.group) {
       Listener.group = PreContentGroup.open();
       Listener.group.listen(async (range) => {
-        const path = await readlink(`/proc/self/fd/${range.fd}`);
+        // Not through libuv's threads: a write ahead holds one of them until this very answer.
+        const path = readlinkSync(`/proc/self/fd/${range.fd}`);
         // A directory this process has let go of (a successor serves it): allowed, which is safe
         // as a chunk file is never a hole; the successor's group fills it, or the read fails.
         await Listener.dirs.get(join(path, '..'))?.(basename(path), range);
@@ -150,6 +166,20 @@ class Listener {
     Listener.dirs.set(dir, fill);
     Listener.group.markChildren(dir);
   }
+
+  /**
+   * Runs fillAhead's writes one at a time for the whole process: each holds one of libuv's four
+   * threads until this process answers the event its write raises.
+   */
+  static writeAhead<T>(task: () => Promise<T>): Promise<T> {
+    const run = Listener.aheadQueue.then(task);
+    Listener.aheadQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  private static aheadQueue: Promise<unknown> = Promise.resolve();
+  /** Bytes queued by fillAhead; beyond AHEAD_MAX_BYTES a prefetched chunk is left to its first read (the queue holds its bytes). */
+  static aheadBytes = 0;
 
   /** `path`, a chunk file written whole, raises no more events here. */
   static ignore(path: string): void {
@@ -183,10 +213,8 @@ export class LazyErofsFs {
   readonly stats: LazyErofsStats = { reads: 0, bytesRead: 0, readErrors: 0, filled: 0, filledAhead: 0 };
   /** Fills under way, by chunk file name: readers of one chunk wait on one fetch. */
   private readonly filling = new Map<string, Promise<void>>();
-  /** Chunk files being written ahead of their first read (fillAhead), by name; each settles (never rejects) once written or given up. */
-  private readonly ahead = new Map<string, Promise<void>>();
-  /** fillAhead's writes, one at a time: each holds one of libuv's four threads until this process answers its event. */
-  private aheadQueue: Promise<void> = Promise.resolve();
+  /** Chunk files queued to be written ahead of their first read (fillAhead), by name. */
+  private readonly ahead = new Map<string, AheadWrite>();
   private readonly byName = new Map<string, { node: TocNode; chunk: TocChunk }>();
   private released = false;
   /** Set by detach(): the directory moved aside; then a look every GONE_POLL_MS for the superblock. */
@@ -273,7 +301,9 @@ export class LazyErofsFs {
     const chunkFiles = new Map<string, number>(); // name -> padded size
     const padded = (size: number): number => Math.ceil(size / BLOCK_SIZE) * BLOCK_SIZE;
     const names = [...missing].map((d) => d.slice(7));
-    const made = pool.emptyFiles(this.chunkDir, names);
+    // In batches: a worker making a thousand files (0.1–1.3 ms each on this machine's disk) would keep other mounts' chunks waiting.
+    const made = Promise.all(Array.from({ length: Math.ceil(names.length / EMPTY_FILES_BATCH) },
+      (_, i) => pool.emptyFiles(this.chunkDir, names.slice(i * EMPTY_FILES_BATCH, (i + 1) * EMPTY_FILES_BATCH))));
     made.catch(() => undefined); // awaited once the image is built (or failed: nothing may be writing to the directory then)
     for (const name of names) chunkFiles.set(name, padded(this.byName.get(name)!.chunk.chunkSize));
     const chunkFile = async (digest: string, size: number): Promise<{ at: { pack: string; offset: number }; data: Buffer }> => {
@@ -307,37 +337,50 @@ export class LazyErofsFs {
    */
   fillAhead(chunk: TocChunk, data: Buffer): Promise<boolean> {
     const name = chunk.chunkDigest?.slice(7);
-    if (!name || this.released || !this.byName.has(name)) return Promise.resolve(false);
-    if (this.ahead.has(name)) return Promise.resolve(false);
-    const file = join(this.chunkDir, name);
     const padded = Math.ceil(chunk.chunkSize / BLOCK_SIZE) * BLOCK_SIZE;
-    const written = this.aheadQueue.then(async () => {
-      const fh = await open(file, 'r+').catch(() => undefined); // ENOENT: in a pack; no O_CREAT
-      if (!fh) return false;
-      try {
-        if ((await fh.stat()).size >= padded) return false; // filled by a read already
-        const out = Buffer.alloc(padded);
-        data.copy(out);
-        await fh.write(out, 0, padded, 0);
-        this.stats.filledAhead++;
-      } finally {
-        await fh.close();
-      }
-      Listener.ignore(file);
-      return true;
+    if (!name || this.released || this.detaching || !this.byName.has(name) || this.ahead.has(name) || Listener.aheadBytes + padded > AHEAD_MAX_BYTES) return Promise.resolve(false);
+    Listener.aheadBytes += padded;
+    const w: AheadWrite = { padded, started: false, cancelled: false, done: Promise.resolve(false) };
+    w.done = Listener.writeAhead(async () => {
+      if (w.cancelled || this.released || this.detaching) return false; // a reader fills it; the directory is let go of or moving
+      w.started = true;
+      return this.writeAhead(name, data, padded);
     }).catch(() => false) // not written: its first read fills it as any other
-      .finally(() => this.ahead.delete(name));
-    this.ahead.set(name, written.then(() => undefined));
-    this.aheadQueue = written.then(() => undefined);
-    return written;
+      .finally(() => {
+        Listener.aheadBytes -= padded;
+        this.ahead.delete(name);
+      });
+    this.ahead.set(name, w);
+    return w.done;
+  }
+
+  private async writeAhead(name: string, data: Buffer, padded: number): Promise<boolean> {
+    const file = join(this.chunkDir, name);
+    const fh = await open(file, 'r+').catch(() => undefined); // ENOENT: in a pack; no O_CREAT
+    if (!fh) return false;
+    try {
+      if ((await fh.stat()).size >= padded) return false; // filled by a read already
+      const out = Buffer.alloc(padded);
+      data.copy(out);
+      if ((await fh.write(out, 0, padded, 0)).bytesWritten !== padded) return false; // short (a full disk): left to its first read
+      this.stats.filledAhead++;
+    } finally {
+      await fh.close();
+    }
+    Listener.ignore(file);
+    return true;
   }
 
   /** A read of chunk file `name` waits: fetch the chunk (verified) and write it whole, padded to its last block. */
   private async fill(name: string, range: PreContentRange): Promise<void> {
     if (this.released) return; // as for a directory let go of (Listener)
-    const ahead = this.ahead.get(name);
-    if (ahead && range.pid === process.pid) return; // fillAhead's own write
-    await ahead; // then, written or not, as any read: write() finds it full or fills it
+    const w = this.ahead.get(name);
+    if (w?.started && range.pid === process.pid && range.offset === 0 && range.count === w.padded) return; // the write ahead's own event
+    if (w && !w.started) w.cancelled = true; // still queued: this read fills it now
+    else if (w) {
+      await w.done; // then, written or not, as any read: write() finds it full or fills it
+      if (this.released) return;
+    }
     const ref = this.byName.get(name);
     this.stats.reads++;
     if (range.count > 0) this.stats.bytesRead += range.count; // -1: no range; 0: the whole file
@@ -365,7 +408,8 @@ export class LazyErofsFs {
       data.copy(out);
       // Through the event's descriptor, which raises no events: a write through any other
       // descriptor of the file would wait for this very listener.
-      await writeAsync(fd, out, 0, padded, 0);
+      const { bytesWritten: written } = await writeAsync(fd, out, 0, padded, 0);
+      if (written !== padded) throw new StoreError(`chunk file ${file}: ${written} of ${padded} bytes written`);
       this.stats.filled++;
     }
     // Complete: the kernel reads it in 128 KiB requests, each an event otherwise (a 4 MiB

@@ -205,10 +205,10 @@ export class LayerMount {
     // The kernel serves a chunk stored before the mount or written ahead without asking us, so
     // the trace cannot see its reads: in kernel mode a replayed trace is carried into the new
     // one, and a chunk written ahead is recorded as read (FUSE sees and records every first read).
-    if (kernel && source === 'trace') for (const ref of chunks) this.trace.record(ref.file, ref.file.chunks[ref.index]!);
+    if (kernel && source === 'trace') for (const ref of chunks) this.lazy.noteRead(ref.file, ref.file.chunks[ref.index]!);
     const r = await this.lazy.prefetch(chunks, queue, false, kernel && (async (ref, data) => {
       const chunk = ref.file.chunks[ref.index]!;
-      if (await kernel.fillAhead(chunk, data) && source !== 'trace') this.trace.record(ref.file, chunk);
+      if (await kernel.fillAhead(chunk, data)) this.lazy.noteRead(ref.file, chunk);
     }));
     const background = ctx.prefetch?.background ? (await this.lazy.prefetch(planAll(this.remote.toc), queue)).fetched : 0;
     const outcome = { source, chunks: chunks.length, fetched: r.fetched, failed: r.failed, background, held };

@@ -43,10 +43,7 @@ export async function prefetchBatch(target: PrefetchTarget, chunks: ChunkRef[], 
       continue;
     }
     // Missing per the index: queued straight away (no store read first).
-    const p = target.fetch(ref, d).then(async (data) => {
-      report.fetched++;
-      await target.fetched?.(ref, data);
-    }).catch(failed).finally(() => pending.delete(p));
+    const p = target.fetch(ref, d).then((data) => target.fetched?.(ref, data)).then(() => void report.fetched++, failed).finally(() => pending.delete(p));
     pending.add(p);
     if (pending.size >= queueSize) while (pending.size > queueSize >> 1) await Promise.race(pending);
   }

@@ -39,6 +39,8 @@ const writeAsync = promisify(write);
 
 /** The EROFS device table's bound (src/erofs): a layer missing more chunks than this stays on FUSE. */
 const MAX_DEVICES = 16000;
+/** A chunk file's size once filled: the chunk padded to its last block (EROFS reads devices in blocks). */
+const filledSize = (chunkSize: number): number => Math.ceil(chunkSize / BLOCK_SIZE) * BLOCK_SIZE;
 /** Empty chunk files made per codec task. */
 const EMPTY_FILES_BATCH = 200;
 /** At most this many bytes wait to be written ahead (fillAhead) in a process. */
@@ -298,28 +300,29 @@ export class LazyErofsFs {
   private async build(layerDigest: string, store: ChunkStore, pool: CodecPool, chunkSize: number): Promise<void> {
     const missing = store.missing([...this.byName.keys()].map((h) => `sha256:${h}`));
     if (missing.size > MAX_DEVICES) throw new UnsupportedError(`lazy EROFS layer ${layerDigest}: ${missing.size} chunks to fetch, over the ${MAX_DEVICES} devices an image may have`);
-    const chunkFiles = new Map<string, number>(); // name -> padded size
-    const padded = (size: number): number => Math.ceil(size / BLOCK_SIZE) * BLOCK_SIZE;
+    const chunkFiles = new Map<string, number>(); // name -> filledSize
     const names = [...missing].map((d) => d.slice(7));
     // In batches: a worker making a thousand files (0.1–1.3 ms each on this machine's disk) would keep other mounts' chunks waiting.
     const made = Promise.all(Array.from({ length: Math.ceil(names.length / EMPTY_FILES_BATCH) },
       (_, i) => pool.emptyFiles(this.chunkDir, names.slice(i * EMPTY_FILES_BATCH, (i + 1) * EMPTY_FILES_BATCH))));
-    made.catch(() => undefined); // awaited once the image is built (or failed: nothing may be writing to the directory then)
-    for (const name of names) chunkFiles.set(name, padded(this.byName.get(name)!.chunk.chunkSize));
+    for (const name of names) chunkFiles.set(name, filledSize(this.byName.get(name)!.chunk.chunkSize));
     const chunkFile = async (digest: string, size: number): Promise<{ at: { pack: string; offset: number }; data: Buffer }> => {
       const name = digest.slice(7);
       if (!chunkFiles.has(name)) { // stored, but it failed its check
-        chunkFiles.set(name, padded(size));
+        chunkFiles.set(name, filledSize(size));
         await writeFile(join(this.chunkDir, name), '');
       }
       return { at: { pack: name, offset: 0 }, data: Buffer.alloc(0) };
     };
-    const layer = await buildTocLayer(this.toc, chunkSize, {
+    // Both settled before going on: a failed build's directory is removed, and nothing may be writing to it then.
+    const [built, filesMade] = await Promise.allSettled([buildTocLayer(this.toc, chunkSize, {
       placeStored: async (digest, size) => (!missing.has(digest) && await store.placeStored(digest, size, pool)) || chunkFile(digest, size),
       storeChunk: () => Promise.reject(new UnsupportedError('a lazy EROFS layer cuts no chunk again')),
       packSize: async (pack) => chunkFiles.get(pack) ?? (await stat(store.packPath(pack))).size,
-    }, pool).finally(() => made.catch(() => undefined));
-    await made;
+    }, pool), made]);
+    if (built.status === 'rejected') throw built.reason;
+    if (filesMade.status === 'rejected') throw filesMade.reason;
+    const layer = built.value;
     const image = join(this.dir, 'image.erofs');
     await writeFile(image, layer.image);
     mountErofs(image, this.mountpoint, layer.devices.map((d) => chunkFiles.has(d) ? join(this.chunkDir, d) : store.packPath(d)));
@@ -337,7 +340,7 @@ export class LazyErofsFs {
    */
   fillAhead(chunk: TocChunk, data: Buffer): Promise<boolean> {
     const name = chunk.chunkDigest?.slice(7);
-    const padded = Math.ceil(chunk.chunkSize / BLOCK_SIZE) * BLOCK_SIZE;
+    const padded = filledSize(chunk.chunkSize);
     if (!name || this.released || this.detaching || !this.byName.has(name) || this.ahead.has(name) || Listener.aheadBytes + padded > AHEAD_MAX_BYTES) return Promise.resolve(false);
     Listener.aheadBytes += padded;
     const w: AheadWrite = { padded, started: false, cancelled: false, done: Promise.resolve(false) };
@@ -385,7 +388,7 @@ export class LazyErofsFs {
     this.stats.reads++;
     if (range.count > 0) this.stats.bytesRead += range.count; // -1: no range; 0: the whole file
     if (!ref) throw new UnsupportedError(`chunk file ${name} of ${this.mountpoint}`);
-    const padded = Math.ceil(ref.chunk.chunkSize / BLOCK_SIZE) * BLOCK_SIZE;
+    const padded = filledSize(ref.chunk.chunkSize);
     let f = this.filling.get(name);
     if (!f) {
       f = this.write(range.fd, ref, padded).finally(() => this.filling.delete(name));

@@ -135,9 +135,9 @@ export class RemoteSnapshots {
     return new Set((await this.c.layers.list()).map((m) => m.mountpoint));
   }
 
-  /** Has the layer server unmount a lazy layer it serves; detaches one whose server is gone. */
-  async unmountLayer(mountpoint: string, served: Set<string>): Promise<void> {
-    if (served.has(mountpoint)) await this.c.layers.unmount(mountpoint).catch(() => undefined);
+  /** Has the layer server unmount a lazy layer it serves (`served`); detaches one whose server is gone. */
+  async unmountLayer(mountpoint: string, served: boolean): Promise<void> {
+    if (served) await this.c.layers.unmount(mountpoint).catch(() => undefined);
     await unmountFuse(mountpoint);
   }
 

@@ -128,7 +128,7 @@ export class Snapshotter {
     for (const name of names) {
       if (/^\d+$/.test(name) && known.has(Number(name))) continue;
       const dir = join(this.dirs.all, name);
-      await this.remote.unmountLayer(join(dir, 'fs'), served);
+      await this.remote.unmountLayer(join(dir, 'fs'), served.has(join(dir, 'fs')));
       await unmount(join(dir, 'erofs')); // a lazy layer's image, of a snapshot removed by a Remove a crash cut short
       await rm(dir, { recursive: true, force: true });
       removed.push(name);
@@ -203,7 +203,7 @@ export class Snapshotter {
     const { id, kernel } = this.metadata.remove(key);
     const lazy = this.remote.forget(id);
     this.complete?.forget(id);
-    if (lazy) await this.remote.unmountLayer(this.dirs.fs(id), new Set([this.dirs.fs(id)]));
+    if (lazy) await this.remote.unmountLayer(this.dirs.fs(id), true);
     if (kernel) await unmount(this.dirs.fs(id));
     if (lazy) await unmount(this.dirs.erofs(id)); // its image, or one a crash left before it was recorded
     await this.kernelLayers.deleted(id);

@@ -59,27 +59,44 @@ describe('layering check', () => {
     assert.equal(r.code, 0, r.stderr);
   });
 
+  /** The check's refusal of a made-up tree (exit 1): its stderr. */
+  const refusal = async (name: string, units: string[], files: Record<string, string>): Promise<string> => {
+    const r = await check(await tree(join(tmp, name), units, files));
+    assert.equal(r.code, 1, r.stdout);
+    return r.stderr;
+  };
+
   it('names an import against the order, and the cycle it makes', async () => {
-    const dir = await tree(join(tmp, 'up'), ['low/', 'high/'], {
+    const stderr = await refusal('up', ['low/', 'high/'], {
       'low/a.ts': "import { C } from '../high/b.js';\nexport const A = C;\n",
       'high/b.ts': "import { A } from '../low/a.js';\nexport const C = 1;\nvoid A;\n",
     });
-    const r = await check(dir);
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /src\/low\/a\.ts: '\.\.\/high\/b\.js': src\/low imports src\/high, which docs\/development\.md lists after it/);
-    assert.match(r.stderr, /import cycle between src\/high, src\/low/);
+    assert.match(stderr, /src\/low\/a\.ts: '\.\.\/high\/b\.js': src\/low imports src\/high, which docs\/development\.md lists after it/);
+    assert.match(stderr, /import cycle between src\/high, src\/low/);
+  });
+
+  it('names an import against the order in every form: over several lines, a re-export, a dynamic import, a bare import', async () => {
+    const forms: Record<string, string> = {
+      multi: "import {\n  H,\n} from '../high/h.js';\nexport const M = H;\n",
+      reexport: "export { H } from '../high/h.js';\n",
+      dynamic: "export const D = (): Promise<unknown> => import('../high/h.js');\n",
+      bare: "import '../high/h.js';\n",
+    };
+    const stderr = await refusal('forms', ['low/', 'high/'], {
+      'high/h.ts': 'export const H = 1;\n',
+      ...Object.fromEntries(Object.entries(forms).map(([f, text]) => [`low/${f}.ts`, text])),
+    });
+    for (const f of Object.keys(forms)) assert.match(stderr, new RegExp(`src/low/${f}\\.ts: '\\.\\./high/h\\.js': src/low imports src/high`), f);
   });
 
   it('refuses a unit missing from the table, a row without its unit, and an import out of src/', async () => {
-    const dir = await tree(join(tmp, 'drift'), ['low/', 'gone/'], {
+    const stderr = await refusal('drift', ['low/', 'gone/'], {
       'low/a.ts': "import { W } from '../../workers/w.js';\nexport const A = W;\n",
       'extra.ts': 'export {};\n',
     });
-    const r = await check(dir);
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /src\/extra is not in docs\/development\.md's Source tree table/);
-    assert.match(r.stderr, /lists src\/gone, which does not exist/);
-    assert.match(r.stderr, /src\/low\/a\.ts: '\.\.\/\.\.\/workers\/w\.js' leaves src\//);
+    assert.match(stderr, /src\/extra is not in docs\/development\.md's Source tree table/);
+    assert.match(stderr, /lists src\/gone, which does not exist/);
+    assert.match(stderr, /src\/low\/a\.ts: '\.\.\/\.\.\/workers\/w\.js' leaves src\//);
   });
 });
 

@@ -18,7 +18,7 @@ export interface FetchOptions {
   concurrency: number;
 }
 
-export const DEFAULT_FETCH: FetchOptions = { maxRangeBytes: 16 * 1024 * 1024, concurrency: 4 };
+const DEFAULT_FETCH: FetchOptions = { maxRangeBytes: 16 * 1024 * 1024, concurrency: 4 };
 
 export interface FetchReport {
   /** Distinct chunks the layer references. */
@@ -99,7 +99,6 @@ export async function ingestImage(src: ImageSource, store: ChunkStore, pool: Cod
 async function fetchLayer(layer: RemoteLayer, chunks: ChunkRef[], store: ChunkStore, pool: CodecPool, opts: FetchOptions,
   onBytes: (bytes: number) => void): Promise<FetchReport> {
   const distinct = new Set(chunks.map(({ file, index }) => file.chunks[index]!.chunkDigest ?? ''));
-  const missing = store.missing(distinct);
   // A chunk the store refuses fails the ingest (a mount would serve it from memory instead).
   let storeError: unknown;
   // No hot cache: the chunks are for the store. Requests go as the options say, with no gaps stepped over.
@@ -115,6 +114,6 @@ async function fetchLayer(layer: RemoteLayer, chunks: ChunkRef[], store: ChunkSt
   if (storeError !== undefined) throw storeError;
   if (r.failed > 0) throw r.error;
   await store.flush(); // done means other processes (a layer server mounting next) see the chunks as stored
-  return { chunks: distinct.size, alreadyStored: distinct.size - missing.size, fetched: r.fetched, bytesFetched: lazy.stats.bytesFetched,
+  return { chunks: distinct.size, alreadyStored: distinct.size - r.fetched, fetched: r.fetched, bytesFetched: lazy.stats.bytesFetched,
     bytesStored: lazy.stats.bytesStored, requests: lazy.stats.requests };
 }

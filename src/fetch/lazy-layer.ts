@@ -25,9 +25,8 @@ import type { BlobBytes } from './remote-layer.js';
 import { countRequest, fetchRun, type LazyLayerObserver, type LazyLayerStats, type RunSource } from './run-fetch.js';
 import { WholeBlob } from './whole-blob.js';
 
-export { PRIORITY, type Priority } from './chunk-queue.js';
 export type { ChunkRef } from './layer-chunks.js';
-export type { LazyLayerObserver, LazyLayerStats } from './run-fetch.js';
+export type { LazyLayerObserver } from './run-fetch.js';
 
 export interface LazyLayerOptions {
   /** Largest Range request when coalescing neighbouring chunks. */

@@ -58,10 +58,10 @@ function diskReadaheadKb(path: string): string | undefined {
  * cache and the EROFS file's. Before Linux 6.10 the mount's device cannot be named (it keeps 128 KiB).
  */
 function matchReadahead(dir: string, blob: string): void {
-  const name = native().sysfsName(dir);
+  const sysfs = sysfsDir(dir);
   const kb = diskReadaheadKb(blob);
-  if (isSysError(name) || !name.startsWith('erofs/') || kb === undefined) return;
-  writeFileSync(`/sys/class/bdi/${name.slice('erofs/'.length)}/read_ahead_kb`, kb);
+  if (!sysfs?.startsWith('/sys/fs/erofs/') || kb === undefined) return;
+  writeFileSync(`/sys/class/bdi/${sysfs.slice('/sys/fs/erofs/'.length)}/read_ahead_kb`, kb);
 }
 
 /**

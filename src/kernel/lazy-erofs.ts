@@ -19,7 +19,7 @@
 
 import { randomUUID } from 'node:crypto';
 import { existsSync, fstat, readlinkSync, write } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { basename, join } from 'node:path';
 import type { CodecPool } from '../codec/codec-pool.js';
@@ -268,7 +268,7 @@ export class LazyErofsFs {
       await mkdir(mountpoint, { recursive: true });
     }
     Listener.add(fs.chunkDir, (name, range) => fs.fill(name, range));
-    if (adopted && !detached) await fs.recordSysfs(); // made by a version that did not
+    if (adopted && !detached && !existsSync(join(fs.dir, 'sysfs'))) await fs.recordSysfs(); // made by a version that did not
     if (!adopted) {
       try {
         await fs.build(layerDigest, store, pool, chunkSize);
@@ -404,7 +404,8 @@ export class LazyErofsFs {
   }
 
   private async write(fd: number, ref: { node: TocNode; chunk: TocChunk }, padded: number): Promise<void> {
-    const file = join(this.chunkDir, ref.chunk.chunkDigest!.slice(7));
+    // By the event's descriptor, not by name: a detach may move the directory while the chunk comes.
+    const file = `/proc/self/fd/${fd}`;
     if ((await fstatAsync(fd)).size < padded) { // else filled by an earlier event, or another process
       const data = await this.lazy.read(ref.node, ref.chunk.chunkOffset, ref.chunk.chunkSize);
       const out = Buffer.alloc(padded);
@@ -412,7 +413,7 @@ export class LazyErofsFs {
       // Through the event's descriptor, which raises no events: a write through any other
       // descriptor of the file would wait for this very listener.
       const { bytesWritten: written } = await writeAsync(fd, out, 0, padded, 0);
-      if (written !== padded) throw new StoreError(`chunk file ${file}: ${written} of ${padded} bytes written`);
+      if (written !== padded) throw new StoreError(`chunk file ${ref.chunk.chunkDigest!.slice(7)} of ${this.mountpoint}: ${written} of ${padded} bytes written`);
       this.stats.filled++;
     }
     // Complete: the kernel reads it in 128 KiB requests, each an event otherwise (a 4 MiB
@@ -444,12 +445,13 @@ export class LazyErofsFs {
   private async watchGone(): Promise<void> {
     const sysfs = await readFile(join(this.dir, 'sysfs'), 'utf8').catch(() => undefined);
     if (!sysfs || this.released) return;
-    if (!existsSync(sysfs)) return this.gone(); // unused: the unmount ended it
-    this.goneTimer = setInterval(() => {
-      if (existsSync(sysfs)) return;
+    const there = (): Promise<boolean> => access(sysfs).then(() => true, () => false); // not a stat on the event loop every second
+    if (!await there()) return this.gone(); // unused: the unmount ended it
+    this.goneTimer = setInterval(() => void there().then(async (yes) => {
+      if (yes || this.released) return;
       clearInterval(this.goneTimer);
-      void this.gone().catch((err: unknown) => this.report?.detachError(this.dir, err));
-    }, GONE_POLL_MS).unref();
+      await this.gone();
+    }).catch((err: unknown) => this.report?.detachError(this.dir, err)), GONE_POLL_MS).unref();
   }
 
   private async gone(): Promise<void> {
@@ -470,11 +472,11 @@ export class LazyErofsFs {
     await Listener.remove(this.chunkDir);
   }
 
-  /** Unmounts and removes the chunk files (their chunks are in the store). */
+  /** Unmounts and removes the chunk files (their chunks are in the store); a detached one has left its mountpoint (another mount may be there). */
   async unmount(): Promise<void> {
     this.released = true;
     clearInterval(this.goneTimer);
-    await unmount(this.mountpoint);
+    if (!this.detaching) await unmount(this.mountpoint);
     await this.removeFiles();
     this.end(0);
   }

@@ -232,7 +232,7 @@ export class LayerServer {
     this.ctx.log?.info({ mountpoint, layer: s.request.layer.digest }, 'layer left its mountpoint; served until its last user is gone');
   }
 
-  /** The full teardown: every mount, and the connections of detached ones (their readers get ENOTCONN). */
+  /** The full teardown: every mount, and what detached ones still serve (a FUSE one's connection ends, its readers get ENOTCONN; a kernel EROFS one's chunk files go, so what was not fetched reads EIO). */
   async unmountAll(): Promise<number> {
     const all = [...this.served.keys()];
     for (const m of all) await this.unmount(m);

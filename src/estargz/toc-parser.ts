@@ -183,16 +183,8 @@ export function tocOfJson(doc: unknown, opts: ParseTocOptions): Toc {
 
   // A chunk's compressed bytes run to the next member: the next larger chunk offset, or the TOC.
   const starts = [...new Set(allChunks.map((c) => c.offset))].sort((a, b) => a - b);
-  for (const c of allChunks) {
-    let lo = 0;
-    let hi = starts.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (starts[mid]! <= c.offset) lo = mid + 1;
-      else hi = mid;
-    }
-    c.compressedEnd = lo < starts.length ? starts[lo]! : opts.tocOffset;
-  }
+  const next = new Map(starts.map((s, i) => [s, starts[i + 1] ?? opts.tocOffset]));
+  for (const c of allChunks) c.compressedEnd = next.get(c.offset)!;
   const contentBytes = [...new Set(nodes.values())].reduce((n, node) => n + (node.type === 'reg' ? node.size : 0), 0);
   return {
     version: 1, nodes, root, hardlinks, prefetchLandmark,

@@ -55,8 +55,8 @@ export class LayerChunks {
 
   /** Compressed bytes of the chunks `stored` lacks. */
   missingBytes(stored: ReadonlySet<string>): number {
-    // A gzip-indexed span's chunks share its compressed bytes from their checkpoint (their offset),
-    // each needing them up to its own end: counted once, to the furthest missing chunk's end.
+    // A gzip-indexed span's chunks share its compressed bytes from their checkpoint (their offset):
+    // counted once, to the span's end (their compressedEnd; a read may stop short of it, needs()).
     const ends = new Map<number, number>();
     for (const r of this.refs) {
       const c = r.file.chunks[r.index]!;

@@ -150,6 +150,39 @@ describe('chunk store', () => {
     }
   });
 
+  it('places many stored chunks at once for an image: the packs read in runs, each chunk verified, a rotten one left out and forgotten', async () => {
+    const manyRoot = join(tmp, 'root-place-many');
+    const chunks = [randomBytes(5000), randomBytes(100), randomBytes(3 * MiB), randomBytes(20_000), randomBytes(7)];
+    const absent = randomBytes(64);
+    let store = await ChunkStore.open(manyRoot);
+    const pool = new CodecPool(1);
+    try {
+      for (const c of chunks) await store.put(sha256(c), c);
+      const wanted = [...chunks, absent, chunks[1]!].map((c) => ({ digest: sha256(c), size: c.length }));
+      const places = await store.placeStoredMany(wanted, pool);
+      assert.deepEqual([...places.keys()].sort(), chunks.map((c) => sha256(c)).sort(), 'every stored chunk once; the absent one not');
+      for (const c of chunks) {
+        const at = places.get(sha256(c))!;
+        const fh = await readFile(store.packPath(at.pack));
+        assert.ok(fh.subarray(at.offset, at.offset + c.length).equals(c), 'each place holds its chunk');
+      }
+      // One rots in its pack; a later process finds it out and leaves it to be fetched again.
+      const rotten = places.get(sha256(chunks[3]!))!;
+      const pack = await readFile(store.packPath(rotten.pack));
+      pack[rotten.offset + 10]! ^= 0xff;
+      await writeFile(store.packPath(rotten.pack), pack);
+      await store.close();
+      store = await ChunkStore.open(manyRoot);
+      const again = await store.placeStoredMany(wanted, pool);
+      assert.deepEqual([...again.keys()].sort(), chunks.filter((_, i) => i !== 3).map((c) => sha256(c)).sort());
+      assert.deepEqual(again.get(sha256(chunks[2]!)), places.get(sha256(chunks[2]!)), 'the others where they were');
+      assert.ok(store.missing([sha256(chunks[3]!)]).has(sha256(chunks[3]!)), 'the rotten chunk no longer counts as stored');
+    } finally {
+      await pool.close();
+      await store.close();
+    }
+  });
+
   it('two processes ingesting into one root at once both succeed', async () => {
     const shared2 = join(tmp, 'root-concurrent');
     const [x, y] = await Promise.all([

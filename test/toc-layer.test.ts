@@ -62,6 +62,7 @@ describe('EROFS image of a lazy layer', { skip: erofsSkipReason() }, () => {
   };
   const source = (): StoredChunks => ({
     placeStored: (d, size) => store.placeStored(d, size, verifier),
+    placeStoredMany: (chunks) => store.placeStoredMany(chunks, verifier),
     storeChunk: (d, data) => store.placeForImage(d, data),
     packSize: async (p) => (await stat(store.packPath(p))).size,
   });

@@ -6,7 +6,8 @@
 
 import type { CodecPool, FilePiece } from '../codec/codec-pool.js';
 import type { PackLocation } from '../store/pack-files.js';
-import { eachLimited, ImageChunks, type LayerImage } from './layer-image.js';
+import { eachLimited } from '../each-limited.js';
+import { ImageChunks, type LayerImage } from './layer-image.js';
 import type { WalkedFile } from '../codec/layer-walk.js';
 
 /** Files below this size live inside the image (tail-packed), not in packs. */

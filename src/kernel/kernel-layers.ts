@@ -88,6 +88,7 @@ export class KernelLayers {
   async buildLazy(id: number, toc: Toc): Promise<KernelLayer & { files: number; bytes: number; chunks: number; recut: TocLayerImage['recut'] }> {
     const layer = await buildTocLayer(toc, this.chunkSize, {
       placeStored: (digest, size) => this.store.placeStored(digest, size, this.pool),
+      placeStoredMany: (chunks) => this.store.placeStoredMany(chunks, this.pool),
       storeChunk: (digest, data) => this.store.placeForImage(digest, data),
       packSize: (pack) => this.packSize(pack),
     }, this.pool);

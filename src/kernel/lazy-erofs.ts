@@ -317,6 +317,7 @@ export class LazyErofsFs {
     // Both settled before going on: a failed build's directory is removed, and nothing may be writing to it then.
     const [built, filesMade] = await Promise.allSettled([buildTocLayer(this.toc, chunkSize, {
       placeStored: async (digest, size) => (!missing.has(digest) && await store.placeStored(digest, size, pool)) || chunkFile(digest, size),
+      placeStoredMany: (chunks) => store.placeStoredMany(chunks.filter((c) => !missing.has(c.digest)), pool),
       storeChunk: () => Promise.reject(new UnsupportedError('a lazy EROFS layer cuts no chunk again')),
       packSize: async (pack) => chunkFiles.get(pack) ?? (await stat(store.packPath(pack))).size,
     }, pool), made]);

@@ -20,7 +20,8 @@ import { sha256Digest } from '../digest.js';
 import { type Toc, type TocNode } from '../estargz/toc.js';
 import { OPAQUE_XATTR, overlayChildren } from '../estargz/whiteouts.js';
 import type { PackLocation } from '../store/pack-files.js';
-import { eachLimited, ImageChunks, type LayerImage } from './layer-image.js';
+import { eachLimited } from '../each-limited.js';
+import { ImageChunks, type LayerImage } from './layer-image.js';
 
 /** The largest chunk an EROFS chunk index can stand for (the chunk format's 5 bits over 4 KiB blocks). */
 const MAX_CHUNK = BLOCK_SIZE * 2 ** 31;
@@ -34,6 +35,8 @@ const IN_FLIGHT = 8;
 export interface StoredChunks {
   /** A stored chunk's place and verified bytes; undefined when it is not stored (or failed its check). */
   placeStored(digest: string, size: number): Promise<{ at: PackLocation; data: Buffer } | undefined>;
+  /** The places of those of `chunks` stored, each verified (ChunkStore.placeStoredMany: read in runs); the others are asked of placeStored. */
+  placeStoredMany(chunks: { digest: string; size: number }[]): Promise<Map<string, PackLocation>>;
   /** Stores a chunk cut anew (the caller hashed it) unless stored already; where its bytes are. */
   storeChunk(digest: string, data: Uint8Array): Promise<PackLocation>;
   /** The current size of a pack (what the image's device table records). */
@@ -106,15 +109,19 @@ export async function buildTocLayer(toc: Toc, chunkSize: number, store: StoredCh
   };
 
   /**
-   * The places of every fitting file's chunks, in file order, read and verified IN_FLIGHT at a
-   * time; a chunk that occurs more than once is read and verified once.
+   * The places of every fitting file's chunks, in file order: the stored ones read and verified
+   * all at once, any other asked of placeStored, IN_FLIGHT at a time; a chunk that occurs more
+   * than once is read and verified once.
    */
   const placeAll = async (): Promise<PackLocation[]> => {
     const todo = fitting.flatMap(({ node }) => node.chunks.map((c) => ({ node, c })));
+    const found = await store.placeStoredMany(todo.map(({ c }) => ({ digest: c.chunkDigest!, size: c.chunkSize })));
     const places: PackLocation[] = new Array(todo.length);
     const placed = new Map<string, Promise<PackLocation>>();
     await eachLimited([...todo.keys()], IN_FLIGHT, async (i) => {
       const { node, c } = todo[i]!;
+      const known = found.get(c.chunkDigest!);
+      if (known) return void (places[i] = known);
       let at = placed.get(c.chunkDigest!);
       if (!at) placed.set(c.chunkDigest!, (at = stored(node, c.chunkDigest!, c.chunkSize).then((r) => r.at)));
       places[i] = await at;

@@ -20,11 +20,19 @@ import { openIndexDb, placesAmong, type ChunkPlace, type LayerRecord, type Store
 import { listPacks, PackReader, PackWriter, packsDir, packWriterAlive, punchGaps, readPieces, type PackLocation } from './pack-files.js';
 import { IndexWriter } from './index-writer.js';
 import { SHA256_DIGEST, sha256Digest } from '../digest.js';
+import { eachLimited } from '../each-limited.js';
 
 export type { LayerRecord, StoreStats } from './index-db.js';
 
 /** A temp file older than this belongs to a writer that died. */
 const STALE_TEMP_MS = 10 * 60 * 1000;
+/** placeStoredMany reads two chunks of a pack in one read when at most this many bytes lie between them, */
+const RUN_GAP_BYTES = 256 * 1024;
+/** and reads at most this many bytes at once, */
+const RUN_MAX_BYTES = 8 * 1024 * 1024;
+/** this many reads at a time. */
+const RUNS_IN_FLIGHT = 4;
+
 
 
 export interface GcReport {
@@ -236,6 +244,60 @@ export class ChunkStore {
     if (place === null) return { at: await this.append(digest, data), data };
     this.reusedPacks.add(place.pack); // the lazy path never syncs
     return { at: place, data };
+  }
+
+  /**
+   * placeStored for many chunks at once, for an image to point at them: each pack's bytes read in
+   * runs of neighbouring chunks, one read per run (a python layer's 600 stored chunks read one by
+   * one from a cold disk took 0.8 s of its mount), each chunk verified on its own. The places of
+   * those stored and verified; a chunk of the first layout goes into a pack as placeStored does.
+   */
+  async placeStoredMany(chunks: readonly { digest: string; size: number }[], verifier: ChunkVerifier): Promise<Map<string, PackLocation>> {
+    const out = new Map<string, PackLocation>();
+    const inPacks: { digest: string; size: number; at: PackLocation }[] = [];
+    const firstLayout: { digest: string; size: number }[] = [];
+    for (const [digest, size] of new Map(chunks.map((c) => [c.digest, c.size]))) {
+      const place = this.placeOf(digest);
+      if (place) inPacks.push({ digest, size, at: place });
+      else if (place === null) firstLayout.push({ digest, size });
+    }
+    inPacks.sort((a, b) => a.at.pack.localeCompare(b.at.pack) || a.at.offset - b.at.offset);
+    const runs: (typeof inPacks)[] = [];
+    for (const c of inPacks) {
+      const run = runs.at(-1);
+      const last = run?.at(-1);
+      const joins = run && last && last.at.pack === c.at.pack && c.at.offset >= last.at.offset
+        && c.at.offset - (last.at.offset + last.size) <= RUN_GAP_BYTES && c.at.offset + c.size - run[0]!.at.offset <= RUN_MAX_BYTES;
+      if (joins) run.push(c);
+      else runs.push([c]);
+    }
+    const verifyOne = async (c: { digest: string; size: number; at: PackLocation }, data: Uint8Array<ArrayBuffer>): Promise<void> => {
+      try {
+        await verifier.verify(data, c.digest, `pack ${c.at.pack} at ${c.at.offset}`);
+      } catch (err) {
+        if (!(err instanceof ChunkDigestMismatchError)) throw err;
+        this.forget(c.digest); // as get() does: fetched again by whoever needs it
+        return;
+      }
+      this.reusedPacks.add(c.at.pack);
+      out.set(c.digest, c.at);
+    };
+    await eachLimited(runs, RUNS_IN_FLIGHT, async (run) => {
+      const from = run[0]!.at.offset;
+      const last = run.at(-1)!;
+      const bytes = await this.packs.read({ pack: run[0]!.at.pack, offset: from }, last.at.offset + last.size - from);
+      await Promise.all(run.map((c) => {
+        // Its own buffer: a big one is moved to a worker to be hashed.
+        const data = new Uint8Array(new ArrayBuffer(c.size));
+        data.set(bytes.subarray(c.at.offset - from, c.at.offset - from + c.size));
+        return verifyOne(c, data);
+      }));
+    });
+    await eachLimited(firstLayout, RUNS_IN_FLIGHT, async (c) => {
+      const got = await this.placeStored(c.digest, c.size, verifier);
+      if (got) out.set(c.digest, got.at);
+    });
+    return out;
   }
 
   /**

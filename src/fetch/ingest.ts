@@ -7,7 +7,7 @@ import { MalformedLayerError } from '../errors.js';
 import { layerCompression, type Platform } from '../image/oci.js';
 import type { ImageSource } from '../image/source.js';
 import type { ChunkStore } from '../store/chunk-store.js';
-import { LayerChunks, type ChunkRef } from './layer-chunks.js';
+import { everyChunk, type ChunkRef } from './layer-chunks.js';
 import { DEFAULT_LAZY, LazyLayer } from './lazy-layer.js';
 import { RemoteLayer } from './remote-layer.js';
 
@@ -75,7 +75,7 @@ export async function ingestImage(src: ImageSource, store: ChunkStore, pool: Cod
   store.addImage(image.name, image.manifestDigest, layers.map((l) => l.desc.digest));
   const reports: IngestReport['layers'] = [];
   for (const layer of layers) {
-    const chunks = opts.chunksFor ? await opts.chunksFor(layer, image.manifestDigest) : new LayerChunks(layer.toc).refs;
+    const chunks = opts.chunksFor ? await opts.chunksFor(layer, image.manifestDigest) : everyChunk(layer.toc);
     const r = await fetchLayer(layer, chunks, store, pool, { ...DEFAULT_FETCH, ...opts.fetch }, (n) => {
       done += n;
       opts.onProgress?.(done, total);

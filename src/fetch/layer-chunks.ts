@@ -14,17 +14,24 @@ export interface ChunkRef {
 /** The end of the compressed bytes a chunk needs: a gzip-indexed one's may stop short of its span's end. */
 export const needs = (c: TocChunk): number => c.dataEnd ?? c.compressedEnd;
 
+/** Every chunk of every regular file of the layer, hard links once, in blob order (by where its compressed bytes begin). */
+export function everyChunk(toc: Toc): ChunkRef[] {
+  const out: ChunkRef[] = [];
+  for (const node of new Set(toc.nodes.values())) {
+    if (node.type === 'reg') node.chunks.forEach((_, index) => out.push({ file: node, index }));
+  }
+  return out.sort((a, b) => a.file.chunks[a.index]!.offset - b.file.chunks[b.index]!.offset);
+}
+
 export class LayerChunks {
-  /** Every chunk of the layer, hard links once. */
-  readonly refs: ChunkRef[] = [];
+  /** Every chunk of the layer, hard links once, in blob order. */
+  readonly refs: ChunkRef[];
   private readonly at = new Map<number, ChunkRef[]>();
   private readonly nextAt = new Map<number, number>();
   private readonly prevAt = new Map<number, number>();
 
   constructor(toc: Toc) {
-    for (const node of new Set(toc.nodes.values())) {
-      if (node.type === 'reg') node.chunks.forEach((_, index) => this.refs.push({ file: node, index }));
-    }
+    this.refs = everyChunk(toc);
     for (const r of this.refs) {
       const offset = r.file.chunks[r.index]!.offset;
       const here = this.at.get(offset);

@@ -9,11 +9,12 @@ import { indexable, layerIndex, type IndexLookup } from '../convert/gzip-indexer
 import { MalformedEstargzError, TocDigestMismatchError } from '../errors.js';
 import { FOOTER_SIZE, parseFooter } from '../estargz/footer.js';
 import { readToc } from '../estargz/layer.js';
-import { TOC_DIGEST_ANNOTATION, type Toc, type TocChunk, type TocNode } from '../estargz/toc.js';
+import { TOC_DIGEST_ANNOTATION, type Toc, type TocChunk } from '../estargz/toc.js';
 import type { Descriptor } from '../image/oci.js';
 import type { RegistryImage } from '../image/registry-image.js';
 import type { ImageSource } from '../image/source.js';
 import type { RegistryClient } from '../registry/client.js';
+import { everyChunk } from './layer-chunks.js';
 
 /** How much of a blob's end to read first: most TOCs fit, saving a round trip. */
 const TAIL_READ = 64 * 1024;
@@ -93,19 +94,13 @@ export class RemoteLayer {
 
   /** Every chunk of every regular file, in blob order; hard links are listed once. */
   chunks(): LayerChunk[] {
-    const out: LayerChunk[] = [];
-    const seen = new Set<TocNode>();
-    for (const node of this.toc.nodes.values()) {
-      if (node.type !== 'reg' || seen.has(node)) continue;
-      seen.add(node);
-      for (const c of node.chunks) {
-        if (!c.chunkDigest) {
-          throw new MalformedEstargzError(`layer ${this.desc.digest}`, `chunk of "${node.path}" has no chunkDigest (legacy stargz): it cannot be verified`);
-        }
-        out.push({ ...c, digest: c.chunkDigest, path: node.path });
+    return everyChunk(this.toc).map(({ file, index }) => {
+      const c = file.chunks[index]!;
+      if (!c.chunkDigest) {
+        throw new MalformedEstargzError(`layer ${this.desc.digest}`, `chunk of "${file.path}" has no chunkDigest (legacy stargz): it cannot be verified`);
       }
-    }
-    return out.sort((a, b) => a.offset - b.offset);
+      return { ...c, digest: c.chunkDigest, path: file.path };
+    });
   }
 }
 

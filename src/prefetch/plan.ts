@@ -6,6 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { MalformedTraceError } from '../errors.js';
 import type { Toc, TocNode } from '../estargz/toc.js';
+import { everyChunk } from '../fetch/layer-chunks.js';
 import type { ChunkRef } from '../fetch/lazy-layer.js';
 import { TRACE_VERSION, type TraceFile } from '../trace-format.js';
 import { parseValidatedJson } from '../validated-json.js';
@@ -92,16 +93,9 @@ export function planFromLandmark(toc: Toc): ChunkRef[] {
   return out;
 }
 
-/** Every chunk of the layer, in blob order (background fetch). */
+/** Every chunk of the layer, in blob order (background fetch, a layer fetched whole, dedupd without a trace). */
 export function planAll(toc: Toc): ChunkRef[] {
-  const out: ChunkRef[] = [];
-  const seen = new Set<TocNode>();
-  for (const node of toc.nodes.values()) {
-    if (node.type !== 'reg' || seen.has(node)) continue;
-    seen.add(node);
-    for (let i = 0; i < node.chunks.length; i++) out.push({ file: node, index: i });
-  }
-  return out.sort((a, b) => a.file.chunks[a.index]!.offset - b.file.chunks[b.index]!.offset);
+  return everyChunk(toc);
 }
 
 /** Files up to this size count as small (modules, scripts, class files). */

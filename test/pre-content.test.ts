@@ -6,7 +6,8 @@
 
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { closeSync, openSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -174,6 +175,38 @@ describe('fanotify pre-content events on a file-backed EROFS blob', { skip: skip
     assert.ok(li.lines.filter((x) => 'event' in x).length >= 2);
     const direct = await readBlock(l.file, 300, true).done;
     assert.match(direct.error, /Invalid argument/, 'file-backed EROFS has no direct I/O here');
+  });
+
+  it('a fill that ends after the group is closed writes its answer nowhere: the descriptor number may be another file\'s', async () => {
+    const dir = join(work, 'late-answer');
+    await mkdir(dir);
+    const file = join(dir, 'f');
+    await writeFile(file, pattern(0, BLOCK));
+    const group = PreContentGroup.open();
+    let release!: () => void;
+    const filled = new Promise<void>((resolve) => (release = resolve));
+    let event!: () => void;
+    const evented = new Promise<void>((resolve) => (event = resolve));
+    group.markChildren(dir);
+    group.listen(async () => {
+      event();
+      await filled;
+    });
+    const reader = readBlock(file, 0);
+    await evented;
+    const number = group.fd;
+    await group.close(); // the kernel lets the read go
+    assert.deepEqual((await reader.done).bytes, pattern(0, BLOCK));
+    // The lowest free number: most likely the group's, now another file's.
+    const other = join(work, 'late-answer-other');
+    const fd = openSync(other, 'w+');
+    try {
+      release();
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal((await stat(other)).size, 0, `nothing written to descriptor ${fd} (the group's was ${number})`);
+    } finally {
+      closeSync(fd);
+    }
   });
 
   it('kill -9 of the only holder: the read it held and every later read return the hole\'s zeros, until a new group marks the blob and the mount is made again', async () => {

@@ -30,6 +30,8 @@ export type PreContentRange = Pick<FanotifyEvent, 'fd' | 'pid' | 'offset' | 'cou
 export class PreContentGroup {
   private reader: FanotifyReader | undefined;
   private ended: Promise<void> | undefined;
+  /** close() has closed `fd`: its number may be another file's by now, so nothing is written to it. */
+  private closed = false;
 
   /** The group behind descriptor `fd` (open()'s, or one another process held: the same marks, queue and pending events). */
   constructor(readonly fd: number) {}
@@ -67,6 +69,7 @@ export class PreContentGroup {
    * False when the kernel refused it (the events then go on coming, and are answered as before).
    */
   ignore(path: string): boolean {
+    if (this.closed) return false;
     return native().fanotifyMark(this.fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, FAN_PRE_ACCESS, path) === true;
   }
 
@@ -88,17 +91,23 @@ export class PreContentGroup {
       if (!e) return end();
       if (e.fd < 0) return; // the kernel could not open the file for us (the event is denied already)
       const answer = (err: number): void => {
-        n.fanotifyRespond(this.fd, e.fd, err);
+        // A fill that settles after close(): the kernel allowed the read when the group went
+        // (the reader finds the file as it is then), and the number may be another file's now.
+        if (!this.closed) n.fanotifyRespond(this.fd, e.fd, err);
         closeSync(e.fd);
       };
       fill(e).then(() => answer(0), () => answer(EIO));
     });
   }
 
-  /** Stops reading and closes this process's descriptor. The group lives on while another process holds it. */
+  /**
+   * Stops reading and closes this process's descriptor. The group lives on while another process
+   * holds it. Events still being filled are answered by no one here then (see listen()).
+   */
   async close(): Promise<void> {
     this.reader?.stop();
     await this.ended;
+    this.closed = true;
     closeSync(this.fd);
   }
 }

@@ -150,7 +150,7 @@ describe('chunk store', () => {
     }
   });
 
-  it('places many stored chunks at once for an image: the packs read in runs, each chunk verified, a rotten one left out and forgotten', async () => {
+  it('places many stored chunks at once for an image: the packs read in runs, each chunk verified, a rotten one or a lost pack\'s left out and forgotten', async () => {
     const manyRoot = join(tmp, 'root-place-many');
     const chunks = [randomBytes(5000), randomBytes(100), randomBytes(3 * MiB), randomBytes(20_000), randomBytes(7)];
     const absent = randomBytes(64);
@@ -177,6 +177,12 @@ describe('chunk store', () => {
       assert.deepEqual([...again.keys()].sort(), chunks.filter((_, i) => i !== 3).map((c) => sha256(c)).sort());
       assert.deepEqual(again.get(sha256(chunks[2]!)), places.get(sha256(chunks[2]!)), 'the others where they were');
       assert.ok(store.missing([sha256(chunks[3]!)]).has(sha256(chunks[3]!)), 'the rotten chunk no longer counts as stored');
+      // A pack gone from under the index: its chunks are not stored any more, and nothing fails.
+      await store.close();
+      await rm(store.packPath(rotten.pack));
+      store = await ChunkStore.open(manyRoot);
+      assert.equal((await store.placeStoredMany(wanted, pool)).size, 0);
+      assert.equal(store.missing(chunks.map((c) => sha256(c))).size, chunks.length);
     } finally {
       await pool.close();
       await store.close();

@@ -284,8 +284,15 @@ export class ChunkStore {
     };
     await eachLimited(runs, RUNS_IN_FLIGHT, async (run) => {
       const from = run[0]!.at.offset;
-      const last = run.at(-1)!;
-      const bytes = await this.packs.read({ pack: run[0]!.at.pack, offset: from }, last.at.offset + last.size - from);
+      const end = Math.max(...run.map((c) => c.at.offset + c.size));
+      let bytes: Uint8Array;
+      try {
+        bytes = await this.packs.read({ pack: run[0]!.at.pack, offset: from }, end - from);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        for (const c of run) this.forget(c.digest); // as get() does: the pack is gone
+        return;
+      }
       await Promise.all(run.map((c) => {
         // Its own buffer: a big one is moved to a worker to be hashed.
         const data = new Uint8Array(new ArrayBuffer(c.size));

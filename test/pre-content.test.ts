@@ -193,19 +193,25 @@ describe('fanotify pre-content events on a file-backed EROFS blob', { skip: skip
       await filled;
     });
     const reader = readBlock(file, 0);
-    await evented;
-    const number = group.fd;
-    await group.close(); // the kernel lets the read go
-    assert.deepEqual((await reader.done).bytes, pattern(0, BLOCK));
-    // The lowest free number: most likely the group's, now another file's.
-    const other = join(work, 'late-answer-other');
-    const fd = openSync(other, 'w+');
+    const opened: { fd: number; path: string }[] = [];
     try {
+      await evented;
+      const number = group.fd;
+      await group.close(); // the kernel lets the read go
+      assert.deepEqual((await reader.done).bytes, pattern(0, BLOCK));
+      // Files opened until one gets the group's old number (the lowest free one comes first).
+      for (let i = 0; i < 64 && !opened.some((o) => o.fd === number); i++) {
+        const path = join(work, `late-answer-other-${i}`);
+        opened.push({ fd: openSync(path, 'w+'), path });
+      }
+      const reused = opened.find((o) => o.fd === number);
+      assert.ok(reused, `descriptor ${number} given to a new file`);
       release();
       await new Promise((r) => setTimeout(r, 100));
-      assert.equal((await stat(other)).size, 0, `nothing written to descriptor ${fd} (the group's was ${number})`);
+      assert.equal((await stat(reused.path)).size, 0, `nothing written to descriptor ${number}, another file's now`);
     } finally {
-      closeSync(fd);
+      release();
+      for (const o of opened) closeSync(o.fd);
     }
   });
 

@@ -91,8 +91,9 @@ export class PreContentGroup {
       if (!e) return end();
       if (e.fd < 0) return; // the kernel could not open the file for us (the event is denied already)
       const answer = (err: number): void => {
-        // A fill that settles after close(): the kernel allowed the read when the group went
-        // (the reader finds the file as it is then), and the number may be another file's now.
+        // A fill that settles after close() answers nothing: the number may be another file's
+        // now. The event is the group's other holders' to answer, or the kernel allows it when
+        // the group's last holder goes (the reader then finds the file as it is: never a hole).
         if (!this.closed) n.fanotifyRespond(this.fd, e.fd, err);
         closeSync(e.fd);
       };

@@ -26,8 +26,8 @@ import { ImageChunks, type LayerImage } from './layer-image.js';
 /** The largest chunk an EROFS chunk index can stand for (the chunk format's 5 bits over 4 KiB blocks). */
 const MAX_CHUNK = BLOCK_SIZE * 2 ** 31;
 /**
- * Stored chunks read back and verified at once: a layer of many small files would otherwise wait
- * for each read and each hop to the verifier in turn.
+ * Chunks placeStoredMany did not place, asked of placeStored at once: a layer of many chunks the
+ * store lacks (a lazy mount's chunk files) would otherwise wait for each in turn.
  */
 const IN_FLIGHT = 8;
 

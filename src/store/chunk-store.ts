@@ -26,14 +26,13 @@ export type { LayerRecord, StoreStats } from './index-db.js';
 
 /** A temp file older than this belongs to a writer that died. */
 const STALE_TEMP_MS = 10 * 60 * 1000;
-/** placeStoredMany reads two chunks of a pack in one read when at most this many bytes lie between them, */
-const RUN_GAP_BYTES = 256 * 1024;
-/** and reads at most this many bytes at once, */
+/**
+ * placeStoredMany reads two chunks of a pack in one read when at most RUN_GAP_BYTES lie between
+ * them, at most RUN_MAX_BYTES at once, READS_IN_FLIGHT reads at a time.
+ */
+const RUN_GAP_BYTES = 64 * 1024;
 const RUN_MAX_BYTES = 8 * 1024 * 1024;
-/** this many reads at a time. */
-const RUNS_IN_FLIGHT = 4;
-
-
+const READS_IN_FLIGHT = 4;
 
 export interface GcReport {
   layersRemoved: number;
@@ -61,7 +60,7 @@ export class ChunkStore {
   /** Where the stored chunks this process has met are: from the index's answers and its own writes. */
   private readonly places = new Map<string, ChunkPlace>();
   private writerOfPacks: PackWriter | undefined;
-  /** Packs of stored copies placeForImage reused since the last syncPacks(). */
+  /** Packs of stored copies placeForImage, placeStored and placeStoredMany handed out since the last syncPacks(). */
   private readonly reusedPacks = new Set<string>();
   private readonly packs: PackReader;
 
@@ -248,28 +247,35 @@ export class ChunkStore {
 
   /**
    * placeStored for many chunks at once, for an image to point at them: each pack's bytes read in
-   * runs of neighbouring chunks, one read per run (a python layer's 600 stored chunks read one by
-   * one from a cold disk took 0.8 s of its mount), each chunk verified on its own. The places of
-   * those stored and verified; a chunk of the first layout goes into a pack as placeStored does.
+   * runs of neighbouring chunks, one read per run (a python layer's 1,194 stored chunks from a
+   * cold page cache: 283–354 ms, against 312–436 ms one by one), each chunk verified on its own.
+   * The places of those stored and verified; a chunk of the first layout goes into a pack as
+   * placeStored does. A chunk that fails its check, or whose pack is gone, is forgotten (get()).
    */
   async placeStoredMany(chunks: readonly { digest: string; size: number }[], verifier: ChunkVerifier): Promise<Map<string, PackLocation>> {
     const out = new Map<string, PackLocation>();
+    const sizes = new Map<string, number>();
+    for (const c of chunks) if (!sizes.has(c.digest)) sizes.set(c.digest, c.size);
+    const unknown = [...sizes.keys()].filter((d) => !this.places.has(d));
+    if (unknown.length) this.missing(unknown); // one query, not one per chunk
     const inPacks: { digest: string; size: number; at: PackLocation }[] = [];
     const firstLayout: { digest: string; size: number }[] = [];
-    for (const [digest, size] of new Map(chunks.map((c) => [c.digest, c.size]))) {
+    for (const [digest, size] of sizes) {
       const place = this.placeOf(digest);
       if (place) inPacks.push({ digest, size, at: place });
       else if (place === null) firstLayout.push({ digest, size });
     }
     inPacks.sort((a, b) => a.at.pack.localeCompare(b.at.pack) || a.at.offset - b.at.offset);
-    const runs: (typeof inPacks)[] = [];
+    const runs: { chunks: typeof inPacks; end: number }[] = [];
     for (const c of inPacks) {
       const run = runs.at(-1);
-      const last = run?.at(-1);
-      const joins = run && last && last.at.pack === c.at.pack && c.at.offset >= last.at.offset
-        && c.at.offset - (last.at.offset + last.size) <= RUN_GAP_BYTES && c.at.offset + c.size - run[0]!.at.offset <= RUN_MAX_BYTES;
-      if (joins) run.push(c);
-      else runs.push([c]);
+      const first = run?.chunks[0];
+      if (run && first!.at.pack === c.at.pack && c.at.offset - run.end <= RUN_GAP_BYTES && c.at.offset + c.size - first!.at.offset <= RUN_MAX_BYTES) {
+        run.chunks.push(c);
+        run.end = Math.max(run.end, c.at.offset + c.size);
+      } else {
+        runs.push({ chunks: [c], end: c.at.offset + c.size });
+      }
     }
     const verifyOne = async (c: { digest: string; size: number; at: PackLocation }, data: Uint8Array<ArrayBuffer>): Promise<void> => {
       try {
@@ -282,10 +288,9 @@ export class ChunkStore {
       this.reusedPacks.add(c.at.pack);
       out.set(c.digest, c.at);
     };
-    await eachLimited(runs, RUNS_IN_FLIGHT, async (run) => {
+    await eachLimited(runs, READS_IN_FLIGHT, async ({ chunks: run, end }) => {
       const from = run[0]!.at.offset;
-      const end = Math.max(...run.map((c) => c.at.offset + c.size));
-      let bytes: Uint8Array;
+      let bytes: Uint8Array<ArrayBuffer>;
       try {
         bytes = await this.packs.read({ pack: run[0]!.at.pack, offset: from }, end - from);
       } catch (err) {
@@ -293,14 +298,14 @@ export class ChunkStore {
         for (const c of run) this.forget(c.digest); // as get() does: the pack is gone
         return;
       }
-      await Promise.all(run.map((c) => {
-        // Its own buffer: a big one is moved to a worker to be hashed.
-        const data = new Uint8Array(new ArrayBuffer(c.size));
-        data.set(bytes.subarray(c.at.offset - from, c.at.offset - from + c.size));
-        return verifyOne(c, data);
-      }));
+      // Each in its own buffer (a big one is moved to a worker to be hashed), as long as what was
+      // read of it: a pack a crash left short fails the check, as in get().
+      const verified = await Promise.allSettled(run.map((c) => verifyOne(c, run.length === 1 ? bytes
+        : new Uint8Array(bytes.subarray(c.at.offset - from, c.at.offset - from + c.size)))));
+      const failed = verified.find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
     });
-    await eachLimited(firstLayout, RUNS_IN_FLIGHT, async (c) => {
+    await eachLimited(firstLayout, READS_IN_FLIGHT, async (c) => {
       const got = await this.placeStored(c.digest, c.size, verifier);
       if (got) out.set(c.digest, got.at);
     });
@@ -308,7 +313,7 @@ export class ChunkStore {
   }
 
   /**
-   * Flushes to disk what the places handed out by placeForImage and placeStored point at: this process's pack
+   * Flushes to disk what the places handed out by placeForImage, placeStored and placeStoredMany point at: this process's pack
    * writes, and the packs of the stored copies it reused. Before an EROFS image is published.
    */
   async syncPacks(): Promise<void> {

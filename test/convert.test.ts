@@ -3,12 +3,17 @@
 
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
+import { CodecPool } from '../src/codec/codec-pool.js';
+import { convertImage } from '../src/convert/image-converter.js';
 import { RemoteLayer } from '../src/fetch/remote-layer.js';
 import { OciLayout } from '../src/image/oci-layout.js';
+import type { ImageSource } from '../src/image/source.js';
 import { RegistryImage } from '../src/image/registry-image.js';
 import { RegistryClient } from '../src/registry/client.js';
 import { TOC_DIGEST_ANNOTATION } from '../src/estargz/toc.js';
@@ -119,6 +124,33 @@ describe('convert', () => {
     // Our TOC tool lists it too.
     const toc = await dedupctlJson<{ layers: { entries: { path: string }[] }[] }>(['toc', '--plain-http', third]);
     assert.ok(toc.layers[0]!.entries.some((e) => e.path === 'data/big'));
+  });
+
+  it('converts an uncompressed layer whose blob is all there at once: none of it is lost before its reader starts', async () => {
+    const plain: FileSpec[] = [{ name: 'q/', type: 'directory' }, { name: 'q/file', type: 'file', content: Buffer.from('at once') }];
+    await writeOciImage(join(tmp, 'eager-layout'), 'v1', [{ tar: await tarOf(plain), compression: 'none' }]);
+    const layout = new OciLayout(`oci:${join(tmp, 'eager-layout')}:v1`);
+    // Every blob as a stream already holding all of its bytes (a fast disk, a small layer).
+    const eager: ImageSource = {
+      name: layout.name, location: undefined, resolve: (p) => layout.resolve(p), readBlobRange: (d, a, b) => layout.readBlobRange(d, a, b),
+      blobStream: (desc) => {
+        const s = new PassThrough();
+        s.end(readFileSync(layout.blobPath(desc.digest)));
+        return s;
+      },
+    };
+    const pool = new CodecPool(1);
+    try {
+      const out = new OciLayout(`oci:${join(tmp, 'eager-out')}:v1`);
+      let progress = 0;
+      const report = await convertImage(eager, out, { platform: AMD64, chunkSize: 4 * 1024 * 1024, compressionLevel: 1, pool, onProgress: (done) => (progress = done) });
+      assert.equal(progress, (await layout.resolve(AMD64)).manifest.layers[0]!.size, 'progress counts every byte');
+      const resolved = await out.resolve(AMD64);
+      await assertLayerMatches(await RemoteLayer.open(out, resolved.manifest.layers[0]!), plain);
+      assert.equal(report.layers.length, 1);
+    } finally {
+      await pool.close();
+    }
   });
 
   it('converts between OCI layout directories, from zstd and plain tar layers', async () => {

@@ -33,6 +33,23 @@ function zstdStream(layer: string): Transform {
   return out;
 }
 
+/**
+ * `stream` as its reader reads it, each chunk's length told to `count` (progress). A 'data'
+ * listener on it instead would set it flowing before its reader comes: an uncompressed layer read
+ * straight through was sometimes all gone by then, and hashed as empty.
+ */
+export function countedStream(stream: Readable, count: (bytes: number) => void): Readable {
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      count(chunk.length);
+      cb(null, chunk);
+    },
+  });
+  return pipeline(stream, counter, () => {
+    /* errors reach the reader of `counter` through destroy */
+  });
+}
+
 /** Decompresses `blob`; errors of either side surface when the result is read. */
 export function decompressLayer(blob: Readable, compression: LayerCompression, layer: string): Readable {
   if (compression === 'none') return blob;

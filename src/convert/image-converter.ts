@@ -14,7 +14,7 @@ import { TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../estargz/
 import { layerCompression, MediaType, type Descriptor, type Platform } from '../image/oci.js';
 import type { ImageSource, ImageTarget } from '../image/source.js';
 import { convertLayer } from './layer-converter.js';
-import { decompressLayer, DigestingSource } from './decompress.js';
+import { countedStream, decompressLayer, DigestingSource } from './decompress.js';
 
 export interface ImageConvertOptions {
   platform: Platform;
@@ -69,10 +69,9 @@ export async function convertImage(src: ImageSource, dst: ImageTarget, opts: Ima
     for (const [i, desc] of layers.entries()) {
       const where = `${desc.digest} (layer ${i} of ${image.name})`;
       const compression = layerCompression(desc.mediaType, `layer ${i} of ${image.name}`);
-      const blob = src.blobStream(desc);
       const base = done;
-      blob.on('data', (chunk: Buffer) => {
-        done += chunk.length;
+      const blob = countedStream(src.blobStream(desc), (n) => {
+        done += n;
         opts.onProgress?.(done, total);
       });
       const tocDigest = desc.annotations?.[TOC_DIGEST_ANNOTATION];

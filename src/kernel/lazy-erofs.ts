@@ -18,7 +18,7 @@
 // served until its superblock is gone from /sys/fs (`sysfs` names it): its last user has left.
 
 import { randomUUID } from 'node:crypto';
-import { existsSync, fstat, readlinkSync, write } from 'node:fs';
+import { fstat, readlinkSync, write } from 'node:fs';
 import { access, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { basename, join } from 'node:path';
@@ -268,7 +268,7 @@ export class LazyErofsFs {
       await mkdir(mountpoint, { recursive: true });
     }
     Listener.add(fs.chunkDir, (name, range) => fs.fill(name, range));
-    if (adopted && !detached && !existsSync(join(fs.dir, 'sysfs'))) await fs.recordSysfs(); // made by a version that did not
+    if (adopted && !detached && !(await access(join(fs.dir, 'sysfs')).then(() => true, () => false))) await fs.recordSysfs(); // made by a version that did not
     if (!adopted) {
       try {
         await fs.build(layerDigest, store, pool, chunkSize);
